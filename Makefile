@@ -1,0 +1,49 @@
+# make help   -- lists the targets. Every target installs what it needs first.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+NPROC ?= 1
+RUN_DIR ?= runs/default
+ARGS ?=
+export OMP_NUM_THREADS ?= $(shell [ $(NPROC) -gt 1 ] && echo 1 || nproc)
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-all attribute select finetune sweep all bench clean
+
+help: ## show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv --system-site-packages $(VENV)
+	@# Reuse an installed torch >= 2.6 (e.g. a CUDA build); else the CPU 2.13.0 wheel.
+	@$(PY) -c 'import sys, torch; v = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]); sys.exit(v < (2, 6))' 2>/dev/null \
+		|| $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+install: $(VENV)/.installed ## create .venv (sees system packages) and install the project
+
+test: install ## run the tests (not slow, gpu ones skip without CUDA)
+	$(PY) -m pytest -m "not slow" -q
+
+test-all: install ## run every test, slow ones included
+	$(PY) -m pytest -q
+
+attribute: install ## integrated-gradients attribution (NPROC=8 for torchrun over 8 GPUs); ARGS=overrides
+	@if [ $(NPROC) -gt 1 ]; then $(VENV)/bin/torchrun --nproc_per_node $(NPROC) pipeline.py stage=attribute run_dir=$(RUN_DIR) $(ARGS); \
+	else $(PY) pipeline.py stage=attribute run_dir=$(RUN_DIR) $(ARGS); fi
+
+select: install ## threshold selection -> masks.parquet; ARGS=overrides
+	$(PY) pipeline.py stage=select run_dir=$(RUN_DIR) $(ARGS)
+
+sweep: install ## Hydra multirun over the selection thresholds
+	$(PY) pipeline.py --multirun stage=select run_dir=$(RUN_DIR) $(ARGS)
+
+finetune: install ## selective SFT under DeepSpeed (NPROC=..., SELECTION=<selection dir>)
+	$(PY) pipeline.py stage=finetune run_dir=$(RUN_DIR) $(ARGS)
+
+bench: install ## attribution engine vs reference benchmark (CPU)
+	$(PY) bench/attribute_engine.py
+
+clean: ## remove runs/ and caches (keeps .venv)
+	rm -rf runs outputs multirun .pytest_cache

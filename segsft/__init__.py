@@ -1,0 +1,9 @@
+"""Segment-level attribution for selective SFT of long reasoning traces.
+
+Stages: `segsft.attribute` (integrated gradients per segment), `segsft.select`
+(threshold rules -> masks), `segsft.finetune` (loss on the selected segments only).
+The package is `segsft` rather than top-level folders because a top-level `select`
+package would shadow Python's standard `select` module.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,25 @@
+"""Quadrature rules for the integral over alpha in [0, 1] (DESIGN step 5), in float64."""
+
+from __future__ import annotations
+
+import numpy as np
+
+RULES = ("linspace", "trapezoid", "gauss_legendre")
+
+
+def quadrature(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights (float64) of `rule` with `steps` points on [0, 1]."""
+    if rule not in RULES:
+        raise ValueError(f"attribute.rule={rule!r} is not a rule: use one of {list(RULES)}")
+    if steps < 1 or (rule == "trapezoid" and steps < 2):
+        raise ValueError(f"attribute.steps={steps} is too small for rule {rule!r} (need >= {2 if rule == 'trapezoid' else 1})")
+    if rule == "gauss_legendre":
+        x, w = np.polynomial.legendre.leggauss(steps)
+        return (x + 1.0) / 2.0, w / 2.0
+    alphas = np.linspace(0.0, 1.0, steps)
+    if rule == "linspace":
+        # The reference's rule: every point weighted 1/n (a biased Riemann sum).
+        return alphas, np.full(steps, 1.0 / steps)
+    w = np.full(steps, 1.0 / (steps - 1))
+    w[0] = w[-1] = 0.5 / (steps - 1)
+    return alphas, w

@@ -1,0 +1,35 @@
+"""A plain restatement of the reference implementation, kept as the yardstick.
+
+One alpha per forward/backward pass, full-vocabulary logits at every position,
+gradients of the whole model as it comes (nothing frozen), the `linspace` rule.
+Tests compare the engine against it and bench/ times both; the pipeline never uses it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def reference_ig(
+    model: torch.nn.Module, input_ids: torch.Tensor, answer_positions: torch.Tensor, steps: int, pad_id: int
+) -> tuple[np.ndarray, float, float]:
+    """(a_t as float64 [L], f(x), f(x')) with a_k = linspace(0, 1, steps), weights 1/steps."""
+    emb = model.get_input_embeddings()
+    with torch.no_grad():
+        x = emb(input_ids).unsqueeze(0)
+        base = emb(torch.full_like(input_ids, pad_id)).unsqueeze(0)
+    grads = torch.zeros_like(x, dtype=torch.float32)
+    f_values = []
+    for a in torch.linspace(0, 1, steps):
+        z = (base + a * (x - base)).detach().requires_grad_(True)
+        logits = model(inputs_embeds=z, use_cache=False).logits  # [1, L, V]
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        f = logp[0, answer_positions - 1].gather(-1, input_ids[answer_positions].unsqueeze(-1)).sum()
+        model.zero_grad(set_to_none=True)
+        f.backward()
+        grads += z.grad.float()
+        f_values.append(float(f.detach()))
+    attr = ((x - base).float() * (grads / steps)).sum(-1)[0]
+    model.zero_grad(set_to_none=True)
+    return attr.double().cpu().numpy(), f_values[-1], f_values[0]

@@ -1,0 +1,240 @@
+"""The attribution stage over a corpus: one rank's deterministic shard, resumable.
+
+Layout under `run_dir/attribution/` (rank r of world w, `part` = `0000r-of-0000w`):
+- `_partial/<part>/{segments,rejects,samples}-<chunk>.parquet`: flushed chunks. A chunk
+  counts only once its `samples-` file exists (written last), so a kill between the
+  three writes leaves an orphan that the rerun removes.
+- `{segments,samples,rejects}-<part>.parquet`: the part, merged from its chunks after the
+  last flush, then `part-<part>.done`, then the chunks are removed.
+Readers glob the top level only, so they never see a sample twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from segsft.attribute.ig import check_supports_logits_to_keep, freeze, integrated_gradients
+from segsft.attribute.metrics import segment_metrics
+from segsft.corpus import Reject, Sample, read_corpus
+from segsft.dist import part_name, shard
+from segsft.io import REJECTS_SCHEMA, SAMPLES_SCHEMA, SEGMENTS_SCHEMA, write_json, write_parquet
+from segsft.text import ANSWER_SUFFIX_DEFAULT, build_sequence, resolve_pattern
+
+log = logging.getLogger(__name__)
+
+TABLES = {"segments": SEGMENTS_SCHEMA, "rejects": REJECTS_SCHEMA, "samples": SAMPLES_SCHEMA}
+
+
+def attribution_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "attribution"
+
+
+def _ids_in(paths: list[Path]) -> set[str]:
+    ids: set[str] = set()
+    for p in paths:
+        ids.update(pq.read_table(p, columns=["sample_id"]).column("sample_id").to_pylist())
+    return ids
+
+
+@dataclass
+class _Buffer:
+    segments: list[dict] = field(default_factory=list)
+    samples: list[dict] = field(default_factory=list)
+    rejects: list[dict] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.samples) + len(self.rejects)
+
+
+class PartWriter:
+    """Chunked, atomic, resumable output of one rank."""
+
+    def __init__(self, out_dir: Path, rank: int, world: int):
+        self.out_dir = out_dir
+        self.part = part_name(rank, world)
+        self.partial = out_dir / "_partial" / self.part
+        self.marker = out_dir / f"part-{self.part}.done"
+
+    def final(self, table: str) -> Path:
+        return self.out_dir / f"{table}-{self.part}.parquet"
+
+    def committed_chunks(self) -> list[int]:
+        return sorted(int(p.stem.split("-")[1]) for p in self.partial.glob("samples-*.parquet"))
+
+    def prepare(self) -> set[str]:
+        """Remove orphans of an interrupted flush; return the ids already done anywhere."""
+        self.partial.mkdir(parents=True, exist_ok=True)
+        committed = set(self.committed_chunks())
+        for p in self.partial.glob("*.parquet"):
+            if int(p.stem.split("-")[1]) not in committed:
+                log.warning("removing %s: its chunk was interrupted before it was committed", p)
+                p.unlink()
+        for p in self.partial.glob(".*.tmp"):
+            p.unlink()
+        done = _ids_in([self.partial / f"{t}-{c:05d}.parquet" for c in committed for t in ("samples", "rejects")])
+        others = [p for t in ("samples", "rejects") for p in self.out_dir.glob(f"{t}-*.parquet") if p != self.final(t)]
+        done |= _ids_in(others)
+        stale = [d.name for d in (self.out_dir / "_partial").iterdir() if d.is_dir() and d.name != self.part]
+        if stale:
+            log.warning(
+                "unfinished parts of another world size %s are ignored; their samples are redone here "
+                "(delete them once every part of this run is done)", stale,
+            )
+        return done
+
+    def flush(self, buf: _Buffer) -> None:
+        if not len(buf):
+            return
+        chunk = (self.committed_chunks() or [-1])[-1] + 1
+        for table, schema in TABLES.items():  # samples last: it commits the chunk
+            write_parquet(self.partial / f"{table}-{chunk:05d}.parquet", getattr(buf, table), schema)
+        buf.segments.clear()
+        buf.samples.clear()
+        buf.rejects.clear()
+
+    def finish(self, summary: Mapping[str, Any]) -> None:
+        """Merge the chunks into the part files, then mark the part complete."""
+        chunks = self.committed_chunks()
+        for table, schema in TABLES.items():
+            paths = [self.partial / f"{table}-{c:05d}.parquet" for c in chunks]
+            merged = pa.concat_tables([pq.read_table(p, schema=schema) for p in paths]) if paths else schema.empty_table()
+            write_parquet(self.final(table), merged, schema)
+        write_json(self.marker, dict(summary))
+        shutil.rmtree(self.partial, ignore_errors=True)
+        try:
+            (self.out_dir / "_partial").rmdir()
+        except OSError:
+            pass
+
+
+def _reject_row(r: Reject) -> dict:
+    return {"sample_id": r.sample_id, "reason": r.reason, "source": r.source, "row": r.row}
+
+
+class AttributeStage:
+    """DESIGN steps 1-6 for one rank: `AttributeStage(cfg).run(rank, world)`.
+
+    `cfg` holds `run_dir`, `data` (path, fields), `model` (name_or_path, ...), `attribute`.
+    """
+
+    def __init__(self, cfg: Mapping[str, Any]):
+        self.cfg = cfg
+        self.acfg = cfg["attribute"]
+        self.out_dir = attribution_dir(cfg["run_dir"])
+
+    def run(self, rank: int = 0, world: int = 1, model: Any = None, tokenizer: Any = None) -> dict:
+        writer = PartWriter(self.out_dir, rank, world)
+        if writer.marker.exists():
+            log.info("rank %d: part %s is complete (%s); nothing to do", rank, writer.part, writer.marker)
+            return json.loads(writer.marker.read_text())
+        data = self.cfg["data"]
+        samples, rejects = read_corpus(data["path"], data.get("fields") or {})
+        rows: list[Sample | Reject] = sorted([*samples, *rejects], key=lambda r: r.row)
+        mine = shard(rows, rank, world)
+        done = writer.prepare()
+        todo = [r for r in mine if r.sample_id not in done]
+        log.info(
+            "rank %d/%d: %d input rows, %d in this shard, %d already done, %d to do -> %s",
+            rank, world, len(rows), len(mine), len(mine) - len(todo), len(todo), self.out_dir,
+        )
+        if todo:
+            if model is None or tokenizer is None:
+                from segsft.dist import local_rank
+                from segsft.models import load_model, load_tokenizer, pick_device, pick_dtype
+
+                device = pick_device(self.acfg.get("device", "auto"), local_rank())
+                tokenizer = load_tokenizer(self.cfg["model"])
+                model = load_model(self.cfg["model"], device, pick_dtype(self.cfg["model"].get("dtype", "auto"), device))
+            self._process(todo, writer, model, tokenizer, rank)
+        summary = {"part": writer.part, "rows_in_shard": len(mine), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        writer.finish(summary)
+        log.info("rank %d: part %s complete: %s", rank, writer.part, [str(writer.final(t)) for t in TABLES])
+        return summary
+
+    def _process(self, todo: list[Sample | Reject], writer: PartWriter, model: Any, tokenizer: Any, rank: int) -> None:
+        from segsft.models import pad_token_id
+
+        a = self.acfg
+        pattern = resolve_pattern(a.get("segment_preset", "default"), a.get("segment_pattern"))
+        suffix = a.get("answer_suffix") or ANSWER_SUFFIX_DEFAULT
+        max_tokens = int(a.get("max_tokens", 0) or 0)
+        model_name = str(self.cfg["model"]["name_or_path"])
+        check_supports_logits_to_keep(model)
+        model.eval()
+        freeze(model)
+        device = model.get_input_embeddings().weight.device
+        pad = pad_token_id(tokenizer)
+        flush_every = max(1, int(a.get("flush_every", 8)))
+        flush_seconds = float(a.get("flush_seconds", 300))
+        buf = _Buffer()
+        last_flush = time.monotonic()
+        tokens_done = 0
+        bar = tqdm(total=len(todo), desc=f"attribute rank {rank}", unit="sample", disable=rank != 0)
+        started = time.monotonic()
+        for item in todo:
+            if isinstance(item, Reject):
+                buf.rejects.append(_reject_row(item))
+            else:
+                t0 = time.monotonic()
+                try:
+                    seq = build_sequence(tokenizer, item.question, item.solution, pattern, item.answer, suffix)
+                    n_fed = int(seq.answer_positions[-1]) + 1
+                    if max_tokens and len(seq.input_ids) > max_tokens:
+                        raise ValueError(
+                            f"too long: {len(seq.input_ids)} tokens > attribute.max_tokens={max_tokens} "
+                            "(raise attribute.max_tokens to keep it)"
+                        )
+                    ids = torch.as_tensor(seq.input_ids[:n_fed], device=device)
+                    res = integrated_gradients(
+                        model, ids, torch.as_tensor(seq.answer_positions, device=device),
+                        rule=a["rule"], steps=int(a["steps"]), baseline=a.get("baseline", "pad"),
+                        pad_id=pad, batch_alphas=int(a.get("batch_alphas", 4)),
+                    )
+                except (ValueError, torch.OutOfMemoryError) as e:
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    buf.rejects.append(_reject_row(Reject(item.sample_id, f"row {item.row}: {e}", item.source, item.row)))
+                else:
+                    self._rows(buf, item, seq, res, n_fed, model_name, time.monotonic() - t0)
+                    tokens_done += n_fed
+            bar.update(1)
+            bar.set_postfix(tok_s=f"{tokens_done / max(time.monotonic() - started, 1e-9):.0f}")
+            if len(buf) >= flush_every or time.monotonic() - last_flush > flush_seconds:
+                writer.flush(buf)
+                last_flush = time.monotonic()
+        writer.flush(buf)
+        bar.close()
+
+    def _rows(self, buf: _Buffer, item: Sample, seq: Any, res: Any, n_fed: int, model_name: str, seconds: float) -> None:
+        a = res.token_attr
+        for k, (m, (cs, ce), (ts, te)) in enumerate(zip(segment_metrics(a, seq.segment_tokens), seq.segment_chars, seq.segment_tokens)):
+            buf.segments.append({"sample_id": item.sample_id, "segment": k, "char_start": cs, "char_end": ce,
+                                 "token_start": ts, "token_end": te, **m})
+        if not np.isfinite(a).all():
+            log.warning("sample %s: non-finite attributions (model dtype too narrow?)", item.sample_id)
+        buf.samples.append({
+            "sample_id": item.sample_id,
+            "n_tokens": n_fed,
+            "n_segments": len(seq.segment_chars),
+            "answer_logprob": res.answer_logprob,
+            "baseline_logprob": res.baseline_logprob,
+            "attr_total": float(a.sum()),
+            "attr_norm": float(np.linalg.norm(a)),
+            "completeness_gap": res.completeness_gap,
+            "rule": self.acfg["rule"],
+            "steps": int(self.acfg["steps"]),
+            "model": model_name,
+            "seconds": seconds,
+        })

@@ -1,0 +1,117 @@
+"""Reading a corpus of traces: JSONL or Parquet, field names from config.
+
+Every input row ends up as exactly one `Sample` or one `Reject` (with its reason); a
+file problem that concerns every row (missing file, none of the fields) raises at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+REQUIRED = ("question", "solution", "answer")
+
+
+class CorpusError(ValueError):
+    """The corpus file as a whole cannot be used."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    sample_id: str
+    question: str
+    solution: str
+    answer: str
+    source: str
+    row: int  # 0-based row (JSONL: line index)
+
+
+@dataclass(frozen=True)
+class Reject:
+    sample_id: str
+    reason: str
+    source: str
+    row: int
+
+
+def _derived_id(*parts: str) -> str:
+    h = hashlib.sha1("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+    return f"h{h[:16]}"
+
+
+def _raw_rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any] | None, str]]:
+    """(row index, record or None when unparsable, parse error or raw line)."""
+    if path.suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        for i, rec in enumerate(pq.read_table(path).to_pylist()):
+            yield i, rec, ""
+        return
+    with path.open("r", encoding="utf-8", errors="replace") as fh:
+        for i, line in enumerate(fh):
+            if not line.strip():
+                yield i, None, "empty line"
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield i, None, f"invalid JSON ({e.msg} at column {e.colno})|{line}"
+                continue
+            if not isinstance(rec, dict):
+                yield i, None, f"a JSON {type(rec).__name__}, not an object|{line}"
+                continue
+            yield i, rec, ""
+
+
+def read_corpus(path: str | Path, fields: Mapping[str, str]) -> tuple[list[Sample], list[Reject]]:
+    """Read every row of `path`; `fields` maps `id`, `question`, `solution`, `answer` to
+    the file's column names (`id` may be empty or absent: ids are then derived)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"corpus file {path} does not exist: set data.path to a JSONL or Parquet file")
+    names = {k: fields.get(k) or k for k in REQUIRED}
+    id_field = fields.get("id")
+    samples: list[Sample] = []
+    rejects: list[Reject] = []
+    seen_fields: set[str] = set()
+    seen_ids: set[str] = set()
+    src = str(path)
+    for i, rec, err in _raw_rows(path):
+        if rec is None:
+            reason, _, raw = err.partition("|")
+            rejects.append(Reject(_derived_id(src, str(i), raw), f"row {i}: {reason}", src, i))
+            continue
+        seen_fields.update(rec)
+        values = {k: rec.get(n) for k, n in names.items()}
+        rid = rec.get(id_field) if id_field else None
+        sid = str(rid) if rid not in (None, "") else _derived_id(*(str(values[k]) for k in REQUIRED))
+        problems = []
+        for k, n in names.items():
+            v = values[k]
+            if v is None:
+                problems.append(f"missing field '{n}'")
+            elif isinstance(v, (int, float)) and not isinstance(v, bool) and k == "answer":
+                values[k] = str(v)
+            elif not isinstance(v, str):
+                problems.append(f"field '{n}' is a {type(v).__name__}, not a string")
+            elif not v.strip():
+                problems.append(f"empty field '{n}'")
+        if sid in seen_ids:
+            problems.append(f"duplicate sample_id {sid!r} (an earlier row has it)")
+        if problems:
+            rejects.append(Reject(sid, f"row {i}: " + "; ".join(problems), src, i))
+            continue
+        seen_ids.add(sid)
+        samples.append(Sample(sid, values["question"], values["solution"], values["answer"], src, i))
+    missing = [n for n in names.values() if n not in seen_fields]
+    if missing:
+        # A field absent from every row is a configuration problem, not a bad row.
+        raise CorpusError(
+            f"{path} has no field {missing} in any row (configured: {sorted(names.values())}); "
+            f"its rows have {sorted(seen_fields) or 'nothing readable'}. Set data.fields.question / "
+            "data.fields.solution / data.fields.answer to its column names"
+        )
+    return samples, rejects

@@ -1,0 +1,69 @@
+"""Loading the causal LM and its tokenizer from a hub id or a local directory."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+          "float64": torch.float64}
+
+
+def pick_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
+    if spec == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(spec)
+
+
+def pick_dtype(spec: str, device: torch.device) -> torch.dtype:
+    """`auto`: bf16 on CUDA, fp32 elsewhere."""
+    if spec == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if spec not in DTYPES:
+        raise ValueError(f"model.dtype={spec!r}: use auto or one of {sorted(DTYPES)}")
+    return DTYPES[spec]
+
+
+def load_tokenizer(cfg: Mapping[str, Any]) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(
+        cfg["name_or_path"],
+        revision=cfg.get("revision"),
+        trust_remote_code=bool(cfg.get("trust_remote_code", False)),
+        use_fast=True,
+    )
+    if cfg.get("chat_template"):
+        tok.chat_template = cfg["chat_template"]
+    return tok
+
+
+def load_model(cfg: Mapping[str, Any], device: torch.device, dtype: torch.dtype) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = dict(
+        revision=cfg.get("revision"),
+        trust_remote_code=bool(cfg.get("trust_remote_code", False)),
+        dtype=dtype,
+        use_safetensors=True,
+    )
+    attn = cfg.get("attn_implementation") or "auto"
+    if attn != "auto":
+        kwargs["attn_implementation"] = attn
+    model = AutoModelForCausalLM.from_pretrained(cfg["name_or_path"], **kwargs)
+    return model.to(device)
+
+
+def pad_token_id(tokenizer: Any) -> int | None:
+    """The pad id, or eos when the tokenizer has no pad token (as many chat models)."""
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    if tokenizer.eos_token_id is not None:
+        log.info("tokenizer has no pad token: the IG baseline uses eos (%s)", tokenizer.eos_token)
+        return int(tokenizer.eos_token_id)
+    return None

@@ -1,0 +1,97 @@
+"""Dispatch from the composed Hydra config to the stages, with all config errors at once."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from segsft.dist import rank_and_world
+
+log = logging.getLogger("segsft")
+
+STAGES = ("attribute", "select", "finetune", "all")
+
+
+class ConfigError(ValueError):
+    """One or more configuration problems, each saying what to change."""
+
+
+def check_attribute(cfg: Any) -> list[str]:
+    from segsft.attribute.ig import BASELINES
+    from segsft.attribute.quadrature import RULES
+    from segsft.text import KEYWORD_PRESETS
+
+    a, errs = cfg.attribute, []
+    if a.rule not in RULES:
+        errs.append(f"attribute.rule={a.rule!r}: use one of {list(RULES)}")
+    if not isinstance(a.steps, int) or a.steps < (2 if a.rule == "trapezoid" else 1):
+        errs.append(f"attribute.steps={a.steps!r}: use an integer >= {2 if a.rule == 'trapezoid' else 1}")
+    if a.baseline not in BASELINES:
+        errs.append(f"attribute.baseline={a.baseline!r}: use one of {list(BASELINES)}")
+    if not isinstance(a.batch_alphas, int) or a.batch_alphas < 1:
+        errs.append(f"attribute.batch_alphas={a.batch_alphas!r}: use an integer >= 1")
+    if not a.get("segment_pattern") and a.segment_preset not in KEYWORD_PRESETS:
+        errs.append(f"attribute.segment_preset={a.segment_preset!r}: use one of {sorted(KEYWORD_PRESETS)} or set attribute.segment_pattern")
+    if "{answer}" not in (a.answer_suffix or "{answer}") or "\\boxed{" not in (a.answer_suffix or "\\boxed{"):
+        errs.append("attribute.answer_suffix must contain \\boxed{ and the placeholder {answer}")
+    if not cfg.data.get("path"):
+        errs.append("data.path is empty: point it to a JSONL or Parquet corpus")
+    if not cfg.model.get("name_or_path"):
+        errs.append("model.name_or_path is empty: give a hub id or a local model directory")
+    return errs
+
+
+def _stage_fns() -> dict[str, tuple[Callable[[Any], list[str]], Callable[[Any], Any]]]:
+    def attribute(cfg: Any) -> Any:
+        from segsft.attribute import AttributeStage
+
+        rank, world = rank_and_world()
+        return AttributeStage(OmegaConf.to_container(cfg, resolve=True)).run(rank, world)
+
+    def select(cfg: Any) -> Any:
+        from segsft.select import check_config, run
+
+        return run(cfg)
+
+    def finetune(cfg: Any) -> Any:
+        from segsft.finetune import run
+
+        return run(cfg)
+
+    def check_select(cfg: Any) -> list[str]:
+        from segsft.select import check_config
+
+        return check_config(cfg)
+
+    def check_finetune(cfg: Any) -> list[str]:
+        from segsft.finetune import check_config
+
+        return check_config(cfg)
+
+    return {
+        "attribute": (check_attribute, attribute),
+        "select": (check_select, select),
+        "finetune": (check_finetune, finetune),
+    }
+
+
+def run_stage(cfg: DictConfig) -> Any:
+    """Check the config of every stage asked for, log it resolved, run the stages."""
+    stage = cfg.stage
+    if stage not in STAGES:
+        raise ConfigError(f"stage={stage!r}: use one of {list(STAGES)}")
+    fns = _stage_fns()
+    names = ["attribute", "select", "finetune"] if stage == "all" else [stage]
+    errors = [e for n in names for e in fns[n][0](cfg)]
+    if errors:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+    rank, world = rank_and_world()
+    log.info("rank %d/%d resolved config:\n%s", rank, world, OmegaConf.to_yaml(cfg, resolve=True))
+    result = None
+    for n in names:
+        log.info("stage %s: outputs under %s", n, {"attribute": f"{cfg.run_dir}/attribution",
+                                                    "select": cfg.selection_dir, "finetune": cfg.finetune_dir}[n])
+        result = fns[n][1](cfg)
+    return result
