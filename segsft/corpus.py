@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from segsft.errors import PipelineError
+
 REQUIRED = ("question", "solution", "answer")
 
 
-class CorpusError(ValueError):
+class CorpusError(PipelineError):
     """The corpus file as a whole cannot be used."""
 
 

@@ -8,13 +8,14 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from segsft.dist import rank_and_world
+from segsft.errors import PipelineError
 
 log = logging.getLogger("segsft")
 
 STAGES = ("attribute", "select", "finetune", "all")
 
 
-class ConfigError(ValueError):
+class ConfigError(PipelineError):
     """One or more configuration problems, each saying what to change."""
 
 
@@ -28,6 +29,9 @@ def check_attribute(cfg: Any) -> list[str]:
         errs.append(f"attribute.rule={a.rule!r}: use one of {list(RULES)}")
     if not isinstance(a.steps, int) or a.steps < (2 if a.rule == "trapezoid" else 1):
         errs.append(f"attribute.steps={a.steps!r}: use an integer >= {2 if a.rule == 'trapezoid' else 1}")
+    mbt = a.get("max_batch_tokens", "auto")
+    if mbt != "auto" and (not isinstance(mbt, int) or mbt < 0):
+        errs.append(f"attribute.max_batch_tokens={mbt!r}: use auto or an integer >= 0 (0 = one point per pass)")
     if a.baseline not in BASELINES:
         errs.append(f"attribute.baseline={a.baseline!r}: use one of {list(BASELINES)}")
     if not isinstance(a.batch_alphas, int) or a.batch_alphas < 1:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from segsft.models import load_tokenizer
 from segsft.tiny_model import save_tiny, tiny_qwen2, train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,23 +44,26 @@ def shared_rows(n: int | None = None) -> list[dict]:
 
 
 @pytest.fixture(scope="session")
-def tokenizer():
+def tiny_model_dir(tmp_path_factory):
+    """A saved tiny model directory (safetensors + tokenizer), loadable by name."""
     texts = list(_CORPUS) * 20
     if SHARED_DATA.is_file():
         texts += [r["solution"][:20000] for r in shared_rows()]
-    return train_tokenizer(texts, vocab_size=1000)
+    trained = train_tokenizer(texts, vocab_size=1000)
+    d = tmp_path_factory.mktemp("tiny-model")
+    return str(save_tiny(d, tiny_qwen2(trained), trained))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model_dir):
+    # Loaded back as the pipeline loads it: transformers picks the class from the
+    # model type (Qwen2), whose pre-tokenizer can differ from the freshly trained one.
+    return load_tokenizer({"name_or_path": tiny_model_dir})
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tokenizer):
     return tiny_qwen2(tokenizer)
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, tokenizer):
-    """A saved tiny model directory (safetensors + tokenizer), loadable by name."""
-    d = tmp_path_factory.mktemp("tiny-model")
-    return str(save_tiny(d, tiny_qwen2(tokenizer), tokenizer))
 
 
 def make_traces(n: int, seed: int = 0) -> list[dict]:

@@ -89,6 +89,7 @@ def _endpoint_logprobs(model: Any, x: torch.Tensor, base: torch.Tensor, ids: tor
     return float(f[0]), float(f[1])
 
 
+@torch.no_grad()
 def integrated_gradients(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -103,7 +104,8 @@ def integrated_gradients(
     """Per-token IG attributions of f = sum log p(answer tokens) for one sequence.
 
     `input_ids` [L] must end at the last answer token (nothing after it is fed).
-    `batch_alphas` path points go through the model in one forward/backward pass.
+    `batch_alphas` path points go through the model in one forward/backward pass; only
+    that pass records a graph, the path arithmetic and accumulation do not.
     The model's parameters should be frozen (see `freeze`) and dropout off.
     """
     if answer_positions.numel() == 0:
@@ -117,9 +119,8 @@ def integrated_gradients(
     alphas = torch.tensor(alphas_np, dtype=acc, device=dev)
     weights = torch.tensor(weights_np, dtype=acc, device=dev)
 
-    with torch.no_grad():
-        x = model.get_input_embeddings()(input_ids).to(acc)
-        base = baseline_embeddings(model, input_ids, baseline, pad_id).to(acc)
+    x = model.get_input_embeddings()(input_ids).to(acc)
+    base = baseline_embeddings(model, input_ids, baseline, pad_id).to(acc)
     delta = x - base
     grad_sum = torch.zeros_like(x)
     f_at: dict[float, float] = {}

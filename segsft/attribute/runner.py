@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from segsft.attribute.ig import check_supports_logits_to_keep, freeze, integrated_gradients
+from segsft.attribute.batching import attribute_sequence, resolve_budget
+from segsft.attribute.ig import check_supports_logits_to_keep, freeze
 from segsft.attribute.metrics import segment_metrics
 from segsft.corpus import Reject, Sample, read_corpus
 from segsft.dist import part_name, shard
@@ -163,52 +164,69 @@ class AttributeStage:
         log.info("rank %d: part %s complete: %s", rank, writer.part, [str(writer.final(t)) for t in TABLES])
         return summary
 
-    def _process(self, todo: list[Sample | Reject], writer: PartWriter, model: Any, tokenizer: Any, rank: int) -> None:
-        from segsft.models import pad_token_id
-
+    def _prepare(self, todo: list[Sample | Reject], tokenizer: Any) -> tuple[list[tuple[Sample, Any]], list[dict]]:
+        """Tokenize every sample once; too long or unmappable ones become rejects."""
         a = self.acfg
         pattern = resolve_pattern(a.get("segment_preset", "default"), a.get("segment_pattern"))
         suffix = a.get("answer_suffix") or ANSWER_SUFFIX_DEFAULT
         max_tokens = int(a.get("max_tokens", 0) or 0)
+        ready, rejects = [], []
+        for item in todo:
+            if isinstance(item, Reject):
+                rejects.append(_reject_row(item))
+                continue
+            try:
+                seq = build_sequence(tokenizer, item.question, item.solution, pattern, item.answer, suffix)
+                if max_tokens and len(seq.input_ids) > max_tokens:
+                    raise ValueError(
+                        f"too long: {len(seq.input_ids)} tokens > attribute.max_tokens={max_tokens} "
+                        "(raise attribute.max_tokens to keep it)"
+                    )
+            except ValueError as e:
+                rejects.append(_reject_row(Reject(item.sample_id, f"row {item.row}: {e}", item.source, item.row)))
+                continue
+            ready.append((item, seq))
+        # Longest first: similar lengths batch alike, and memory trouble shows up at once.
+        ready.sort(key=lambda x: (-len(x[1].input_ids), x[0].row))
+        return ready, rejects
+
+    def _process(self, todo: list[Sample | Reject], writer: PartWriter, model: Any, tokenizer: Any, rank: int) -> None:
+        from segsft.models import pad_token_id
+
+        a = self.acfg
         model_name = str(self.cfg["model"]["name_or_path"])
         check_supports_logits_to_keep(model)
         model.eval()
         freeze(model)
         device = model.get_input_embeddings().weight.device
+        budget = resolve_budget(a.get("max_batch_tokens", "auto"), device)
         pad = pad_token_id(tokenizer)
+        ready, rejects = self._prepare(todo, tokenizer)
+        buf = _Buffer(rejects=rejects)
         flush_every = max(1, int(a.get("flush_every", 8)))
         flush_seconds = float(a.get("flush_seconds", 300))
-        buf = _Buffer()
-        last_flush = time.monotonic()
+        last_flush = started = time.monotonic()
         tokens_done = 0
-        bar = tqdm(total=len(todo), desc=f"attribute rank {rank}", unit="sample", disable=rank != 0)
-        started = time.monotonic()
-        for item in todo:
-            if isinstance(item, Reject):
-                buf.rejects.append(_reject_row(item))
+        bar = tqdm(total=len(todo), initial=len(rejects), desc=f"attribute rank {rank}", unit="sample", disable=rank != 0)
+        for item, seq in ready:
+            t0 = time.monotonic()
+            n_fed = int(seq.answer_positions[-1]) + 1
+            try:
+                res = attribute_sequence(
+                    model, torch.as_tensor(seq.input_ids[:n_fed], device=device),
+                    torch.as_tensor(seq.answer_positions, device=device),
+                    rule=a["rule"], steps=int(a["steps"]), baseline=a.get("baseline", "pad"), pad_id=pad,
+                    batch_alphas=int(a.get("batch_alphas", 8)), max_batch_tokens=budget,
+                )
+            except torch.OutOfMemoryError as e:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                buf.rejects.append(_reject_row(Reject(
+                    item.sample_id, f"row {item.row}: out of memory at {n_fed} tokens even with one point per pass "
+                    f"and checkpointing ({str(e).splitlines()[0]}); lower attribute.max_tokens", item.source, item.row)))
             else:
-                t0 = time.monotonic()
-                try:
-                    seq = build_sequence(tokenizer, item.question, item.solution, pattern, item.answer, suffix)
-                    n_fed = int(seq.answer_positions[-1]) + 1
-                    if max_tokens and len(seq.input_ids) > max_tokens:
-                        raise ValueError(
-                            f"too long: {len(seq.input_ids)} tokens > attribute.max_tokens={max_tokens} "
-                            "(raise attribute.max_tokens to keep it)"
-                        )
-                    ids = torch.as_tensor(seq.input_ids[:n_fed], device=device)
-                    res = integrated_gradients(
-                        model, ids, torch.as_tensor(seq.answer_positions, device=device),
-                        rule=a["rule"], steps=int(a["steps"]), baseline=a.get("baseline", "pad"),
-                        pad_id=pad, batch_alphas=int(a.get("batch_alphas", 4)),
-                    )
-                except (ValueError, torch.OutOfMemoryError) as e:
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    buf.rejects.append(_reject_row(Reject(item.sample_id, f"row {item.row}: {e}", item.source, item.row)))
-                else:
-                    self._rows(buf, item, seq, res, n_fed, model_name, time.monotonic() - t0)
-                    tokens_done += n_fed
+                self._rows(buf, item, seq, res, n_fed, model_name, time.monotonic() - t0)
+                tokens_done += n_fed
             bar.update(1)
             bar.set_postfix(tok_s=f"{tokens_done / max(time.monotonic() - started, 1e-9):.0f}")
             if len(buf) >= flush_every or time.monotonic() - last_flush > flush_seconds:

@@ -1,0 +1,173 @@
+"""The attribution stage over a corpus: tables, rejects, sharding, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import REPO, make_traces, write_jsonl
+from segsft.attribute import AttributeStage
+from segsft.io import REJECTS_SCHEMA, SAMPLES_SCHEMA, SEGMENTS_SCHEMA
+from segsft.text import build_sequence, resolve_pattern
+
+
+def overrides(run_dir, corpus, model_dir, *extra):
+    return [f"run_dir={run_dir}", f"data.path={corpus}", f"model.name_or_path={model_dir}",
+            "attribute.steps=4", "attribute.batch_alphas=2", "attribute.flush_every=2", *extra]
+
+
+def compose_cfg(ovr):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=ovr)
+
+
+def run_inprocess(ovr, rank=0, world=1):
+    cfg = OmegaConf.to_container(compose_cfg(ovr), resolve=True)
+    return AttributeStage(cfg).run(rank, world)
+
+
+def read(run_dir, table):
+    return pl.read_parquet(Path(run_dir) / "attribution" / f"{table}-*.parquet")
+
+
+def env1():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
+
+
+def pipeline_cmd(ovr):
+    return [sys.executable, str(REPO / "pipeline.py"), "stage=attribute", *ovr]
+
+
+def sorted_tables(run_dir):
+    seg = read(run_dir, "segments").sort("sample_id", "segment")
+    smp = read(run_dir, "samples").drop("seconds").sort("sample_id")
+    rej = read(run_dir, "rejects").sort("sample_id")
+    return seg, smp, rej
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    rows = make_traces(7)
+    lines = [rows[0], rows[1], '{"id": "broken", "question": ', {**rows[2], "answer": None},
+             {**rows[3], "solution": ""}, rows[4], {**rows[5], "solution": rows[5]["solution"] * 40}, rows[6]]
+    for r in lines:
+        if isinstance(r, dict) and r.get("answer") is None:
+            r.pop("answer", None)
+    return write_jsonl(d / "traces.jsonl", lines)
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory, corpus, tiny_model_dir):
+    run_dir = tmp_path_factory.mktemp("run1")
+    run_inprocess(overrides(run_dir, corpus, tiny_model_dir, "attribute.max_tokens=400"))
+    return run_dir
+
+
+def test_tables_follow_the_contract(single_run, corpus, tokenizer):
+    adir = Path(single_run) / "attribution"
+    assert sorted(p.name for p in adir.iterdir()) == [
+        "part-00000-of-00001.done", "rejects-00000-of-00001.parquet",
+        "samples-00000-of-00001.parquet", "segments-00000-of-00001.parquet"]
+    seg, smp, rej = (pl.read_parquet(adir / f"{t}-00000-of-00001.parquet") for t in ("segments", "samples", "rejects"))
+    for t, schema in (("segments", SEGMENTS_SCHEMA), ("samples", SAMPLES_SCHEMA), ("rejects", REJECTS_SCHEMA)):
+        assert pq.read_schema(adir / f"{t}-00000-of-00001.parquet").remove_metadata().equals(schema)
+    # Every input row is in exactly one of samples or rejects.
+    assert smp.height + rej.height == 8
+    assert set(smp["sample_id"]) & set(rej["sample_id"]) == set()
+    assert sorted(smp["sample_id"]) == ["s000", "s001", "s004", "s006"]
+    reasons = dict(zip(rej["row"], rej["reason"]))
+    assert "invalid JSON" in reasons[2]
+    assert "missing field 'answer'" in reasons[3]
+    assert "empty field 'solution'" in reasons[4]
+    assert "attribute.max_tokens=400" in reasons[6] and rej.filter(pl.col("row") == 6)["sample_id"][0] == "s005"
+    # Segments agree with an independent segmentation and tokenization.
+    rows = {r["id"]: r for r in make_traces(7)}
+    for sid in smp["sample_id"]:
+        r = rows[sid]
+        seq = build_sequence(tokenizer, r["question"], r["solution"], resolve_pattern("default"), r["answer"])
+        s = seg.filter(pl.col("sample_id") == sid).sort("segment")
+        assert s["segment"].to_list() == list(range(len(seq.segment_chars)))
+        assert list(zip(s["char_start"], s["char_end"])) == seq.segment_chars
+        assert list(zip(s["token_start"], s["token_end"])) == seq.segment_tokens
+        assert (s["n_tokens"] == s["token_end"] - s["token_start"]).all()
+        assert [len(x) for x in s["token_attr"]] == s["n_tokens"].to_list()
+        assert np.allclose([sum(x) for x in s["token_attr"]], s["attr_sum"], atol=1e-5)
+        info = smp.filter(pl.col("sample_id") == sid).row(0, named=True)
+        assert info["n_segments"] == s.height and info["n_tokens"] == int(seq.answer_positions[-1]) + 1
+        assert info["rule"] == "gauss_legendre" and info["steps"] == 4
+        gap = abs(info["attr_total"] - (info["answer_logprob"] - info["baseline_logprob"])) / abs(info["answer_logprob"] - info["baseline_logprob"])
+        assert info["completeness_gap"] == pytest.approx(gap)
+
+
+def test_rerun_is_a_no_op_and_never_duplicates(single_run, corpus, tiny_model_dir):
+    before = sorted_tables(single_run)
+    run_inprocess(overrides(single_run, corpus, tiny_model_dir, "attribute.max_tokens=400"))
+    (Path(single_run) / "attribution" / "part-00000-of-00001.done").unlink()
+    # Without its marker the part is re-checked: every sample is found done, none redone.
+    run_inprocess(overrides(single_run, corpus, tiny_model_dir, "attribute.max_tokens=400"))
+    after = sorted_tables(single_run)
+    for a, b in zip(before, after):
+        assert a.equals(b)
+
+
+def test_torchrun_two_ranks_equal_one_process(tmp_path, corpus, tiny_model_dir, single_run):
+    run_dir = tmp_path / "run2"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           str(REPO / "pipeline.py"), "stage=attribute", *overrides(run_dir, corpus, tiny_model_dir, "attribute.max_tokens=400")]
+    out = subprocess.run(cmd, env=env1(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    names = sorted(p.name for p in (run_dir / "attribution").glob("*"))
+    assert "segments-00000-of-00002.parquet" in names and "segments-00001-of-00002.parquet" in names
+    assert "part-00001-of-00002.done" in names
+    seg2, smp2, rej2 = sorted_tables(run_dir)
+    seg1, smp1, rej1 = sorted_tables(single_run)
+    assert rej2.equals(rej1)
+    assert smp2["sample_id"].to_list() == smp1["sample_id"].to_list()
+    assert seg2.select("sample_id", "segment", "token_start", "token_end").equals(seg1.select("sample_id", "segment", "token_start", "token_end"))
+    assert np.allclose(seg2["attr_sum"], seg1["attr_sum"], rtol=1e-4, atol=1e-6)
+    # Each rank logged its resolved config and output directory.
+    assert "resolved config" in out.stderr + out.stdout
+
+
+def test_killed_run_resumes_to_identical_tables(tmp_path, tiny_model_dir):
+    corpus = write_jsonl(tmp_path / "c.jsonl", make_traces(40, seed=3))
+    ref_dir, kill_dir = tmp_path / "ref", tmp_path / "killed"
+    ovr = lambda d: overrides(d, corpus, tiny_model_dir, "attribute.flush_every=1")  # noqa: E731
+    subprocess.run(pipeline_cmd(ovr(ref_dir)), env=env1(), check=True, capture_output=True, timeout=300)
+    proc = subprocess.Popen(pipeline_cmd(ovr(kill_dir)), env=env1(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = kill_dir / "attribution" / "_partial" / "00000-of-00001"
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(partial.glob("samples-*.parquet"))) < 3 and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    chunks = len(list(partial.glob("samples-*.parquet")))
+    assert 3 <= chunks < 40, "the run must be killed part-way"
+    assert not (kill_dir / "attribution" / "part-00000-of-00001.done").exists()
+    out = subprocess.run(pipeline_cmd(ovr(kill_dir)), env=env1(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    # flush_every=1: each committed chunk holds one sample, and exactly those are skipped.
+    assert f"{chunks} already done, {40 - chunks} to do" in out.stdout + out.stderr
+    for a, b in zip(sorted_tables(ref_dir), sorted_tables(kill_dir)):
+        assert a.equals(b)
+    assert read(kill_dir, "samples")["sample_id"].n_unique() == 40
+
+
+def test_config_errors_are_reported_together(tmp_path):
+    out = subprocess.run(pipeline_cmd([f"run_dir={tmp_path}", "attribute.rule=simpson", "attribute.baseline=mean", "attribute.batch_alphas=0"]),
+                         env=env1(), capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    err = out.stderr
+    assert "attribute.rule='simpson'" in err and "attribute.baseline='mean'" in err and "attribute.batch_alphas=0" in err

@@ -1,0 +1,59 @@
+"""Reading corpora: every row is a sample or a reject; file-level problems stop at once."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import write_jsonl
+from segsft.corpus import CorpusError, read_corpus
+
+FIELDS = {"id": "id", "question": "question", "solution": "solution", "answer": "answer"}
+
+
+def test_bad_rows_are_rejected_with_reasons(tmp_path):
+    ok = {"id": "a", "question": "q", "solution": "s", "answer": "1"}
+    path = write_jsonl(
+        tmp_path / "c.jsonl",
+        [ok, '{"id": "b", "question": "q", "solution": ', {"id": "c", "question": "q", "solution": "s"},
+         {"id": "d", "question": "q", "solution": "  ", "answer": "2"}, {"id": "a", "question": "q2", "solution": "s", "answer": "1"},
+         {"question": "q", "solution": "s", "answer": 7}, "[1, 2]"],
+    )
+    samples, rejects = read_corpus(path, FIELDS)
+    assert len(samples) + len(rejects) == 7
+    assert [s.sample_id for s in samples][0] == "a"
+    assert samples[1].answer == "7" and samples[1].sample_id.startswith("h")
+    reasons = {r.row: r.reason for r in rejects}
+    assert "invalid JSON" in reasons[1]
+    assert "missing field 'answer'" in reasons[2]
+    assert "empty field 'solution'" in reasons[3]
+    assert "duplicate sample_id 'a'" in reasons[4]
+    assert "not an object" in reasons[6]
+    assert all(r.source == str(path) for r in rejects)
+
+
+def test_derived_ids_are_stable(tmp_path):
+    rows = [{"question": "q", "solution": f"s{i}", "answer": "1"} for i in range(3)]
+    a, _ = read_corpus(write_jsonl(tmp_path / "a.jsonl", rows), FIELDS)
+    b, _ = read_corpus(write_jsonl(tmp_path / "b.jsonl", rows[::-1]), FIELDS)
+    assert {s.sample_id for s in a} == {s.sample_id for s in b}
+    assert len({s.sample_id for s in a}) == 3
+
+
+def test_parquet_with_custom_field_names(tmp_path):
+    t = pa.table({"uid": ["x", "y"], "problem": ["q1", "q2"], "thinking": ["t1", ""], "gt": ["1", "2"]})
+    pq.write_table(t, tmp_path / "c.parquet")
+    samples, rejects = read_corpus(tmp_path / "c.parquet", {"id": "uid", "question": "problem", "solution": "thinking", "answer": "gt"})
+    assert [s.sample_id for s in samples] == ["x"] and samples[0].solution == "t1"
+    assert [r.sample_id for r in rejects] == ["y"] and "empty field 'thinking'" in rejects[0].reason
+
+
+def test_missing_file_and_wrong_fields_stop_at_once(tmp_path):
+    with pytest.raises(CorpusError, match="does not exist"):
+        read_corpus(tmp_path / "nope.jsonl", FIELDS)
+    path = write_jsonl(tmp_path / "c.jsonl", [{"prompt": "q", "response": "s"}])
+    with pytest.raises(CorpusError) as e:
+        read_corpus(path, FIELDS)
+    msg = str(e.value)
+    assert str(path) in msg and "'prompt'" in msg and "'response'" in msg and "data.fields" in msg

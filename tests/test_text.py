@@ -1,0 +1,114 @@
+"""Segmentation (DESIGN step 2) and token spans (steps 3-4)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from conftest import needs_shared_data, shared_rows
+from segsft.text import (
+    Encoded,
+    answer_token_positions,
+    KEYWORDS_BROAD,
+    KEYWORDS_DEFAULT,
+    boxed_span,
+    build_sequence,
+    encode_with_offsets,
+    render_prompt,
+    resolve_pattern,
+    split_segments,
+)
+
+PATTERNS = [KEYWORDS_DEFAULT, KEYWORDS_BROAD, r"\n\nStep \d+"]
+
+
+def _texts(text, spans):
+    return [text[a:b] for a, b in spans]
+
+
+@needs_shared_data
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_segments_tile_every_real_trace_and_follow_the_regex(pattern):
+    rx = re.compile(pattern)
+    total = 0
+    for row in shared_rows():
+        text = row["solution"]
+        spans = split_segments(text, rx)
+        assert "".join(_texts(text, spans)) == text
+        # Segment starts (after the first) are exactly the keyword matches.
+        starts = [a for a, _ in spans[1:]]
+        assert starts == [m.start() for m in rx.finditer(text) if m.start() > 0]
+        for a, _ in spans[1:]:
+            assert rx.match(text, a), "every later segment begins with its keyword"
+        total += len(spans)
+    if pattern == KEYWORDS_DEFAULT:
+        assert total / len(shared_rows()) > 20  # the data card says ~80 on average
+
+
+def test_segment_edge_cases():
+    rx = resolve_pattern("default")
+    assert split_segments("no keyword here", rx) == [(0, 15)]
+    text = "\n\nWait at the start. x\n\nWait\n\nAlternatively y"
+    assert _texts(text, split_segments(text, rx)) == ["\n\nWait at the start. x", "\n\nWait", "\n\nAlternatively y"]
+    assert split_segments("", rx) == []
+    # "\n\nBut wait" is in the default preset, bare "\n\nBut" only in the broad one.
+    t = "a\n\nBut then b\n\nBut wait c"
+    assert _texts(t, split_segments(t, rx)) == ["a\n\nBut then b", "\n\nBut wait c"]
+    assert _texts(t, split_segments(t, resolve_pattern("broad"))) == ["a", "\n\nBut then b", "\n\nBut wait c"]
+    assert _texts("x\n\nStep 2 y", split_segments("x\n\nStep 2 y", resolve_pattern("default", r"\n\nStep \d"))) == ["x", "\n\nStep 2 y"]
+    with pytest.raises(ValueError, match="segment_pattern"):
+        resolve_pattern("nope")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["\\frac{1}{2}", "(1, 2)", "x = 3 or x = -3", "\\{a, \\text{b}\\}", "204"],
+)
+def test_boxed_span_is_brace_matched(answer):
+    suffix = f"</think> So, the final answer is \\boxed{{{answer}}}"
+    a, b = boxed_span(suffix)
+    assert suffix[a:b] == answer
+
+
+def test_boxed_span_errors():
+    with pytest.raises(ValueError, match="unbalanced"):
+        boxed_span("\\boxed{\\frac{1}{2}")
+    with pytest.raises(ValueError, match="no \\\\boxed"):
+        boxed_span("the answer is 3")
+
+
+def test_sequence_spans_follow_first_character_rule(tokenizer):
+    question = "What is half of one?"
+    solution = "Half of one.\n\nWait, it is \\frac{1}{2}.\n\nAlternatively 0.5 works."
+    rx = resolve_pattern("default")
+    answer = "\\frac{1}{2}"
+    seq = build_sequence(tokenizer, question, solution, rx, answer)
+    prompt_ids = tokenizer(render_prompt(tokenizer, question), add_special_tokens=False)["input_ids"]
+    assert seq.n_prompt == len(prompt_ids)
+    assert list(seq.input_ids[: seq.n_prompt]) == prompt_ids
+    suffix = f"</think> So, the final answer is \\boxed{{{answer}}}"
+    body = solution + suffix
+    enc = tokenizer(body, add_special_tokens=False, return_offsets_mapping=True)
+    assert list(seq.input_ids[seq.n_prompt :]) == enc["input_ids"]
+    # Independent statement: token i belongs to the segment whose chars hold offsets[i][0].
+    for (cs, ce), (ts, te) in zip(seq.segment_chars, seq.segment_tokens):
+        expect = [i + seq.n_prompt for i, (s, _) in enumerate(enc["offset_mapping"]) if cs <= s < ce]
+        assert list(range(ts, te)) == expect
+    assert seq.segment_tokens[0][0] == seq.n_prompt
+    # The answer tokens decode to exactly the answer (they lie wholly inside it here).
+    ans_start = len(solution) + suffix.index("\\boxed{") + len("\\boxed{")
+    inside = [i + seq.n_prompt for i, (s, e) in enumerate(enc["offset_mapping"]) if s >= ans_start and e <= ans_start + len(answer)]
+    assert list(seq.answer_positions) == inside
+    assert tokenizer.decode(seq.input_ids[seq.answer_positions]) == answer
+
+
+def test_answer_falls_back_to_overlapping_tokens():
+    # Tokens: [0,3) [3,8) [8,9) [9,12); answer chars [4,6) lie inside token 1 only.
+    enc = Encoded(ids=np.arange(4), starts=np.array([0, 3, 8, 9]), ends=np.array([3, 8, 9, 12]))
+    assert list(answer_token_positions(enc, 4, 6)) == [1]
+    # Answer [3,9) wholly holds tokens 1 and 2; token 3 only touches its end.
+    assert list(answer_token_positions(enc, 3, 9)) == [1, 2]
+    # Answer [2,4) straddles tokens 0 and 1 and holds neither wholly.
+    assert list(answer_token_positions(enc, 2, 4)) == [0, 1]
