@@ -29,11 +29,24 @@ def pick_dtype(spec: str, device: torch.device) -> torch.dtype:
     return DTYPES[spec]
 
 
+_resolved: dict[str, str] = {}
+
+
+def model_path(cfg: Mapping[str, Any]) -> str:
+    """The configured id or directory, or the offline copy of a known model (resolved once)."""
+    from segsft.model_source import resolve_name_or_path
+
+    name = str(cfg["name_or_path"])
+    if name not in _resolved:
+        _resolved[name] = resolve_name_or_path(cfg)
+    return _resolved[name]
+
+
 def load_tokenizer(cfg: Mapping[str, Any]) -> Any:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(
-        cfg["name_or_path"],
+        model_path(cfg),
         revision=cfg.get("revision"),
         trust_remote_code=bool(cfg.get("trust_remote_code", False)),
         use_fast=True,
@@ -55,7 +68,7 @@ def load_model(cfg: Mapping[str, Any], device: torch.device, dtype: torch.dtype)
     attn = cfg.get("attn_implementation") or "auto"
     if attn != "auto":
         kwargs["attn_implementation"] = attn
-    model = AutoModelForCausalLM.from_pretrained(cfg["name_or_path"], **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(model_path(cfg), **kwargs)
     return model.to(device)
 
 
