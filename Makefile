@@ -33,11 +33,11 @@ attribute: install ## integrated-gradients attribution (NPROC=8 for torchrun ove
 	@if [ $(NPROC) -gt 1 ]; then $(VENV)/bin/torchrun --nproc_per_node $(NPROC) pipeline.py stage=attribute run_dir=$(RUN_DIR) $(ARGS); \
 	else $(PY) pipeline.py stage=attribute run_dir=$(RUN_DIR) $(ARGS); fi
 
-select: install ## threshold selection -> masks.parquet; ARGS=overrides
+select: install ## threshold selection -> <selection dir>/masks.parquet; ARGS="select.top_mass=0.6 select.method=random ..."
 	$(PY) pipeline.py stage=select run_dir=$(RUN_DIR) $(ARGS)
 
-sweep: install ## Hydra multirun over the selection thresholds
-	$(PY) pipeline.py --multirun stage=select run_dir=$(RUN_DIR) $(ARGS)
+sweep: install ## multirun over a threshold grid (conf/select/grid) -> a dir per job + sweeps/select/sweep.parquet; ARGS="select.top_mass=0.6,0.7"
+	$(PY) pipeline.py --multirun stage=select run_dir=$(RUN_DIR) +select/grid=default $(ARGS)
 
 finetune: install ## selective SFT under DeepSpeed (NPROC=..., SELECTION=<selection dir>)
 	$(PY) pipeline.py stage=finetune run_dir=$(RUN_DIR) $(ARGS)

@@ -1,0 +1,126 @@
+"""Find and validate the attribution tables of a run before anything is read.
+
+The attribution stage writes, per part `0000r-of-0000w`, `{segments,samples,rejects}-<part>.parquet`
+then `part-<part>.done`; an unfinished part leaves `_partial/<part>/`. Selection reads only
+complete runs: every rank of one world size, each with its marker, no `_partial/` left.
+Only file names and Parquet footers are read here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from segsft.errors import PipelineError
+from segsft.select.schema import REQUIRED, SAMPLE_COLUMNS, SEGMENT_COLUMNS
+
+PART_FILE = re.compile(r"^(segments|samples)-(\d{5})-of-(\d{5})\.parquet$")
+MARKER = re.compile(r"^part-(\d{5})-of-(\d{5})\.done$")
+
+
+class AttributionNotReady(PipelineError):
+    """The attribution tables are missing, incomplete or malformed; the message says what to run."""
+
+
+@dataclass(frozen=True)
+class AttributionTables:
+    """The validated part files of one complete attribution run."""
+
+    dir: Path
+    segments: tuple[Path, ...]
+    samples: tuple[Path, ...]
+
+    def scan_segments(self) -> pl.LazyFrame:
+        return pl.scan_parquet(list(self.segments)).select(SEGMENT_COLUMNS)
+
+    def scan_samples(self) -> pl.LazyFrame:
+        return pl.scan_parquet(list(self.samples)).select(SAMPLE_COLUMNS)
+
+
+def _resume_hint(run_dir: Path, world: int | None) -> str:
+    nproc = f" NPROC={world}" if world and world > 1 else ""
+    return (f"run `make attribute RUN_DIR={run_dir}{nproc}` (or `python pipeline.py stage=attribute "
+            f"run_dir={run_dir}` under the same launcher) again: it resumes the unfinished parts and marks them done")
+
+
+def _split(name: str) -> tuple[int, int]:
+    r, w = name.split("-of-")
+    return int(r), int(w)
+
+
+def open_attribution(run_dir: str | Path) -> AttributionTables:
+    """The attribution tables under `run_dir/attribution`, or AttributionNotReady saying what to do."""
+    run_dir = Path(run_dir)
+    adir = run_dir / "attribution"
+    if not adir.is_dir() or not (any(adir.glob("segments-*.parquet")) or (adir / "_partial").is_dir()):
+        what = "does not exist" if not adir.is_dir() else "holds no segments-*.parquet"
+        raise AttributionNotReady(
+            f"{adir} {what}: selection reads the attribution tables. Run `make attribute RUN_DIR={run_dir}` "
+            f"first (or point run_dir=... to a run that has them)."
+        )
+    files: dict[str, dict[str, Path]] = {"segments": {}, "samples": {}}
+    for p in sorted(adir.iterdir()):
+        m = PART_FILE.match(p.name)
+        if m:
+            files[m.group(1)][f"{m.group(2)}-of-{m.group(3)}"] = p
+    markers = {f"{m.group(1)}-of-{m.group(2)}" for p in adir.glob("part-*.done") if (m := MARKER.match(p.name))}
+    partial = sorted(d.name for d in (adir / "_partial").glob("*") if d.is_dir()) if (adir / "_partial").is_dir() else []
+    parts = sorted(set(files["segments"]) | set(files["samples"]) | markers)
+    worlds = sorted({_split(p)[1] for p in parts})
+
+    problems = []
+    if len(worlds) > 1:
+        by_world = {w: [p for p in parts if _split(p)[1] == w] for w in worlds}
+        problems.append(
+            f"parts of {len(worlds)} different world sizes {by_world}: they would count samples twice; "
+            "keep the files of one attribution run and move the others out of the directory"
+        )
+    world = worlds[-1] if worlds else None
+    if len(worlds) == 1:
+        missing = [f"{r:05d}-of-{world:05d}" for r in range(world) if f"{r:05d}-of-{world:05d}" not in parts]
+        if missing:
+            problems.append(f"parts {missing} have no files yet (world size {world})")
+    for part in parts:
+        lacking = [t for t in ("segments", "samples") if part not in files[t]]
+        if part not in markers:
+            problems.append(f"part {part} has no completion marker part-{part}.done")
+        elif lacking:
+            problems.append(f"part {part} is marked done but lacks {[f'{t}-{part}.parquet' for t in lacking]}")
+    for name in partial:
+        w = _split(name)[1] if "-of-" in name else None
+        if world is not None and w is not None and w != world:
+            # The runner leaves these when a run is redone with another world size.
+            problems.append(f"{adir / '_partial' / name} is left over from a run of world size {w} (the parts here "
+                            f"have world size {world}): delete it, or finish that run with NPROC={w}")
+        else:
+            problems.append(f"part {name} has unfinished chunks in {adir / '_partial' / name}")
+    if problems:
+        raise AttributionNotReady(
+            f"the attribution under {adir} is not complete:\n  - " + "\n  - ".join(problems)
+            + f"\nTo finish it, {_resume_hint(run_dir, world)}."
+        )
+
+    bad = []
+    for table, paths in files.items():
+        for part, path in sorted(paths.items()):
+            schema = pq.read_schema(path)
+            need = REQUIRED[table]
+            missing = [c for c in need if c not in schema.names]
+            wrong = [f"{c} is {schema.field(c).type}, expected {t}" for c, t in need.items()
+                     if c in schema.names and schema.field(c).type != t]
+            if missing:
+                bad.append(f"{path} lacks column(s) {missing}")
+            if wrong:
+                bad.append(f"{path}: {'; '.join(wrong)}")
+    if bad:
+        raise AttributionNotReady(
+            "attribution tables without the columns selection reads:\n  - " + "\n  - ".join(bad)
+            + f"\nThey were not written by this version of the attribution stage: move them away and run "
+            f"`make attribute RUN_DIR={run_dir}` again."
+        )
+    return AttributionTables(adir, tuple(p for _, p in sorted(files["segments"].items())),
+                             tuple(p for _, p in sorted(files["samples"].items())))

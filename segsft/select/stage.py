@@ -1,0 +1,107 @@
+"""The select stage: attribution tables -> `<selection_dir>/{masks.parquet, summary*, config.yaml}`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from omegaconf import DictConfig, OmegaConf
+
+from segsft.errors import PipelineError
+from segsft.io import write_json, write_parquet, write_text
+from segsft.select.baselines import full_mask, random_mask, sample_keys
+from segsft.select.config import SelectConfig
+from segsft.select.inputs import open_attribution
+from segsft.select.rule import SID, attribution_rule
+from segsft.select.schema import MASKS_SCHEMA, PER_SAMPLE_SCHEMA
+from segsft.select.summary import overall, per_sample
+
+log = logging.getLogger(__name__)
+
+OUTPUTS = ("masks.parquet", "summary.json", "summary_per_sample.parquet", "config.yaml")
+
+
+class SelectionDirTaken(PipelineError):
+    """selection_dir already holds a selection made with other settings."""
+
+
+def select_masks(segments: pl.LazyFrame, cfg: SelectConfig, sample_tokens: pl.LazyFrame | None = None) -> dict[str, pl.DataFrame]:
+    """The mask of `cfg.method` (key "mask"), plus the attribution rule's when random matched it."""
+    if cfg.method == "full":
+        return {"mask": full_mask(segments).collect(engine="streaming")}
+    rule = attribution_rule(segments, cfg, sample_tokens).collect(engine="streaming")
+    if cfg.method == "attribution":
+        return {"mask": rule}
+    keys = sample_keys(rule[SID].unique(maintain_order=True), cfg.seed).lazy()
+    return {"mask": random_mask(rule.lazy(), keys).collect(engine="streaming"), "attribution": rule}
+
+
+def _guard(out: Path, cfg: SelectConfig, run_dir: str) -> None:
+    """Refuse to overwrite a selection of other settings: directory names show only some knobs."""
+    saved = out / "config.yaml"
+    if not saved.is_file():
+        return
+    old = OmegaConf.load(saved)
+    try:
+        theirs = {**SelectConfig.from_cfg(old).settings(), "run_dir": str(old.get("run_dir"))}
+    except (ValueError, KeyError):
+        return  # not ours to judge; it is overwritten like any partial output
+    mine = {**cfg.settings(), "run_dir": str(run_dir)}
+    diff = {k: (theirs[k], mine[k]) for k in mine if theirs.get(k) != mine[k]}
+    if diff:
+        shown = ", ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in diff.items())
+        raise SelectionDirTaken(
+            f"{out} already holds a selection made with other settings ({shown}): pass "
+            f"selection_dir=<another directory> (or select.name=<another name>), or delete {out}"
+        )
+
+
+def _figures(mask: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
+    samples = per_sample(mask)
+    return samples, overall(mask, samples)
+
+
+def run(cfg: DictConfig | Any) -> dict:
+    """Select with `cfg.select` on `cfg.run_dir`'s attribution; write and return the summary."""
+    t0 = time.monotonic()
+    scfg = SelectConfig.from_cfg(cfg)
+    out = Path(str(cfg.selection_dir))
+    _guard(out, scfg, str(cfg.run_dir))
+    tables = open_attribution(cfg.run_dir)
+    log.info("select: method=%s on %d part(s) in %s", scfg.method, len(tables.segments), tables.dir)
+    masks = select_masks(tables.scan_segments(), scfg, tables.scan_samples() if scfg.min_tokens > 0 else None)
+    mask = masks["mask"]
+    samples, figures = _figures(mask)
+    methods = {scfg.method: figures["overall"]}
+    if "attribution" in masks:  # random: the rule's figures it was matched to, side by side
+        methods["attribution"] = _figures(masks["attribution"])[1]["overall"]
+    tokens, segs = figures["overall"]["tokens"], figures["overall"]["segments"]
+    methods.setdefault("full", {"segments_kept": segs, "share_segments_kept": 1.0 if segs else None,
+                                "tokens_kept": tokens, "share_tokens_kept": 1.0 if tokens else None})
+    paths = {name: str(out / name) for name in OUTPUTS}
+    summary = {
+        "method": scfg.method,
+        "settings": scfg.settings(),
+        "run_dir": str(cfg.run_dir),
+        "attribution_parts": [str(p) for p in tables.segments],
+        **figures,
+        "methods": methods,
+        "paths": paths,
+        "seconds": round(time.monotonic() - t0, 3),
+    }
+    write_parquet(out / "masks.parquet", mask.to_arrow(), MASKS_SCHEMA)
+    write_parquet(out / "summary_per_sample.parquet", samples.to_arrow(), PER_SAMPLE_SCHEMA)
+    write_json(out / "summary.json", summary)
+    # Written last: a selection directory without config.yaml is unfinished.
+    config = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    write_text(out / "config.yaml", OmegaConf.to_yaml(config, resolve=True))
+    o = figures["overall"]
+    log.info(
+        "select: %s of %s segments (%.1f%%), %s of %s tokens (%.1f%%) trained, %d short samples; wrote %s",
+        o["segments_kept"], o["segments"], 100 * (o["share_segments_kept"] or 0), o["tokens_kept"], o["tokens"],
+        100 * (o["share_tokens_kept"] or 0), o["short_samples"], ", ".join(paths.values()),
+    )
+    return summary

@@ -1,0 +1,209 @@
+"""The select stage end to end on hand-written attribution dirs: outputs, errors, multirun sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+from segsft.io import SEGMENTS_SCHEMA, write_parquet
+from segsft.select import (MASKS_SCHEMA, PER_SAMPLE_SCHEMA, SWEEP_SCHEMA, AttributionNotReady, SelectionDirTaken,
+                           check_config, open_attribution, run)
+from segsft.select.synthetic import sample_rows, segment_rows, write_attribution, write_part
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _rows() -> list[dict]:
+    return (segment_rows("a", [0.5, 0.3, 0.1, 0.05, 0.05], [0.2, 0.9, 0.5, None, 0.1], [4, 6, 3, 2, 5])
+            + segment_rows("b", [0.2, 0.6, 0.2], [0.3, 0.5, 0.7], [10, 1, 2])
+            + segment_rows("c", [1.0], [0.99], [8]))
+
+
+def _cfg(run_dir: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=["stage=select", f"run_dir={run_dir}", *overrides])
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    write_attribution(tmp_path / "run", _rows(), world=2)
+    return tmp_path / "run"
+
+
+def test_run_writes_masks_summaries_and_config(run_dir):
+    cfg = _cfg(run_dir)
+    assert check_config(cfg) == []
+    summary = run(cfg)
+    out = Path(cfg.selection_dir)
+    assert out.parent == run_dir / "selection" and "top0.7" in out.name and "maxc0.8" in out.name
+    masks = pq.read_table(out / "masks.parquet")
+    assert masks.schema == MASKS_SCHEMA
+    got = {(r["sample_id"], r["segment"]): (r["train"], r["why"]) for r in masks.to_pylist()}
+    # a: order 0 (.5), 1 (.3: crosses to .8), ... -> prefix {0, 1}; 1 is too consistent;
+    # 3 (-2) and 4 (-1) are always kept. b: order 1 (.6), 0 (.2, before 2 by index: crosses
+    # to .8), 2 -> prefix {1, 0}; 2 is -1. c: its only segment is too consistent but segment 0.
+    assert got == {
+        ("a", 0): (True, "top_mass"), ("a", 1): (False, "too_consistent"), ("a", 2): (False, "below_top_mass"),
+        ("a", 3): (True, "always_keep"), ("a", 4): (True, "always_keep"),
+        ("b", 0): (True, "top_mass"), ("b", 1): (True, "top_mass"), ("b", 2): (True, "always_keep"),
+        ("c", 0): (True, "always_keep"),
+    }
+    per = pq.read_table(out / "summary_per_sample.parquet")
+    assert per.schema == PER_SAMPLE_SCHEMA
+    assert {r["sample_id"]: (r["segments_kept"], r["tokens_kept"], r["n_tokens"]) for r in per.to_pylist()} == {
+        "a": (3, 4 + 2 + 5, 20), "b": (3, 13, 13), "c": (1, 8, 8)}
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary, default=str))
+    o = on_disk["overall"]
+    assert (o["samples"], o["segments"], o["segments_kept"], o["tokens"], o["tokens_kept"]) == (3, 9, 7, 41, 32)
+    assert o["share_tokens_kept"] == pytest.approx(32 / 41)
+    assert on_disk["by_why"]["too_consistent"] == {"segments": 1, "tokens": 6, "trained": 0}
+    assert on_disk["methods"]["full"]["tokens_kept"] == 41
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["select"]["top_mass"] == 0.7 and saved["selection_dir"] == str(out)  # resolved
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_rerun_into_a_dir_of_other_settings_is_refused(run_dir):
+    run(_cfg(run_dir))
+    run(_cfg(run_dir))  # same settings: fine
+    with pytest.raises(SelectionDirTaken, match=r"always_keep: \[0, -2, -1\] there, \[0\] here.*selection_dir="):
+        run(_cfg(run_dir, "select.always_keep=[0]"))
+
+
+def test_min_tokens_reads_the_samples_table(tmp_path):
+    rows = _rows()
+    write_attribution(tmp_path / "r", rows, sample_rows(rows, {"a": 100, "b": 99, "c": 500}))
+    summary = run(_cfg(tmp_path / "r", "select.min_tokens=100"))
+    masks = pl.read_parquet(Path(summary["paths"]["masks.parquet"]))
+    assert masks.filter(pl.col("sample_id") == "b")["why"].to_list() == ["short_sample"] * 3
+    assert "short_sample" not in masks.filter(pl.col("sample_id") != "b")["why"].to_list()
+    assert summary["overall"]["short_samples"] == 1
+
+
+def test_random_method_summary_reports_the_rule_it_matched(run_dir):
+    summary = run(_cfg(run_dir, "select.method=random", "select.seed=3"))
+    assert Path(summary["paths"]["masks.parquet"]).parent.name.startswith("random-")
+    assert set(summary["methods"]) == {"random", "attribution", "full"}
+    assert summary["methods"]["attribution"]["tokens_kept"] == 32
+
+
+def test_check_config_lists_every_problem(run_dir):
+    cfg = _cfg(run_dir, "select.method=best", "select.top_mass=1.5", "select.max_consistency=0.3",
+               "select.min_consistency=0.6", "select.always_keep=[0,x]", "select.min_tokens=-1")
+    errs = check_config(cfg)
+    for needle in ("select.method='best'", "select.top_mass=1.5", "select.min_consistency=0.6 > select.max_consistency",
+                   "select.always_keep=", "select.min_tokens=-1"):
+        assert any(needle in e for e in errs), (needle, errs)
+    assert len(errs) == 5
+
+
+# ---- errors about the attribution directory ---------------------------------------------------
+
+def test_missing_attribution_says_run_make_attribute(tmp_path):
+    with pytest.raises(AttributionNotReady, match=r"does not exist.*make attribute RUN_DIR="):
+        open_attribution(tmp_path / "nothing")
+    (tmp_path / "empty" / "attribution").mkdir(parents=True)
+    with pytest.raises(AttributionNotReady, match=r"holds no segments-\*\.parquet.*make attribute"):
+        open_attribution(tmp_path / "empty")
+
+
+def test_incomplete_parts_are_named_and_resume_is_suggested(tmp_path):
+    rows = _rows()
+    adir = tmp_path / "r" / "attribution"
+    write_part(adir, rows[:5], sample_rows(rows[:5]), 0, 3)
+    write_part(adir, rows[5:], sample_rows(rows[5:]), 1, 3, done=False)  # killed before its marker
+    (adir / "_partial" / "00002-of-00003").mkdir(parents=True)  # still in its chunks
+    with pytest.raises(AttributionNotReady) as e:
+        open_attribution(tmp_path / "r")
+    msg = str(e.value)
+    assert "part 00001-of-00003 has no completion marker part-00001-of-00003.done" in msg
+    assert "part 00002-of-00003 has unfinished chunks" in msg
+    assert "part 00000-of-00003" not in msg  # the complete part is not reported
+    assert "make attribute RUN_DIR=" in msg and "NPROC=3" in msg and "resumes" in msg
+
+
+def test_missing_ranks_and_mixed_world_sizes(tmp_path):
+    rows = _rows()
+    adir = tmp_path / "r" / "attribution"
+    write_part(adir, rows, sample_rows(rows), 1, 2)
+    with pytest.raises(AttributionNotReady, match=r"parts \['00000-of-00002'\] have no files yet"):
+        open_attribution(tmp_path / "r")
+    write_part(adir, rows, sample_rows(rows), 0, 1)
+    with pytest.raises(AttributionNotReady, match=r"different world sizes"):
+        open_attribution(tmp_path / "r")
+
+
+def test_file_with_missing_columns_is_named_with_the_columns(tmp_path):
+    rows = _rows()
+    adir = write_attribution(tmp_path / "r", rows)
+    path = adir / "segments-00000-of-00001.parquet"
+    table = pq.read_table(path).drop_columns(["strength", "consistency"])
+    pq.write_table(table, path)
+    with pytest.raises(AttributionNotReady) as e:
+        open_attribution(tmp_path / "r")
+    assert f"{path} lacks column(s) ['strength', 'consistency']" in str(e.value)
+    schema = pa.schema([f if f.name != "segment" else pa.field("segment", pa.int64()) for f in SEGMENTS_SCHEMA])
+    write_parquet(path, pa.Table.from_pylist(rows, schema=schema), schema)
+    with pytest.raises(AttributionNotReady, match=r"segments-00000-of-00001\.parquet: segment is int64, expected int32"):
+        open_attribution(tmp_path / "r")
+
+
+def test_pipeline_reports_attribution_errors_without_traceback(tmp_path):
+    p = subprocess.run([sys.executable, "pipeline.py", "stage=select", f"run_dir={tmp_path / 'none'}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0
+    assert "make attribute" in p.stderr and "Traceback" not in p.stderr
+
+
+# ---- multirun sweep ---------------------------------------------------------------------------
+
+def _sweep(run_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+    return subprocess.run([sys.executable, "pipeline.py", "--multirun", "stage=select", f"run_dir={run_dir}",
+                           "+select/grid=default", *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_multirun_2x2_writes_four_dirs_and_a_four_row_table(run_dir):
+    p = _sweep(run_dir, "select.top_mass=0.5,0.9", "select.max_consistency=0.6,1.0")
+    assert p.returncode == 0, p.stderr[-3000:]
+    dirs = sorted((run_dir / "selection").iterdir())
+    assert len(dirs) == 4 and all((d / "masks.parquet").is_file() and (d / "config.yaml").is_file() for d in dirs)
+    table_path = run_dir / "sweeps" / "select" / "sweep.parquet"
+    table = pq.read_table(table_path)
+    assert table.schema == SWEEP_SCHEMA
+    t = pl.from_arrow(table)
+    assert t.height == 4 and t["job"].to_list() == [0, 1, 2, 3]
+    assert sorted(zip(t["top_mass"], t["max_consistency"])) == [(0.5, 0.6), (0.5, 1.0), (0.9, 0.6), (0.9, 1.0)]
+    assert sorted(t["selection_dir"]) == [str(d) for d in dirs]
+    for r in t.iter_rows(named=True):  # each row is its job's own figures
+        s = json.loads((Path(r["selection_dir"]) / "summary.json").read_text())
+        assert (r["segments_kept"], r["tokens_kept"]) == (s["overall"]["segments_kept"], s["overall"]["tokens_kept"])
+        assert s["settings"]["top_mass"] == r["top_mass"]
+    # more mass and a looser consistency bound keep more tokens
+    by = {(a, b): k for a, b, k in zip(t["top_mass"], t["max_consistency"], t["share_tokens_kept"])}
+    assert by[(0.9, 1.0)] == max(by.values()) and by[(0.5, 0.6)] == min(by.values())
+    assert "sweep: 4 job(s)" in p.stdout and "share_tokens_kept" in p.stdout
+
+    # A smaller sweep into the same run: the table holds its rows only, not the earlier ones.
+    p = _sweep(run_dir, "select.top_mass=0.6", "select.max_consistency=0.7,0.8")
+    assert p.returncode == 0, p.stderr[-3000:]
+    t = pl.read_parquet(table_path)
+    assert t.height == 2 and t["top_mass"].to_list() == [0.6, 0.6]
+
+
+def test_default_grid_is_5x5():
+    grid = yaml.safe_load((REPO / "conf" / "select" / "grid" / "default.yaml").read_text())
+    params = grid["hydra"]["sweeper"]["params"]
+    assert params["select.top_mass"].split(",") == ["0.5", "0.6", "0.7", "0.8", "0.9"]
+    assert params["select.max_consistency"].split(",") == ["0.6", "0.7", "0.8", "0.9", "1.0"]
