@@ -39,8 +39,15 @@ select: install ## threshold selection -> <selection dir>/masks.parquet; ARGS="s
 sweep: install ## multirun over a threshold grid (conf/select/grid) -> a dir per job + sweeps/select/sweep.parquet; ARGS="select.top_mass=0.6,0.7"
 	$(PY) pipeline.py --multirun stage=select run_dir=$(RUN_DIR) +select/grid=default $(ARGS)
 
-finetune: install ## selective SFT under DeepSpeed (NPROC=..., SELECTION=<selection dir>)
-	$(PY) pipeline.py stage=finetune run_dir=$(RUN_DIR) $(ARGS)
+finetune: install ## selective SFT (SELECTION=<selection dir> NPROC=<procs per node>; NNODES NODE_RANK MASTER_ADDR MASTER_PORT for multi-node; ARGS=overrides)
+	@# One node, 8 GPUs:  make finetune SELECTION=runs/default/selection/<name> NPROC=8
+	@# N nodes: run on every node with NNODES=N NODE_RANK=<0..N-1> MASTER_ADDR=<address of node 0> MASTER_PORT=29500,
+	@# finetune_dir on a filesystem all nodes share. ARGS="finetune.mode=full finetune.deepspeed=zero3 ..."
+	@if [ $$(( $(NPROC) * $(or $(NNODES),1) )) -gt 1 ]; then \
+	  $(VENV)/bin/torchrun --nnodes $(or $(NNODES),1) --node_rank $(or $(NODE_RANK),0) --nproc_per_node $(NPROC) \
+	    --master_addr $(or $(MASTER_ADDR),127.0.0.1) --master_port $(or $(MASTER_PORT),29500) \
+	    pipeline.py stage=finetune run_dir=$(RUN_DIR) $(if $(SELECTION),selection_dir=$(SELECTION)) $(ARGS); \
+	else $(PY) pipeline.py stage=finetune run_dir=$(RUN_DIR) $(if $(SELECTION),selection_dir=$(SELECTION)) $(ARGS); fi
 
 bench: install ## attribution engine vs reference benchmark (CPU)
 	$(PY) bench/attribute_engine.py

@@ -1,0 +1,135 @@
+"""The `finetune` config group as typed settings, and its checks (all problems at once)."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from segsft.errors import PipelineError
+from segsft.finetune.examples import MODES
+
+#: conf/deepspeed beside the package: `finetune.deepspeed=zero2` -> conf/deepspeed/zero2.json
+DEEPSPEED_DIR = Path(__file__).resolve().parents[2] / "conf" / "deepspeed"
+DEEPSPEED_NAMES = ("zero2", "zero3", "none")
+AUTO_BOOL = ("auto", True, False)
+
+
+class FinetuneError(PipelineError):
+    """A finetune configuration or input the user must change (the message says how)."""
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    mode: str = "selected"
+    deepspeed: str = "zero2"
+    num_train_epochs: float = 10
+    max_steps: int = -1
+    learning_rate: float = 3e-5
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    per_device_train_batch_size: int = 2
+    gradient_accumulation_steps: int = 1
+    max_length: int = 16384
+    max_grad_norm: float = 1.0
+    bf16: Any = "auto"
+    gradient_checkpointing: Any = "auto"
+    seed: int = 42
+    logging_steps: int = 1
+    save_steps: int = 200
+    save_total_limit: int | None = 2
+    resume: bool = True
+    dataloader_num_workers: int = 0
+    report_to: str = "none"
+    packing: bool = False
+    liger: bool = False
+
+    @classmethod
+    def from_config(cls, ft: Mapping[str, Any] | None) -> "FinetuneSettings":
+        ft = dict(ft or {})
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in ft.items() if k in known})
+
+
+def deepspeed_config_path(name: str) -> Path | None:
+    """None for `none`; conf/deepspeed/<name>.json for a preset; else `name` as a JSON path."""
+    if name in (None, "none"):
+        return None
+    if name in DEEPSPEED_NAMES:
+        return DEEPSPEED_DIR / f"{name}.json"
+    return Path(name)
+
+
+def has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def _int_at_least(errs: list[str], key: str, v: Any, lo: int, hint: str = "") -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        errs.append(f"finetune.{key}={v!r}: use an integer >= {lo}{hint}")
+
+
+def check_config(cfg: Any) -> list[str]:
+    """Every problem of the finetune configuration, each saying what to change."""
+    errs: list[str] = []
+    ft = cfg.get("finetune") or {}
+    known = {f.name for f in fields(FinetuneSettings)}
+    unknown = sorted(set(ft) - known)
+    if unknown:
+        errs.append(f"finetune has unknown keys {unknown}: use only {sorted(known)}")
+    s = FinetuneSettings.from_config(ft)
+    if s.mode not in MODES:
+        errs.append(f"finetune.mode={s.mode!r}: use one of {list(MODES)}")
+    if s.mode == "selected":
+        if not cfg.get("selection_dir"):
+            errs.append("selection_dir is empty: point it to the select stage's output (holding masks.parquet), or use finetune.mode=full")
+        elif cfg.get("stage") == "finetune" and not (Path(cfg.selection_dir) / "masks.parquet").is_file():
+            errs.append(f"{cfg.selection_dir}/masks.parquet does not exist: run stage=select first, set selection_dir "
+                        "to a directory holding masks.parquet, or use finetune.mode=full")
+    ds = deepspeed_config_path(s.deepspeed)
+    if ds is not None and not ds.is_file():
+        errs.append(f"finetune.deepspeed={s.deepspeed!r}: use one of {list(DEEPSPEED_NAMES)} or a path to a DeepSpeed JSON file")
+    if ds is not None and not has_module("deepspeed"):
+        errs.append("finetune.deepspeed is set but deepspeed is not installed: pip install deepspeed, or set finetune.deepspeed=none")
+    if isinstance(s.max_steps, bool) or not isinstance(s.max_steps, int) or (s.max_steps < 1 and s.max_steps != -1):
+        errs.append(f"finetune.max_steps={s.max_steps!r}: use -1 (train num_train_epochs) or an integer >= 1")
+    if s.max_steps == -1 and not (isinstance(s.num_train_epochs, (int, float)) and s.num_train_epochs > 0):
+        errs.append(f"finetune.num_train_epochs={s.num_train_epochs!r}: use a number > 0 (or set finetune.max_steps)")
+    if not isinstance(s.learning_rate, (int, float)) or s.learning_rate <= 0:
+        errs.append(f"finetune.learning_rate={s.learning_rate!r}: use a number > 0")
+    if not isinstance(s.warmup_ratio, (int, float)) or not 0 <= s.warmup_ratio < 1:
+        errs.append(f"finetune.warmup_ratio={s.warmup_ratio!r}: use a fraction in [0, 1)")
+    if not isinstance(s.max_grad_norm, (int, float)) or s.max_grad_norm < 0:
+        errs.append(f"finetune.max_grad_norm={s.max_grad_norm!r}: use a number >= 0 (0 disables clipping)")
+    _int_at_least(errs, "per_device_train_batch_size", s.per_device_train_batch_size, 1)
+    _int_at_least(errs, "gradient_accumulation_steps", s.gradient_accumulation_steps, 1)
+    _int_at_least(errs, "max_length", s.max_length, 0, " (0 = no truncation)")
+    _int_at_least(errs, "logging_steps", s.logging_steps, 1)
+    _int_at_least(errs, "save_steps", s.save_steps, 1)
+    _int_at_least(errs, "dataloader_num_workers", s.dataloader_num_workers, 0)
+    if s.save_total_limit is not None:
+        # The newest checkpoint may be incomplete when a run is killed; keeping two
+        # guarantees the previous, complete one survives rotation.
+        _int_at_least(errs, "save_total_limit", s.save_total_limit, 2, " or null (keep all)")
+    for key in ("bf16", "gradient_checkpointing"):
+        if getattr(s, key) not in AUTO_BOOL:
+            errs.append(f"finetune.{key}={getattr(s, key)!r}: use auto (on with CUDA, off on CPU), true or false")
+    for key in ("resume", "packing", "liger"):
+        if not isinstance(getattr(s, key), bool):
+            errs.append(f"finetune.{key}={getattr(s, key)!r}: use true or false")
+    if s.packing is True and not has_module("flash_attn"):
+        errs.append("finetune.packing=true needs flash-attention (pip install flash-attn, on CUDA): "
+                    "install it or set finetune.packing=false")
+    if s.liger is True and not has_module("liger_kernel"):
+        errs.append("finetune.liger=true needs Liger kernels (pip install liger-kernel): install them or set finetune.liger=false")
+    if not cfg.get("finetune_dir"):
+        errs.append("finetune_dir is empty: set it to the directory for checkpoints and the model")
+    data = cfg.get("data") or {}
+    if not data.get("path"):
+        errs.append("data.path is empty: point it to the JSONL or Parquet corpus the masks were made from")
+    model = cfg.get("model") or {}
+    if not model.get("name_or_path"):
+        errs.append("model.name_or_path is empty: give a hub id or a local model directory to fine-tune")
+    return errs

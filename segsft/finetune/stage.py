@@ -1,0 +1,182 @@
+"""The finetune stage: corpus + masks -> examples -> Trainer -> model, with its records.
+
+Files under `finetune_dir` (every rank writes into this one directory; the files below
+are written by the main process only):
+- `train_tokens.parquet`: sample_id, input_ids, labels (IGNORE_INDEX = no loss)
+- `data_report.json`: where every corpus row went, tokens and the share carrying loss
+- `run_config.json`: the resolved config; a resumed run must match its training keys
+- `checkpoint-N/`: Trainer/DeepSpeed checkpoints; `COMPLETE` marks the whole ones
+- `model/`: final weights (safetensors) + tokenizer
+- `loss_history.json`: the logged loss per step, first and last
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from segsft.corpus import read_corpus
+from segsft.finetune.checkpoints import checkpoints, latest_complete
+from segsft.finetune.examples import build_examples, log_report, write_train_tokens
+from segsft.finetune.masks import read_masks
+from segsft.finetune.settings import FinetuneError, FinetuneSettings, check_config, deepspeed_config_path
+from segsft.io import write_json
+
+log = logging.getLogger(__name__)
+
+#: Keys a resumed run must share with the run that wrote the checkpoints.
+RESUME_KEYS = ("mode", "selection_dir", "data_path", "model", "max_length", "deepspeed",
+               "per_device_train_batch_size", "gradient_accumulation_steps", "world_size")
+
+
+@dataclass
+class FinetuneResult:
+    finetune_dir: Path
+    model_dir: Path
+    train_tokens: Path
+    loss_history: Path
+    resumed_from: Path | None
+    steps_run: int
+    trainer: Any
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _plain(cfg: Any) -> dict:
+    try:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except ValueError:
+        return dict(cfg)
+
+
+def _fingerprint(cfg: Any, s: FinetuneSettings) -> dict[str, Any]:
+    return {
+        "mode": s.mode,
+        "selection_dir": str(cfg.get("selection_dir")) if s.mode == "selected" else None,
+        "data_path": str(cfg.data.path),
+        "model": str(cfg.model.name_or_path),
+        "max_length": s.max_length,
+        "deepspeed": s.deepspeed,
+        "per_device_train_batch_size": s.per_device_train_batch_size,
+        "gradient_accumulation_steps": s.gradient_accumulation_steps,
+        # DeepSpeed's ZeRO checkpoints are partitioned per rank: same world size to resume.
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")) if s.deepspeed != "none" else None,
+    }
+
+
+def _check_resumable(out: Path, fp: dict[str, Any], s: FinetuneSettings) -> None:
+    """Refuse to continue another run's checkpoints; clear them when resume is off."""
+    import json
+
+    if not checkpoints(out):
+        return
+    if not s.resume:
+        if _is_main():
+            log.warning("finetune.resume=false: removing the checkpoints of an earlier run in %s", out)
+            for _, p, _ in checkpoints(out):
+                shutil.rmtree(p, ignore_errors=True)
+        return
+    prev_path = out / "run_config.json"
+    if latest_complete(out) is None or not prev_path.is_file():
+        return
+    prev = json.loads(prev_path.read_text()).get("resume_fingerprint", {})
+    diff = {k: (prev.get(k), fp[k]) for k in RESUME_KEYS if prev.get(k) != fp[k]}
+    if diff:
+        raise FinetuneError(
+            f"{out} holds checkpoints of a run with other settings {diff} (was, now): use a new "
+            "finetune_dir, restore those settings, or set finetune.resume=false to start over"
+        )
+
+
+def _loss_history(trainer: Any) -> dict[str, Any]:
+    steps = [
+        {k: e[k] for k in ("step", "epoch", "loss", "learning_rate", "grad_norm") if k in e}
+        for e in trainer.state.log_history
+        if "loss" in e
+    ]
+    return {
+        "steps": steps,
+        "first_loss": steps[0]["loss"] if steps else None,
+        "last_loss": steps[-1]["loss"] if steps else None,
+        "global_step": trainer.state.global_step,
+    }
+
+
+def run(cfg: Any, callbacks: Sequence[Any] = ()) -> FinetuneResult:
+    """Run the finetune stage for the composed config (`finetune.*`, `model.*`, `data.*`,
+    `selection_dir`, `finetune_dir`). Same command on every rank under torchrun.
+    `callbacks`: extra TrainerCallbacks (logging, tests), run after the stage's own."""
+    import torch
+
+    from segsft.finetune.train import train
+    from segsft.models import load_tokenizer
+
+    errors = check_config(cfg)
+    if errors:
+        raise FinetuneError("invalid finetune configuration:\n  - " + "\n  - ".join(errors))
+    s = FinetuneSettings.from_config(cfg.finetune)
+    out = Path(cfg.finetune_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fp = _fingerprint(cfg, s)
+    _check_resumable(out, fp, s)
+
+    tokenizer = load_tokenizer(cfg.model)
+    samples, rejects = read_corpus(cfg.data.path, cfg.data.get("fields") or {})
+    masks = read_masks(cfg.selection_dir) if s.mode == "selected" else None
+    examples, report = build_examples(tokenizer, samples, rejects, s.mode, masks, s.max_length)
+    log_report(report)
+    if not examples:
+        raise FinetuneError(
+            f"no training example left of {report.corpus_rows} corpus rows ({report.counts()}): check that "
+            "data.path is the corpus the masks were made from, raise finetune.max_length, or use finetune.mode=full"
+        )
+    paths = {
+        "train_tokens": out / "train_tokens.parquet",
+        "data_report": out / "data_report.json",
+        "run_config": out / "run_config.json",
+        "model": out / "model",
+        "loss_history": out / "loss_history.json",
+    }
+    if _is_main():
+        write_train_tokens(paths["train_tokens"], examples)
+        write_json(paths["data_report"], {**report.summary(), "dropped_samples": report.dropped})
+        write_json(paths["run_config"], {"config": _plain(cfg), "resume_fingerprint": fp})
+    log.info(
+        "finetune: mode=%s deepspeed=%s (%s) cuda=%s bf16=%s gradient_checkpointing=%s packing=%s liger=%s; outputs: %s",
+        s.mode, s.deepspeed, deepspeed_config_path(s.deepspeed), torch.cuda.is_available(), s.bf16,
+        s.gradient_checkpointing, s.packing, s.liger, {k: str(v) for k, v in paths.items()},
+    )
+
+    outcome = train(s, cfg.model, tokenizer, examples, out, callbacks)
+    trainer = outcome.trainer
+    # Every rank takes part (ZeRO-3 gathers the shards); the main process writes.
+    trainer.save_model(str(paths["model"]))
+    history = _loss_history(trainer)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(paths["model"]))
+        write_json(paths["loss_history"], {
+            **history,
+            "resumed_from": str(outcome.resumed_from) if outcome.resumed_from else None,
+            "steps_run_by_this_launch": outcome.steps_run,
+            "first_step_of_this_launch": outcome.first_step,
+        })
+    log.info(
+        "finetune done: %d steps (%d in this launch%s), loss %s -> %s; model in %s",
+        history["global_step"], outcome.steps_run,
+        f", resumed from {outcome.resumed_from.name}" if outcome.resumed_from else "",
+        history["first_loss"], history["last_loss"], paths["model"],
+    )
+    if torch.distributed.is_initialized():
+        # Every rank leaves together; a rank still in a collective would otherwise abort.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return FinetuneResult(out, paths["model"], paths["train_tokens"], paths["loss_history"],
+                          outcome.resumed_from, outcome.steps_run, trainer)

@@ -1,0 +1,195 @@
+"""HF Trainer (+ DeepSpeed ZeRO) around the examples: arguments, model, resume, save."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from segsft.finetune.checkpoints import CompleteMarker, StepCounter, latest_complete, remove_incomplete
+from segsft.finetune.collate import ExampleDataset, PaddingCollator, packing_collator
+from segsft.finetune.examples import Example
+from segsft.finetune.settings import FinetuneError, FinetuneSettings, deepspeed_config_path, has_module
+from segsft.models import model_path
+
+log = logging.getLogger(__name__)
+
+
+def _auto(value: Any, on_cuda: bool) -> bool:
+    return on_cuda if value == "auto" else bool(value)
+
+
+def training_arguments(s: FinetuneSettings, output_dir: str | Path, on_cuda: bool) -> Any:
+    """TrainingArguments for `s`. Build it BEFORE loading the model: under ZeRO-3 its
+    DeepSpeed config must be alive so `from_pretrained` partitions weights as it loads."""
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    ds = deepspeed_config_path(s.deepspeed)
+    kw: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=s.per_device_train_batch_size,
+        gradient_accumulation_steps=s.gradient_accumulation_steps,
+        num_train_epochs=float(s.num_train_epochs),
+        max_steps=int(s.max_steps),
+        learning_rate=float(s.learning_rate),
+        lr_scheduler_type=s.lr_scheduler_type,
+        weight_decay=float(s.weight_decay),
+        max_grad_norm=float(s.max_grad_norm),
+        bf16=_auto(s.bf16, on_cuda),
+        seed=int(s.seed),
+        logging_steps=int(s.logging_steps),
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=int(s.save_steps),
+        save_total_limit=s.save_total_limit,
+        dataloader_num_workers=int(s.dataloader_num_workers),
+        report_to=[] if s.report_to in (None, "none") else [s.report_to],
+        deepspeed=str(ds) if ds else None,
+        # The examples are plain dicts of ids and labels; nothing to drop.
+        remove_unused_columns=False,
+        use_liger_kernel=bool(s.liger),
+        disable_tqdm=True,
+        dataloader_pin_memory=on_cuda,
+    )
+    # transformers 5 folds warmup_ratio into a fractional warmup_steps and renames
+    # gradient_checkpointing to activation_checkpointing; 4.x has the old names.
+    if "warmup_ratio" in names:
+        kw["warmup_ratio"] = float(s.warmup_ratio)
+    else:
+        kw["warmup_steps"] = float(s.warmup_ratio)
+    ckpt_key = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    kw[ckpt_key] = _auto(s.gradient_checkpointing, on_cuda)
+    if not on_cuda and ds is None:
+        kw["use_cpu"] = True
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            kw["ddp_backend"] = "gloo"
+    if ds is not None:
+        _single_process_env()
+        if not on_cuda:
+            kw["accelerator_config"] = {"use_configured_state": True}
+            _start_cpu_deepspeed_group()
+    return TrainingArguments(**kw)
+
+
+def _single_process_env() -> None:
+    """DeepSpeed without a launcher (plain `python pipeline.py`) would look for MPI; give
+    it the environment of a one-process torchrun instead."""
+    if "RANK" in os.environ:
+        return
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                      MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"),
+                      MASTER_PORT=os.environ.get("MASTER_PORT", str(port)))
+    log.info("DeepSpeed without a launcher: running as a single process (RANK=0, WORLD_SIZE=1)")
+
+
+def _start_cpu_deepspeed_group() -> None:
+    """DeepSpeed on CPU ranks (tests, CPU clusters): accelerate starts DeepSpeed's process
+    group only for accelerator backends and would otherwise treat each CPU rank as a world
+    of one. Start it with gloo here; TrainingArguments then reuses this state."""
+    from accelerate import PartialState
+
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    try:
+        PartialState(backend="gloo")
+    finally:
+        del os.environ["ACCELERATE_USE_DEEPSPEED"]
+
+
+def load_for_training(model_cfg: Mapping[str, Any], packing: bool) -> Any:
+    """The model in fp32 (master weights; bf16 is the Trainer's or DeepSpeed's mixed precision)."""
+    from transformers import AutoModelForCausalLM
+
+    kw: dict[str, Any] = dict(
+        revision=model_cfg.get("revision"),
+        trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
+        dtype=torch.float32,
+        use_safetensors=True,
+    )
+    attn = model_cfg.get("attn_implementation") or "auto"
+    if packing:
+        # Packed rows are separated by position ids only; flash-attention's varlen path
+        # is what keeps samples from attending to one another.
+        attn = "flash_attention_2"
+    if attn != "auto":
+        kw["attn_implementation"] = attn
+    return AutoModelForCausalLM.from_pretrained(model_path(model_cfg), **kw)
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def resume_point(output_dir: Path, args: Any, enabled: bool) -> Path | None:
+    """The newest complete checkpoint (None for a fresh start); incomplete ones are removed."""
+    ckpt = latest_complete(output_dir) if enabled else None
+    _barrier()  # every rank has picked before the main process deletes anything
+    if args.process_index == 0:
+        remove_incomplete(output_dir)
+    _barrier()
+    return ckpt
+
+
+@dataclasses.dataclass
+class TrainOutcome:
+    trainer: Any
+    resumed_from: Path | None
+    steps_run: int
+    first_step: int | None
+
+
+def train(
+    s: FinetuneSettings,
+    model_cfg: Mapping[str, Any],
+    tokenizer: Any,
+    examples: Sequence[Example],
+    output_dir: Path,
+    callbacks: Sequence[Any] = (),
+) -> TrainOutcome:
+    """Train on `examples`, resuming from the newest complete checkpoint in `output_dir`."""
+    from transformers import Trainer
+
+    on_cuda = torch.cuda.is_available()
+    if s.packing and not has_module("flash_attn"):
+        raise FinetuneError("finetune.packing=true needs flash-attention: pip install flash-attn, or set finetune.packing=false")
+    if s.liger and not has_module("liger_kernel"):
+        raise FinetuneError("finetune.liger=true needs Liger kernels: pip install liger-kernel, or set finetune.liger=false")
+    args = training_arguments(s, output_dir, on_cuda)
+    checkpointing = bool(getattr(args, "activation_checkpointing", getattr(args, "gradient_checkpointing", False)))
+    log.info(
+        "training on %s x %d process(es): bf16=%s gradient_checkpointing=%s deepspeed=%s, global batch %d "
+        "(%d per device x %d accumulation), %s",
+        args.device, args.world_size, args.bf16, checkpointing, args.deepspeed,
+        args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        args.per_device_train_batch_size, args.gradient_accumulation_steps,
+        f"max_steps={args.max_steps}" if args.max_steps > 0 else f"{args.num_train_epochs:g} epochs",
+    )
+    model = load_for_training(model_cfg, s.packing)
+    if checkpointing:
+        model.config.use_cache = False  # the cache is useless in training and clashes with checkpointing
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collator = packing_collator() if s.packing else PaddingCollator(int(pad_id))
+    counter = StepCounter()
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=ExampleDataset(examples),
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=[CompleteMarker(), counter, *callbacks],
+    )
+    ckpt = resume_point(output_dir, args, s.resume)
+    if ckpt is not None:
+        log.info("resuming from %s (the newest checkpoint marked complete)", ckpt)
+    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    return TrainOutcome(trainer, ckpt, counter.steps, counter.first_step)

@@ -1,0 +1,230 @@
+"""Finetune examples: labels exact to the token, accounting of every row, config checks."""
+
+from __future__ import annotations
+
+import bisect
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import REPO, SHARED_DATA, make_traces, needs_shared_data, shared_rows, write_jsonl
+from segsft.corpus import read_corpus
+from segsft.finetune import IGNORE_INDEX, check_config
+from segsft.finetune.checkpoints import MARKER, latest_complete, remove_incomplete
+from segsft.finetune.collate import PaddingCollator
+from segsft.finetune.examples import build_examples, step8_sequence, write_train_tokens
+from segsft.finetune.masks import MasksError, read_masks
+from segsft.text import build_sequence, resolve_pattern, split_segments
+
+FIELDS = {"id": "id", "question": "question", "solution": "solution", "answer": "answer"}
+PATTERN = resolve_pattern("default")
+
+
+def hand_segments(text: str, split_mid: bool) -> list[tuple[int, int]]:
+    """The keyword segments, each also cut at its middle character when `split_mid`: such
+    cuts fall inside words, so some tokens straddle them and the first-character rule matters."""
+    segs = split_segments(text, PATTERN)
+    if not split_mid:
+        return segs
+    out = []
+    for a, b in segs:
+        m = (a + b) // 2
+        out += [(a, m), (m, b)] if b - a > 2 else [(a, b)]
+    return out
+
+
+def write_masks(path: Path, rows: list[dict], train_of=lambda k, n: k % 3 != 1, split_mid: bool = True) -> Path:
+    """A hand-made masks table over `hand_segments`, `train_of(k, n)` per segment."""
+    out = []
+    for r in rows:
+        segs = hand_segments(r["solution"], split_mid)
+        for k, (a, b) in enumerate(segs):
+            out.append({"sample_id": r["id"], "segment": k, "char_start": a, "char_end": b,
+                        "n_tokens": 0, "train": bool(train_of(k, len(segs))), "why": "hand"})
+    schema = pa.schema([("sample_id", pa.string()), ("segment", pa.int32()), ("char_start", pa.int32()),
+                        ("char_end", pa.int32()), ("n_tokens", pa.int32()), ("train", pa.bool_()), ("why", pa.string())])
+    path.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(out, schema=schema), path / "masks.parquet")
+    return path
+
+
+def expected_labels(tokenizer, row: dict, train_spans: list[tuple[int, int]]) -> tuple[list[int], list[int], int]:
+    """Independently of segsft: ids and labels straight from the tokenizer's offsets."""
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": row["question"] + "\nPlease reason step by step, and put your final answer within \\boxed{}."}],
+        tokenize=False, add_generation_prompt=True)
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    enc = tokenizer(row["solution"], add_special_tokens=False, return_offsets_mapping=True)
+    starts = sorted(a for a, _ in train_spans)
+    ends = {a: b for a, b in train_spans}
+    labels = [IGNORE_INDEX] * len(p_ids)
+    for tid, (c0, _) in zip(enc["input_ids"], enc["offset_mapping"]):
+        i = bisect.bisect_right(starts, c0) - 1
+        labels.append(tid if i >= 0 and c0 < ends[starts[i]] else IGNORE_INDEX)
+    return p_ids + enc["input_ids"], labels, len(p_ids)
+
+
+def straddlers(tokenizer, row: dict) -> int:  # with the masks of write_masks
+    """Tokens that start in one segment and end in the next (where the rule matters)."""
+    enc = tokenizer(row["solution"], add_special_tokens=False, return_offsets_mapping=True)
+    cuts = [a for a, _ in hand_segments(row["solution"], True)][1:]
+    return sum(any(a < c < b for c in cuts) for a, b in enc["offset_mapping"])
+
+
+@needs_shared_data
+def test_labels_are_the_tokens_whose_first_char_is_trained(tokenizer, tmp_path):
+    rows = shared_rows(4)
+    masks = read_masks(write_masks(tmp_path / "sel", rows))
+    samples, rejects = read_corpus(SHARED_DATA, FIELDS)
+    samples = [s for s in samples if s.sample_id in {r["id"] for r in rows}]
+    examples, report = build_examples(tokenizer, samples, [], "selected", masks, max_length=0)
+    assert report.kept == 4 and not report.dropped
+    n_straddle = 0
+    for ex, row in zip(examples, rows):
+        ids, labels, n_prompt = expected_labels(tokenizer, row, masks[row["id"]].train_spans())
+        assert ex.input_ids.tolist() == ids
+        assert ex.labels.tolist() == labels
+        assert (ex.labels[:n_prompt] == IGNORE_INDEX).all()
+        learned = ex.labels != IGNORE_INDEX
+        assert 0 < learned.sum() < len(ex.labels) - n_prompt  # a real mix, not all or nothing
+        assert (ex.labels[learned] == ex.input_ids[learned]).all()
+        n_straddle += straddlers(tokenizer, row)
+    assert n_straddle > 0, "no token straddles a segment boundary: the first-character rule went untested"
+
+
+@needs_shared_data
+def test_truncation_keeps_the_rule_and_drops_samples_left_without_loss(tokenizer, tmp_path):
+    rows = shared_rows(2)
+    # Only the last segment is trained: a cut before it leaves nothing to learn.
+    masks = read_masks(write_masks(tmp_path / "sel", rows, train_of=lambda k, n: k in (1, n - 1)))
+    samples, _ = read_corpus(SHARED_DATA, FIELDS)
+    samples = [s for s in samples if s.sample_id in {r["id"] for r in rows}]
+    full, _ = build_examples(tokenizer, samples, [], "selected", masks, max_length=0)
+    for ex, row in zip(full, rows):
+        ids, labels, n_prompt = expected_labels(tokenizer, row, masks[row["id"]].train_spans())
+        first_learned = int(np.flatnonzero(ex.labels != IGNORE_INDEX)[0])
+        for cut in (first_learned + 1, first_learned + 57, len(ids) - 3):
+            got, rep = build_examples(tokenizer, [s for s in samples if s.sample_id == row["id"]], [], "selected", masks, cut)
+            assert rep.truncated == 1 and len(got[0].input_ids) == cut
+            assert got[0].input_ids.tolist() == ids[:cut] and got[0].labels.tolist() == labels[:cut]
+        got, rep = build_examples(tokenizer, [s for s in samples if s.sample_id == row["id"]], [], "selected", masks, first_learned)
+        assert got == [] and rep.counts() == {"no_trainable_tokens": 1}
+        assert "max_length" in rep.dropped[0]["reason"]
+
+
+def test_full_mode_learns_every_trace_token_and_never_the_prompt(tokenizer, tmp_path):
+    rows = make_traces(5)
+    samples, _ = read_corpus(write_jsonl(tmp_path / "c.jsonl", rows), FIELDS)
+    examples, report = build_examples(tokenizer, samples, [], "full", None, max_length=0)
+    assert report.kept == 5
+    for ex, s in zip(examples, samples):
+        seq = build_sequence(tokenizer, s.question, s.solution, PATTERN)
+        assert ex.input_ids.tolist() == seq.input_ids.tolist()  # the same tokens as attribution
+        assert (ex.labels[: seq.n_prompt] == IGNORE_INDEX).all()
+        assert ex.labels[seq.n_prompt:].tolist() == ex.input_ids[seq.n_prompt:].tolist()
+    assert report.learned_tokens == sum(len(e.input_ids) - step8_sequence(tokenizer, s.question, s.solution)[1]
+                                        for e, s in zip(examples, samples))
+
+
+def test_every_corpus_row_is_accounted_for(tokenizer, tmp_path):
+    rows = make_traces(6)
+    masks_rows = [dict(r) for r in rows[:4]]
+    masks_rows[3] = {**rows[3], "solution": rows[3]["solution"] + " extra"}  # masks made from other text
+    masks_rows.append({**rows[0], "id": "ghost"})  # in masks, not in the corpus
+    sel = write_masks(tmp_path / "sel", masks_rows, train_of=lambda k, n: k == 0 or (n > 1 and k == n - 1))
+    # Sample 2: nothing trained.
+    t = pq.read_table(sel / "masks.parquet").to_pylist()
+    for r in t:
+        if r["sample_id"] == rows[2]["id"]:
+            r["train"] = False
+    pq.write_table(pa.Table.from_pylist(t, schema=pq.read_schema(sel / "masks.parquet")), sel / "masks.parquet")
+    corpus = write_jsonl(tmp_path / "c.jsonl", [*rows, "{not json", {"id": "x", "question": "q"}])
+    samples, rejects = read_corpus(corpus, FIELDS)
+    examples, report = build_examples(tokenizer, samples, rejects, "selected", read_masks(sel), max_length=0)
+    assert report.corpus_rows == 8
+    assert report.counts() == {"corpus_reject": 2, "not_in_masks": 2, "mask_mismatch": 1, "no_trainable_tokens": 1}
+    assert report.kept == len(examples) == 2
+    assert report.kept + len(report.dropped) == report.corpus_rows
+    assert report.masks_not_in_corpus == 1
+    write_train_tokens(tmp_path / "train_tokens.parquet", examples)
+    back = pq.read_table(tmp_path / "train_tokens.parquet")
+    assert str(back.schema.field("input_ids").type) == "list<element: int32>"
+    assert back.column("sample_id").to_pylist() == [e.sample_id for e in examples]
+    assert back.column("labels").to_pylist()[1] == examples[1].labels.tolist()
+
+
+def test_masks_table_errors_say_what_to_do(tmp_path):
+    with pytest.raises(MasksError, match="run the select stage first"):
+        read_masks(tmp_path)
+    pq.write_table(pa.table({"sample_id": ["a"], "segment": [0]}), tmp_path / "masks.parquet")
+    with pytest.raises(MasksError, match=r"lacks columns \['char_start', 'char_end', 'train'\]"):
+        read_masks(tmp_path)
+
+
+def test_padding_collator_pads_labels_with_ignore_index():
+    batch = PaddingCollator(pad_id=7)([{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]},
+                                       {"input_ids": [4], "labels": [-100]}])
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 7, 7]]
+    assert batch["labels"].tolist() == [[-100, 2, 3], [-100, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def _cfg(**finetune):
+    base = OmegaConf.load(REPO / "conf" / "finetune" / "default.yaml")
+    return OmegaConf.create({"stage": "finetune", "data": {"path": "x.jsonl"}, "model": {"name_or_path": "m"},
+                             "selection_dir": "/nonexistent", "finetune_dir": "out",
+                             "finetune": OmegaConf.merge(base, finetune)})
+
+
+def test_default_config_is_the_papers_and_valid(tmp_path):
+    ft = OmegaConf.load(REPO / "conf" / "finetune" / "default.yaml")
+    assert (ft.num_train_epochs, ft.learning_rate, ft.lr_scheduler_type, ft.warmup_ratio) == (10, 3e-5, "cosine", 0.05)
+    assert (ft.per_device_train_batch_size, ft.max_length, ft.max_grad_norm) == (2, 16384, 1.0)
+    assert (ft.bf16, ft.gradient_checkpointing, ft.packing, ft.liger, ft.report_to) == ("auto", "auto", False, False, "none")
+    assert check_config(_cfg(mode="full")) == []
+    for name in ("zero2", "zero3"):
+        ds = json.loads((REPO / "conf" / "deepspeed" / f"{name}.json").read_text())
+        assert ds["zero_optimization"]["stage"] == int(name[-1])
+        assert ds["train_micro_batch_size_per_gpu"] == "auto" and ds["gradient_clipping"] == "auto"
+    assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+
+
+def test_config_errors_are_reported_all_at_once():
+    errs = check_config(_cfg(mode="half", deepspeed="zero9", max_steps=0, save_total_limit=1,
+                             bf16="maybe", warmup_ratio=1.5, per_device_train_batch_size=0, typo_key=1))
+    text = "\n".join(errs)
+    for needle in ("finetune.mode='half'", "finetune.deepspeed='zero9'", "finetune.max_steps=0",
+                   "finetune.save_total_limit=1", "finetune.bf16='maybe'", "finetune.warmup_ratio=1.5",
+                   "finetune.per_device_train_batch_size=0", "unknown keys ['typo_key']"):
+        assert needle in text, needle
+    assert len(errs) == 8
+    errs = check_config(_cfg(mode="selected"))
+    assert len(errs) == 1 and "masks.parquet does not exist" in errs[0] and "finetune.mode=full" in errs[0]
+
+
+def test_packing_and_liger_need_their_packages():
+    import importlib.util
+
+    errs = check_config(_cfg(mode="full", packing=True, liger=True))
+    if importlib.util.find_spec("flash_attn") is None:
+        assert any("finetune.packing=true needs flash-attention" in e for e in errs)
+    if importlib.util.find_spec("liger_kernel") is None:
+        assert any("finetune.liger=true needs Liger kernels" in e for e in errs)
+
+
+def test_resume_picks_the_newest_complete_checkpoint(tmp_path):
+    for step, done in ((10, True), (20, True), (30, False)):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        if done:
+            (d / MARKER).write_text("{}")
+    (tmp_path / "checkpoint-x").mkdir()
+    assert latest_complete(tmp_path) == tmp_path / "checkpoint-20"
+    assert remove_incomplete(tmp_path) == [tmp_path / "checkpoint-30"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-20", "checkpoint-x"]
+    assert latest_complete(tmp_path / "missing") is None
