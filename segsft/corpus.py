@@ -68,9 +68,10 @@ def _raw_rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any] | None, str]]
             yield i, rec, ""
 
 
-def read_corpus(path: str | Path, fields: Mapping[str, str]) -> tuple[list[Sample], list[Reject]]:
-    """Read every row of `path`; `fields` maps `id`, `question`, `solution`, `answer` to
-    the file's column names (`id` may be empty or absent: ids are then derived)."""
+def read_corpus(path: str | Path, fields: Mapping[str, str], limit: int | None = None) -> tuple[list[Sample], list[Reject]]:
+    """Read every row of `path` (or its first `limit` rows: an explicit choice, for quick
+    looks); `fields` maps `id`, `question`, `solution`, `answer` to the file's column
+    names (`id` may be empty or absent: ids are then derived)."""
     path = Path(path)
     if not path.is_file():
         raise CorpusError(f"corpus file {path} does not exist: set data.path to a JSONL or Parquet file")
@@ -82,6 +83,8 @@ def read_corpus(path: str | Path, fields: Mapping[str, str]) -> tuple[list[Sampl
     seen_ids: set[str] = set()
     src = str(path)
     for i, rec, err in _raw_rows(path):
+        if limit is not None and i >= limit:
+            break
         if rec is None:
             reason, _, raw = err.partition("|")
             rejects.append(Reject(_derived_id(src, str(i), raw), f"row {i}: {reason}", src, i))

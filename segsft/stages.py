@@ -98,4 +98,9 @@ def run_stage(cfg: DictConfig) -> Any:
         log.info("stage %s: outputs under %s", n, {"attribute": f"{cfg.run_dir}/attribution",
                                                     "select": cfg.selection_dir, "finetune": cfg.finetune_dir}[n])
         result = fns[n][1](cfg)
+    if stage == "all" and rank == 0:
+        from segsft.summary import summarize
+
+        text = summarize(cfg)
+        print("\n" + text, flush=True)
     return result

@@ -141,7 +141,7 @@ class AttributeStage:
             log.info("rank %d: part %s is complete (%s); nothing to do", rank, writer.part, writer.marker)
             return json.loads(writer.marker.read_text())
         data = self.cfg["data"]
-        samples, rejects = read_corpus(data["path"], data.get("fields") or {})
+        samples, rejects = read_corpus(data["path"], data.get("fields") or {}, data.get("limit"))
         rows: list[Sample | Reject] = sorted([*samples, *rejects], key=lambda r: r.row)
         mine = shard(rows, rank, world)
         done = writer.prepare()

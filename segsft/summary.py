@@ -1,0 +1,67 @@
+"""The end-of-run summary printed after `stage=all` (and so by `make demo`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from segsft.corpus import read_corpus
+
+
+def _short(text: str, width: int = 90) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
+def summarize(cfg: Any) -> str:
+    """Per sample: segments and the kept share of tokens; the three strongest segments of
+    one trace; the fine-tune's first and last loss; where every output went."""
+    run = Path(cfg.run_dir)
+    adir = run / "attribution"
+    sel = Path(cfg.selection_dir)
+    ft = Path(cfg.finetune_dir)
+    lines: list[str] = []
+    seg = pl.read_parquet(adir / "segments-*.parquet")
+    smp = pl.read_parquet(adir / "samples-*.parquet")
+    rej = pl.read_parquet(adir / "rejects-*.parquet")
+    lines.append(f"attribution: {smp.height} samples scored, {rej.height} rejected, "
+                 f"completeness gap median {smp['completeness_gap'].median():.2e}")
+    masks_path = sel / "masks.parquet"
+    if masks_path.exists():
+        masks = pl.read_parquet(masks_path)
+        per = (masks.group_by("sample_id")
+               .agg(pl.len().alias("segments"), pl.col("train").sum().alias("kept"),
+                    (pl.col("n_tokens").filter(pl.col("train")).sum() / pl.col("n_tokens").sum()).alias("kept_tokens"))
+               .sort("sample_id"))
+        lines.append(f"\n{'sample':<16} {'segments':>8} {'kept':>5} {'kept tokens':>12}")
+        for r in per.iter_rows(named=True):
+            lines.append(f"{r['sample_id']:<16} {r['segments']:>8} {r['kept']:>5} {r['kept_tokens']:>11.0%}")
+        total = masks.filter(pl.col("train"))["n_tokens"].sum() / max(masks["n_tokens"].sum(), 1)
+        lines.append(f"{'overall':<16} {masks.height:>8} {int(masks['train'].sum()):>5} {total:>11.0%}")
+    if smp.height:
+        sid = smp.sort("sample_id")["sample_id"][0]
+        samples, _ = read_corpus(cfg.data.path, cfg.data.get("fields") or {}, cfg.data.get("limit"))
+        text = next((s.solution for s in samples if s.sample_id == sid), "")
+        top = seg.filter(pl.col("sample_id") == sid).sort("strength", descending=True).head(3)
+        lines.append(f"\nstrongest segments of {sid}:")
+        for r in top.iter_rows(named=True):
+            c = "null" if r["consistency"] is None else f"{r['consistency']:.2f}"
+            lines.append(f"  #{r['segment']:<3} strength {r['strength']:.3f}  consistency {c}  "
+                         f"{_short(text[r['char_start']:r['char_end']])!r}")
+    hist = ft / "loss_history.json"
+    if hist.exists():
+        h = json.loads(hist.read_text())
+        lines.append(f"\nfine-tune: loss {h.get('first_loss'):.4f} at the first step -> {h.get('last_loss'):.4f} at the last")
+    lines.append("\noutputs:")
+    lines.append(f"  scores   {adir}/segments-*.parquet (and samples-, rejects-)")
+    if masks_path.exists():
+        lines.append(f"  masks    {masks_path}")
+    if (ft / "model").exists():
+        lines.append(f"  model    {ft / 'model'}")
+    report = Path(cfg.report.path) if "report" in cfg and cfg.report.get("path") else run / "report.html"
+    if report.exists():
+        lines.append(f"  report   {report}")
+    return "\n".join(lines)
