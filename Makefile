@@ -8,7 +8,7 @@ ARGS ?=
 export OMP_NUM_THREADS ?= $(shell [ $(NPROC) -gt 1 ] && echo 1 || nproc)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all attribute select finetune sweep all bench clean
+.PHONY: help install demo test test-all attribute select finetune sweep report bench clean
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -22,6 +22,9 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 install: $(VENV)/.installed ## create .venv (sees system packages) and install the project
+
+demo: install ## the whole pipeline on the embedded sample with real SmolLM2-135M weights, sized for a CPU
+	$(PY) pipeline.py stage=all +experiment=demo $(ARGS)
 
 test: install ## run the tests (not slow, gpu ones skip without CUDA)
 	$(PY) -m pytest -m "not slow" -q

@@ -56,6 +56,18 @@ def load_tokenizer(cfg: Mapping[str, Any]) -> Any:
     return tok
 
 
+def pick_attn_implementation(spec: str, device: torch.device) -> str:
+    """`auto`: flash-attention 2 on CUDA where the package is installed, else sdpa."""
+    if spec != "auto":
+        return spec
+    if device.type == "cuda":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is not None:
+            return "flash_attention_2"
+    return "sdpa"
+
+
 def load_model(cfg: Mapping[str, Any], device: torch.device, dtype: torch.dtype) -> Any:
     from transformers import AutoModelForCausalLM
 
@@ -65,9 +77,7 @@ def load_model(cfg: Mapping[str, Any], device: torch.device, dtype: torch.dtype)
         dtype=dtype,
         use_safetensors=True,
     )
-    attn = cfg.get("attn_implementation") or "auto"
-    if attn != "auto":
-        kwargs["attn_implementation"] = attn
+    kwargs["attn_implementation"] = pick_attn_implementation(cfg.get("attn_implementation") or "auto", device)
     model = AutoModelForCausalLM.from_pretrained(model_path(cfg), **kwargs)
     return model.to(device)
 

@@ -1,0 +1,34 @@
+"""The demo pipeline with the real SmolLM2-135M weights (slow: converts them once)."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from conftest import REPO
+
+
+@pytest.mark.slow
+def test_demo_pipeline_on_two_traces(tmp_path):
+    run = tmp_path / "demo"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, str(REPO / "pipeline.py"), "stage=all", "+experiment=demo", f"run_dir={run}",
+           "data.limit=2", "finetune.max_steps=2", "finetune.max_length=256"]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stderr[-4000:]
+    samples = pl.read_parquet(run / "attribution" / "samples-*.parquet")
+    assert samples.height == 2 and samples["model"][0] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert all(math.isfinite(g) for g in samples["completeness_gap"])
+    seg = pl.read_parquet(run / "attribution" / "segments-*.parquet")
+    assert seg.group_by("sample_id").len()["len"].sort().to_list() == samples["n_segments"].sort().to_list()
+    masks = list((run / "selection").glob("*/masks.parquet"))
+    assert len(masks) == 1 and pl.read_parquet(masks[0]).height == seg.height
+    model_dir = run / "finetune" / "model"
+    assert (model_dir / "model.safetensors").exists() and (model_dir / "config.json").exists()
+    assert "strongest segments of sample-000" in out.stdout and str(model_dir) in out.stdout
