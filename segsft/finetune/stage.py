@@ -96,6 +96,13 @@ def _check_resumable(out: Path, fp: dict[str, Any], s: FinetuneSettings) -> None
         )
 
 
+def _read_corpus(data: Any) -> tuple[list, list]:
+    """The corpus rows the earlier stages saw: `data.limit` (when set) cuts it as there."""
+    limit = data.get("limit")
+    extra = (limit,) if limit is not None else ()
+    return read_corpus(data.path, data.get("fields") or {}, *extra)
+
+
 def _loss_history(trainer: Any) -> dict[str, Any]:
     steps = [
         {k: e[k] for k in ("step", "epoch", "loss", "learning_rate", "grad_norm") if k in e}
@@ -129,7 +136,7 @@ def run(cfg: Any, callbacks: Sequence[Any] = ()) -> FinetuneResult:
     _check_resumable(out, fp, s)
 
     tokenizer = load_tokenizer(cfg.model)
-    samples, rejects = read_corpus(cfg.data.path, cfg.data.get("fields") or {})
+    samples, rejects = _read_corpus(cfg.data)
     masks = read_masks(cfg.selection_dir) if s.mode == "selected" else None
     examples, report = build_examples(tokenizer, samples, rejects, s.mode, masks, s.max_length)
     log_report(report)
