@@ -98,9 +98,7 @@ def _check_resumable(out: Path, fp: dict[str, Any], s: FinetuneSettings) -> None
 
 def _read_corpus(data: Any) -> tuple[list, list]:
     """The corpus rows the earlier stages saw: `data.limit` (when set) cuts it as there."""
-    limit = data.get("limit")
-    extra = (limit,) if limit is not None else ()
-    return read_corpus(data.path, data.get("fields") or {}, *extra)
+    return read_corpus(data.path, data.get("fields") or {}, data.get("limit"))
 
 
 def _loss_history(trainer: Any) -> dict[str, Any]:

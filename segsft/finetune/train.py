@@ -14,7 +14,8 @@ from segsft.finetune.checkpoints import CompleteMarker, StepCounter, latest_comp
 from segsft.finetune.collate import ExampleDataset, PaddingCollator, packing_collator
 from segsft.finetune.examples import Example
 from segsft.finetune.settings import FinetuneError, FinetuneSettings, deepspeed_config_path, has_module
-from segsft.models import model_path
+from segsft.dist import local_rank
+from segsft.models import model_path, pick_attn_implementation, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def _start_cpu_deepspeed_group() -> None:
         del os.environ["ACCELERATE_USE_DEEPSPEED"]
 
 
-def load_for_training(model_cfg: Mapping[str, Any], packing: bool) -> Any:
+def load_for_training(model_cfg: Mapping[str, Any], packing: bool, half_precision: bool) -> Any:
     """The model in fp32 (master weights; bf16 is the Trainer's or DeepSpeed's mixed precision)."""
     from transformers import AutoModelForCausalLM
 
@@ -120,8 +121,11 @@ def load_for_training(model_cfg: Mapping[str, Any], packing: bool) -> Any:
         # Packed rows are separated by position ids only; flash-attention's varlen path
         # is what keeps samples from attending to one another.
         attn = "flash_attention_2"
-    if attn != "auto":
-        kw["attn_implementation"] = attn
+    elif attn == "auto":
+        # flash-attention runs in bf16/fp16 only: with fp32 training keep sdpa.
+        device = pick_device("auto", local_rank())
+        attn = pick_attn_implementation("auto", device) if half_precision else "sdpa"
+    kw["attn_implementation"] = attn
     return AutoModelForCausalLM.from_pretrained(model_path(model_cfg), **kw)
 
 
@@ -174,7 +178,7 @@ def train(
         args.per_device_train_batch_size, args.gradient_accumulation_steps,
         f"max_steps={args.max_steps}" if args.max_steps > 0 else f"{args.num_train_epochs:g} epochs",
     )
-    model = load_for_training(model_cfg, s.packing)
+    model = load_for_training(model_cfg, s.packing, half_precision=bool(args.bf16 or args.fp16))
     if checkpointing:
         model.config.use_cache = False  # the cache is useless in training and clashes with checkpointing
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
