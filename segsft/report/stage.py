@@ -1,0 +1,112 @@
+"""The report stage: run_dir's attribution + selections + corpus -> one HTML file (`report.path`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from segsft.corpus import read_corpus
+from segsft.io import write_text
+from segsft.report import plots, tokens
+from segsft.report.config import ReportConfig, ReportError, check_config
+from segsft.report.data import (build_traces, find_selections, join_masks, load_attribution, overview,
+                                pick_traces, sample_table)
+from segsft.report.html import Page, render
+from segsft.text import ANSWER_SUFFIX_DEFAULT, resolve_pattern
+
+log = logging.getLogger(__name__)
+
+
+def _figures(joined: pl.DataFrame, samples: pl.DataFrame, ov: dict, chosen: Any) -> dict[str, tuple[str | None, str]]:
+    """name -> (PNG data URI or None, caption)."""
+    st = chosen.settings if chosen else {}
+    label = chosen.name if chosen else "no selection"
+    uri, caption = plots.scatter(joined["strength"].to_numpy(), joined["consistency"].fill_null(float("nan")).to_numpy(),
+                                 None if chosen is None else joined["train"].to_numpy(),
+                                 st.get("max_consistency"), st.get("min_consistency"), label)
+    if chosen:
+        caption += (f"; colour: trained / masked by {label} (top_mass={st.get('top_mass')} is a per-sample share "
+                    "of strength, not a line here)")
+    figs = {"gaps": (plots.gap_histogram(ov["gaps"]), f"{len(ov['gaps'])} samples"), "scatter": (uri, caption)}
+    if chosen is not None:
+        shares = samples["share_tokens_kept"].drop_nulls().to_numpy()
+        figs["shares"] = (plots.share_histogram(shares, label), f"{len(shares)} samples, selection {label}")
+    else:
+        figs["shares"] = (None, "no kept-token share histogram: there is no selection")
+    return figs
+
+
+def _token_shading(traces: list, cfg: Any, rc: ReportConfig, recorded: list[str]) -> str | None:
+    """Attach token positions to the traces; return why token shading is off, or None.
+
+    `recorded`: the model names in the samples table, for the hint when the tokenizer disagrees."""
+    if not rc.token_shading:
+        return "report.token_shading=false"
+    if not traces:
+        return None
+    tok, why = tokens.load(cfg.model)
+    if tok is None:
+        return f"the tokenizer of model.name_or_path={cfg.model.get('name_or_path')} could not be loaded ({why}); segments only"
+    suffix = cfg.attribute.get("answer_suffix") if cfg.get("attribute") else None
+    failed = 0
+    for t in traces:
+        try:
+            t.token_starts = tokens.token_starts(tok, t.solution, t.answer, suffix or ANSWER_SUFFIX_DEFAULT, t.segments)
+        except (tokens.TokenMismatch, ValueError) as e:
+            failed += 1
+            t.notes.append(f"token shading is off for this trace: the tokenizer of model.name_or_path does not "
+                           f"reproduce the attribution's tokens ({e}); pass the run's model and attribute.answer_suffix")
+    if failed == len(traces):
+        return (f"the tokenizer of model.name_or_path={cfg.model.get('name_or_path')} does not reproduce the "
+                f"attribution's tokens of any trace; pass the run's model (the run recorded {', '.join(recorded)}) "
+                "and attribute.answer_suffix")
+    return None
+
+
+def run(cfg: Any) -> Path:
+    """Write the report of `cfg.run_dir` to `cfg.report.path` and return that path."""
+    errs = check_config(cfg)
+    if errs:
+        raise ReportError("invalid report configuration:\n  - " + "\n  - ".join(errs))
+    t0 = time.monotonic()
+    rc = ReportConfig.from_cfg(cfg)
+    run_dir = str(cfg.run_dir)
+    att = load_attribution(run_dir)
+    selections, chosen, notes = find_selections(run_dir, rc.selection, cfg.get("selection_dir"))
+    masks = chosen.masks() if chosen else None
+    joined, mask_notes = join_masks(att.segments, masks)
+    notes += mask_notes
+    if chosen and chosen.run_dir and Path(chosen.run_dir).resolve() != Path(run_dir).resolve():
+        notes.append(f"selection {chosen.name} was made for run_dir={chosen.run_dir}, not {run_dir}")
+    samples = sample_table(att, masks)
+    ov = overview(att)
+    figures = _figures(joined, samples, ov, chosen)
+
+    ids = pick_traces(samples, rc.max_traces)
+    traces = []
+    if ids:
+        fields = cfg.data.get("fields") or {}
+        # CorpusError already says to set data.path; no row limit: the run may have used another.
+        corpus, _ = read_corpus(cfg.data.path, fields)
+        wanted = set(ids)
+        by_id = {s.sample_id: s for s in corpus if s.sample_id in wanted}
+        traces, trace_notes = build_traces(ids, joined, samples, att, by_id)
+        notes += trace_notes
+    token_note = _token_shading(traces, cfg, rc, ov["models"])
+    a = cfg.get("attribute") or {}
+    page = Page(run_dir=run_dir, overview=ov, selections=selections, chosen=chosen, figures=figures, traces=traces,
+                pattern=resolve_pattern(a.get("segment_preset", "default"), a.get("segment_pattern")),
+                token_note=token_note, notes=notes, max_traces=rc.max_traces)
+    text = render(page)
+    out = Path(rc.path)
+    write_text(out, text)
+    log.info("report: %d traces, %d selection(s), %.1f MB in %.1f s -> %s", len(traces), len(selections),
+             len(text.encode()) / 1e6, time.monotonic() - t0, out)
+    for n in notes:
+        log.info("report note: %s", n)
+    return out
+

@@ -1,0 +1,395 @@
+"""The report stage on hand-built runs: content of the page, parsed back from the HTML."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+from conftest import REPO, write_jsonl
+from segsft.attribute.metrics import segment_metrics
+from segsft.dist import part_name
+from segsft.io import REJECTS_SCHEMA, SAMPLES_SCHEMA, SEGMENTS_SCHEMA, write_json, write_parquet
+from segsft.report import ReportError, check_config, run
+from segsft.report.data import pick_traces
+from segsft.report.tokens import TokenMismatch, token_starts
+from segsft.select import run as select_run
+from segsft.text import ANSWER_SUFFIX_DEFAULT, build_sequence, resolve_pattern
+
+PATTERN = resolve_pattern("default")
+SELECT = ("select.always_keep=[0]", "select.max_consistency=0.6")
+
+ROWS = [
+    {"id": "s0", "question": "What is 3 + 4?",
+     "solution": "We add 3 and 4 to get 7.\n\nWait, let me check: 3 + 4 = 7.\n\nAlternatively, 4 + 3 = 7 too."
+                 "\n\nHowever, nothing changes.\n\nWait, done.", "answer": "7"},
+    {"id": "s1", "question": "Solve 2x = 10 <b>bold</b> & \"quoted\" <script>alert(1)</script>",
+     "solution": "So x = 5 <i>since</i> 10 / 2 = 5 & that's it.\n\nBut wait, is 2 * 5 = 10? Yes."
+                 "\n\nAnother check: 10 - 5 = 5.", "answer": "5"},
+    {"id": "s2", "question": "Area of a 6 by 4 rectangle?",
+     "solution": "Area is 6 * 4 = 24.\n\nGoing back, the sides are 6 and 4.\n\nWait, 24 it is."
+                 "\n\nNot sure about units.\n\nBacktrack: units are squared.\n\nTrace back: 24.", "answer": "24"},
+    {"id": "s3", "question": "Only one segment?", "solution": "Yes, a single segment of text with no keyword.",
+     "answer": "1"},
+]
+
+
+def make_run(root: Path, tokenizer, rows: list[dict] = ROWS, world: int = 2, seed: int = 0) -> tuple[Path, Path]:
+    """Attribution tables as the attribution stage lays them out, with random a_t over the real
+    token spans of `tokenizer` (no model), one reject, and the corpus file."""
+    rng = np.random.default_rng(seed)
+    corpus = write_jsonl(root / "traces.jsonl", [*rows, '{"id": "broken", '])
+    run_dir = root / "run"
+    adir = run_dir / "attribution"
+    for rank in range(world):
+        segs, samples = [], []
+        for i, r in enumerate(rows):
+            if i % world != rank:
+                continue
+            seq = build_sequence(tokenizer, r["question"], r["solution"], PATTERN, r["answer"], ANSWER_SUFFIX_DEFAULT)
+            a = rng.normal(size=len(seq.input_ids))
+            for k, (m, (cs, ce), (ts, te)) in enumerate(zip(segment_metrics(a, seq.segment_tokens),
+                                                           seq.segment_chars, seq.segment_tokens)):
+                segs.append({"sample_id": r["id"], "segment": k, "char_start": cs, "char_end": ce,
+                             "token_start": ts, "token_end": te, **m})
+            samples.append({"sample_id": r["id"], "n_tokens": len(seq.input_ids), "n_segments": len(seq.segment_chars),
+                            "answer_logprob": -1.0, "baseline_logprob": -3.0, "attr_total": float(a.sum()),
+                            "attr_norm": float(np.linalg.norm(a)), "completeness_gap": float(10.0 ** -(i + 2)),
+                            "rule": "gauss_legendre", "steps": 4, "model": "tiny", "seconds": 0.1})
+        part = part_name(rank, world)
+        write_parquet(adir / f"segments-{part}.parquet", segs, SEGMENTS_SCHEMA)
+        write_parquet(adir / f"samples-{part}.parquet", samples, SAMPLES_SCHEMA)
+        rejects = [{"sample_id": "hbroken", "reason": "row 4: invalid JSON (x)", "source": str(corpus), "row": 4}]
+        write_parquet(adir / f"rejects-{part}.parquet", rejects if rank == 0 else [], REJECTS_SCHEMA)
+        write_json(adir / f"part-{part}.done", {"part": part})
+    return run_dir, corpus
+
+
+def compose_cfg(run_dir: Path, corpus: Path, model: str, *overrides: str):
+    """The composed config; `+report=default` only while conf/config.yaml does not list it."""
+    listed = any("report" in d for d in yaml.safe_load((REPO / "conf" / "config.yaml").read_text())["defaults"]
+                 if isinstance(d, dict))
+    base = [f"run_dir={run_dir}", f"data.path={corpus}", f"model.name_or_path={model}", *overrides]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=["stage=select", *([] if listed else ["+report=default"]), *base])
+
+
+class Page(HTMLParser):
+    """What the tests read back: traces, segments with their text, token pieces, references."""
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.traces: list[dict] = []
+        self.segments: list[dict] = []
+        self.pieces: list[dict] = []
+        self.nav: list[str] = []
+        self.refs: list[str] = []
+        self.inputs: list[dict] = []
+        self.tags_in_segments: set[str] = set()
+        self._spans: list[dict] = []
+        self._in_nav_a = False
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        for key in ("src", "href", "action", "poster", "data"):
+            if a.get(key):
+                self.refs.append(a[key])
+        if any("seg" in s["cls"] for s in self._spans):
+            self.tags_in_segments.add(tag)
+        if tag == "section" and "trace" in a.get("class", "").split():
+            self.traces.append(a)
+        if tag == "input":
+            self.inputs.append(a)
+        if tag == "a" and a.get("href", "").startswith("#t"):
+            self._in_nav_a = True
+            self.nav.append(a["href"])
+        if tag == "span":
+            cls = a.get("class", "").split()
+            rec = {**a, "text": "", "cls": cls}
+            if "seg" in cls:
+                self.segments.append(rec)
+            elif "lab" in cls:
+                seg = next(s for s in reversed(self._spans) if "seg" in s["cls"])
+                seg["labels"] = [*seg.get("labels", []), a["data-label"]]
+            elif {"p", "n", "z"} & set(cls):  # a token piece
+                rec["segment"] = next(s for s in reversed(self._spans) if "seg" in s["cls"])
+                self.pieces.append(rec)
+            self._spans.append(rec)
+
+    def handle_endtag(self, tag):
+        if tag == "span":
+            rec = self._spans.pop()
+            seg = next((s for s in reversed(self._spans) if "seg" in s["cls"]), None)
+            if "kw" in rec["cls"] and seg is not None:  # token pieces may cut a keyword: join them
+                seg["kw"] = seg.get("kw", "") + rec["text"]
+        if tag == "a":
+            self._in_nav_a = False
+
+    def handle_data(self, data):
+        for s in self._spans:
+            s["text"] += data
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tokenizer, tiny_model_dir):
+    root = tmp_path_factory.mktemp("report")
+    run_dir, corpus = make_run(root, tokenizer)
+    # Few always-kept segments and a tight bound: both trained and masked segments occur.
+    select_run(compose_cfg(run_dir, corpus, tiny_model_dir, *SELECT))
+    cfg = compose_cfg(run_dir, corpus, tiny_model_dir, *SELECT)
+    path = run(cfg)
+    text = path.read_text(encoding="utf-8")
+    return {"cfg": cfg, "path": path, "text": text, "page": Page(text), "run_dir": run_dir, "corpus": corpus,
+            "model": tiny_model_dir, "root": root}
+
+
+def _segments_table(run_dir: Path) -> pl.DataFrame:
+    return pl.read_parquet(run_dir / "attribution" / "segments-*.parquet").sort("sample_id", "segment")
+
+
+def test_every_sample_and_segment_appears_and_the_text_is_the_trace(built):
+    page, seg = built["page"], _segments_table(built["run_dir"])
+    assert built["path"] == built["run_dir"] / "report.html"
+    assert sorted(t["data-sample"] for t in page.traces) == [r["id"] for r in ROWS]
+    assert sorted((s["data-sample"], int(s["data-segment"])) for s in page.segments) == \
+        list(zip(seg["sample_id"], seg["segment"]))
+    for r in ROWS:
+        mine = [s for s in page.segments if s["data-sample"] == r["id"]]
+        assert [int(s["data-segment"]) for s in mine] == list(range(len(mine)))  # in trace order
+        assert "".join(s["text"] for s in mine) == r["solution"]
+    assert len(page.nav) == len(ROWS)
+    assert not list(built["run_dir"].glob(".report.html.*"))  # written atomically, nothing left over
+
+
+def test_segment_shade_increases_with_strength(built):
+    page = built["page"]
+    for r in ROWS:
+        mine = [(float(s["data-strength"]), float(re.fullmatch(r"--s:([0-9.]+)", s["style"]).group(1)))
+                for s in page.segments if s["data-sample"] == r["id"]]
+        mine.sort()
+        for (s0, a0), (s1, a1) in zip(mine, mine[1:]):
+            assert a1 >= a0
+            if s1 > s0 * 1.01:
+                assert a1 > a0, (r["id"], mine)
+        assert mine[-1][1] == pytest.approx(0.8, abs=1e-3)  # the strongest segment of a trace is darkest
+
+
+def test_masked_segments_show_their_reason(built):
+    page = built["page"]
+    masks = pl.read_parquet(next((built["run_dir"] / "selection").glob("*/masks.parquet")))
+    by_key = {(s["data-sample"], int(s["data-segment"])): s for s in page.segments}
+    assert masks.height == len(by_key)
+    assert not masks["train"].all() and masks["train"].any()  # the data exercises both
+    for r in masks.iter_rows(named=True):
+        s = by_key[(r["sample_id"], r["segment"])]
+        assert s["data-train"] == ("1" if r["train"] else "0")
+        assert s["data-why"] == r["why"]
+        assert ("masked" if not r["train"] else "trained") in s["cls"]
+        assert f"({r['why']})" in s["title"] and s["labels"] == [f"#{r['segment']} {'✓' if r['train'] else '✗'} {r['why']}"]
+        assert "strength" in s["title"] and "consistency" in s["title"]
+
+
+def test_tokens_are_shaded_by_sign_and_size_of_their_attribution(built, tokenizer):
+    page, seg = built["page"], _segments_table(built["run_dir"])
+    toggles = [i for i in page.inputs if i.get("id") == "tok-toggle"]
+    assert toggles and toggles[0]["type"] == "checkbox"
+    assert "classList.toggle('tokens'" in built["text"]
+    for r in ROWS:
+        sg = seg.filter(pl.col("sample_id") == r["id"])
+        attrs = [np.asarray(a, dtype=float) for a in sg["token_attr"]]
+        amax = np.quantile(np.abs(np.concatenate(attrs)), 0.99)  # full colour from the 99th percentile up
+        starts = token_starts(tokenizer, r["solution"], r["answer"], ANSWER_SUFFIX_DEFAULT, sg.to_dicts())
+        expected = {}  # first character of a token -> its summed a_t
+        for st, a in zip(starts, attrs):
+            for c, v in zip(st.tolist(), a.tolist()):
+                expected[c] = expected.get(c, 0.0) + v
+        pieces = [p for p in page.pieces if p["segment"]["data-sample"] == r["id"]]
+        assert pieces
+        # walk the pieces through the trace text: each piece lies in the token that starts at or before it
+        pos, keys = 0, sorted(expected)
+        seg_text = {int(s["data-segment"]): s for s in page.segments if s["data-sample"] == r["id"]}
+        assert len(seg_text) == sg.height
+        text = r["solution"]
+        seen = set()
+        for p in pieces:
+            pos = text.index(p["text"], pos)
+            owner = max(c for c in keys if c <= pos)
+            v = expected[owner]
+            alpha = float(re.fullmatch(r"--a:([0-9.]+)", p["style"]).group(1))
+            assert alpha == pytest.approx(min(1.0, abs(v) / amax), abs=0.006)
+            assert ("p" in p["cls"]) == (v > 0) and ("n" in p["cls"]) == (v < 0)
+            seen.add(owner)
+            pos += len(p["text"])
+        assert seen == set(keys)  # every token is drawn
+
+
+def test_keywords_are_highlighted(built):
+    kws = [s["kw"] for s in built["page"].segments if "kw" in s]
+    # one per segment that starts with a keyword: every segment but the first of each trace
+    n_kw = sum(len(PATTERN.findall(r["solution"])) for r in ROWS)
+    assert len(kws) == n_kw
+    assert sorted(set(kws)) == ["Alternatively", "Another", "Backtrack", "But wait", "Going back", "However",
+                                "Not sure", "Trace back", "Wait"]
+
+
+def test_the_page_is_self_contained_and_escaped(built):
+    text, page = built["text"], built["page"]
+    assert not [r for r in page.refs if not (r.startswith("#") or r.startswith("data:image/png;base64,"))]
+    assert not re.search(r"url\(\s*['\"]?(https?:)?//", text)
+    assert "https://" not in text and "http://" not in text
+    assert "default-src 'none'" in text  # the browser refuses any other load
+    assert sum(r.startswith("data:image/png;base64,") for r in page.refs) == 3  # gaps, scatter, shares
+    assert "<script>alert(1)</script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert page.tags_in_segments == {"span"}  # the trace's "<i>since</i>" stayed text
+    assert text.count("<script>") == 1
+
+
+def test_overview_figures_and_selection_shares(built):
+    text, run_dir = built["text"], built["run_dir"]
+    masks = pl.read_parquet(next((run_dir / "selection").glob("*/masks.parquet")))
+    seg_share = masks["train"].mean()
+    tok_share = masks.filter(pl.col("train"))["n_tokens"].sum() / masks["n_tokens"].sum()
+    assert f"{100 * seg_share:.1f}% ({int(masks['train'].sum())}/{masks.height})" in text
+    assert f"{100 * tok_share:.1f}% (" in text
+    assert "<td class=\"l\">samples scored</td><td class=\"\">4</td>" in text
+    assert "<td class=\"l\">rejected rows</td><td class=\"\">1</td>" in text
+    assert "invalid JSON (x)" in text  # rejects by reason, row number stripped
+    smp = pl.read_parquet(run_dir / "attribution" / "samples-*.parquet")
+    n_seg = masks.group_by("sample_id").len()["len"]
+    assert f"{n_seg.mean():.1f} / {n_seg.min()} / {n_seg.max()}" in text
+    gaps = smp["completeness_gap"]
+    cells = "".join(f'<td class="">{gaps.quantile(q, "nearest"):.2e}</td>' for q in (0.0, 0.1, 0.5, 0.9, 1.0))
+    assert cells in text  # min, p10, median, p90, max
+
+
+def test_jump_list_is_sorted_by_kept_share(built):
+    page = built["page"]
+    shares = [float(t["data-kept-share"]) for t in page.traces]
+    assert shares == sorted(shares)
+    assert page.nav == [f"#t{i}" for i in range(len(page.traces))]
+
+
+def test_max_traces_spreads_over_the_order_and_overview_keeps_all(built):
+    cfg = compose_cfg(built["run_dir"], built["corpus"], built["model"], "report.max_traces=2",
+                      f"report.path={built['root'] / 'two.html'}")
+    page = Page(run(cfg).read_text())
+    per = pl.DataFrame({"sample_id": ["a", "b", "c", "d", "e"], "share_tokens_kept": [0.5, 0.1, None, 0.9, 0.3]})
+    assert pick_traces(per, 2) == ["b", "c"]  # lowest and last (null shares go last)
+    assert pick_traces(per, 3) == ["b", "a", "c"]
+    assert pick_traces(per, 0) == [] and len(pick_traces(per, None)) == 5
+    all_shares = sorted(float(t["data-kept-share"]) for t in built["page"].traces)
+    assert [float(t["data-kept-share"]) for t in page.traces] == [all_shares[0], all_shares[-1]]
+    assert len(page.segments) == sum(1 for s in built["page"].segments
+                                     if s["data-sample"] in {t["data-sample"] for t in page.traces})
+
+
+def test_without_a_tokenizer_segments_only_and_the_page_says_so(built, tmp_path):
+    cfg = compose_cfg(built["run_dir"], built["corpus"], str(tmp_path / "no-model"), f"report.path={tmp_path / 'r.html'}")
+    text = run(cfg).read_text()
+    page = Page(text)
+    assert not page.pieces and not [i for i in page.inputs if i.get("id") == "tok-toggle"]
+    assert "token shading off: the tokenizer of model.name_or_path=" in text
+    assert len(page.segments) == len(built["page"].segments)
+    cfg = compose_cfg(built["run_dir"], built["corpus"], built["model"], "report.token_shading=false",
+                      f"report.path={tmp_path / 'r2.html'}")
+    assert "token shading off: report.token_shading=false" in run(cfg).read_text()
+
+
+def test_token_positions_must_match_the_table(built, tokenizer):
+    seg = _segments_table(built["run_dir"]).filter(pl.col("sample_id") == "s0").to_dicts()
+    r = ROWS[0]
+    token_starts(tokenizer, r["solution"], r["answer"], ANSWER_SUFFIX_DEFAULT, seg)
+    # another tokenizer would cut elsewhere: move the boundary between segments 1 and 2 by a token
+    moved = [dict(s) for s in seg]
+    moved[1]["token_end"] += 1
+    moved[1]["token_attr"] = [*moved[1]["token_attr"], 0.0]
+    moved[2]["token_start"] += 1
+    moved[2]["token_attr"] = moved[2]["token_attr"][1:]
+    with pytest.raises(TokenMismatch, match="segment 1: tokens"):
+        token_starts(tokenizer, r["solution"], r["answer"], ANSWER_SUFFIX_DEFAULT, moved)
+    with pytest.raises(TokenMismatch, match="segment 0"):  # other answer suffix, same spans: lengths differ
+        token_starts(tokenizer, r["solution"], r["answer"], ANSWER_SUFFIX_DEFAULT,
+                     [{**seg[0], "token_attr": seg[0]["token_attr"][1:]}, *seg[1:]])
+
+
+def test_sweep_jobs_and_every_selection_are_listed(built, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(built["run_dir"], run_dir)
+    (run_dir / "report.html").unlink()
+    first = select_run(compose_cfg(run_dir, built["corpus"], built["model"], "select.top_mass=0.3"))
+    sel_dir = Path(first["paths"]["masks.parquet"]).parent
+    sweep = run_dir / "sweeps" / "select"
+    sweep.mkdir(parents=True)
+    pl.DataFrame({"job": [7], "selection_dir": [str(sel_dir)]}).write_parquet(sweep / "sweep.parquet")
+    (run_dir / "selection" / "unfinished").mkdir()
+    cfg = compose_cfg(run_dir, built["corpus"], built["model"], *SELECT)  # its selection_dir is shown, not the newest
+    text = run(cfg).read_text()
+    names = sorted(p.name for p in (run_dir / "selection").iterdir() if (p / "config.yaml").is_file())
+    assert len(names) == 2 and all(n in text for n in names)
+    assert re.search(rf"{re.escape(sel_dir.name)}</td><td class=\"\">7</td>", text)  # its sweep job
+    assert re.search(rf"<tr class=\"chosen\"><td class=\"l\">{re.escape(Path(cfg.selection_dir).name)} ★", text)
+    assert "unfinished is skipped" in text
+    # an explicit selection: only it is listed, its masks colour the traces
+    cfg = compose_cfg(run_dir, built["corpus"], built["model"], *SELECT, f"report.selection={sel_dir}")
+    text = run(cfg).read_text()
+    assert sel_dir.name in text and Path(cfg.selection_dir).name not in text
+    masks = pl.read_parquet(sel_dir / "masks.parquet")
+    page = Page(text)
+    assert sum(s["data-train"] == "1" for s in page.segments) == int(masks["train"].sum())
+
+
+def test_without_selection_segments_are_unmarked(tmp_path, tokenizer, tiny_model_dir):
+    run_dir, corpus = make_run(tmp_path, tokenizer, ROWS[:2], world=1)
+    text = run(compose_cfg(run_dir, corpus, tiny_model_dir)).read_text()
+    page = Page(text)
+    assert len(page.traces) == 2 and all(s["data-train"] == "" and s["data-why"] == "" for s in page.segments)
+    assert "make select RUN_DIR=" in text
+    assert "no kept-token share histogram" in text
+
+
+def test_missing_inputs_say_what_to_run(tmp_path, built):
+    cfg = compose_cfg(tmp_path / "none", built["corpus"], built["model"])
+    with pytest.raises(ReportError, match=r"does not exist.*make attribute RUN_DIR="):
+        run(cfg)
+    cfg = compose_cfg(built["run_dir"], built["corpus"], built["model"], f"report.selection={tmp_path / 'nosel'}",
+                      f"report.path={tmp_path / 'x.html'}")
+    with pytest.raises(ReportError, match=r"holds no masks.parquet: run `make select RUN_DIR="):
+        run(cfg)
+    cfg = compose_cfg(built["run_dir"], tmp_path / "gone.jsonl", built["model"], f"report.path={tmp_path / 'y.html'}")
+    with pytest.raises(Exception, match=r"data.path"):
+        run(cfg)
+    assert not (tmp_path / "x.html").exists() and not (tmp_path / "y.html").exists()
+
+
+def test_check_config_lists_every_problem(built):
+    cfg = compose_cfg(built["run_dir"], built["corpus"], built["model"], "report.path=out.txt", "report.max_traces=-1",
+                      "report.token_shading=maybe", "report.selection=[1]", "attribute.segment_pattern='\\n(Wait'")
+    errs = check_config(cfg)
+    for needle in ("report.path='out.txt'", "report.max_traces=-1", "report.token_shading='maybe'",
+                   "report.selection=", "attribute.segment_preset/segment_pattern"):
+        assert any(needle in e for e in errs), (needle, errs)
+    assert len(errs) == 5
+    assert check_config(built["cfg"]) == []
+    with pytest.raises(ReportError, match="invalid report configuration"):
+        run(cfg)
+
+
+def test_token_scale_ignores_a_few_outliers():
+    from segsft.report.html import segment_shade, token_scale
+
+    assert token_scale([1.0] * 200 + [-1000.0]) == pytest.approx(1.0)  # one huge token does not wash out the rest
+    assert token_scale([0.0] * 200 + [5.0]) == 5.0 and token_scale([]) == 0.0
+    assert token_scale([float("nan"), -2.0]) == pytest.approx(2.0, rel=0.02)
+    shades = [segment_shade(s, 4.0) for s in (0.0, 1.0, 2.0, 4.0)]
+    assert shades == sorted(shades) and len(set(shades)) == 4
+    assert segment_shade(float("nan"), 4.0) == segment_shade(1.0, 0.0) == shades[0]
