@@ -52,6 +52,9 @@ finetune: install ## selective SFT (SELECTION=<selection dir> NPROC=<procs per n
 	    pipeline.py stage=finetune run_dir=$(RUN_DIR) $(if $(SELECTION),selection_dir=$(SELECTION)) $(ARGS); \
 	else $(PY) pipeline.py stage=finetune run_dir=$(RUN_DIR) $(if $(SELECTION),selection_dir=$(SELECTION)) $(ARGS); fi
 
+report: install ## one self-contained HTML page of a run: RUN=<run_dir> [SELECTION=<selection dir>] [ARGS="report.max_traces=20 ..."]
+	$(PY) pipeline.py stage=report run_dir=$(or $(RUN),$(RUN_DIR)) $(if $(SELECTION),report.selection=$(SELECTION)) $(ARGS)
+
 bench: install ## attribution engine vs reference benchmark (CPU)
 	$(PY) bench/attribute_engine.py
 

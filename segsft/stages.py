@@ -12,7 +12,7 @@ from segsft.errors import PipelineError
 
 log = logging.getLogger("segsft")
 
-STAGES = ("attribute", "select", "finetune", "all")
+STAGES = ("attribute", "select", "finetune", "report", "all")
 
 
 class ConfigError(PipelineError):
@@ -64,6 +64,20 @@ def _stage_fns() -> dict[str, tuple[Callable[[Any], list[str]], Callable[[Any], 
 
         return run(cfg)
 
+    def report(cfg: Any) -> Any:
+        from segsft.report import run
+
+        if rank_and_world()[0] != 0:  # one page per run, not one per rank
+            return None
+        path = run(cfg)
+        print(f"report: {path}", flush=True)
+        return path
+
+    def check_report(cfg: Any) -> list[str]:
+        from segsft.report import check_config
+
+        return check_config(cfg)
+
     def check_select(cfg: Any) -> list[str]:
         from segsft.select import check_config
 
@@ -78,6 +92,7 @@ def _stage_fns() -> dict[str, tuple[Callable[[Any], list[str]], Callable[[Any], 
         "attribute": (check_attribute, attribute),
         "select": (check_select, select),
         "finetune": (check_finetune, finetune),
+        "report": (check_report, report),
     }
 
 
@@ -87,7 +102,7 @@ def run_stage(cfg: DictConfig) -> Any:
     if stage not in STAGES:
         raise ConfigError(f"stage={stage!r}: use one of {list(STAGES)}")
     fns = _stage_fns()
-    names = ["attribute", "select", "finetune"] if stage == "all" else [stage]
+    names = ["attribute", "select", "finetune", "report"] if stage == "all" else [stage]
     errors = [e for n in names for e in fns[n][0](cfg)]
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
@@ -96,7 +111,8 @@ def run_stage(cfg: DictConfig) -> Any:
     result = None
     for n in names:
         log.info("stage %s: outputs under %s", n, {"attribute": f"{cfg.run_dir}/attribution",
-                                                    "select": cfg.selection_dir, "finetune": cfg.finetune_dir}[n])
+                                                    "select": cfg.selection_dir, "finetune": cfg.finetune_dir,
+                                                    "report": cfg.report.path}[n])
         result = fns[n][1](cfg)
     if stage == "all" and rank == 0:
         from segsft.summary import summarize
