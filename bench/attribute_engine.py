@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -23,6 +21,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from machine import machine as _machine  # noqa: E402
 DATA = REPO.parent / "shared" / "data" / "r1-distill-qwen-7b-aime24.jsonl"
 CACHE = REPO / ".cache" / "bench"
 
@@ -41,21 +42,7 @@ def layers_for(vocab: int) -> int:
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "nproc": os.cpu_count(), "mem_gib": round(mem, 1), "gpu": gpu,
-            "torch": torch.__version__, "python": platform.python_version(),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    return _machine("torch", "transformers")
 
 
 def prepare(n_samples: int, n_tokens: int) -> Path:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -25,30 +24,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from machine import machine as _machine  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "r1-distill-qwen-7b-aime24.jsonl"
 SAMPLE = REPO / "data" / "sample_traces.jsonl"
 
 
 def machine() -> dict:
-    import torch
-    import transformers
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.startswith("MemTotal"))
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "memory_gib": round(mem_kb / 2**20, 1),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        # Read after the runs (their own load included): other work on the machine slows them.
-        "load_average_1_5_15min": [round(x, 2) for x in os.getloadavg()],
-    }
+    return _machine("torch", "transformers")
 
 
 def write_inputs(d: Path, n: int, seed: int) -> tuple[Path, Path, str]:

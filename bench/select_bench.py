@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -24,6 +23,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from machine import machine as _machine  # noqa: E402
 
 from segsft.select.synthetic import random_tables, write_part  # noqa: E402
 
@@ -31,15 +33,7 @@ TARGET_S, TARGET_GIB = 60.0, 4.0
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.startswith("MemTotal"))
-    import polars as pl
-    import pyarrow as pa
-
-    return {"nproc": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem_kb / 2**20, 1),
-            "python": platform.python_version(), "polars": pl.__version__, "pyarrow": pa.__version__}
+    return _machine("polars", "pyarrow")
 
 
 def build(run_dir: Path, samples: int, segments: int, parts: int) -> float:
