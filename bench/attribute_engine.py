@@ -47,7 +47,6 @@ def machine() -> dict:
 
 def prepare(n_samples: int, n_tokens: int) -> Path:
     """Build (once) the model directory and the cut inputs; returns the cache dir."""
-    import numpy as np
     import torch
 
     from segsft.text import build_sequence, resolve_pattern

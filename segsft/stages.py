@@ -55,7 +55,7 @@ def _stage_fns() -> dict[str, tuple[Callable[[Any], list[str]], Callable[[Any], 
         return AttributeStage(OmegaConf.to_container(cfg, resolve=True)).run(rank, world)
 
     def select(cfg: Any) -> Any:
-        from segsft.select import check_config, run
+        from segsft.select import run
 
         return run(cfg)
 

@@ -1,6 +1,5 @@
 """Reading corpora: every row is a sample or a reject; file-level problems stop at once."""
 
-import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq

@@ -15,7 +15,6 @@ from segsft.text import (
     KEYWORDS_DEFAULT,
     boxed_span,
     build_sequence,
-    encode_with_offsets,
     render_prompt,
     resolve_pattern,
     split_segments,
