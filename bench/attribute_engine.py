@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from machine import machine as _machine  # noqa: E402
-DATA = REPO.parent / "shared" / "data" / "r1-distill-qwen-7b-aime24.jsonl"
+from traces import cut_sequence, load_rows  # noqa: E402
 CACHE = REPO / ".cache" / "bench"
 
 # Qwen2 with d=384; the number of layers is set from the trained vocabulary so that the
@@ -49,26 +49,20 @@ def prepare(n_samples: int, n_tokens: int) -> Path:
     """Build (once) the model directory and the cut inputs; returns the cache dir."""
     import torch
 
-    from segsft.text import build_sequence, resolve_pattern
+    from segsft.text import resolve_pattern
     from segsft.tiny_model import save_tiny, tiny_qwen2, train_tokenizer
 
     d = CACHE / f"cpu20m-{n_samples}x{n_tokens}"
     if (d / "inputs.pt").exists():
         return d
-    rows = [json.loads(x) for x in DATA.read_text().splitlines()]
+    rows = load_rows()
     tok = train_tokenizer([r["solution"] for r in rows], vocab_size=VOCAB)
     model = tiny_qwen2(tok, num_hidden_layers=layers_for(len(tok)), **CPU_MODEL)
     save_tiny(d / "model", model, tok)
     rx = resolve_pattern("default")
     inputs = []
     for r in sorted(rows, key=lambda r: -len(r["solution"]))[:n_samples]:
-        full = build_sequence(tok, r["question"], r["solution"], rx, r["answer"])
-        over = len(full.input_ids) - n_tokens
-        # Cut the trace where its token budget ends; the answer suffix stays whole.
-        enc = tok(r["solution"], add_special_tokens=False, return_offsets_mapping=True)
-        keep = len(enc["input_ids"]) - over - 8
-        cut = r["solution"][: enc["offset_mapping"][keep][0]]
-        seq = build_sequence(tok, r["question"], cut, rx, r["answer"])
+        _, seq = cut_sequence(tok, r, n_tokens, rx)
         n = int(seq.answer_positions[-1]) + 1
         inputs.append({"ids": torch.as_tensor(seq.input_ids[:n]), "pos": torch.as_tensor(seq.answer_positions)})
     torch.save(inputs, d / "inputs.pt")

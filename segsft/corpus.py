@@ -52,8 +52,14 @@ def _raw_rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any] | None, str]]
         for i, rec in enumerate(pq.read_table(path).to_pylist()):
             yield i, rec, ""
         return
-    with path.open("r", encoding="utf-8", errors="replace") as fh:
-        for i, line in enumerate(fh):
+    with path.open("rb") as fh:
+        for i, raw in enumerate(fh):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                # Never repair text silently: the trace would no longer be the one given.
+                yield i, None, f"invalid UTF-8 at byte {e.start} of the line|{raw!r}"
+                continue
             if not line.strip():
                 yield i, None, "empty line"
                 continue
@@ -106,6 +112,8 @@ def read_corpus(path: str | Path, fields: Mapping[str, str], limit: int | None =
                 problems.append(f"empty field '{n}'")
         if sid in seen_ids:
             problems.append(f"duplicate sample_id {sid!r} (an earlier row has it)")
+            # Its own id, so that the reject never stands for the kept row on resume.
+            sid = f"{sid}#row{i}"
         if problems:
             rejects.append(Reject(sid, f"row {i}: " + "; ".join(problems), src, i))
             continue

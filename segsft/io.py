@@ -32,6 +32,9 @@ SAMPLES_SCHEMA = pa.schema(
     [
         ("sample_id", pa.string()),
         ("n_tokens", pa.int32()),
+        # Prompt + trace: the length of the training sequence (DESIGN step 8), which
+        # select.min_tokens compares against; n_tokens adds the answer suffix.
+        ("train_tokens", pa.int32()),
         ("n_segments", pa.int32()),
         ("answer_logprob", pa.float64()),
         ("baseline_logprob", pa.float64()),

@@ -36,7 +36,14 @@ def check_attribute(cfg: Any) -> list[str]:
         errs.append(f"attribute.baseline={a.baseline!r}: use one of {list(BASELINES)}")
     if not isinstance(a.batch_alphas, int) or a.batch_alphas < 1:
         errs.append(f"attribute.batch_alphas={a.batch_alphas!r}: use an integer >= 1")
-    if not a.get("segment_pattern") and a.segment_preset not in KEYWORD_PRESETS:
+    if a.get("segment_pattern"):
+        import re
+
+        try:
+            re.compile(a.segment_pattern)
+        except re.error as e:
+            errs.append(f"attribute.segment_pattern={a.segment_pattern!r} is not a valid regex ({e})")
+    elif a.segment_preset not in KEYWORD_PRESETS:
         errs.append(f"attribute.segment_preset={a.segment_preset!r}: use one of {sorted(KEYWORD_PRESETS)} or set attribute.segment_pattern")
     if "{answer}" not in (a.answer_suffix or "{answer}") or "\\boxed{" not in (a.answer_suffix or "\\boxed{"):
         errs.append("attribute.answer_suffix must contain \\boxed{ and the placeholder {answer}")
@@ -107,6 +114,11 @@ def run_stage(cfg: DictConfig) -> Any:
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
     rank, world = rank_and_world()
+    if stage == "all" and world > 1:
+        raise ConfigError(
+            "stage=all runs in one process; under torchrun run the stages one by one: "
+            "stage=attribute (sharded over ranks), then stage=select, then stage=finetune"
+        )
     log.info("rank %d/%d resolved config:\n%s", rank, world, OmegaConf.to_yaml(cfg, resolve=True))
     result = None
     for n in names:

@@ -24,7 +24,7 @@ def summarize(cfg: Any) -> str:
     sel = Path(cfg.selection_dir)
     ft = Path(cfg.finetune_dir)
     lines: list[str] = []
-    seg = pl.read_parquet(adir / "segments-*.parquet")
+    seg = pl.scan_parquet(adir / "segments-*.parquet").drop("token_attr").collect()
     smp = pl.read_parquet(adir / "samples-*.parquet")
     rej = pl.read_parquet(adir / "rejects-*.parquet")
     lines.append(f"attribution: {smp.height} samples scored, {rej.height} rejected, "
@@ -52,8 +52,8 @@ def summarize(cfg: Any) -> str:
             lines.append(f"  #{r['segment']:<3} strength {r['strength']:.3f}  consistency {c}  "
                          f"{_short(text[r['char_start']:r['char_end']])!r}")
     hist = ft / "loss_history.json"
-    if hist.exists():
-        h = json.loads(hist.read_text())
+    h = json.loads(hist.read_text()) if hist.exists() else {}
+    if h.get("first_loss") is not None and h.get("last_loss") is not None:
         lines.append(f"\nfine-tune: loss {h.get('first_loss'):.4f} at the first step -> {h.get('last_loss'):.4f} at the last")
     lines.append("\noutputs:")
     lines.append(f"  scores   {adir}/segments-*.parquet (and samples-, rejects-)")

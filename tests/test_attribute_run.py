@@ -106,6 +106,8 @@ def test_tables_follow_the_contract(single_run, corpus, tokenizer):
         assert np.allclose([sum(x) for x in s["token_attr"]], s["attr_sum"], atol=1e-5)
         info = smp.filter(pl.col("sample_id") == sid).row(0, named=True)
         assert info["n_segments"] == s.height and info["n_tokens"] == int(seq.answer_positions[-1]) + 1
+        # train_tokens: the step-8 training sequence (prompt + trace, no answer suffix).
+        assert info["train_tokens"] == len(build_sequence(tokenizer, r["question"], r["solution"], resolve_pattern("default")).input_ids)
         assert info["rule"] == "gauss_legendre" and info["steps"] == 4
         gap = abs(info["attr_total"] - (info["answer_logprob"] - info["baseline_logprob"])) / abs(info["answer_logprob"] - info["baseline_logprob"])
         assert info["completeness_gap"] == pytest.approx(gap)
@@ -113,7 +115,12 @@ def test_tables_follow_the_contract(single_run, corpus, tokenizer):
 
 def test_rerun_is_a_no_op_and_never_duplicates(single_run, corpus, tiny_model_dir):
     before = sorted_tables(single_run)
+    # A kill after the marker but before the chunks were removed: the rerun tidies up.
+    stale = Path(single_run) / "attribution" / "_partial" / "00000-of-00001"
+    stale.mkdir(parents=True)
+    (stale / "samples-00000.parquet").write_bytes(b"")
     run_inprocess(overrides(single_run, corpus, tiny_model_dir, "attribute.max_tokens=400"))
+    assert not (Path(single_run) / "attribution" / "_partial").exists()
     (Path(single_run) / "attribution" / "part-00000-of-00001.done").unlink()
     # Without its marker the part is re-checked: every sample is found done, none redone.
     run_inprocess(overrides(single_run, corpus, tiny_model_dir, "attribute.max_tokens=400"))
@@ -166,8 +173,10 @@ def test_killed_run_resumes_to_identical_tables(tmp_path, tiny_model_dir):
 
 
 def test_config_errors_are_reported_together(tmp_path):
-    out = subprocess.run(pipeline_cmd([f"run_dir={tmp_path}", "attribute.rule=simpson", "attribute.baseline=mean", "attribute.batch_alphas=0"]),
+    out = subprocess.run(pipeline_cmd([f"run_dir={tmp_path}", "attribute.rule=simpson", "attribute.baseline=mean", "attribute.batch_alphas=0",
+                                       "attribute.segment_pattern='(unclosed'"]),
                          env=env1(), capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     err = out.stderr
     assert "attribute.rule='simpson'" in err and "attribute.baseline='mean'" in err and "attribute.batch_alphas=0" in err
+    assert "not a valid regex" in err

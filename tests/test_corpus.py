@@ -28,6 +28,8 @@ def test_bad_rows_are_rejected_with_reasons(tmp_path):
     assert "missing field 'answer'" in reasons[2]
     assert "empty field 'solution'" in reasons[3]
     assert "duplicate sample_id 'a'" in reasons[4]
+    # The duplicate's reject carries its own id, never the kept row's (resume goes by id).
+    assert [r.sample_id for r in rejects if r.row == 4] == ["a#row4"]
     assert "not an object" in reasons[6]
     assert all(r.source == str(path) for r in rejects)
 
@@ -56,3 +58,13 @@ def test_missing_file_and_wrong_fields_stop_at_once(tmp_path):
         read_corpus(path, FIELDS)
     msg = str(e.value)
     assert str(path) in msg and "'prompt'" in msg and "'response'" in msg and "data.fields" in msg
+
+
+def test_invalid_utf8_is_rejected_not_repaired(tmp_path):
+    path = tmp_path / "c.jsonl"
+    good = b'{"id": "a", "question": "q", "solution": "s", "answer": "1"}\n'
+    bad = b'{"id": "b", "question": "q", "solution": "caf\xe9", "answer": "1"}\n'
+    path.write_bytes(good + bad)
+    samples, rejects = read_corpus(path, FIELDS)
+    assert [s.sample_id for s in samples] == ["a"]
+    assert len(rejects) == 1 and "invalid UTF-8 at byte" in rejects[0].reason and rejects[0].row == 1

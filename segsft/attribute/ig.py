@@ -89,7 +89,71 @@ def _endpoint_logprobs(model: Any, x: torch.Tensor, base: torch.Tensor, ids: tor
     return float(f[0]), float(f[1])
 
 
+@dataclass(frozen=True)
+class PathGradients:
+    """Per path point k: g_k[t] = sum_d (x - x')[t, d] * df/dz[t, d] at z = x' + a_k (x - x')."""
+
+    alphas: np.ndarray  # float64 [K]
+    token_grads: np.ndarray  # float64 [K, L]
+    logprobs: np.ndarray  # float64 [K], f at each point
+    answer_logprob: float  # f(x)
+    baseline_logprob: float  # f(x')
+
+    def integrate(self, weights: np.ndarray) -> IGResult:
+        return IGResult(weights @ self.token_grads, self.answer_logprob, self.baseline_logprob)
+
+
 @torch.no_grad()
+def path_token_grads(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    answer_positions: torch.Tensor,
+    alphas: np.ndarray,
+    *,
+    baseline: str = "pad",
+    pad_id: int | None = None,
+    batch_alphas: int = 4,
+) -> PathGradients:
+    """The integrand of IG at each of `alphas`, reduced over the embedding dimension.
+
+    `input_ids` [L] must end at the last answer token (nothing after it is fed).
+    `batch_alphas` points go through the model in one forward/backward pass; only that
+    pass records a graph, the path arithmetic does not. Parameters should be frozen
+    (see `freeze`) and dropout off. Reducing each point to [L] keeps memory at K x L.
+    """
+    if answer_positions.numel() == 0:
+        raise ValueError("no answer position to attribute to")
+    if int(answer_positions[-1]) != input_ids.shape[0] - 1:
+        raise ValueError("input_ids must end at the last answer token")
+    model_dtype = model.get_input_embeddings().weight.dtype
+    acc = accum_dtype(model_dtype)
+    alphas = np.asarray(alphas, dtype=np.float64)
+    x = model.get_input_embeddings()(input_ids).to(acc)
+    base = baseline_embeddings(model, input_ids, baseline, pad_id).to(acc)
+    delta = x - base
+    a_all = torch.tensor(alphas, dtype=acc, device=input_ids.device)
+    grads, fs = [], []
+    step = max(1, batch_alphas)
+    for lo in range(0, len(alphas), step):
+        a = a_all[lo : lo + step]
+        z = (base.unsqueeze(0) + a.view(-1, 1, 1) * delta.unsqueeze(0)).to(model_dtype)
+        z.requires_grad_(True)
+        with torch.enable_grad():
+            f = answer_logprob(model, z, input_ids, answer_positions)
+            (g,) = torch.autograd.grad(f.sum(), z)
+        grads.append((g.to(acc) * delta.unsqueeze(0)).sum(-1).double().cpu())
+        fs.append(f.detach().double().cpu())
+        del z, f, g
+    token_grads = torch.cat(grads).numpy()
+    logprobs = torch.cat(fs).numpy()
+    at = {float(a): float(f) for a, f in zip(alphas, logprobs)}
+    if 0.0 in at and 1.0 in at:
+        f_x, f_base = at[1.0], at[0.0]
+    else:
+        f_x, f_base = _endpoint_logprobs(model, x.to(model_dtype), base.to(model_dtype), input_ids, answer_positions)
+    return PathGradients(alphas, token_grads, logprobs, f_x, f_base)
+
+
 def integrated_gradients(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -101,44 +165,9 @@ def integrated_gradients(
     pad_id: int | None = None,
     batch_alphas: int = 4,
 ) -> IGResult:
-    """Per-token IG attributions of f = sum log p(answer tokens) for one sequence.
-
-    `input_ids` [L] must end at the last answer token (nothing after it is fed).
-    `batch_alphas` path points go through the model in one forward/backward pass; only
-    that pass records a graph, the path arithmetic and accumulation do not.
-    The model's parameters should be frozen (see `freeze`) and dropout off.
-    """
-    if answer_positions.numel() == 0:
-        raise ValueError("no answer position to attribute to")
-    if int(answer_positions[-1]) != input_ids.shape[0] - 1:
-        raise ValueError("input_ids must end at the last answer token")
-    model_dtype = model.get_input_embeddings().weight.dtype
-    acc = accum_dtype(model_dtype)
-    alphas_np, weights_np = quadrature(rule, steps)
-    dev = input_ids.device
-    alphas = torch.tensor(alphas_np, dtype=acc, device=dev)
-    weights = torch.tensor(weights_np, dtype=acc, device=dev)
-
-    x = model.get_input_embeddings()(input_ids).to(acc)
-    base = baseline_embeddings(model, input_ids, baseline, pad_id).to(acc)
-    delta = x - base
-    grad_sum = torch.zeros_like(x)
-    f_at: dict[float, float] = {}
-    for lo in range(0, steps, max(1, batch_alphas)):
-        a = alphas[lo : lo + batch_alphas]
-        w = weights[lo : lo + batch_alphas]
-        z = (base.unsqueeze(0) + a.view(-1, 1, 1) * delta.unsqueeze(0)).to(model_dtype)
-        z.requires_grad_(True)
-        with torch.enable_grad():
-            f = answer_logprob(model, z, input_ids, answer_positions)
-            (g,) = torch.autograd.grad(f.sum(), z)
-        grad_sum += torch.einsum("b,bld->ld", w, g.to(acc))
-        for ai, fi in zip(alphas_np[lo : lo + batch_alphas], f.detach().double().tolist()):
-            f_at[float(ai)] = fi
-        del z, f, g
-    if 0.0 in f_at and 1.0 in f_at:
-        f_x, f_base = f_at[1.0], f_at[0.0]
-    else:
-        f_x, f_base = _endpoint_logprobs(model, x.to(model_dtype), base.to(model_dtype), input_ids, answer_positions)
-    token_attr = (delta * grad_sum).sum(-1)
-    return IGResult(token_attr.double().cpu().numpy(), f_x, f_base)
+    """Per-token IG attributions of f = sum log p(answer tokens) for one sequence:
+    a_t = sum_k w_k g_k[t] over the nodes and weights of `rule` (fp64 weights)."""
+    alphas, weights = quadrature(rule, steps)
+    path = path_token_grads(model, input_ids, answer_positions, alphas, baseline=baseline,
+                            pad_id=pad_id, batch_alphas=batch_alphas)
+    return path.integrate(weights)

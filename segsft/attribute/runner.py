@@ -113,7 +113,12 @@ class PartWriter:
             merged = pa.concat_tables([pq.read_table(p, schema=schema) for p in paths]) if paths else schema.empty_table()
             write_parquet(self.final(table), merged, schema)
         write_json(self.marker, dict(summary))
-        shutil.rmtree(self.partial, ignore_errors=True)
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        """Remove the chunks of a complete part (they are all in its part files)."""
+        if self.partial.exists():
+            shutil.rmtree(self.partial)
         try:
             (self.out_dir / "_partial").rmdir()
         except OSError:
@@ -139,6 +144,7 @@ class AttributeStage:
         writer = PartWriter(self.out_dir, rank, world)
         if writer.marker.exists():
             log.info("rank %d: part %s is complete (%s); nothing to do", rank, writer.part, writer.marker)
+            writer.cleanup()  # a kill after the marker may have left the merged chunks behind
             return json.loads(writer.marker.read_text())
         data = self.cfg["data"]
         samples, rejects = read_corpus(data["path"], data.get("fields") or {}, data.get("limit"))
@@ -164,7 +170,7 @@ class AttributeStage:
         log.info("rank %d: part %s complete: %s", rank, writer.part, [str(writer.final(t)) for t in TABLES])
         return summary
 
-    def _prepare(self, todo: list[Sample | Reject], tokenizer: Any) -> tuple[list[tuple[Sample, Any]], list[dict]]:
+    def _prepare(self, todo: list[Sample | Reject], tokenizer: Any, model_limit: int = 0) -> tuple[list[tuple[Sample, Any]], list[dict]]:
         """Tokenize every sample once; too long or unmappable ones become rejects."""
         a = self.acfg
         pattern = resolve_pattern(a.get("segment_preset", "default"), a.get("segment_pattern"))
@@ -181,6 +187,11 @@ class AttributeStage:
                     raise ValueError(
                         f"too long: {len(seq.input_ids)} tokens > attribute.max_tokens={max_tokens} "
                         "(raise attribute.max_tokens to keep it)"
+                    )
+                if model_limit and len(seq.input_ids) > model_limit:
+                    raise ValueError(
+                        f"too long for the model: {len(seq.input_ids)} tokens > its max_position_embeddings="
+                        f"{model_limit} (use a model with a longer context)"
                     )
             except ValueError as e:
                 rejects.append(_reject_row(Reject(item.sample_id, f"row {item.row}: {e}", item.source, item.row)))
@@ -201,7 +212,8 @@ class AttributeStage:
         device = model.get_input_embeddings().weight.device
         budget = resolve_budget(a.get("max_batch_tokens", "auto"), device)
         pad = pad_token_id(tokenizer)
-        ready, rejects = self._prepare(todo, tokenizer)
+        limit = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        ready, rejects = self._prepare(todo, tokenizer, limit)
         buf = _Buffer(rejects=rejects)
         flush_every = max(1, int(a.get("flush_every", 8)))
         flush_seconds = float(a.get("flush_seconds", 300))
@@ -245,6 +257,7 @@ class AttributeStage:
         buf.samples.append({
             "sample_id": item.sample_id,
             "n_tokens": n_fed,
+            "train_tokens": seq.segment_tokens[-1][1],
             "n_segments": len(seq.segment_chars),
             "answer_logprob": res.answer_logprob,
             "baseline_logprob": res.baseline_logprob,

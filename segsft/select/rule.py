@@ -40,7 +40,10 @@ def with_short_samples(segments: pl.LazyFrame, sample_tokens: pl.LazyFrame | Non
     """Add `_short`: the sample has fewer than min_tokens tokens (false when unknown or min_tokens=0)."""
     if min_tokens <= 0 or sample_tokens is None:
         return segments.with_columns(_short=pl.lit(False))
-    lengths = sample_tokens.select(SID, _seq_tokens=pl.col("n_tokens")).unique(SID)
+    # The training sequence (prompt + trace, DESIGN step 8) when attribution recorded it.
+    names = sample_tokens.collect_schema().names()
+    length = pl.coalesce("train_tokens", "n_tokens") if "train_tokens" in names else pl.col("n_tokens")
+    lengths = sample_tokens.select(SID, _seq_tokens=length).unique(SID)
     return (segments.join(lengths, on=SID, how="left")
             .with_columns(_short=(pl.col("_seq_tokens") < min_tokens).fill_null(False))
             .drop("_seq_tokens"))

@@ -44,6 +44,8 @@ def sample_rows(segments: list[dict], n_tokens: Mapping[str, int] | None = None)
         row["n_tokens"] = max(row.get("n_tokens", 0), r["token_end"])
     for sid, n in (n_tokens or {}).items():
         out[sid]["n_tokens"] = n
+    for row in out.values():
+        row["train_tokens"] = row["n_tokens"]  # no answer suffix in these tables
     return list(out.values())
 
 
@@ -100,6 +102,7 @@ def random_tables(n_samples: int, n_segments: int, seed: int = 0, first: int = 0
     total = ends.reshape(n_samples, n_segments)[:, -1] + 120
     samples = pa.table({
         "sample_id": pa.array(ids, pa.string()), "n_tokens": total.astype(np.int32),
+        "train_tokens": (total - 20).astype(np.int32),  # without the ~20-token answer suffix
         "n_segments": np.full(n_samples, n_segments, np.int32),
         **{k: pa.array([v] * n_samples) for k, v in _SAMPLE_DEFAULTS.items() if k != "n_segments"},
     })
