@@ -9,7 +9,11 @@ from typing import Any
 
 from segsft.text import TraceSequence, build_sequence
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "r1-distill-qwen-7b-aime24.jsonl"
+import os
+
+# $SEGSFT_TRACES: a copy carried to a machine where ../shared is not beside the repo.
+DATA = Path(os.environ.get("SEGSFT_TRACES") or
+            Path(__file__).resolve().parents[2] / "shared" / "data" / "r1-distill-qwen-7b-aime24.jsonl")
 
 
 def load_rows() -> list[dict]:

@@ -162,11 +162,16 @@ def run(cfg: Any, callbacks: Sequence[Any] = ()) -> FinetuneResult:
 
     outcome = train(s, cfg.model, tokenizer, examples, out, callbacks)
     trainer = outcome.trainer
-    # Every rank takes part (ZeRO-3 gathers the shards); the main process writes.
-    trainer.save_model(str(paths["model"]))
+    # Every rank takes part (ZeRO-3 gathers the shards); the main process writes into a
+    # staging directory and renames it, so `model/` is whole or absent after a kill.
+    staging = out / "model.partial"
+    trainer.save_model(str(staging))
     history = _loss_history(trainer)
     if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(str(paths["model"]))
+        tokenizer.save_pretrained(str(staging))
+        if paths["model"].exists():
+            shutil.rmtree(paths["model"])
+        os.replace(staging, paths["model"])
         write_json(paths["loss_history"], {
             **history,
             "resumed_from": str(outcome.resumed_from) if outcome.resumed_from else None,
