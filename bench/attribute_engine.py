@@ -106,8 +106,9 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def run_method(cache: Path, method: str, batch: int, args: argparse.Namespace) -> dict:
+    steps = args.reference_steps if method == "reference" and args.reference_steps else args.steps
     cmd = [sys.executable, __file__, "--worker", method, "--cache", str(cache), "--rule", args.rule,
-           "--steps", str(args.steps), "--batch-alphas", str(batch)]
+           "--steps", str(steps), "--batch-alphas", str(batch)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -118,6 +119,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=2048)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--rule", default="linspace", help="the engine's rule (the reference is always linspace)")
+    p.add_argument("--reference-steps", type=int, help="the reference's steps (default: --steps)")
     p.add_argument("--batch-alphas", default="1,4", help="engine settings to time, comma-separated")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "attribute_engine_cpu.json"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -134,17 +136,18 @@ def main() -> None:
     info = json.loads((cache / "model_info.json").read_text())
     runs = [("reference", 1)] + [("engine", int(b)) for b in args.batch_alphas.split(",")]
     res = [run_method(cache, m, b, args) for m, b in runs]
-    tok_steps = sum(info["tokens"]) * args.steps
     rows = []
     for (m, b), r in zip(runs, res):
+        steps = args.reference_steps if m == "reference" and args.reference_steps else args.steps
+        tok_steps = sum(info["tokens"]) * steps
         total = sum(r["seconds"])
         diff = max(np.abs(np.asarray(a) - np.asarray(ref)).max() / np.abs(np.asarray(ref)).max()
                    for a, ref in zip(r["attr"], res[0]["attr"]))
-        rows.append({"method": m, "rule": "linspace" if m == "reference" else args.rule, "steps": args.steps,
+        rows.append({"method": m, "rule": "linspace" if m == "reference" else args.rule, "steps": steps,
                      "batch_alphas": b, "s_per_sample": total / len(r["seconds"]), "tok_steps_per_s": tok_steps / total,
                      "peak_rss_mib": r["peak_rss"] / 2**20,
                      "peak_over_loaded_mib": (r["peak_rss"] - r["rss_after_load"]) / 2**20,
-                     "max_rel_diff_vs_reference": float(diff) if args.rule == "linspace" else None})
+                     "max_rel_diff_vs_reference": float(diff) if args.rule == "linspace" and not args.reference_steps else None})
     result = {"machine": machine(), "model": {**CPU_MODEL, **info}, "samples": args.samples,
               "rows": rows, "date": time.strftime("%Y-%m-%d"),
               "note": "peak RSS includes the Python process and the loaded model; 'over load' subtracts the RSS after loading"}

@@ -13,9 +13,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 b=bench/attribute_gpu.py
 # 1.5B: engine vs reference at equal rule and steps (linspace 16), 4k/8k/16k.
 python3 $b --lengths 4096,8192,16384 --traces 2 --steps 16 --out "$out/attribute_gpu_1_5b.json"
-# The engine at the default rule (gauss_legendre 8), and compiled, at 8k.
-python3 $b --lengths 8192 --traces 2 --steps 8 --rule gauss_legendre --methods engine --out "$out/attribute_gpu_1_5b_default.json"
-python3 $b --lengths 8192 --traces 2 --steps 8 --rule gauss_legendre --methods engine --compile --out "$out/attribute_gpu_1_5b_compile.json"
+# The engine at the default rule (gauss_legendre 16), and compiled, at 8k.
+python3 $b --lengths 8192 --traces 2 --steps 16 --rule gauss_legendre --methods engine --out "$out/attribute_gpu_1_5b_default.json"
+python3 $b --lengths 8192 --traces 2 --steps 16 --rule gauss_legendre --methods engine --compile --out "$out/attribute_gpu_1_5b_compile.json"
 # Memory: the 1.5B at 32k, the 7B at 8k and 16k (engine, few steps).
 python3 $b --lengths 32768 --traces 1 --steps 4 --methods engine --out "$out/attribute_gpu_1_5b_32k.json"
 python3 $b --arch bench/configs/r1_distill_qwen_7b.json --lengths 8192,16384 --traces 1 --steps 4 --methods engine \
