@@ -27,3 +27,11 @@ def shard(items: Sequence[T], rank: int, world: int) -> list[T]:
 
 def part_name(rank: int, world: int) -> str:
     return f"{rank:05d}-of-{world:05d}"
+
+
+def barrier() -> None:
+    """Wait for every rank when a process group is up; a no-op in one process."""
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()

@@ -15,9 +15,9 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
 from transformers import TrainerCallback
 
+from segsft.dist import barrier
 from segsft.io import write_text
 
 log = logging.getLogger(__name__)
@@ -26,22 +26,18 @@ MARKER = "COMPLETE"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
 
 class CompleteMarker(TrainerCallback):
     """Writes `<checkpoint>/COMPLETE` once every rank has saved its share of it."""
 
     def on_save(self, args, state, control, **kwargs):
         # The Trainer calls on_save on every rank right after its own part of the save.
-        _barrier()
+        barrier()
         if state.is_world_process_zero:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if ckpt.is_dir():
                 write_text(ckpt / MARKER, json.dumps({"global_step": state.global_step, "time": time.time()}) + "\n")
-        _barrier()
+        barrier()
         return control
 
 

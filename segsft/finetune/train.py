@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from segsft.dist import barrier
 from segsft.finetune.checkpoints import CompleteMarker, StepCounter, latest_complete, remove_incomplete
 from segsft.finetune.collate import ExampleDataset, PaddingCollator, packing_collator
 from segsft.finetune.examples import Example
@@ -129,18 +130,14 @@ def load_for_training(model_cfg: Mapping[str, Any], packing: bool, half_precisio
     return AutoModelForCausalLM.from_pretrained(model_path(model_cfg), **kw)
 
 
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
 
 def resume_point(output_dir: Path, args: Any, enabled: bool) -> Path | None:
     """The newest complete checkpoint (None for a fresh start); incomplete ones are removed."""
     ckpt = latest_complete(output_dir) if enabled else None
-    _barrier()  # every rank has picked before the main process deletes anything
+    barrier()  # every rank has picked before the main process deletes anything
     if args.process_index == 0:
         remove_incomplete(output_dir)
-    _barrier()
+    barrier()
     return ckpt
 
 
