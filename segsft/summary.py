@@ -30,17 +30,16 @@ def summarize(cfg: Any) -> str:
     lines.append(f"attribution: {smp.height} samples scored, {rej.height} rejected, "
                  f"completeness gap median {smp['completeness_gap'].median():.2e}")
     masks_path = sel / "masks.parquet"
-    if masks_path.exists():
-        masks = pl.read_parquet(masks_path)
-        per = (masks.group_by("sample_id")
-               .agg(pl.len().alias("segments"), pl.col("train").sum().alias("kept"),
-                    (pl.col("n_tokens").filter(pl.col("train")).sum() / pl.col("n_tokens").sum()).alias("kept_tokens"))
-               .sort("sample_id"))
+    per_path = sel / "summary_per_sample.parquet"
+    if masks_path.exists() and per_path.exists():
+        # The select stage already counted these; read them, don't recount the masks.
+        per = pl.read_parquet(per_path).sort("sample_id")
+        overall = json.loads((sel / "summary.json").read_text())["overall"]
         lines.append(f"\n{'sample':<16} {'segments':>8} {'kept':>5} {'kept tokens':>12}")
         for r in per.iter_rows(named=True):
-            lines.append(f"{r['sample_id']:<16} {r['segments']:>8} {r['kept']:>5} {r['kept_tokens']:>11.0%}")
-        total = masks.filter(pl.col("train"))["n_tokens"].sum() / max(masks["n_tokens"].sum(), 1)
-        lines.append(f"{'overall':<16} {masks.height:>8} {int(masks['train'].sum()):>5} {total:>11.0%}")
+            lines.append(f"{r['sample_id']:<16} {r['n_segments']:>8} {r['segments_kept']:>5} {r['share_tokens_kept'] or 0:>11.0%}")
+        lines.append(f"{'overall':<16} {overall['segments']:>8} {overall['segments_kept']:>5} "
+                     f"{overall['share_tokens_kept'] or 0:>11.0%}")
     if smp.height:
         sid = smp.sort("sample_id")["sample_id"][0]
         samples, _ = read_corpus(cfg.data.path, cfg.data.get("fields") or {}, cfg.data.get("limit"))

@@ -26,9 +26,10 @@ from __future__ import annotations
 import polars as pl
 
 from segsft.select.config import SelectConfig
+from segsft.select.schema import MASKS_SCHEMA
 
 SID = "sample_id"
-MASK_COLUMNS = ("sample_id", "segment", "char_start", "char_end", "n_tokens", "train", "why")
+MASK_COLUMNS = tuple(MASKS_SCHEMA.names)
 
 
 def _finite_or_zero(name: str) -> pl.Expr:
