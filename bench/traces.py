@@ -53,3 +53,38 @@ def excerpt_sequence(tok: Any, row: dict, n_tokens: int, pattern: re.Pattern[str
         pieces.append(text[a : a + end])
         seq = trial
     return "".join(pieces), seq
+
+
+def window_rows(tok: Any, rows: list[dict], pattern: re.Pattern[str], lo: int = 200, hi: int = 400,
+                min_segments: int = 5) -> list[dict]:
+    """Each trace cut at segment boundaries on both sides: the run of consecutive whole
+    segments with the most segments (at least `min_segments`; the earliest of equals) whose sequence (prompt + window + answer
+    suffix) has `lo`..`hi` tokens. Real contiguous text, never stitched excerpts. (No
+    trace's segment 0 alone fits 400 SmolLM2 tokens, so a prefix cannot be used.) Rows
+    with no such window are left out; `window` records the segment range."""
+    from segsft.text import split_segments
+
+    out = []
+    for row in rows:
+        text = row["solution"]
+        spans = split_segments(text, pattern)
+        base = len(build_sequence(tok, row["question"], "", pattern, row["answer"]).input_ids)
+        counts = [len(tok(text[a:b], add_special_tokens=False)["input_ids"]) for a, b in spans]
+        found = None
+        for i in range(len(spans)):
+            total = base
+            for j in range(i, len(spans)):
+                total += counts[j]
+                if total > hi:
+                    break
+                if j - i + 1 >= min_segments and total >= lo and (not found or j + 1 - i > found[1] - found[0]):
+                    found = (i, j + 1)
+        if not found:
+            continue
+        i, j = found
+        cut = text[spans[i][0] : spans[j - 1][1]]
+        seq = build_sequence(tok, row["question"], cut, pattern, row["answer"])
+        if not lo <= len(seq.input_ids) <= hi + 8:
+            continue
+        out.append({**row, "solution": cut, "window": [i, j], "n_tokens": len(seq.input_ids)})
+    return out

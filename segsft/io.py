@@ -45,6 +45,12 @@ SAMPLES_SCHEMA = pa.schema(
         ("steps", pa.int32()),
         ("model", pa.string()),
         ("seconds", pa.float64()),
+        # Gradient evaluations spent on the sample (every rule); for attribute.rule=adaptive
+        # also the stop test: the share of train decisions unchanged at the last doubling of
+        # the evaluations, and whether both targets were met (null for the fixed rules).
+        ("steps_used", pa.int32()),
+        pa.field("decision_stability", pa.float64(), nullable=True),
+        pa.field("converged", pa.bool_(), nullable=True),
     ]
 )
 

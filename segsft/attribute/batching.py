@@ -13,7 +13,8 @@ from typing import Any, Iterator
 
 import torch
 
-from segsft.attribute.ig import IGResult, integrated_gradients
+from segsft.attribute.adaptive import AdaptiveSettings, Decide
+from segsft.attribute.ig import IGResult, adaptive_integrated_gradients, integrated_gradients
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +84,25 @@ _warned_oom = False
 def attribute_sequence(
     model: Any, input_ids: torch.Tensor, answer_positions: torch.Tensor, *, rule: str, steps: int,
     baseline: str, pad_id: int | None, batch_alphas: int, max_batch_tokens: int,
+    adaptive: AdaptiveSettings | None = None, decide: Decide | None = None,
+    trace_tokens: tuple[int, int] | None = None,
 ) -> IGResult:
-    """`integrated_gradients` with the batch planned from the token budget; on CUDA
-    out-of-memory the points per pass are halved (then checkpointing is turned on)."""
+    """IG of one sequence with the batch planned from the token budget; on CUDA
+    out-of-memory the points per pass are halved (then checkpointing is turned on).
+    `rule=adaptive` needs `adaptive` (its settings) and takes `decide` for its stop test."""
     global _warned_oom
-    p = plan(int(input_ids.shape[0]), steps, batch_alphas, max_batch_tokens)
+    most = (adaptive or AdaptiveSettings()).max_steps if rule == "adaptive" else steps
+    p = plan(int(input_ids.shape[0]), most, batch_alphas, max_batch_tokens)
     while True:
         try:
             with checkpointing(model, p.checkpointing):
+                if rule == "adaptive":
+                    return adaptive_integrated_gradients(
+                        model, input_ids, answer_positions, adaptive or AdaptiveSettings(), decide=decide,
+                        baseline=baseline, pad_id=pad_id, batch_alphas=p.alphas_per_pass, trace_tokens=trace_tokens)
                 return integrated_gradients(
                     model, input_ids, answer_positions, rule=rule, steps=steps, baseline=baseline,
-                    pad_id=pad_id, batch_alphas=p.alphas_per_pass,
+                    pad_id=pad_id, batch_alphas=p.alphas_per_pass, trace_tokens=trace_tokens,
                 )
         except torch.OutOfMemoryError:
             if p.alphas_per_pass == 1 and p.checkpointing:

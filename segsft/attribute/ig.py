@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from segsft.attribute.quadrature import quadrature
 
-BASELINES = ("pad", "zero")
+if TYPE_CHECKING:
+    from segsft.attribute.adaptive import AdaptiveSettings, Decide
+
+BASELINES = ("pad", "zero", "mean", "pad_trace")
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,10 @@ class IGResult:
     token_attr: np.ndarray  # float64 [L], a_t
     answer_logprob: float  # f(x)
     baseline_logprob: float  # f(x')
+    steps_used: int = 0  # gradient evaluations
+    # The adaptive rule's stop test (None for the fixed rules).
+    decision_stability: float | None = None
+    converged: bool | None = None
 
     @property
     def completeness_gap(self) -> float | None:
@@ -72,21 +79,33 @@ def answer_logprob(
     return logp.gather(-1, target).squeeze(-1).sum(-1)
 
 
-def baseline_embeddings(model: torch.nn.Module, input_ids: torch.Tensor, baseline: str, pad_id: int | None) -> torch.Tensor:
+def baseline_embeddings(
+    model: torch.nn.Module, input_ids: torch.Tensor, baseline: str, pad_id: int | None,
+    trace_tokens: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """x' [L, d]. `pad`: the pad embedding everywhere (DESIGN step 5, the default);
+    `zero`; `mean`: the mean embedding row; `pad_trace`: the pad embedding on the trace's
+    tokens `trace_tokens` [start, end) only, the prompt and answer suffix kept as they are
+    (this changes what is attributed: only the trace's tokens get attribution)."""
     emb = model.get_input_embeddings()
     if baseline == "zero":
         return torch.zeros(input_ids.shape[0], emb.weight.shape[1], dtype=emb.weight.dtype, device=emb.weight.device)
-    if baseline == "pad":
+    if baseline == "mean":
+        return emb.weight.mean(0, keepdim=True).expand(input_ids.shape[0], -1).clone()
+    if baseline in ("pad", "pad_trace"):
         if pad_id is None:
-            raise ValueError("baseline 'pad' needs a pad (or eos) token id; set attribute.baseline=zero or give the tokenizer a pad token")
-        return emb(torch.full_like(input_ids, pad_id))
+            raise ValueError(f"baseline {baseline!r} needs a pad (or eos) token id; set attribute.baseline=zero "
+                             "or give the tokenizer a pad token")
+        base = emb(torch.full_like(input_ids, pad_id))
+        if baseline == "pad_trace":
+            if trace_tokens is None:
+                raise ValueError("baseline 'pad_trace' needs the trace's token span")
+            lo, hi = trace_tokens
+            keep = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            keep[lo:hi] = False
+            base = torch.where(keep.unsqueeze(-1), emb(input_ids), base)
+        return base
     raise ValueError(f"attribute.baseline={baseline!r}: use one of {list(BASELINES)}")
-
-
-@torch.no_grad()
-def _endpoint_logprobs(model: Any, x: torch.Tensor, base: torch.Tensor, ids: torch.Tensor, pos: torch.Tensor) -> tuple[float, float]:
-    f = answer_logprob(model, torch.stack([x, base]), ids, pos)
-    return float(f[0]), float(f[1])
 
 
 @dataclass(frozen=True)
@@ -100,10 +119,65 @@ class PathGradients:
     baseline_logprob: float  # f(x')
 
     def integrate(self, weights: np.ndarray) -> IGResult:
-        return IGResult(weights @ self.token_grads, self.answer_logprob, self.baseline_logprob)
+        return IGResult(weights @ self.token_grads, self.answer_logprob, self.baseline_logprob, len(self.alphas))
 
 
-@torch.no_grad()
+class IGPath:
+    """The straight path from x' to x of one sequence: `path(alphas)` -> (f [K], g [K, L]).
+
+    `input_ids` [L] must end at the last answer token (nothing after it is fed).
+    `batch_alphas` points go through the model in one forward/backward pass; only that
+    pass records a graph, the path arithmetic does not (fp32, or fp64 for an fp64 model).
+    Parameters should be frozen (see `freeze`) and dropout off. Reducing each point to
+    [L] keeps memory at K x L. `evaluations` counts gradient evaluations.
+    """
+
+    def __init__(self, model: torch.nn.Module, input_ids: torch.Tensor, answer_positions: torch.Tensor, *,
+                 baseline: str = "pad", pad_id: int | None = None, trace_tokens: tuple[int, int] | None = None,
+                 batch_alphas: int = 4):
+        if answer_positions.numel() == 0:
+            raise ValueError("no answer position to attribute to")
+        if int(answer_positions[-1]) != input_ids.shape[0] - 1:
+            raise ValueError("input_ids must end at the last answer token")
+        self.model, self.input_ids, self.answer_positions = model, input_ids, answer_positions
+        self.model_dtype = model.get_input_embeddings().weight.dtype
+        self.acc = accum_dtype(self.model_dtype)
+        with torch.no_grad():
+            self.x = model.get_input_embeddings()(input_ids).to(self.acc)
+            self.base = baseline_embeddings(model, input_ids, baseline, pad_id, trace_tokens).to(self.acc)
+        self.delta = self.x - self.base
+        self.batch_alphas = max(1, batch_alphas)
+        self.evaluations = 0
+
+    @torch.no_grad()
+    def __call__(self, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        alphas = np.asarray(alphas, dtype=np.float64)
+        a_all = torch.tensor(alphas, dtype=self.acc, device=self.input_ids.device)
+        grads, fs = [], []
+        for lo in range(0, len(alphas), self.batch_alphas):
+            a = a_all[lo : lo + self.batch_alphas]
+            z = (self.base.unsqueeze(0) + a.view(-1, 1, 1) * self.delta.unsqueeze(0)).to(self.model_dtype)
+            z.requires_grad_(True)
+            with torch.enable_grad():
+                f = answer_logprob(self.model, z, self.input_ids, self.answer_positions)
+                (g,) = torch.autograd.grad(f.sum(), z)
+            grads.append((g.to(self.acc) * self.delta.unsqueeze(0)).sum(-1).double().cpu())
+            fs.append(f.detach().double().cpu())
+            del z, f, g
+        self.evaluations += len(alphas)
+        return torch.cat(fs).numpy(), torch.cat(grads).numpy()
+
+    @torch.no_grad()
+    def logprobs(self, alphas: np.ndarray) -> np.ndarray:
+        """f only (forward passes, no gradient): about a third of the cost of `__call__`."""
+        out = []
+        for lo in range(0, len(alphas), self.batch_alphas):
+            a = torch.tensor(np.asarray(alphas[lo : lo + self.batch_alphas]), dtype=self.acc, device=self.x.device)
+            z = (self.base.unsqueeze(0) + a.view(-1, 1, 1) * self.delta.unsqueeze(0)).to(self.model_dtype)
+            out.append(answer_logprob(self.model, z, self.input_ids, self.answer_positions).double().cpu())
+        return torch.cat(out).numpy()
+
+
 def path_token_grads(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -113,44 +187,18 @@ def path_token_grads(
     baseline: str = "pad",
     pad_id: int | None = None,
     batch_alphas: int = 4,
+    trace_tokens: tuple[int, int] | None = None,
 ) -> PathGradients:
-    """The integrand of IG at each of `alphas`, reduced over the embedding dimension.
-
-    `input_ids` [L] must end at the last answer token (nothing after it is fed).
-    `batch_alphas` points go through the model in one forward/backward pass; only that
-    pass records a graph, the path arithmetic does not. Parameters should be frozen
-    (see `freeze`) and dropout off. Reducing each point to [L] keeps memory at K x L.
-    """
-    if answer_positions.numel() == 0:
-        raise ValueError("no answer position to attribute to")
-    if int(answer_positions[-1]) != input_ids.shape[0] - 1:
-        raise ValueError("input_ids must end at the last answer token")
-    model_dtype = model.get_input_embeddings().weight.dtype
-    acc = accum_dtype(model_dtype)
+    """The integrand of IG at each of `alphas` (see `IGPath`), with f at both ends."""
+    path = IGPath(model, input_ids, answer_positions, baseline=baseline, pad_id=pad_id,
+                  trace_tokens=trace_tokens, batch_alphas=batch_alphas)
     alphas = np.asarray(alphas, dtype=np.float64)
-    x = model.get_input_embeddings()(input_ids).to(acc)
-    base = baseline_embeddings(model, input_ids, baseline, pad_id).to(acc)
-    delta = x - base
-    a_all = torch.tensor(alphas, dtype=acc, device=input_ids.device)
-    grads, fs = [], []
-    step = max(1, batch_alphas)
-    for lo in range(0, len(alphas), step):
-        a = a_all[lo : lo + step]
-        z = (base.unsqueeze(0) + a.view(-1, 1, 1) * delta.unsqueeze(0)).to(model_dtype)
-        z.requires_grad_(True)
-        with torch.enable_grad():
-            f = answer_logprob(model, z, input_ids, answer_positions)
-            (g,) = torch.autograd.grad(f.sum(), z)
-        grads.append((g.to(acc) * delta.unsqueeze(0)).sum(-1).double().cpu())
-        fs.append(f.detach().double().cpu())
-        del z, f, g
-    token_grads = torch.cat(grads).numpy()
-    logprobs = torch.cat(fs).numpy()
+    logprobs, token_grads = path(alphas)
     at = {float(a): float(f) for a, f in zip(alphas, logprobs)}
     if 0.0 in at and 1.0 in at:
         f_x, f_base = at[1.0], at[0.0]
     else:
-        f_x, f_base = _endpoint_logprobs(model, x.to(model_dtype), base.to(model_dtype), input_ids, answer_positions)
+        f_base, f_x = (float(v) for v in path.logprobs(np.array([0.0, 1.0])))
     return PathGradients(alphas, token_grads, logprobs, f_x, f_base)
 
 
@@ -164,10 +212,39 @@ def integrated_gradients(
     baseline: str = "pad",
     pad_id: int | None = None,
     batch_alphas: int = 4,
+    trace_tokens: tuple[int, int] | None = None,
 ) -> IGResult:
-    """Per-token IG attributions of f = sum log p(answer tokens) for one sequence:
-    a_t = sum_k w_k g_k[t] over the nodes and weights of `rule` (fp64 weights)."""
+    """Per-token IG attributions of f = sum log p(answer tokens) for one sequence with a
+    fixed rule: a_t = sum_k w_k g_k[t] over the nodes and weights of `rule` (fp64 weights)."""
     alphas, weights = quadrature(rule, steps)
     path = path_token_grads(model, input_ids, answer_positions, alphas, baseline=baseline,
-                            pad_id=pad_id, batch_alphas=batch_alphas)
+                            pad_id=pad_id, batch_alphas=batch_alphas, trace_tokens=trace_tokens)
     return path.integrate(weights)
+
+
+def adaptive_integrated_gradients(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    answer_positions: torch.Tensor,
+    settings: "AdaptiveSettings",
+    *,
+    decide: "Decide | None" = None,
+    baseline: str = "pad",
+    pad_id: int | None = None,
+    batch_alphas: int = 1,
+    trace_tokens: tuple[int, int] | None = None,
+) -> IGResult:
+    """IG with `attribute.rule=adaptive`: refine until the gap and the decisions (`decide`,
+    the select stage's rule; None = gap only) meet their targets, or max_steps. `batch_alphas`
+    subintervals are bisected per round, their midpoints in one pass."""
+    from segsft.attribute.adaptive import StopTest, refine
+
+    path = IGPath(model, input_ids, answer_positions, baseline=baseline, pad_id=pad_id,
+                  trace_tokens=trace_tokens, batch_alphas=batch_alphas)
+    test = None if decide is None else StopTest(settings.target_gap, settings.target_stability, decide,
+                                                 ranks=settings.stable_ranks)
+    res = refine(path, init_points=settings.init_points, max_steps=settings.max_steps, per_round=batch_alphas,
+                 stop=test if test is not None else (lambda h: h[-1].gap <= settings.target_gap))
+    share = test.stability(res.history)[0] if test is not None else None
+    return IGResult(res.final.token_attr, float(res.logprobs[-1]), float(res.logprobs[0]), path.evaluations,
+                    share, res.converged)

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from segsft.attribute.adaptive import AdaptiveSettings
 from segsft.attribute.batching import attribute_sequence, resolve_budget
 from segsft.attribute.ig import check_supports_logits_to_keep, freeze
 from segsft.attribute.metrics import segment_metrics
@@ -125,6 +126,18 @@ class PartWriter:
             pass
 
 
+def adaptive_settings(a: Mapping[str, Any]) -> AdaptiveSettings:
+    """The adaptive rule's settings from the `attribute` node (dataclass defaults for absent keys)."""
+    d = AdaptiveSettings()
+    return AdaptiveSettings(
+        target_gap=float(a.get("target_gap", d.target_gap)),
+        target_stability=float(a.get("target_stability", d.target_stability)),
+        max_steps=int(a.get("max_steps", d.max_steps)),
+        init_points=int(a.get("init_points", d.init_points)),
+        stable_ranks=bool(a.get("stable_ranks", d.stable_ranks)),
+    )
+
+
 def _reject_row(r: Reject) -> dict:
     return {"sample_id": r.sample_id, "reason": r.reason, "source": r.source, "row": r.row}
 
@@ -163,7 +176,8 @@ class AttributeStage:
 
                 device = pick_device(self.acfg.get("device", "auto"), local_rank())
                 tokenizer = load_tokenizer(self.cfg["model"])
-                model = load_model(self.cfg["model"], device, pick_dtype(self.cfg["model"].get("dtype", "auto"), device))
+                dtype = self.acfg.get("dtype") or self.cfg["model"].get("dtype", "auto")
+                model = load_model(self.cfg["model"], device, pick_dtype(dtype, device))
             self._process(todo, writer, model, tokenizer, rank)
         summary = {"part": writer.part, "rows_in_shard": len(mine), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         writer.finish(summary)
@@ -211,6 +225,8 @@ class AttributeStage:
         freeze(model)
         device = model.get_input_embeddings().weight.device
         budget = resolve_budget(a.get("max_batch_tokens", "auto"), device)
+        adaptive = adaptive_settings(a) if a["rule"] == "adaptive" else None
+        unconverged: list[str] = []
         pad = pad_token_id(tokenizer)
         limit = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         ready, rejects = self._prepare(todo, tokenizer, limit)
@@ -229,6 +245,8 @@ class AttributeStage:
                     torch.as_tensor(seq.answer_positions, device=device),
                     rule=a["rule"], steps=int(a["steps"]), baseline=a.get("baseline", "pad"), pad_id=pad,
                     batch_alphas=int(a.get("batch_alphas", 8)), max_batch_tokens=budget,
+                    adaptive=adaptive, decide=self._decide(seq) if adaptive else None,
+                    trace_tokens=(seq.n_prompt, seq.segment_tokens[-1][1]),
                 )
             except torch.OutOfMemoryError as e:
                 if device.type == "cuda":
@@ -239,6 +257,8 @@ class AttributeStage:
             else:
                 self._rows(buf, item, seq, res, n_fed, model_name, time.monotonic() - t0)
                 tokens_done += n_fed
+                if res.converged is False:
+                    unconverged.append(item.sample_id)
             bar.update(1)
             bar.set_postfix(tok_s=f"{tokens_done / max(time.monotonic() - started, 1e-9):.0f}")
             if len(buf) >= flush_every or time.monotonic() - last_flush > flush_seconds:
@@ -246,6 +266,28 @@ class AttributeStage:
                 last_flush = time.monotonic()
         writer.flush(buf)
         bar.close()
+        if unconverged:
+            log.warning(
+                "rank %d: %d sample(s) did not converge within attribute.max_steps=%d (gap <= %s and decision "
+                "stability >= %s): %s. select.unconverged=keep|full|drop decides what selection does with them; "
+                "raise attribute.max_steps to refine them further", rank, len(unconverged), adaptive.max_steps,
+                adaptive.target_gap, adaptive.target_stability, ", ".join(unconverged))
+
+    def _decide(self, seq: Any) -> Any:
+        """The stop test's decision: the select stage's own rule, with the configured select
+        settings, on the segments of `seq` (train_tokens counts for min_tokens)."""
+        from segsft.select.config import SelectConfig
+        from segsft.select.rule import decide
+
+        scfg = SelectConfig.from_cfg(self.cfg["select"]) if self.cfg.get("select") else SelectConfig()
+        train_tokens = seq.segment_tokens[-1][1]
+
+        def fn(token_attr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            seg = segment_metrics(token_attr, seq.segment_tokens)
+            strength = np.array([m["strength"] for m in seg])
+            return decide(strength, [m["consistency"] for m in seg], scfg, train_tokens), strength
+
+        return fn
 
     def _rows(self, buf: _Buffer, item: Sample, seq: Any, res: Any, n_fed: int, model_name: str, seconds: float) -> None:
         a = res.token_attr
@@ -265,7 +307,11 @@ class AttributeStage:
             "attr_norm": float(np.linalg.norm(a)),
             "completeness_gap": res.completeness_gap,
             "rule": self.acfg["rule"],
-            "steps": int(self.acfg["steps"]),
+            # The adaptive rule's budget, or the fixed rule's node count.
+            "steps": res.steps_used if self.acfg["rule"] != "adaptive" else int(adaptive_settings(self.acfg).max_steps),
             "model": model_name,
             "seconds": seconds,
+            "steps_used": res.steps_used,
+            "decision_stability": res.decision_stability,
+            "converged": res.converged,
         })

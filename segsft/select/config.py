@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 METHODS = ("attribution", "full", "random")
+#: What selection does with a sample whose adaptive attribution did not converge.
+UNCONVERGED = ("keep", "full", "drop")
 KEYS = ("method", "top_mass", "max_consistency", "min_consistency", "always_keep", "min_tokens", "seed")
 
 
@@ -29,6 +31,7 @@ class SelectConfig:
     always_keep: tuple[int, ...] = (0, -2, -1)
     min_tokens: int = 0
     seed: int = 0
+    unconverged: str = "keep"
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> "SelectConfig":
@@ -47,12 +50,13 @@ class SelectConfig:
             always_keep=tuple(dict.fromkeys(int(i) for i in (node.get("always_keep") or ()))),
             min_tokens=int(node.get("min_tokens", 0) or 0),
             seed=int(node.get("seed", 0) or 0),
+            unconverged=str(node.get("unconverged", "keep")),
         )
 
     def settings(self) -> dict:
         return {"method": self.method, "top_mass": self.top_mass, "max_consistency": self.max_consistency,
                 "min_consistency": self.min_consistency, "always_keep": list(self.always_keep),
-                "min_tokens": self.min_tokens, "seed": self.seed}
+                "min_tokens": self.min_tokens, "seed": self.seed, "unconverged": self.unconverged}
 
 
 def _check(s: Mapping[str, Any]) -> list[str]:
@@ -88,6 +92,10 @@ def _check(s: Mapping[str, Any]) -> list[str]:
         mt = 0
     if not _is_int(mt) or mt < 0:
         errs.append(f"select.min_tokens={mt!r}: use an integer >= 0 (0 masks every sample; the paper's other setting is 4000)")
+    unc = s.get("unconverged", "keep")
+    if unc not in UNCONVERGED:
+        errs.append(f"select.unconverged={unc!r}: use one of {list(UNCONVERGED)} (what to do with samples whose "
+                    "adaptive attribution did not converge: keep their decisions, train them in full, or leave them out)")
     seed = s.get("seed", 0)
     if not _is_int(seed) or seed < 0:
         errs.append(f"select.seed={seed!r}: use an integer >= 0")

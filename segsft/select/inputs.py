@@ -16,7 +16,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from segsft.errors import PipelineError
-from segsft.select.schema import REQUIRED, SAMPLE_COLUMNS, SEGMENT_COLUMNS
+from segsft.select.schema import OPTIONAL_SAMPLE_COLUMNS, REQUIRED, SAMPLE_COLUMNS, SEGMENT_COLUMNS
 
 PART_FILE = re.compile(r"^(segments|samples)-(\d{5})-of-(\d{5})\.parquet$")
 MARKER = re.compile(r"^part-(\d{5})-of-(\d{5})\.done$")
@@ -38,7 +38,14 @@ class AttributionTables:
         return pl.scan_parquet(list(self.segments)).select(SEGMENT_COLUMNS)
 
     def scan_samples(self) -> pl.LazyFrame:
-        return pl.scan_parquet(list(self.samples)).select(SAMPLE_COLUMNS)
+        """SAMPLE_COLUMNS and the optional ones (null where a part lacks them)."""
+        return pl.concat([_with_optional(p) for p in self.samples], how="vertical_relaxed")
+
+
+def _with_optional(path: Path) -> pl.LazyFrame:
+    names = pq.read_schema(path).names
+    cols = [pl.col(c) if c in names else pl.lit(None, dtype=pl.Boolean).alias(c) for c in OPTIONAL_SAMPLE_COLUMNS]
+    return pl.scan_parquet(path).select(*SAMPLE_COLUMNS, *cols)
 
 
 def _resume_hint(run_dir: Path, world: int | None) -> str:

@@ -101,3 +101,20 @@ def attribution_rule(segments: pl.LazyFrame, cfg: SelectConfig, sample_tokens: p
         .select(MASK_COLUMNS)
         .sort([SID, "segment"])
     )
+
+
+def decide(strength: "np.ndarray", consistency: "list[float | None]", cfg: SelectConfig,
+           train_tokens: int | None = None) -> "np.ndarray":
+    """The train decision of each segment of one sample: `attribution_rule` itself, on a
+    one-sample table (the attribution stage's stop test calls this, never a copy)."""
+    import numpy as np
+
+    n = len(strength)
+    lf = pl.LazyFrame({
+        SID: ["s"] * n, "segment": pl.Series(range(n), dtype=pl.Int32), "char_start": [0] * n, "char_end": [0] * n,
+        "n_tokens": [0] * n, "strength": pl.Series(strength, dtype=pl.Float64),
+        "consistency": pl.Series(consistency, dtype=pl.Float64),
+    })
+    samples = None if train_tokens is None else pl.LazyFrame({SID: ["s"], "n_tokens": [train_tokens],
+                                                              "train_tokens": [train_tokens]})
+    return attribution_rule(lf, cfg, samples).collect()["train"].to_numpy().astype(bool)

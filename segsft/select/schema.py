@@ -56,7 +56,9 @@ SWEEP_SCHEMA = pa.schema(
 
 # What selection reads; `token_attr` and the raw sums are not needed.
 SEGMENT_COLUMNS = ("sample_id", "segment", "char_start", "char_end", "n_tokens", "strength", "consistency")
-SAMPLE_COLUMNS = ("sample_id", "n_tokens")
+SAMPLE_COLUMNS = ("sample_id", "n_tokens", "train_tokens")
+# Read when present (tables of the fixed rules, or older ones, may lack it: then null).
+OPTIONAL_SAMPLE_COLUMNS = ("converged",)
 
 REQUIRED = {
     "segments": {name: SEGMENTS_SCHEMA.field(name).type for name in SEGMENT_COLUMNS},
@@ -72,6 +74,7 @@ WHY = (
     "null_consistency",  # in the prefix, consistency null while a bound is set
     "below_top_mass",  # outside the top-mass prefix
     "short_sample",  # the sample has fewer than min_tokens tokens: trained in full
+    "unconverged",  # select.unconverged=full: its adaptive attribution did not converge
     "full",  # select.method=full
     "random",  # select.method=random (train says whether it was drawn)
 )

@@ -39,6 +39,18 @@ def select_masks(segments: pl.LazyFrame, cfg: SelectConfig, sample_tokens: pl.La
     return {"mask": random_mask(rule.lazy(), keys).collect(engine="streaming"), "attribution": rule}
 
 
+def apply_unconverged(mask: pl.DataFrame, unconverged: list[str], policy: str) -> pl.DataFrame:
+    """select.unconverged: keep the decisions of samples whose adaptive attribution did not
+    converge, train them in full (why=unconverged), or leave them out of the masks."""
+    if not unconverged or policy == "keep":
+        return mask
+    hit = pl.col(SID).is_in(unconverged)
+    if policy == "drop":
+        return mask.filter(~hit)
+    return mask.with_columns(train=pl.col("train") | hit,
+                             why=pl.when(hit).then(pl.lit("unconverged")).otherwise(pl.col("why")))
+
+
 def _guard(out: Path, cfg: SelectConfig, run_dir: str) -> None:
     """Refuse to overwrite a selection of other settings: directory names show only some knobs."""
     saved = out / "config.yaml"
@@ -72,7 +84,13 @@ def run(cfg: DictConfig | Any) -> dict:
     _guard(out, scfg, str(cfg.run_dir))
     tables = open_attribution(cfg.run_dir)
     log.info("select: method=%s on %d part(s) in %s", scfg.method, len(tables.segments), tables.dir)
-    masks = select_masks(tables.scan_segments(), scfg, tables.scan_samples() if scfg.min_tokens > 0 else None)
+    samples_in = tables.scan_samples()
+    unconverged = samples_in.filter(pl.col("converged") == False).select(SID).collect()[SID].to_list()  # noqa: E712
+    masks = select_masks(tables.scan_segments(), scfg, samples_in if scfg.min_tokens > 0 else None)
+    masks = {k: apply_unconverged(m, unconverged, scfg.unconverged) for k, m in masks.items()}
+    if unconverged:
+        log.warning("select: %d sample(s) whose attribution did not converge (select.unconverged=%s): %s",
+                    len(unconverged), scfg.unconverged, ", ".join(unconverged[:20]) + (" ..." if len(unconverged) > 20 else ""))
     mask = masks["mask"]
     samples, figures = _figures(mask)
     methods = {scfg.method: figures["overall"]}
@@ -88,6 +106,7 @@ def run(cfg: DictConfig | Any) -> dict:
         "run_dir": str(cfg.run_dir),
         "attribution_parts": [str(p) for p in tables.segments],
         **figures,
+        "unconverged": {"samples": len(unconverged), "policy": scfg.unconverged, "ids": unconverged},
         "methods": methods,
         "paths": paths,
         "seconds": round(time.monotonic() - t0, 3),

@@ -18,7 +18,8 @@ from segsft.io import REJECTS_SCHEMA, SAMPLES_SCHEMA, SEGMENTS_SCHEMA, write_jso
 
 _SAMPLE_DEFAULTS = {"n_segments": 0, "answer_logprob": -1.0, "baseline_logprob": -5.0, "attr_total": 4.0,
                     "attr_norm": 1.0, "completeness_gap": 0.0, "rule": "gauss_legendre", "steps": 16,
-                    "model": "synthetic", "seconds": 0.0}
+                    "model": "synthetic", "seconds": 0.0, "steps_used": 16, "decision_stability": None,
+                    "converged": None}
 
 
 def segment_rows(sample_id: str, strengths: Iterable[float], consistencies: Iterable[float | None],
