@@ -1,0 +1,155 @@
+"""attribute.rule=adaptive: exact local errors, bisection, the stop test (DESIGN step 5)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from segsft.attribute.adaptive import AdaptiveSettings, StopTest, refine, spearman, trapezoid_weights
+from segsft.attribute.ig import IGPath, adaptive_integrated_gradients, answer_logprob, baseline_embeddings, freeze, path_token_grads
+from segsft.attribute.metrics import segment_metrics
+from segsft.select.config import SelectConfig
+from segsft.select.rule import decide
+from segsft.text import build_sequence, resolve_pattern
+from segsft.tiny_model import tiny_qwen2
+
+SOLUTION = (
+    "We need half of one. That is 0.5.\n\nWait, as a fraction it is \\frac{1}{2}."
+    "\n\nAlternatively, 1 divided by 2 gives the same.\n\nHowever, check: 2 times 0.5 is 1. So \\frac{1}{2}."
+)
+
+
+@pytest.fixture(scope="module")
+def seq(tokenizer):
+    return build_sequence(tokenizer, "What is half of one?", SOLUTION, resolve_pattern("default"), "\\frac{1}{2}")
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return freeze(tiny_qwen2(tokenizer, seed=1).double())
+
+
+def _inputs(seq):
+    n = int(seq.answer_positions[-1]) + 1
+    return torch.as_tensor(seq.input_ids[:n]), torch.as_tensor(seq.answer_positions)
+
+
+def _decide(seq):
+    def fn(a):
+        m = segment_metrics(a, seq.segment_tokens)
+        s = np.array([x["strength"] for x in m])
+        return decide(s, [x["consistency"] for x in m], SelectConfig()), s
+    return fn
+
+
+def test_smooth_model_stops_early_and_equals_the_fixed_rule_on_its_nodes(model, tokenizer, seq):
+    ids, pos = _inputs(seq)
+    path = IGPath(model, ids, pos, pad_id=tokenizer.pad_token_id, batch_alphas=2)
+    res = refine(path, max_steps=256, per_round=2, stop=StopTest(1e-2, 0.95, _decide(seq)))
+    # A random tiny model is smooth along the path: a few bisections suffice.
+    assert res.converged and res.final.steps <= 32 and res.final.gap <= 1e-2
+    # The same nodes through the fixed-rule code path give the same attributions.
+    fixed = path_token_grads(model, ids, pos, res.alphas, pad_id=tokenizer.pad_token_id).integrate(trapezoid_weights(res.alphas))
+    np.testing.assert_allclose(res.final.token_attr, fixed.token_attr, rtol=1e-10, atol=1e-12)
+
+
+def test_reported_gap_equals_an_independent_recomputation(model, tokenizer, seq):
+    ids, pos = _inputs(seq)
+    res = adaptive_integrated_gradients(model, ids, pos, AdaptiveSettings(target_gap=1e-2, max_steps=64),
+                                        decide=_decide(seq), pad_id=tokenizer.pad_token_id, batch_alphas=3)
+    with torch.no_grad():  # f(x) and f(x') by plain forward passes of the model, not from the path
+        x = model.get_input_embeddings()(ids)
+        base = baseline_embeddings(model, ids, "pad", tokenizer.pad_token_id)
+        fx, fb = answer_logprob(model, torch.stack([x, base]), ids, pos).tolist()
+    assert res.answer_logprob == pytest.approx(fx, abs=1e-10) and res.baseline_logprob == pytest.approx(fb, abs=1e-10)
+    assert res.completeness_gap == pytest.approx(abs(res.token_attr.sum() - (fx - fb)) / abs(fx - fb), rel=1e-9)
+    assert res.converged and res.decision_stability >= 0.95 and 9 < res.steps_used <= 64
+
+
+def _spike_path(center=0.3712, width=2e-4, height=4000.0, weights=(1.0, -0.5, 2.0, 0.25)):
+    """A made-up integrand with a narrow Gaussian spike that only token 2 sees, and its exact f."""
+    w = np.asarray(weights)
+    calls: list[np.ndarray] = []
+
+    def spike(a):
+        return height * np.exp(-(((a - center) / width) ** 2))
+
+    def spike_int(a):  # integral of spike from 0 to a
+        c = height * width * math.sqrt(math.pi) / 2
+        return c * (math.erf((a - center) / width) + math.erf(center / width))
+
+    def evaluate(alphas):
+        alphas = np.asarray(alphas, dtype=np.float64)
+        calls.append(alphas.copy())
+        g = np.outer(1.0 + 0.5 * np.cos(3 * alphas), w)
+        g[:, 2] += spike(alphas)
+        f = np.array([w.sum() * (a + 0.5 * math.sin(3 * a) / 3) + spike_int(a) for a in alphas])
+        return f, g
+
+    exact = w * (1 + 0.5 * math.sin(3) / 3)
+    exact[2] += spike_int(1.0)
+    return evaluate, calls, exact
+
+
+def test_finds_a_narrow_spike_and_meets_the_gap_target():
+    evaluate, calls, exact = _spike_path()
+    res = refine(evaluate, max_steps=400, per_round=1, stop=lambda h: h[-1].gap <= 1e-3)
+    assert res.converged and res.final.gap <= 1e-3
+    # The spike holds most of token 2's integral; uniform 9 points miss it entirely.
+    near = np.abs(res.alphas - 0.3712) < 5 * 2e-4
+    assert near.sum() >= 5
+    np.testing.assert_allclose(res.final.token_attr, exact, rtol=2e-2)
+    uniform = np.linspace(0, 1, 9)
+    f, g = evaluate(uniform)
+    assert abs((trapezoid_weights(uniform) @ g).sum() - (f[-1] - f[0])) / abs(f[-1] - f[0]) > 0.1
+
+
+def test_no_point_is_evaluated_twice():
+    evaluate, calls, _ = _spike_path()
+    res = refine(evaluate, max_steps=120, per_round=3)
+    every = np.concatenate(calls)
+    assert len(every) == len(np.unique(every)) == len(res.alphas) == res.final.steps == 120
+    # Each round's points go through the model in one call (one pass per round).
+    assert [len(c) for c in calls[1:]] == [3] * ((120 - 9) // 3)
+
+
+def test_stop_test_compares_with_the_estimate_at_half_the_steps():
+    flips = {9: [True, False], 16: [True, False], 18: [True, True]}
+
+    def dec(a):
+        return np.array(flips[int(a[0])]), np.array([2.0, 1.0])
+
+    from segsft.attribute.adaptive import Estimate
+
+    hist = [Estimate(s, np.array([float(s)]), 0.01, 0.01) for s in (9, 16, 18)]
+    t = StopTest(0.05, 0.95, dec)
+    assert t.stability(hist[:2]) == (None, None)  # no estimate with <= 8 steps yet
+    assert t.stability(hist) == pytest.approx((0.5, 1.0))  # 18 vs 9: one of two decisions changed
+    assert not t(hist)
+    assert spearman(np.array([1.0, 2, 3]), np.array([3.0, 2, 1])) == pytest.approx(-1.0)
+
+
+def test_attribute_stage_writes_the_adaptive_columns(tmp_path, tiny_model_dir):
+    from omegaconf import OmegaConf
+
+    import polars as pl
+    from conftest import make_traces, write_jsonl
+    from hydra import compose, initialize_config_dir
+
+    from conftest import REPO
+    from segsft.attribute import AttributeStage
+
+    corpus = write_jsonl(tmp_path / "t.jsonl", make_traces(3))
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            f"run_dir={tmp_path / 'run'}", f"data.path={corpus}", f"model.name_or_path={tiny_model_dir}",
+            "attribute.rule=adaptive", "attribute.max_steps=40", "attribute.target_gap=0.01"])
+    AttributeStage(OmegaConf.to_container(cfg, resolve=True)).run(0, 1)
+    smp = pl.read_parquet(tmp_path / "run" / "attribution" / "samples-*.parquet")
+    assert smp.height == 3 and (smp["rule"] == "adaptive").all() and (smp["steps"] == 40).all()
+    assert smp["converged"].to_list() == [True] * 3
+    assert ((smp["steps_used"] >= 10) & (smp["steps_used"] <= 40)).all()
+    assert (smp["completeness_gap"] <= 0.01).all() and (smp["decision_stability"] >= 0.95).all()
