@@ -16,6 +16,20 @@ def _short(text: str, width: int = 90) -> str:
     return flat if len(flat) <= width else flat[: width - 3] + "..."
 
 
+def convergence_line(smp: pl.DataFrame) -> str:
+    """Steps used, decision stability and convergence of the samples table (any rule)."""
+    rule = ", ".join(sorted(set(smp["rule"])))
+    out = f"rule {rule}: gradient evaluations median {smp['steps_used'].median():.0f} (max {smp['steps_used'].max()})"
+    stab = smp["decision_stability"].drop_nulls()
+    if len(stab):
+        conv = smp["converged"].drop_nulls()
+        out += (f", decision stability median {stab.median():.2f}, converged {int(conv.sum())} of {len(conv)}")
+    gaps = smp["completeness_gap"].drop_nulls()
+    if len(gaps):
+        out += f", completeness gap median {gaps.median():.2g}"
+    return out
+
+
 def summarize(cfg: Any) -> str:
     """Per sample: segments and the kept share of tokens; the three strongest segments of
     one trace; the fine-tune's first and last loss; where every output went."""
@@ -27,8 +41,9 @@ def summarize(cfg: Any) -> str:
     seg = pl.scan_parquet(adir / "segments-*.parquet").drop("token_attr").collect()
     smp = pl.read_parquet(adir / "samples-*.parquet")
     rej = pl.read_parquet(adir / "rejects-*.parquet")
-    lines.append(f"attribution: {smp.height} samples scored, {rej.height} rejected, "
-                 f"completeness gap median {smp['completeness_gap'].median():.2e}")
+    lines.append(f"attribution: {smp.height} samples scored, {rej.height} rejected")
+    if smp.height:
+        lines.append("  " + convergence_line(smp))
     masks_path = sel / "masks.parquet"
     per_path = sel / "summary_per_sample.parquet"
     if masks_path.exists() and per_path.exists():

@@ -61,7 +61,9 @@ def make_run(root: Path, tokenizer, rows: list[dict] = ROWS, world: int = 2, see
             samples.append({"sample_id": r["id"], "n_tokens": len(seq.input_ids), "n_segments": len(seq.segment_chars),
                             "answer_logprob": -1.0, "baseline_logprob": -3.0, "attr_total": float(a.sum()),
                             "attr_norm": float(np.linalg.norm(a)), "completeness_gap": float(10.0 ** -(i + 2)),
-                            "rule": "gauss_legendre", "steps": 4, "model": "tiny", "seconds": 0.1})
+                            "rule": "adaptive", "steps": 64, "model": "tiny", "seconds": 0.1,
+                            "train_tokens": len(seq.input_ids) - 12, "steps_used": 20 + i,
+                            "decision_stability": 1.0 - 0.25 * (i == 1), "converged": i != 1})
         part = part_name(rank, world)
         write_parquet(adir / f"segments-{part}.parquet", segs, SEGMENTS_SCHEMA)
         write_parquet(adir / f"samples-{part}.parquet", samples, SAMPLES_SCHEMA)
@@ -268,6 +270,17 @@ def test_overview_figures_and_selection_shares(built):
     gaps = smp["completeness_gap"]
     cells = "".join(f'<td class="">{gaps.quantile(q, "nearest"):.2e}</td>' for q in (0.0, 0.1, 0.5, 0.9, 1.0))
     assert cells in text  # min, p10, median, p90, max
+
+
+def test_convergence_shows_steps_stability_and_the_unconverged(built):
+    text, run_dir = built["text"], built["run_dir"]
+    smp = pl.read_parquet(run_dir / "attribution" / "samples-*.parquet")
+    steps = smp["steps_used"]
+    assert f"{steps.median():.0f} / {steps.max()}" in text
+    assert f"{smp['decision_stability'].median():.2f}</td>" in text
+    assert "1 of 4: s1</td>" in text  # the one sample that did not converge, by id
+    assert "21 gradient evaluations · decision stability 0.75 · NOT converged" in text
+    assert "20 gradient evaluations · decision stability 1.00 · converged" in text
 
 
 def test_jump_list_is_sorted_by_kept_share(built):

@@ -91,6 +91,39 @@ def test_min_tokens_reads_the_samples_table(tmp_path):
     assert summary["overall"]["short_samples"] == 1
 
 
+def test_min_tokens_compares_the_training_length_not_the_attribution_length(tmp_path):
+    rows = _rows()
+    samples = sample_rows(rows, {"a": 110, "b": 110, "c": 110})
+    for s in samples:  # b's training sequence (no answer suffix) is shorter than min_tokens
+        s["train_tokens"] = 90 if s["sample_id"] == "b" else 105
+    write_attribution(tmp_path / "r", rows, samples)
+    masks = pl.read_parquet(Path(run(_cfg(tmp_path / "r", "select.min_tokens=100"))["paths"]["masks.parquet"]))
+    assert masks.filter(pl.col("sample_id") == "b")["why"].to_list() == ["short_sample"] * 3
+    assert "short_sample" not in masks.filter(pl.col("sample_id") != "b")["why"].to_list()
+
+
+@pytest.mark.parametrize("policy", ["keep", "full", "drop"])
+def test_unconverged_samples_are_kept_trained_in_full_or_dropped(tmp_path, policy):
+    rows = _rows()
+    samples = sample_rows(rows)
+    for s in samples:
+        s.update(rule="adaptive", converged=s["sample_id"] != "a", decision_stability=0.8 if s["sample_id"] == "a" else 1.0)
+    write_attribution(tmp_path / "r", rows, samples)
+    keep = pl.read_parquet(Path(run(_cfg(tmp_path / "r"))["paths"]["masks.parquet"]))
+    summary = run(_cfg(tmp_path / "r", f"select.unconverged={policy}", f"selection_dir={tmp_path / policy}"))
+    masks = pl.read_parquet(Path(summary["paths"]["masks.parquet"]))
+    assert summary["unconverged"] == {"samples": 1, "policy": policy, "ids": ["a"]}
+    others = pl.col("sample_id") != "a"
+    assert masks.filter(others).equals(keep.filter(others))  # converged samples are untouched
+    a = masks.filter(pl.col("sample_id") == "a")
+    if policy == "keep":
+        assert a.equals(keep.filter(pl.col("sample_id") == "a"))
+    elif policy == "full":
+        assert a["train"].all() and a["why"].to_list() == ["unconverged"] * 5
+    else:
+        assert a.height == 0 and summary["overall"]["samples"] == 2
+
+
 def test_random_method_summary_reports_the_rule_it_matched(run_dir):
     summary = run(_cfg(run_dir, "select.method=random", "select.seed=3"))
     assert Path(summary["paths"]["masks.parquet"]).parent.name.startswith("random-")

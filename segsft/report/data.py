@@ -22,7 +22,8 @@ from segsft.select.summary import per_sample
 SID = "sample_id"
 SEGMENT_COLUMNS = ("sample_id", "segment", "char_start", "char_end", "token_start", "token_end", "n_tokens",
                    "strength", "consistency")
-SAMPLE_COLUMNS = ("sample_id", "n_tokens", "n_segments", "completeness_gap", "rule", "steps", "model")
+SAMPLE_COLUMNS = ("sample_id", "n_tokens", "n_segments", "completeness_gap", "rule", "steps", "model",
+                  "steps_used", "decision_stability", "converged")
 SWEEP_TABLE = Path("sweeps") / "select" / "sweep.parquet"
 
 
@@ -253,9 +254,24 @@ def overview(att: Attribution) -> dict[str, Any]:
                            (("min", 0.0), ("p10", 0.1), ("median", 0.5), ("p90", 0.9), ("max", 1.0))}
                           if len(gaps) else None),
         "gap_nulls": smp.height - len(gaps),
+        "convergence": _convergence(smp),
         "gaps": gaps.to_numpy(),
         "rules": sorted({f"{r} x {s}" for r, s in smp.select("rule", "steps").unique().iter_rows()}),
         "models": sorted(set(smp["model"].to_list())),
+    }
+
+
+def _convergence(smp: pl.DataFrame) -> dict[str, Any]:
+    """Gradient evaluations per sample, and the adaptive rule's stop test (None without it)."""
+    steps = smp["steps_used"].drop_nulls()
+    stab = smp["decision_stability"].drop_nulls()
+    conv = smp["converged"].drop_nulls()
+    return {
+        "steps_median": float(steps.median()) if len(steps) else None,
+        "steps_max": int(steps.max()) if len(steps) else None,
+        "stability_median": float(stab.median()) if len(stab) else None,
+        "adaptive_samples": len(conv),
+        "unconverged": smp.filter(pl.col("converged") == False)[SID].to_list(),  # noqa: E712
     }
 
 
@@ -273,6 +289,9 @@ class Trace:
     share_tokens_kept: float | None
     completeness_gap: float | None
     n_tokens: int
+    steps_used: int | None = None
+    decision_stability: float | None = None
+    converged: bool | None = None
     token_starts: list[np.ndarray] | None = None  # per segment, each token's first character
     notes: list[str] = field(default_factory=list)
 
@@ -301,7 +320,8 @@ def build_traces(ids: list[str], joined: pl.DataFrame, samples: pl.DataFrame, at
             continue
         info = by_id[sid]
         traces.append(Trace(sid, s.question, s.answer, s.solution, sg, info["share_tokens_kept"],
-                            info["completeness_gap"], int(info["n_tokens"])))
+                            info["completeness_gap"], int(info["n_tokens"]), info.get("steps_used"),
+                            info.get("decision_stability"), info.get("converged")))
     if absent:
         notes.append(f"{len(absent)} trace(s) are not in the corpus at data.path and are not shown "
                      f"({', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''}): set data.path to the corpus "

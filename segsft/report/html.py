@@ -217,7 +217,10 @@ def _trace(i: int, tr: Trace, pattern: re.Pattern[str]) -> str:
     kept = sum(1 for r in tr.segments if r.get("train"))
     meta = (f"{len(tr.segments)} segments, {kept} trained · {tr.n_tokens} sequence tokens · "
             f"kept token share {pct(tr.share_tokens_kept)} · completeness gap {fmt(tr.completeness_gap, '.2e')} · "
-            f"answer {tr.answer}")
+            f"{fmt(tr.steps_used, 'd')} gradient evaluations"
+            + ("" if tr.converged is None else
+               f" · decision stability {fmt(tr.decision_stability, '.2f')} · {'converged' if tr.converged else 'NOT converged'}")
+            + f" · answer {tr.answer}")
     notes = "".join(f'<p class="notes">{esc(n)}</p>' for n in tr.notes)
     return (f'<section class="trace" id="t{i}" data-sample="{esc(tr.sample_id)}" '
             f'data-kept-share="{"" if tr.share_tokens_kept is None else tr.share_tokens_kept}">'
@@ -253,6 +256,15 @@ def _overview(p: Page) -> str:
     if o["reject_reasons"]:
         out.append("<h3>Rejects by reason</h3>")
         out.append(_table(["reason", "rows"], [[esc(r), esc(n)] for r, n in o["reject_reasons"]]))
+    cv = o["convergence"]
+    out.append("<h3>Convergence</h3>")
+    crow = [["gradient evaluations per sample: median / max", esc(f"{fmt(cv['steps_median'], '.0f')} / {fmt(cv['steps_max'], 'd')}")]]
+    if cv["adaptive_samples"]:
+        crow += [["decision stability at the last doubling: median", esc(fmt(cv["stability_median"], ".2f"))],
+                 ["samples that did not converge (attribute.rule=adaptive)",
+                  esc(f"{len(cv['unconverged'])} of {cv['adaptive_samples']}"
+                      + (f": {', '.join(cv['unconverged'][:10])}" if cv["unconverged"] else ""))]]
+    out.append(_table(None, crow))
     out.append("<h3>Completeness gap</h3>")
     gq = o["gap_quantiles"]
     if gq:
