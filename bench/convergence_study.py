@@ -2,6 +2,9 @@
 
     python bench/convergence_study.py compute            # resumable; caches every point it computes
     python bench/convergence_study.py analyze            # tables + bench/results/convergence_study.json
+    # your model on a GPU, in one command (about 20 s per trace and baseline on an H200):
+    python bench/convergence_study.py all --device cuda --model <hub id or dir> --tag mine \
+        --baselines pad --levels 10 --adaptive-max 512 --per-round 4 --batch 64 --out mine.json
 
 Traces: the shared real traces (R1-Distill-Qwen-7B on AIME24), each cut at segment
 boundaries on both sides to 200-400 SmolLM2 tokens (bench/traces.window_rows: one
@@ -81,13 +84,13 @@ class PointCache:
         return a, np.array([self.points[x][0] for x in a])
 
 
-def traces(n: int) -> list[tuple[dict, object]]:
+def traces(n: int, model: str = MODEL) -> list[tuple[dict, object]]:
     from traces import load_rows, window_rows
 
     from segsft.models import load_tokenizer
     from segsft.text import build_sequence, resolve_pattern
 
-    tok = load_tokenizer({"name_or_path": MODEL})
+    tok = load_tokenizer({"name_or_path": model})
     rx = resolve_pattern("default")
     rows = window_rows(tok, sorted(load_rows(), key=lambda r: r["id"]), rx)[:n]
     return [(r, build_sequence(tok, r["question"], r["solution"], rx, r["answer"])) for r in rows]
@@ -109,7 +112,7 @@ def compute(args: argparse.Namespace) -> None:
     model = freeze(load_model(cfg, device, DTYPES[args.dtype]).eval())
     pad = pad_token_id(tok)
     started = time.time()
-    items = traces(args.traces)
+    items = traces(args.traces, args.model)
     print(f"{len(items)} traces: " + ", ".join(f"{r['id']}({len(s.input_ids)} tok, {len(s.segment_tokens)} seg)"
                                                 for r, s in items), flush=True)
     for baseline in args.baselines.split(","):
@@ -192,7 +195,7 @@ def analyze(args: argparse.Namespace) -> None:
     stabs = [0.9, 0.95, 1.0]
     per_trace: list[dict] = []
     frontier: list[dict] = []
-    for row, seq in traces(args.traces):
+    for row, seq in traces(args.traces, args.model):
         for baseline in args.baselines.split(","):
             file = cache_file(args.cache, args.tag, row["id"], baseline)
             if not file.exists():
@@ -277,7 +280,7 @@ def analyze(args: argparse.Namespace) -> None:
                   f"of decisions", flush=True)
     table = summarize(per_trace)
     print_table(table)
-    out = {"machine": machine("torch", "transformers"), "model": MODEL, "tag": args.tag, "select": select_cfg.settings(),
+    out = {"machine": machine("torch", "transformers"), "model": args.model, "tag": args.tag, "select": select_cfg.settings(),
            "adaptive_max": args.adaptive_max, "per_round": args.per_round, "date": time.strftime("%Y-%m-%d"),
            "table": table, "per_trace": per_trace, "frontier": frontier}
     Path(args.out).write_text(json.dumps(out, indent=1, default=float) + "\n")
@@ -319,7 +322,7 @@ def print_table(table: list[dict]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["compute", "analyze"])
+    p.add_argument("what", choices=["compute", "analyze", "all"], help="all = compute, then analyze")
     p.add_argument("--model", default=MODEL)
     p.add_argument("--traces", type=int, default=16)
     p.add_argument("--baselines", default="pad,zero,mean,pad_trace")
@@ -340,7 +343,10 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=0, help="seconds; stop (resumably) after this")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "convergence_study.json"))
     args = p.parse_args()
-    compute(args) if args.what == "compute" else analyze(args)
+    if args.what in ("compute", "all"):
+        compute(args)
+    if args.what in ("analyze", "all"):
+        analyze(args)
 
 
 if __name__ == "__main__":

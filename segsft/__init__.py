@@ -7,3 +7,10 @@ package would shadow Python's standard `select` module.
 """
 
 __version__ = "0.1.0"
+
+try:  # the config's ${segsft_selection_name:...}; omegaconf is absent on a bare GPU image
+    from segsft.layout import register_resolvers
+
+    register_resolvers()
+except ImportError:  # pragma: no cover
+    pass

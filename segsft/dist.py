@@ -16,6 +16,11 @@ def rank_and_world() -> tuple[int, int]:
     return rank, world
 
 
+def is_main() -> bool:
+    """Rank 0 of the job (the launcher's RANK; 0 without a launcher)."""
+    return rank_and_world()[0] == 0
+
+
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
@@ -23,10 +28,6 @@ def local_rank() -> int:
 def shard(items: Sequence[T], rank: int, world: int) -> list[T]:
     """The deterministic share of one rank: every world-th item from position rank."""
     return list(items[rank::world])
-
-
-def part_name(rank: int, world: int) -> str:
-    return f"{rank:05d}-of-{world:05d}"
 
 
 def barrier() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import polars as pl
 
 from segsft.corpus import read_corpus
+from segsft.layout import FinetuneLayout, RunLayout, SelectionLayout
 
 
 def _short(text: str, width: int = 90) -> str:
@@ -33,23 +34,24 @@ def convergence_line(smp: pl.DataFrame) -> str:
 def summarize(cfg: Any) -> str:
     """Per sample: segments and the kept share of tokens; the three strongest segments of
     one trace; the fine-tune's first and last loss; where every output went."""
-    run = Path(cfg.run_dir)
-    adir = run / "attribution"
-    sel = Path(cfg.selection_dir)
-    ft = Path(cfg.finetune_dir)
+    run = RunLayout(cfg.run_dir)
+    att = run.attribution
+    sel = SelectionLayout(Path(cfg.selection_dir))
+    ft = FinetuneLayout(Path(cfg.finetune_dir))
     lines: list[str] = []
-    seg = pl.scan_parquet(adir / "segments-*.parquet").drop("token_attr").collect()
-    smp = pl.read_parquet(adir / "samples-*.parquet")
-    rej = pl.read_parquet(adir / "rejects-*.parquet")
+    # Finished parts only: a part without its marker may be half written.
+    seg = pl.scan_parquet(att.finished("segments")).drop("token_attr").collect()
+    smp = pl.read_parquet(att.finished("samples"))
+    rej = pl.read_parquet(att.finished("rejects"))
     lines.append(f"attribution: {smp.height} samples scored, {rej.height} rejected")
     if smp.height:
         lines.append("  " + convergence_line(smp))
-    masks_path = sel / "masks.parquet"
-    per_path = sel / "summary_per_sample.parquet"
+    masks_path = sel.masks
+    per_path = sel.per_sample
     if masks_path.exists() and per_path.exists():
         # The select stage already counted these; read them, don't recount the masks.
         per = pl.read_parquet(per_path).sort("sample_id")
-        overall = json.loads((sel / "summary.json").read_text())["overall"]
+        overall = json.loads(sel.summary.read_text())["overall"]
         lines.append(f"\n{'sample':<16} {'segments':>8} {'kept':>5} {'kept tokens':>12}")
         for r in per.iter_rows(named=True):
             lines.append(f"{r['sample_id']:<16} {r['n_segments']:>8} {r['segments_kept']:>5} {r['share_tokens_kept'] or 0:>11.0%}")
@@ -65,17 +67,17 @@ def summarize(cfg: Any) -> str:
             c = "null" if r["consistency"] is None else f"{r['consistency']:.2f}"
             lines.append(f"  #{r['segment']:<3} strength {r['strength']:.3f}  consistency {c}  "
                          f"{_short(text[r['char_start']:r['char_end']])!r}")
-    hist = ft / "loss_history.json"
+    hist = ft.loss_history
     h = json.loads(hist.read_text()) if hist.exists() else {}
     if h.get("first_loss") is not None and h.get("last_loss") is not None:
         lines.append(f"\nfine-tune: loss {h.get('first_loss'):.4f} at the first step -> {h.get('last_loss'):.4f} at the last")
     lines.append("\noutputs:")
-    lines.append(f"  scores   {adir}/segments-*.parquet (and samples-, rejects-)")
+    lines.append(f"  scores   {att.pattern('segments')} (and {', '.join(Path(att.pattern(t)).name for t in ('samples', 'rejects'))})")
     if masks_path.exists():
         lines.append(f"  masks    {masks_path}")
-    if (ft / "model").exists():
-        lines.append(f"  model    {ft / 'model'}")
-    report = Path(cfg.report.path) if "report" in cfg and cfg.report.get("path") else run / "report.html"
+    if ft.model.exists():
+        lines.append(f"  model    {ft.model}")
+    report = Path(cfg.report.path) if "report" in cfg and cfg.report.get("path") else run.report
     if report.exists():
         lines.append(f"  report   {report}")
     return "\n".join(lines)

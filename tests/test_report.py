@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from conftest import REPO, write_jsonl
 from segsft.attribute.metrics import segment_metrics
-from segsft.dist import part_name
+from segsft.layout import RunLayout, part_name
 from segsft.io import REJECTS_SCHEMA, SAMPLES_SCHEMA, SEGMENTS_SCHEMA, write_json, write_parquet
 from segsft.report import ReportError, check_config, run
 from segsft.report.data import pick_traces
@@ -46,7 +46,7 @@ def make_run(root: Path, tokenizer, rows: list[dict] = ROWS, world: int = 2, see
     rng = np.random.default_rng(seed)
     corpus = write_jsonl(root / "traces.jsonl", [*rows, '{"id": "broken", '])
     run_dir = root / "run"
-    adir = run_dir / "attribution"
+    lay = RunLayout(run_dir).attribution
     for rank in range(world):
         segs, samples = [], []
         for i, r in enumerate(rows):
@@ -65,11 +65,11 @@ def make_run(root: Path, tokenizer, rows: list[dict] = ROWS, world: int = 2, see
                             "train_tokens": len(seq.input_ids) - 12, "steps_used": 20 + i,
                             "decision_stability": 1.0 - 0.25 * (i == 1), "converged": i != 1})
         part = part_name(rank, world)
-        write_parquet(adir / f"segments-{part}.parquet", segs, SEGMENTS_SCHEMA)
-        write_parquet(adir / f"samples-{part}.parquet", samples, SAMPLES_SCHEMA)
+        write_parquet(lay.table("segments", part), segs, SEGMENTS_SCHEMA)
+        write_parquet(lay.table("samples", part), samples, SAMPLES_SCHEMA)
         rejects = [{"sample_id": "hbroken", "reason": "row 4: invalid JSON (x)", "source": str(corpus), "row": 4}]
-        write_parquet(adir / f"rejects-{part}.parquet", rejects if rank == 0 else [], REJECTS_SCHEMA)
-        write_json(adir / f"part-{part}.done", {"part": part})
+        write_parquet(lay.table("rejects", part), rejects if rank == 0 else [], REJECTS_SCHEMA)
+        write_json(lay.marker(part), {"part": part})
     return run_dir, corpus
 
 

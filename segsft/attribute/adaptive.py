@@ -156,7 +156,7 @@ class StopTest:
     step count, so replaying a history (the study does) costs nothing twice.
     """
 
-    def __init__(self, target_gap: float, target_stability: float, decide: Decide, ranks: bool = True):
+    def __init__(self, target_gap: float, target_stability: float, decide: Decide, ranks: bool = False):
         self.target_gap, self.target_stability, self.ranks = target_gap, target_stability, ranks
         self._decide = decide
         self._memo: dict[int, tuple[np.ndarray, np.ndarray]] = {}

@@ -1,12 +1,10 @@
 """The attribution stage over a corpus: one rank's deterministic shard, resumable.
 
-Layout under `run_dir/attribution/` (rank r of world w, `part` = `0000r-of-0000w`):
-- `_partial/<part>/{segments,rejects,samples}-<chunk>.parquet`: flushed chunks. A chunk
-  counts only once its `samples-` file exists (written last), so a kill between the
-  three writes leaves an orphan that the rerun removes.
-- `{segments,samples,rejects}-<part>.parquet`: the part, merged from its chunks after the
-  last flush, then `part-<part>.done`, then the chunks are removed.
-Readers glob the top level only, so they never see a sample twice.
+Protocol (names in segsft.layout): flushed chunks of a part go to its partial directory;
+a chunk counts only once its samples file exists (written last), so a kill between the
+three writes leaves an orphan that the rerun removes. After the last flush the chunks are
+merged into the part's tables, then its marker is written, then the chunks are removed.
+Readers take finished parts only, so they never see a sample twice.
 """
 
 from __future__ import annotations
@@ -30,7 +28,8 @@ from segsft.attribute.batching import attribute_sequence, resolve_budget
 from segsft.attribute.ig import check_supports_logits_to_keep, freeze
 from segsft.attribute.metrics import segment_metrics
 from segsft.corpus import Reject, Sample, read_corpus
-from segsft.dist import part_name, shard
+from segsft.dist import shard
+from segsft.layout import AttributionLayout, RunLayout, part_name
 from segsft.io import REJECTS_SCHEMA, SAMPLES_SCHEMA, SEGMENTS_SCHEMA, write_json, write_parquet
 from segsft.text import ANSWER_SUFFIX_DEFAULT, build_sequence, resolve_pattern
 
@@ -40,7 +39,7 @@ TABLES = {"segments": SEGMENTS_SCHEMA, "rejects": REJECTS_SCHEMA, "samples": SAM
 
 
 def attribution_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "attribution"
+    return RunLayout(run_dir).attribution.dir
 
 
 def _ids_in(paths: list[Path]) -> set[str]:
@@ -61,34 +60,35 @@ class _Buffer:
 
 
 class PartWriter:
-    """Chunked, atomic, resumable output of one rank."""
+    """Chunked, atomic, resumable output of one rank (the file names: segsft.layout)."""
 
     def __init__(self, out_dir: Path, rank: int, world: int):
-        self.out_dir = out_dir
+        self.layout = AttributionLayout(out_dir)
         self.part = part_name(rank, world)
-        self.partial = out_dir / "_partial" / self.part
-        self.marker = out_dir / f"part-{self.part}.done"
+        self.partial = self.layout.partial(self.part)
+        self.marker = self.layout.marker(self.part)
 
     def final(self, table: str) -> Path:
-        return self.out_dir / f"{table}-{self.part}.parquet"
+        return self.layout.table(table, self.part)
 
     def committed_chunks(self) -> list[int]:
-        return sorted(int(p.stem.split("-")[1]) for p in self.partial.glob("samples-*.parquet"))
+        return self.layout.committed_chunks(self.part)
 
     def prepare(self) -> set[str]:
         """Remove orphans of an interrupted flush; return the ids already done anywhere."""
         self.partial.mkdir(parents=True, exist_ok=True)
         committed = set(self.committed_chunks())
-        for p in self.partial.glob("*.parquet"):
-            if int(p.stem.split("-")[1]) not in committed:
-                log.warning("removing %s: its chunk was interrupted before it was committed", p)
-                p.unlink()
+        for chunk, files in self.layout.chunks(self.part).items():
+            if chunk not in committed:
+                for p in files.values():
+                    log.warning("removing %s: its chunk was interrupted before it was committed", p)
+                    p.unlink()
         for p in self.partial.glob(".*.tmp"):
             p.unlink()
-        done = _ids_in([self.partial / f"{t}-{c:05d}.parquet" for c in committed for t in ("samples", "rejects")])
-        others = [p for t in ("samples", "rejects") for p in self.out_dir.glob(f"{t}-*.parquet") if p != self.final(t)]
-        done |= _ids_in(others)
-        stale = [d.name for d in (self.out_dir / "_partial").iterdir() if d.is_dir() and d.name != self.part]
+        done = _ids_in([self.layout.chunk(self.part, t, c) for c in committed for t in ("samples", "rejects")])
+        files = self.layout.table_files()
+        done |= _ids_in([p for t in ("samples", "rejects") for part, p in files[t].items() if part != self.part])
+        stale = [d for d in self.layout.partial_parts() if d != self.part]
         if stale:
             log.warning(
                 "unfinished parts of another world size %s are ignored; their samples are redone here "
@@ -101,7 +101,7 @@ class PartWriter:
             return
         chunk = (self.committed_chunks() or [-1])[-1] + 1
         for table, schema in TABLES.items():  # samples last: it commits the chunk
-            write_parquet(self.partial / f"{table}-{chunk:05d}.parquet", getattr(buf, table), schema)
+            write_parquet(self.layout.chunk(self.part, table, chunk), getattr(buf, table), schema)
         buf.segments.clear()
         buf.samples.clear()
         buf.rejects.clear()
@@ -110,7 +110,7 @@ class PartWriter:
         """Merge the chunks into the part files, then mark the part complete."""
         chunks = self.committed_chunks()
         for table, schema in TABLES.items():
-            paths = [self.partial / f"{table}-{c:05d}.parquet" for c in chunks]
+            paths = [self.layout.chunk(self.part, table, c) for c in chunks]
             merged = pa.concat_tables([pq.read_table(p, schema=schema) for p in paths]) if paths else schema.empty_table()
             write_parquet(self.final(table), merged, schema)
         write_json(self.marker, dict(summary))
@@ -121,7 +121,7 @@ class PartWriter:
         if self.partial.exists():
             shutil.rmtree(self.partial)
         try:
-            (self.out_dir / "_partial").rmdir()
+            self.layout.partial_root.rmdir()
         except OSError:
             pass
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import polars as pl
 
 from segsft.errors import PipelineError
+from segsft.layout import SelectionLayout
 
-MASKS_FILE = "masks.parquet"
 MASK_COLUMNS = ("sample_id", "segment", "char_start", "char_end", "train")
 
 
@@ -44,11 +44,11 @@ class SampleMask:
 
 
 def masks_path(selection_dir: str | Path) -> Path:
-    return Path(selection_dir) / MASKS_FILE
+    return SelectionLayout(Path(selection_dir)).masks
 
 
 def read_masks(selection_dir: str | Path) -> dict[str, SampleMask]:
-    """`sample_id` -> its segments, from `<selection_dir>/masks.parquet`."""
+    """`sample_id` -> its segments, from the masks table of `selection_dir`."""
     path = masks_path(selection_dir)
     if not path.is_file():
         raise MasksError(

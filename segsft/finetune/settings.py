@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 from segsft.errors import PipelineError
 from segsft.finetune.examples import MODES
+from segsft.layout import SelectionLayout
 
 #: conf/deepspeed beside the package: `finetune.deepspeed=zero2` -> conf/deepspeed/zero2.json
 DEEPSPEED_DIR = Path(__file__).resolve().parents[2] / "conf" / "deepspeed"
@@ -84,10 +85,11 @@ def check_config(cfg: Any) -> list[str]:
         errs.append(f"finetune.mode={s.mode!r}: use one of {list(MODES)}")
     if s.mode == "selected":
         if not cfg.get("selection_dir"):
-            errs.append("selection_dir is empty: point it to the select stage's output (holding masks.parquet), or use finetune.mode=full")
-        elif cfg.get("stage") == "finetune" and not (Path(cfg.selection_dir) / "masks.parquet").is_file():
-            errs.append(f"{cfg.selection_dir}/masks.parquet does not exist: run stage=select first, set selection_dir "
-                        "to a directory holding masks.parquet, or use finetune.mode=full")
+            errs.append("selection_dir is empty: point it to the select stage's output directory, or use finetune.mode=full")
+        elif cfg.get("stage") == "finetune" and not SelectionLayout(Path(cfg.selection_dir)).masks.is_file():
+            masks = SelectionLayout(Path(cfg.selection_dir)).masks
+            errs.append(f"{masks} does not exist: run stage=select first, set selection_dir "
+                        f"to a directory holding {masks.name}, or use finetune.mode=full")
     ds = deepspeed_config_path(s.deepspeed)
     if ds is not None and not ds.is_file():
         errs.append(f"finetune.deepspeed={s.deepspeed!r}: use one of {list(DEEPSPEED_NAMES)} or a path to a DeepSpeed JSON file")

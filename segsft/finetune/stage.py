@@ -24,7 +24,9 @@ from segsft.finetune.checkpoints import checkpoints, latest_complete
 from segsft.finetune.examples import build_examples, log_report, write_train_tokens
 from segsft.finetune.masks import read_masks
 from segsft.finetune.settings import FinetuneError, FinetuneSettings, check_config, deepspeed_config_path
+from segsft.dist import is_main as _is_main
 from segsft.io import write_json
+from segsft.layout import FinetuneLayout
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +44,6 @@ class FinetuneResult:
     resumed_from: Path | None
     steps_run: int
     trainer: Any
-
-
-def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _plain(cfg: Any) -> dict:
@@ -143,12 +141,13 @@ def run(cfg: Any, callbacks: Sequence[Any] = ()) -> FinetuneResult:
             f"no training example left of {report.corpus_rows} corpus rows ({report.counts()}): check that "
             "data.path is the corpus the masks were made from, raise finetune.max_length, or use finetune.mode=full"
         )
+    lay = FinetuneLayout(out)
     paths = {
-        "train_tokens": out / "train_tokens.parquet",
-        "data_report": out / "data_report.json",
-        "run_config": out / "run_config.json",
-        "model": out / "model",
-        "loss_history": out / "loss_history.json",
+        "train_tokens": lay.train_tokens,
+        "data_report": lay.data_report,
+        "run_config": lay.run_config,
+        "model": lay.model,
+        "loss_history": lay.loss_history,
     }
     if _is_main():
         write_train_tokens(paths["train_tokens"], examples)
@@ -164,7 +163,7 @@ def run(cfg: Any, callbacks: Sequence[Any] = ()) -> FinetuneResult:
     trainer = outcome.trainer
     # Every rank takes part (ZeRO-3 gathers the shards); the main process writes into a
     # staging directory and renames it, so `model/` is whole or absent after a kill.
-    staging = out / "model.partial"
+    staging = lay.model_staging
     trainer.save_model(str(staging))
     history = _loss_history(trainer)
     if trainer.is_world_process_zero():

@@ -5,6 +5,7 @@ Large columns stay on disk until needed: `token_attr` is read only for the trace
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,8 +14,8 @@ from typing import Any, Iterable
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
-from omegaconf import OmegaConf
 
+from segsft.layout import RunLayout, SelectionLayout
 from segsft.report.config import ReportError
 from segsft.select.inputs import AttributionNotReady, open_attribution
 from segsft.select.summary import per_sample
@@ -24,7 +25,6 @@ SEGMENT_COLUMNS = ("sample_id", "segment", "char_start", "char_end", "token_star
                    "strength", "consistency")
 SAMPLE_COLUMNS = ("sample_id", "n_tokens", "n_segments", "completeness_gap", "rule", "steps", "model",
                   "steps_used", "decision_stability", "converged")
-SWEEP_TABLE = Path("sweeps") / "select" / "sweep.parquet"
 
 
 @dataclass(frozen=True)
@@ -58,17 +58,18 @@ def _lacking(paths: Iterable[Path], columns: Iterable[str]) -> list[str]:
 def load_attribution(run_dir: str | Path) -> Attribution:
     """The attribution of `run_dir`, or ReportError saying what to run."""
     run_dir = Path(run_dir)
-    adir = run_dir / "attribution"
-    if not adir.is_dir() or not (any(adir.glob("segments-*.parquet")) or (adir / "_partial").is_dir()):
+    lay = RunLayout(run_dir).attribution
+    adir = lay.dir
+    if not lay.exists():
         raise ReportError(
-            f"{adir} {'does not exist' if not adir.is_dir() else 'holds no segments-*.parquet'}: the report shows "
+            f"{adir} {'does not exist' if not adir.is_dir() else 'holds no ' + Path(lay.pattern('segments')).name}: the report shows "
             f"a run's attribution. Run `make attribute RUN_DIR={run_dir}` first, or point run_dir=... to a run that has one."
         )
     try:
         tables = open_attribution(run_dir)
     except AttributionNotReady as e:
         raise ReportError(f"the report reads the attribution under {adir}, which is not ready: {e}") from e
-    rejects = [adir / p.name.replace("segments-", "rejects-", 1) for p in tables.segments]
+    rejects = lay.finished("rejects")
     bad = (_lacking(tables.segments, (*SEGMENT_COLUMNS, "token_attr")) + _lacking(tables.samples, SAMPLE_COLUMNS)
            + _lacking([p for p in rejects if p.is_file()], (SID, "reason")))
     if bad:
@@ -110,30 +111,24 @@ class Selection:
         return self.tokens_kept / self.tokens if self.tokens else None
 
     def masks(self) -> pl.DataFrame:
-        return pl.read_parquet(self.dir / "masks.parquet")
-
-
-SETTINGS = ("method", "top_mass", "max_consistency", "min_consistency", "min_tokens", "always_keep")
+        return pl.read_parquet(SelectionLayout(self.dir).masks)
 
 
 def read_selection(d: str | Path, run_dir: str | Path) -> Selection:
-    d = Path(d)
-    if not (d / "masks.parquet").is_file():
-        raise ReportError(f"{d} holds no masks.parquet: run `make select RUN_DIR={run_dir}` to make a selection, "
+    """What the select stage wrote about one selection: its settings (every one, seed
+    included) and its counts, from its summary; nothing is recounted."""
+    sel = SelectionLayout(Path(d))
+    if not sel.masks.is_file():
+        raise ReportError(f"{sel.dir} holds no {sel.masks.name}: run `make select RUN_DIR={run_dir}` to make a selection, "
                           "or set report.selection=<a selection directory> (null = every one under run_dir/selection)")
-    if not (d / "config.yaml").is_file():
-        raise ReportError(f"{d} has no config.yaml: the selection is unfinished; run `make select RUN_DIR={run_dir}` "
-                          "with its settings again")
-    conf = OmegaConf.load(d / "config.yaml")
-    node = conf.get("select") or {}
-    settings = {k: (OmegaConf.to_object(node[k]) if OmegaConf.is_config(node.get(k)) else node.get(k)) for k in SETTINGS}
-    tok = pl.col("n_tokens").cast(pl.Int64)
-    row = (pl.scan_parquet(d / "masks.parquet")
-           .select(segments=pl.len(), segments_kept=pl.col("train").sum(), tokens=tok.sum(),
-                   tokens_kept=tok.filter(pl.col("train")).sum())
-           .collect().row(0, named=True))
-    return Selection(d, settings, None if conf.get("run_dir") is None else str(conf.get("run_dir")),
-                     **{k: int(v or 0) for k, v in row.items()})
+    if not sel.finished() or not sel.summary.is_file():
+        raise ReportError(f"{sel.dir} has no {sel.config.name} or {sel.summary.name}: the selection is unfinished; "
+                          f"run `make select RUN_DIR={run_dir}` with its settings again")
+    summary = json.loads(sel.summary.read_text())
+    o = summary["overall"]
+    return Selection(sel.dir, dict(summary["settings"]), summary.get("run_dir"),
+                     segments=int(o["segments"]), segments_kept=int(o["segments_kept"]),
+                     tokens=int(o["tokens"]), tokens_kept=int(o["tokens_kept"]))
 
 
 def _same(a: str | Path, b: str | Path) -> bool:
@@ -141,7 +136,7 @@ def _same(a: str | Path, b: str | Path) -> bool:
 
 
 def _sweep_jobs(run_dir: Path) -> dict[Path, int]:
-    path = run_dir / SWEEP_TABLE
+    path = RunLayout(run_dir).sweep_table
     if not path.is_file():
         return {}
     t = pl.read_parquet(path, columns=["job", "selection_dir"])
@@ -156,12 +151,14 @@ def find_selections(run_dir: str | Path, explicit: str | None, default_dir: str 
     if explicit:
         chosen = read_selection(explicit, run_dir)
         return [chosen], chosen, notes
-    root = run_dir / "selection"
+    layout = RunLayout(run_dir)
+    root = layout.selection_root
     jobs = _sweep_jobs(run_dir)
     found = []
-    for d in sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []:
-        if not (d / "masks.parquet").is_file() or not (d / "config.yaml").is_file():
-            notes.append(f"{d} is skipped: it lacks masks.parquet or config.yaml (an unfinished selection)")
+    for sel in layout.selections():
+        d = sel.dir
+        if not sel.finished():
+            notes.append(f"{d} is skipped: it lacks {sel.masks.name} or {sel.config.name} (an unfinished selection)")
             continue
         try:
             s = read_selection(d, run_dir)
@@ -176,7 +173,7 @@ def find_selections(run_dir: str | Path, explicit: str | None, default_dir: str 
     found.sort(key=lambda s: (s.job is None, s.job or 0, s.name))
     chosen = next((s for s in found if default_dir and _same(s.dir, default_dir)), None)
     if chosen is None:
-        chosen = max(found, key=lambda s: (s.dir / "masks.parquet").stat().st_mtime)
+        chosen = max(found, key=lambda s: SelectionLayout(s.dir).masks.stat().st_mtime)
         if len(found) > 1:
             notes.append(f"the traces and the scatter show the newest selection, {chosen.name} "
                          "(set report.selection=<dir> to show another)")

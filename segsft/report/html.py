@@ -276,14 +276,15 @@ def _overview(p: Page) -> str:
         out.append(f'<figure><img alt="completeness gap histogram" src="{uri}"><figcaption>{esc(cap)}</figcaption></figure>')
     out.append("<h3>Selections</h3>")
     if p.selections:
-        head = ["selection", "sweep job", "method", "top_mass", "max_consistency", "min_consistency", "min_tokens",
-                "segments kept", "tokens kept"]
+        head = ["selection", "sweep job", "method", "top_mass", "max_consistency", "min_consistency", "always_keep",
+                "min_tokens", "seed", "unconverged", "segments kept", "tokens kept"]
         rows, cls = [], []
         for s in p.selections:
             st = s.settings
             rows.append([esc(s.name) + (" ★" if s is p.chosen else ""), esc(fmt(s.job, "d")), esc(st.get("method")),
                          esc(fmt(st.get("top_mass"), "g")), esc(fmt(st.get("max_consistency"), "g")),
-                         esc(fmt(st.get("min_consistency"), "g")), esc(fmt(st.get("min_tokens"), "d")),
+                         esc(fmt(st.get("min_consistency"), "g")), esc(st.get("always_keep")),
+                         esc(fmt(st.get("min_tokens"), "d")), esc(fmt(st.get("seed"), "d")), esc(st.get("unconverged", "keep")),
                          esc(f"{pct(s.share_segments)} ({s.segments_kept}/{s.segments})"),
                          esc(f"{pct(s.share_tokens)} ({s.tokens_kept}/{s.tokens})")])
             cls.append("chosen" if s is p.chosen else "")

@@ -1,14 +1,13 @@
 """Find and validate the attribution tables of a run before anything is read.
 
-The attribution stage writes, per part `0000r-of-0000w`, `{segments,samples,rejects}-<part>.parquet`
-then `part-<part>.done`; an unfinished part leaves `_partial/<part>/`. Selection reads only
-complete runs: every rank of one world size, each with its marker, no `_partial/` left.
-Only file names and Parquet footers are read here.
+The attribution stage writes each part's tables, then its marker; an unfinished part leaves
+chunks in its partial directory (names: segsft.layout). Selection reads only complete runs:
+every rank of one world size, each with its marker, no partial directory left. Only file
+names and Parquet footers are read here.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +15,9 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from segsft.errors import PipelineError
+from segsft.layout import RunLayout, parse_part
 from segsft.select.schema import OPTIONAL_SAMPLE_COLUMNS, REQUIRED, SAMPLE_COLUMNS, SEGMENT_COLUMNS
 
-PART_FILE = re.compile(r"^(segments|samples)-(\d{5})-of-(\d{5})\.parquet$")
-MARKER = re.compile(r"^part-(\d{5})-of-(\d{5})\.done$")
 
 
 class AttributionNotReady(PipelineError):
@@ -55,27 +53,24 @@ def _resume_hint(run_dir: Path, world: int | None) -> str:
 
 
 def _split(name: str) -> tuple[int, int]:
-    r, w = name.split("-of-")
-    return int(r), int(w)
+    return parse_part(name)
 
 
 def open_attribution(run_dir: str | Path) -> AttributionTables:
     """The attribution tables under `run_dir/attribution`, or AttributionNotReady saying what to do."""
     run_dir = Path(run_dir)
-    adir = run_dir / "attribution"
-    if not adir.is_dir() or not (any(adir.glob("segments-*.parquet")) or (adir / "_partial").is_dir()):
-        what = "does not exist" if not adir.is_dir() else "holds no segments-*.parquet"
+    lay = RunLayout(run_dir).attribution
+    adir = lay.dir
+    if not lay.exists():
+        what = "does not exist" if not adir.is_dir() else f"holds no {Path(lay.pattern('segments')).name}"
         raise AttributionNotReady(
             f"{adir} {what}: selection reads the attribution tables. Run `make attribute RUN_DIR={run_dir}` "
             f"first (or point run_dir=... to a run that has them)."
         )
-    files: dict[str, dict[str, Path]] = {"segments": {}, "samples": {}}
-    for p in sorted(adir.iterdir()):
-        m = PART_FILE.match(p.name)
-        if m:
-            files[m.group(1)][f"{m.group(2)}-of-{m.group(3)}"] = p
-    markers = {f"{m.group(1)}-of-{m.group(2)}" for p in adir.glob("part-*.done") if (m := MARKER.match(p.name))}
-    partial = sorted(d.name for d in (adir / "_partial").glob("*") if d.is_dir()) if (adir / "_partial").is_dir() else []
+    all_files = lay.table_files()
+    files = {t: all_files[t] for t in ("segments", "samples")}
+    markers = lay.markers()
+    partial = lay.partial_parts()
     parts = sorted(set(files["segments"]) | set(files["samples"]) | markers)
     worlds = sorted({_split(p)[1] for p in parts})
 
@@ -94,17 +89,17 @@ def open_attribution(run_dir: str | Path) -> AttributionTables:
     for part in parts:
         lacking = [t for t in ("segments", "samples") if part not in files[t]]
         if part not in markers:
-            problems.append(f"part {part} has no completion marker part-{part}.done")
+            problems.append(f"part {part} has no completion marker {lay.marker(part).name}")
         elif lacking:
-            problems.append(f"part {part} is marked done but lacks {[f'{t}-{part}.parquet' for t in lacking]}")
+            problems.append(f"part {part} is marked done but lacks {[lay.table(t, part).name for t in lacking]}")
     for name in partial:
         w = _split(name)[1] if "-of-" in name else None
         if world is not None and w is not None and w != world:
             # The runner leaves these when a run is redone with another world size.
-            problems.append(f"{adir / '_partial' / name} is left over from a run of world size {w} (the parts here "
+            problems.append(f"{lay.partial(name)} is left over from a run of world size {w} (the parts here "
                             f"have world size {world}): delete it, or finish that run with NPROC={w}")
         else:
-            problems.append(f"part {name} has unfinished chunks in {adir / '_partial' / name}")
+            problems.append(f"part {name} has unfinished chunks in {lay.partial(name)}")
     if problems:
         raise AttributionNotReady(
             f"the attribution under {adir} is not complete:\n  - " + "\n  - ".join(problems)

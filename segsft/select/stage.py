@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from segsft.errors import PipelineError
 from segsft.io import write_json, write_parquet, write_text
+from segsft.layout import SelectionLayout
 from segsft.select.baselines import full_mask, random_mask, sample_keys
 from segsft.select.config import SelectConfig
 from segsft.select.inputs import open_attribution
@@ -21,7 +22,6 @@ from segsft.select.summary import overall, per_sample
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = ("masks.parquet", "summary.json", "summary_per_sample.parquet", "config.yaml")
 
 
 class SelectionDirTaken(PipelineError):
@@ -51,9 +51,9 @@ def apply_unconverged(mask: pl.DataFrame, unconverged: list[str], policy: str) -
                              why=pl.when(hit).then(pl.lit("unconverged")).otherwise(pl.col("why")))
 
 
-def _guard(out: Path, cfg: SelectConfig, run_dir: str) -> None:
+def _guard(lay: SelectionLayout, cfg: SelectConfig, run_dir: str) -> None:
     """Refuse to overwrite a selection of other settings: directory names show only some knobs."""
-    saved = out / "config.yaml"
+    out, saved = lay.dir, lay.config
     if not saved.is_file():
         return
     old = OmegaConf.load(saved)
@@ -81,7 +81,8 @@ def run(cfg: DictConfig | Any) -> dict:
     t0 = time.monotonic()
     scfg = SelectConfig.from_cfg(cfg)
     out = Path(str(cfg.selection_dir))
-    _guard(out, scfg, str(cfg.run_dir))
+    lay = SelectionLayout(out)
+    _guard(lay, scfg, str(cfg.run_dir))
     tables = open_attribution(cfg.run_dir)
     log.info("select: method=%s on %d part(s) in %s", scfg.method, len(tables.segments), tables.dir)
     samples_in = tables.scan_samples()
@@ -99,11 +100,12 @@ def run(cfg: DictConfig | Any) -> dict:
     tokens, segs = figures["overall"]["tokens"], figures["overall"]["segments"]
     methods.setdefault("full", {"segments_kept": segs, "share_segments_kept": 1.0 if segs else None,
                                 "tokens_kept": tokens, "share_tokens_kept": 1.0 if tokens else None})
-    paths = {name: str(out / name) for name in OUTPUTS}
+    paths = {name: str(p) for name, p in lay.outputs().items()}
     summary = {
         "method": scfg.method,
         "settings": scfg.settings(),
         "run_dir": str(cfg.run_dir),
+        "selection_dir": str(out),
         "attribution_parts": [str(p) for p in tables.segments],
         **figures,
         "unconverged": {"samples": len(unconverged), "policy": scfg.unconverged, "ids": unconverged},
@@ -111,12 +113,12 @@ def run(cfg: DictConfig | Any) -> dict:
         "paths": paths,
         "seconds": round(time.monotonic() - t0, 3),
     }
-    write_parquet(out / "masks.parquet", mask.to_arrow(), MASKS_SCHEMA)
-    write_parquet(out / "summary_per_sample.parquet", samples.to_arrow(), PER_SAMPLE_SCHEMA)
-    write_json(out / "summary.json", summary)
+    write_parquet(lay.masks, mask.to_arrow(), MASKS_SCHEMA)
+    write_parquet(lay.per_sample, samples.to_arrow(), PER_SAMPLE_SCHEMA)
+    write_json(lay.summary, summary)
     # Written last: a selection directory without config.yaml is unfinished.
     config = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
-    write_text(out / "config.yaml", OmegaConf.to_yaml(config, resolve=True))
+    write_text(lay.config, OmegaConf.to_yaml(config, resolve=True))
     o = figures["overall"]
     log.info(
         "select: %s of %s segments (%.1f%%), %s of %s tokens (%.1f%%) trained, %d short samples; wrote %s",

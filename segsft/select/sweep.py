@@ -18,12 +18,13 @@ import polars as pl
 from omegaconf import DictConfig
 
 from segsft.io import write_parquet
+from segsft.layout import SWEEP_FILE as TABLE_FILE
+from segsft.layout import SWEEP_ROW_FILE as ROW_FILE
+from segsft.layout import SelectionLayout
 from segsft.select.schema import SWEEP_SCHEMA
 
 log = logging.getLogger(__name__)
 
-ROW_FILE = "sweep_row.parquet"
-TABLE_FILE = "sweep.parquet"
 SHOWN = ("job", "method", "top_mass", "max_consistency", "min_consistency", "min_tokens",
          "share_segments_kept", "share_tokens_kept", "selection_dir")
 
@@ -41,7 +42,7 @@ def sweep_row(job: int, summary: dict) -> dict:
         "min_tokens": s["min_tokens"], "seed": s["seed"], "samples": o["samples"], "segments": o["segments"],
         "segments_kept": o["segments_kept"], "share_segments_kept": o["share_segments_kept"],
         "tokens": o["tokens"], "tokens_kept": o["tokens_kept"], "share_tokens_kept": o["share_tokens_kept"],
-        "selection_dir": str(Path(summary["paths"]["masks.parquet"]).parent),
+        "selection_dir": summary["selection_dir"],
     }
 
 
@@ -73,7 +74,7 @@ class SweepTable(Callback):
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if config.get("stage") != "select" or getattr(job_return.status, "name", "") != "COMPLETED":
             return
-        summary_path = Path(str(config.selection_dir)) / "summary.json"
+        summary_path = SelectionLayout(Path(str(config.selection_dir))).summary
         if not summary_path.is_file():
             log.warning("sweep: job %s left no %s; it is not in the sweep table", config.hydra.job.num, summary_path)
             return

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pyarrow as pa
 
-from segsft.dist import part_name
+from segsft.layout import AttributionLayout, RunLayout, part_name
 from segsft.io import REJECTS_SCHEMA, SAMPLES_SCHEMA, SEGMENTS_SCHEMA, write_json, write_parquet
 
 _SAMPLE_DEFAULTS = {"n_segments": 0, "answer_logprob": -1.0, "baseline_logprob": -5.0, "attr_total": 4.0,
@@ -52,18 +52,18 @@ def sample_rows(segments: list[dict], n_tokens: Mapping[str, int] | None = None)
 
 def write_part(adir: Path, segments: Any, samples: Any, rank: int = 0, world: int = 1, done: bool = True) -> str:
     """One part (rows or tables), with its completion marker unless done=False."""
-    part = part_name(rank, world)
-    write_parquet(adir / f"segments-{part}.parquet", segments, SEGMENTS_SCHEMA)
-    write_parquet(adir / f"samples-{part}.parquet", samples, SAMPLES_SCHEMA)
-    write_parquet(adir / f"rejects-{part}.parquet", [], REJECTS_SCHEMA)
+    part, lay = part_name(rank, world), AttributionLayout(Path(adir))
+    write_parquet(lay.table("segments", part), segments, SEGMENTS_SCHEMA)
+    write_parquet(lay.table("samples", part), samples, SAMPLES_SCHEMA)
+    write_parquet(lay.table("rejects", part), [], REJECTS_SCHEMA)
     if done:
-        write_json(adir / f"part-{part}.done", {"part": part, "synthetic": True})
+        write_json(lay.marker(part), {"part": part, "synthetic": True})
     return part
 
 
 def write_attribution(run_dir: str | Path, segments: list[dict], samples: list[dict] | None = None, world: int = 1) -> Path:
     """Split rows over `world` complete parts by sample (round robin), as ranks would."""
-    adir = Path(run_dir) / "attribution"
+    adir = RunLayout(run_dir).attribution.dir
     samples = samples if samples is not None else sample_rows(segments)
     order = {r["sample_id"]: i for i, r in enumerate(samples)}
     for rank in range(world):

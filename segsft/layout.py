@@ -1,0 +1,245 @@
+"""Where a run's files live: the one module that spells a file or directory name.
+
+    run_dir/
+      attribution/                     AttributionLayout
+        {segments,samples,rejects}-<part>.parquet, part-<part>.done
+        _partial/<part>/{segments,rejects,samples}-<chunk>.parquet   (unfinished)
+      selection/<name>/                SelectionLayout: masks, summaries, config.yaml
+      sweeps/select/sweep.parquet      the multirun table
+      finetune/                        FinetuneLayout: model/, train_tokens.parquet, ...
+      report.html
+
+`<part>` is `<rank>-of-<world>` (5 digits each). A part is finished once its marker exists,
+and the marker is written after the part's tables are closed (datatrove's completion
+markers), so readers that go through `finished_parts` never see half a part.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+ATTRIBUTION_TABLES = ("segments", "samples", "rejects")
+_PART = re.compile(r"^(\d{5})-of-(\d{5})$")
+_TABLE_FILE = re.compile(r"^(segments|samples|rejects)-(\d{5}-of-\d{5})\.parquet$")
+_MARKER = re.compile(r"^part-(\d{5}-of-\d{5})\.done$")
+_CHUNK = re.compile(r"^(segments|samples|rejects)-(\d{5})\.parquet$")
+
+
+def part_name(rank: int, world: int) -> str:
+    return f"{rank:05d}-of-{world:05d}"
+
+
+def parse_part(part: str) -> tuple[int, int]:
+    """(rank, world) of a part name; ValueError for anything else."""
+    m = _PART.match(part)
+    if not m:
+        raise ValueError(f"not a part name: {part!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+@dataclass(frozen=True)
+class AttributionLayout:
+    """`run_dir/attribution`: part files, their markers, and the chunks of unfinished parts."""
+
+    dir: Path
+
+    def table(self, table: str, part: str) -> Path:
+        return self.dir / f"{table}-{part}.parquet"
+
+    def marker(self, part: str) -> Path:
+        return self.dir / f"part-{part}.done"
+
+    def pattern(self, table: str) -> str:
+        """The glob of `table`'s part files (for messages and Polars scans of finished runs)."""
+        return str(self.dir / f"{table}-*.parquet")
+
+    @property
+    def partial_root(self) -> Path:
+        return self.dir / "_partial"
+
+    def partial(self, part: str) -> Path:
+        return self.partial_root / part
+
+    def chunk(self, part: str, table: str, chunk: int) -> Path:
+        return self.partial(part) / f"{table}-{chunk:05d}.parquet"
+
+    def chunks(self, part: str) -> dict[int, dict[str, Path]]:
+        """Chunk number -> {table: file} of one part's unfinished chunks."""
+        out: dict[int, dict[str, Path]] = {}
+        for p in self.partial(part).glob("*.parquet") if self.partial(part).is_dir() else []:
+            m = _CHUNK.match(p.name)
+            if m:
+                out.setdefault(int(m.group(2)), {})[m.group(1)] = p
+        return out
+
+    def committed_chunks(self, part: str) -> list[int]:
+        """A chunk counts once its samples file exists: it is written last."""
+        return sorted(c for c, files in self.chunks(part).items() if "samples" in files)
+
+    def partial_parts(self) -> list[str]:
+        root = self.partial_root
+        return sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+
+    def table_files(self) -> dict[str, dict[str, Path]]:
+        """table -> {part: file} for every part file on disk, finished or not."""
+        out: dict[str, dict[str, Path]] = {t: {} for t in ATTRIBUTION_TABLES}
+        for p in sorted(self.dir.iterdir()) if self.dir.is_dir() else []:
+            m = _TABLE_FILE.match(p.name)
+            if m:
+                out[m.group(1)][m.group(2)] = p
+        return out
+
+    def markers(self) -> set[str]:
+        if not self.dir.is_dir():
+            return set()
+        return {m.group(1) for p in self.dir.iterdir() if (m := _MARKER.match(p.name))}
+
+    def finished_parts(self) -> list[str]:
+        """Parts with a marker and every table."""
+        files = self.table_files()
+        return sorted(p for p in self.markers() if all(p in files[t] for t in ATTRIBUTION_TABLES))
+
+    def finished(self, table: str) -> list[Path]:
+        """The files of `table` of every finished part, in part order."""
+        return [self.table(table, p) for p in self.finished_parts()]
+
+    def exists(self) -> bool:
+        return self.dir.is_dir() and (any(self.table_files()["segments"].values()) or self.partial_root.is_dir())
+
+
+@dataclass(frozen=True)
+class SelectionLayout:
+    """One selection directory. `config.yaml` is written last: without it, unfinished."""
+
+    dir: Path
+
+    @property
+    def masks(self) -> Path:
+        return self.dir / "masks.parquet"
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "summary.json"
+
+    @property
+    def per_sample(self) -> Path:
+        return self.dir / "summary_per_sample.parquet"
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "config.yaml"
+
+    def outputs(self) -> dict[str, Path]:
+        return {p.name: p for p in (self.masks, self.summary, self.per_sample, self.config)}
+
+    def finished(self) -> bool:
+        return self.masks.is_file() and self.config.is_file()
+
+
+@dataclass(frozen=True)
+class FinetuneLayout:
+    """`finetune_dir`: the final model (staged, then renamed), checkpoints and records."""
+
+    dir: Path
+
+    @property
+    def model(self) -> Path:
+        return self.dir / "model"
+
+    @property
+    def model_staging(self) -> Path:
+        return self.dir / "model.partial"
+
+    @property
+    def train_tokens(self) -> Path:
+        return self.dir / "train_tokens.parquet"
+
+    @property
+    def loss_history(self) -> Path:
+        return self.dir / "loss_history.json"
+
+    @property
+    def data_report(self) -> Path:
+        return self.dir / "data_report.json"
+
+    @property
+    def run_config(self) -> Path:
+        return self.dir / "run_config.json"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Everything under one `run_dir`."""
+
+    run_dir: Path
+
+    def __init__(self, run_dir: str | Path):
+        object.__setattr__(self, "run_dir", Path(run_dir))
+
+    @property
+    def attribution(self) -> AttributionLayout:
+        return AttributionLayout(self.run_dir / "attribution")
+
+    @property
+    def selection_root(self) -> Path:
+        return self.run_dir / "selection"
+
+    def selection(self, name_or_dir: str | Path) -> SelectionLayout:
+        """A selection by name (under selection/) or by its directory."""
+        p = Path(name_or_dir)
+        return SelectionLayout(p if p.is_absolute() or len(p.parts) > 1 else self.selection_root / p)
+
+    def selections(self) -> list[SelectionLayout]:
+        root = self.selection_root
+        return [SelectionLayout(d) for d in sorted(root.iterdir()) if d.is_dir()] if root.is_dir() else []
+
+    @property
+    def sweep_table(self) -> Path:
+        return self.run_dir / "sweeps" / "select" / SWEEP_FILE
+
+    @property
+    def finetune(self) -> FinetuneLayout:
+        return FinetuneLayout(self.run_dir / "finetune")
+
+    @property
+    def report(self) -> Path:
+        return self.run_dir / "report.html"
+
+
+SWEEP_FILE = "sweep.parquet"
+#: One row per finished job of a multirun, in the job's Hydra output directory.
+SWEEP_ROW_FILE = "sweep_row.parquet"
+
+
+def selection_name(method: Any, top_mass: Any, max_consistency: Any = None, min_consistency: Any = None,
+                   min_tokens: Any = 0, seed: Any = 0, unconverged: Any = "keep") -> str:
+    """The selection directory's name from the select settings, unset keys left out
+    (`attribution-top0.7-maxc0.8`, `random-top0.7-maxc0.8-seed3`, ...)."""
+    parts = [str(method), f"top{top_mass}"]
+    if max_consistency is not None:
+        parts.append(f"maxc{max_consistency}")
+    if min_consistency is not None:
+        parts.append(f"minc{min_consistency}")
+    if min_tokens:
+        parts.append(f"mintok{min_tokens}")
+    if method == "random" or seed:
+        parts.append(f"seed{seed}")
+    if unconverged not in (None, "keep"):
+        parts.append(f"unconverged-{unconverged}")
+    return "-".join(parts)
+
+
+def register_resolvers() -> None:
+    """`${segsft_selection_name:...}` for conf/select/default.yaml (idempotent)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("segsft_selection_name"):
+        OmegaConf.register_new_resolver("segsft_selection_name", selection_name)
+
+
+def selection_settings(node: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("method", "top_mass", "max_consistency", "min_consistency", "min_tokens", "seed", "unconverged")
+    return {k: node.get(k) for k in keys}
