@@ -142,7 +142,7 @@ def compute(args: argparse.Namespace) -> None:
 
 def decide_fn(seq, select_cfg):
     from segsft.attribute.metrics import segment_metrics
-    from segsft.select.rule import decide
+    from segsft.rule import decide
 
     memo: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -188,7 +188,7 @@ def estimate_of(cache: PointCache, alphas: np.ndarray, weights: np.ndarray) -> n
 def analyze(args: argparse.Namespace) -> None:
     from machine import machine
 
-    from segsft.select.config import SelectConfig
+    from segsft.selection_config import SelectConfig
 
     select_cfg = SelectConfig()
     gaps = [0.2, 0.1, 0.05, 0.025, 0.0125]

@@ -45,8 +45,8 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 def selection(seg_rows: list[dict], n_tokens_seq: int) -> np.ndarray:
     import polars as pl
 
-    from segsft.select.config import SelectConfig
-    from segsft.select.rule import attribution_rule
+    from segsft.selection_config import SelectConfig
+    from segsft.rule import attribution_rule
 
     lf = pl.LazyFrame([{**r, "sample_id": "s", "char_start": 0, "char_end": 0} for r in seg_rows])
     mask = attribution_rule(lf.drop("token_attr"), SelectConfig()).collect()

@@ -143,6 +143,8 @@ class SelectionLayout:
 class FinetuneLayout:
     """`finetune_dir`: the final model (staged, then renamed), checkpoints and records."""
 
+    OUTPUTS = ("model", "train_tokens", "data_report", "run_config", "loss_history")
+
     dir: Path
 
     @property

@@ -11,8 +11,8 @@ import torch
 from segsft.attribute.adaptive import AdaptiveSettings, StopTest, refine, spearman, trapezoid_weights
 from segsft.attribute.ig import IGPath, adaptive_integrated_gradients, answer_logprob, baseline_embeddings, freeze, path_token_grads
 from segsft.attribute.metrics import segment_metrics
-from segsft.select.config import SelectConfig
-from segsft.select.rule import decide
+from segsft.selection_config import SelectConfig
+from segsft.rule import decide
 from segsft.text import build_sequence, resolve_pattern
 from segsft.tiny_model import tiny_qwen2
 

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from conftest import REPO, make_traces, write_jsonl
 from segsft.attribute import AttributeStage
-from segsft.io import REJECTS_SCHEMA, SAMPLES_SCHEMA, SEGMENTS_SCHEMA
+from segsft.schemas import REJECTS_SCHEMA, SAMPLES_SCHEMA, SEGMENTS_SCHEMA
 from segsft.text import build_sequence, resolve_pattern
 
 

@@ -15,7 +15,8 @@ from hydra import compose, initialize_config_dir
 from conftest import REPO, write_jsonl
 from segsft.attribute.metrics import segment_metrics
 from segsft.layout import RunLayout, part_name
-from segsft.io import REJECTS_SCHEMA, SAMPLES_SCHEMA, SEGMENTS_SCHEMA, write_json, write_parquet
+from segsft.io import write_json, write_parquet
+from segsft.schemas import REJECTS_SCHEMA, SAMPLES_SCHEMA, SEGMENTS_SCHEMA
 from segsft.report import ReportError, check_config, run
 from segsft.report.data import pick_traces
 from segsft.report.tokens import TokenMismatch, token_starts

@@ -15,7 +15,8 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from segsft.io import SEGMENTS_SCHEMA, write_parquet
+from segsft.io import write_parquet
+from segsft.schemas import SEGMENTS_SCHEMA
 from segsft.select import (MASKS_SCHEMA, PER_SAMPLE_SCHEMA, SWEEP_SCHEMA, AttributionNotReady, SelectionDirTaken,
                            check_config, open_attribution, run)
 from segsft.select.synthetic import sample_rows, segment_rows, write_attribution, write_part

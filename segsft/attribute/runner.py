@@ -30,7 +30,8 @@ from segsft.attribute.metrics import segment_metrics
 from segsft.corpus import Reject, Sample, read_corpus
 from segsft.dist import shard
 from segsft.layout import AttributionLayout, RunLayout, part_name
-from segsft.io import REJECTS_SCHEMA, SAMPLES_SCHEMA, SEGMENTS_SCHEMA, write_json, write_parquet
+from segsft.io import write_json, write_parquet
+from segsft.schemas import REJECTS_SCHEMA, SAMPLES_SCHEMA, SEGMENTS_SCHEMA
 from segsft.text import ANSWER_SUFFIX_DEFAULT, build_sequence, resolve_pattern
 
 log = logging.getLogger(__name__)
@@ -276,8 +277,8 @@ class AttributeStage:
     def _decide(self, seq: Any) -> Any:
         """The stop test's decision: the select stage's own rule, with the configured select
         settings, on the segments of `seq` (train_tokens counts for min_tokens)."""
-        from segsft.select.config import SelectConfig
-        from segsft.select.rule import decide
+        from segsft.selection_config import SelectConfig
+        from segsft.rule import decide
 
         scfg = SelectConfig.from_cfg(self.cfg["select"]) if self.cfg.get("select") else SelectConfig()
         train_tokens = seq.segment_tokens[-1][1]

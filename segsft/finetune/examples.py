@@ -18,19 +18,13 @@ from segsft.corpus import Reject, Sample
 from segsft.finetune.labels import label_tokens, n_learned, truncate
 from segsft.finetune.masks import SampleMask
 from segsft.io import write_parquet
+from segsft.schemas import TRAIN_TOKENS_SCHEMA
 from segsft.text import encode_plain, encode_with_offsets, render_prompt
 
 log = logging.getLogger(__name__)
 
 MODES = ("selected", "full")
 
-TRAIN_TOKENS_SCHEMA = pa.schema(
-    [
-        ("sample_id", pa.string()),
-        ("input_ids", pa.list_(pa.int32())),
-        ("labels", pa.list_(pa.int32())),
-    ]
-)
 
 
 @dataclass(frozen=True)

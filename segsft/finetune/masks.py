@@ -9,8 +9,8 @@ import polars as pl
 
 from segsft.errors import PipelineError
 from segsft.layout import SelectionLayout
+from segsft.schemas import FINETUNE_MASKS_COLUMNS
 
-MASK_COLUMNS = ("sample_id", "segment", "char_start", "char_end", "train")
 
 
 class MasksError(PipelineError):
@@ -56,10 +56,10 @@ def read_masks(selection_dir: str | Path) -> dict[str, SampleMask]:
             "output directory, or use finetune.mode=full"
         )
     lf = pl.scan_parquet(path)
-    missing = [c for c in MASK_COLUMNS if c not in lf.collect_schema().names()]
+    missing = [c for c in FINETUNE_MASKS_COLUMNS if c not in lf.collect_schema().names()]
     if missing:
         raise MasksError(f"{path} lacks columns {missing}: it is not a masks table of the select stage")
-    df = lf.select(MASK_COLUMNS).sort(["sample_id", "segment"]).collect()
+    df = lf.select(FINETUNE_MASKS_COLUMNS).sort(["sample_id", "segment"]).collect()
     if df["train"].null_count():
         raise MasksError(f"{path}: column train has nulls; every segment must say train true/false")
     out: dict[str, SampleMask] = {}

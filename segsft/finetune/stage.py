@@ -142,21 +142,14 @@ def run(cfg: Any, callbacks: Sequence[Any] = ()) -> FinetuneResult:
             "data.path is the corpus the masks were made from, raise finetune.max_length, or use finetune.mode=full"
         )
     lay = FinetuneLayout(out)
-    paths = {
-        "train_tokens": lay.train_tokens,
-        "data_report": lay.data_report,
-        "run_config": lay.run_config,
-        "model": lay.model,
-        "loss_history": lay.loss_history,
-    }
     if _is_main():
-        write_train_tokens(paths["train_tokens"], examples)
-        write_json(paths["data_report"], {**report.summary(), "dropped_samples": report.dropped})
-        write_json(paths["run_config"], {"config": _plain(cfg), "resume_fingerprint": fp})
+        write_train_tokens(lay.train_tokens, examples)
+        write_json(lay.data_report, {**report.summary(), "dropped_samples": report.dropped})
+        write_json(lay.run_config, {"config": _plain(cfg), "resume_fingerprint": fp})
     log.info(
         "finetune: mode=%s deepspeed=%s (%s) cuda=%s bf16=%s gradient_checkpointing=%s packing=%s liger=%s; outputs: %s",
         s.mode, s.deepspeed, deepspeed_config_path(s.deepspeed), torch.cuda.is_available(), s.bf16,
-        s.gradient_checkpointing, s.packing, s.liger, {k: str(v) for k, v in paths.items()},
+        s.gradient_checkpointing, s.packing, s.liger, {k: str(getattr(lay, k)) for k in FinetuneLayout.OUTPUTS},
     )
 
     outcome = train(s, cfg.model, tokenizer, examples, out, callbacks)
@@ -168,10 +161,10 @@ def run(cfg: Any, callbacks: Sequence[Any] = ()) -> FinetuneResult:
     history = _loss_history(trainer)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(staging))
-        if paths["model"].exists():
-            shutil.rmtree(paths["model"])
-        os.replace(staging, paths["model"])
-        write_json(paths["loss_history"], {
+        if lay.model.exists():
+            shutil.rmtree(lay.model)
+        os.replace(staging, lay.model)
+        write_json(lay.loss_history, {
             **history,
             "resumed_from": str(outcome.resumed_from) if outcome.resumed_from else None,
             "steps_run_by_this_launch": outcome.steps_run,
@@ -181,11 +174,11 @@ def run(cfg: Any, callbacks: Sequence[Any] = ()) -> FinetuneResult:
         "finetune done: %d steps (%d in this launch%s), loss %s -> %s; model in %s",
         history["global_step"], outcome.steps_run,
         f", resumed from {outcome.resumed_from.name}" if outcome.resumed_from else "",
-        history["first_loss"], history["last_loss"], paths["model"],
+        history["first_loss"], history["last_loss"], lay.model,
     )
     if torch.distributed.is_initialized():
         # Every rank leaves together; a rank still in a collective would otherwise abort.
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-    return FinetuneResult(out, paths["model"], paths["train_tokens"], paths["loss_history"],
+    return FinetuneResult(out, lay.model, lay.train_tokens, lay.loss_history,
                           outcome.resumed_from, outcome.steps_run, trainer)

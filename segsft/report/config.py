@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from segsft.errors import PipelineError
+from segsft.layout import RunLayout
 
 
 class ReportError(PipelineError):
@@ -43,7 +44,7 @@ def check_config(cfg: Any) -> list[str]:
     errs = []
     path = r.get("path")
     if not path or not str(path).endswith((".html", ".htm")):
-        errs.append(f"report.path={path!r}: give the HTML file to write, e.g. report.path=runs/x/report.html")
+        errs.append(f"report.path={path!r}: give the HTML file to write, e.g. report.path={RunLayout('runs/x').report}")
     sel = r.get("selection")
     if sel is not None and not isinstance(sel, str):
         errs.append(f"report.selection={sel!r}: give one selection directory (e.g. runs/x/selection/<name>) "

@@ -17,14 +17,10 @@ import pyarrow.parquet as pq
 
 from segsft.layout import RunLayout, SelectionLayout
 from segsft.report.config import ReportError
-from segsft.select.inputs import AttributionNotReady, open_attribution
-from segsft.select.summary import per_sample
+from segsft.schemas import REPORT_SAMPLE_COLUMNS, REPORT_SEGMENT_COLUMNS
+from segsft.attribution_tables import AttributionNotReady, open_attribution
 
 SID = "sample_id"
-SEGMENT_COLUMNS = ("sample_id", "segment", "char_start", "char_end", "token_start", "token_end", "n_tokens",
-                   "strength", "consistency")
-SAMPLE_COLUMNS = ("sample_id", "n_tokens", "n_segments", "completeness_gap", "rule", "steps", "model",
-                  "steps_used", "decision_stability", "converged")
 
 
 @dataclass(frozen=True)
@@ -70,13 +66,13 @@ def load_attribution(run_dir: str | Path) -> Attribution:
     except AttributionNotReady as e:
         raise ReportError(f"the report reads the attribution under {adir}, which is not ready: {e}") from e
     rejects = lay.finished("rejects")
-    bad = (_lacking(tables.segments, (*SEGMENT_COLUMNS, "token_attr")) + _lacking(tables.samples, SAMPLE_COLUMNS)
+    bad = (_lacking(tables.segments, (*REPORT_SEGMENT_COLUMNS, "token_attr")) + _lacking(tables.samples, REPORT_SAMPLE_COLUMNS)
            + _lacking([p for p in rejects if p.is_file()], (SID, "reason")))
     if bad:
         raise ReportError("attribution tables without the columns the report reads:\n  - " + "\n  - ".join(bad)
                           + f"\nRerun `make attribute RUN_DIR={run_dir}` with this version into a fresh run_dir.")
-    segments = pl.scan_parquet(list(tables.segments)).select(SEGMENT_COLUMNS).sort(SID, "segment").collect()
-    samples = pl.scan_parquet(list(tables.samples)).select(SAMPLE_COLUMNS).sort(SID).collect()
+    segments = pl.scan_parquet(list(tables.segments)).select(REPORT_SEGMENT_COLUMNS).sort(SID, "segment").collect()
+    samples = pl.scan_parquet(list(tables.samples)).select(REPORT_SAMPLE_COLUMNS).sort(SID).collect()
     present = [p for p in rejects if p.is_file()]
     rej = (pl.scan_parquet(present).select(SID, "reason").collect() if present
            else pl.DataFrame(schema={SID: pl.String, "reason": pl.String}))
@@ -205,12 +201,13 @@ def join_masks(segments: pl.DataFrame, masks: pl.DataFrame | None) -> tuple[pl.D
     return out.drop("_cs", "_ce"), notes
 
 
-def sample_table(att: Attribution, masks: pl.DataFrame | None) -> pl.DataFrame:
-    """One row per scored sample with its kept shares (null without a selection)."""
+def sample_table(att: Attribution, selection: "Selection | None") -> pl.DataFrame:
+    """One row per scored sample with its kept shares, as the select stage wrote them in its
+    per-sample summary (null without a selection)."""
     s = att.samples
-    if masks is None:
+    if selection is None:
         return s.with_columns(share_tokens_kept=pl.lit(None, pl.Float64), share_segments_kept=pl.lit(None, pl.Float64))
-    per = per_sample(masks).select(SID, "share_tokens_kept", "share_segments_kept")
+    per = pl.read_parquet(SelectionLayout(selection.dir).per_sample, columns=[SID, "share_tokens_kept", "share_segments_kept"])
     return s.join(per, on=SID, how="left")
 
 

@@ -82,7 +82,7 @@ def run(cfg: Any) -> Path:
     notes += mask_notes
     if chosen and chosen.run_dir and Path(chosen.run_dir).resolve() != Path(run_dir).resolve():
         notes.append(f"selection {chosen.name} was made for run_dir={chosen.run_dir}, not {run_dir}")
-    samples = sample_table(att, masks)
+    samples = sample_table(att, chosen)
     ov = overview(att)
     figures = _figures(joined, samples, ov, chosen)
 

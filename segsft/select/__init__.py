@@ -4,10 +4,10 @@
 lists every problem of `select.*`. The rule itself is `rule.attribution_rule`.
 """
 
-from segsft.select.config import METHODS, SelectConfig, check_config
-from segsft.select.inputs import AttributionNotReady, open_attribution
-from segsft.select.rule import attribution_rule
-from segsft.select.schema import MASKS_SCHEMA, PER_SAMPLE_SCHEMA, SWEEP_SCHEMA
+from segsft.selection_config import METHODS, SelectConfig, check_config
+from segsft.attribution_tables import AttributionNotReady, open_attribution
+from segsft.rule import attribution_rule
+from segsft.schemas import MASKS_SCHEMA, PER_SAMPLE_SCHEMA, SWEEP_SCHEMA
 from segsft.select.stage import SelectionDirTaken, run, select_masks
 
 __all__ = [

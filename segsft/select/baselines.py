@@ -18,7 +18,8 @@ import hashlib
 
 import polars as pl
 
-from segsft.select.rule import MASK_COLUMNS, SID
+from segsft.schemas import MASKS_COLUMNS
+from segsft.rule import SID
 
 _U64 = pl.UInt64
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -28,7 +29,7 @@ _MIX2 = 0x94D049BB133111EB
 
 def full_mask(segments: pl.LazyFrame) -> pl.LazyFrame:
     return (segments.with_columns(train=pl.lit(True), why=pl.lit("full"))
-            .select(MASK_COLUMNS).sort([SID, "segment"]))
+            .select(MASKS_COLUMNS).sort([SID, "segment"]))
 
 
 def sample_keys(sample_ids: pl.Series, seed: int) -> pl.DataFrame:
@@ -70,4 +71,4 @@ def random_mask(rule_mask: pl.LazyFrame, keys: pl.LazyFrame) -> pl.LazyFrame:
     drawn = (before < target) & ((after <= target) | (after - target <= target - before))
     return (lf.with_columns(train=pl.col("_short") | drawn,
                             why=pl.when(pl.col("_short")).then(pl.lit("short_sample")).otherwise(pl.lit("random")))
-            .select(MASK_COLUMNS).sort([SID, "segment"]))
+            .select(MASKS_COLUMNS).sort([SID, "segment"]))

@@ -14,10 +14,10 @@ from segsft.errors import PipelineError
 from segsft.io import write_json, write_parquet, write_text
 from segsft.layout import SelectionLayout
 from segsft.select.baselines import full_mask, random_mask, sample_keys
-from segsft.select.config import SelectConfig
-from segsft.select.inputs import open_attribution
-from segsft.select.rule import SID, attribution_rule
-from segsft.select.schema import MASKS_SCHEMA, PER_SAMPLE_SCHEMA
+from segsft.selection_config import SelectConfig
+from segsft.attribution_tables import open_attribution
+from segsft.rule import SID, attribution_rule
+from segsft.schemas import MASKS_SCHEMA, PER_SAMPLE_SCHEMA
 from segsft.select.summary import overall, per_sample
 
 log = logging.getLogger(__name__)

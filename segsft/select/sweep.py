@@ -21,7 +21,7 @@ from segsft.io import write_parquet
 from segsft.layout import SWEEP_FILE as TABLE_FILE
 from segsft.layout import SWEEP_ROW_FILE as ROW_FILE
 from segsft.layout import SelectionLayout
-from segsft.select.schema import SWEEP_SCHEMA
+from segsft.schemas import SWEEP_SCHEMA
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ import numpy as np
 import pyarrow as pa
 
 from segsft.layout import AttributionLayout, RunLayout, part_name
-from segsft.io import REJECTS_SCHEMA, SAMPLES_SCHEMA, SEGMENTS_SCHEMA, write_json, write_parquet
+from segsft.io import write_json, write_parquet
+from segsft.schemas import REJECTS_SCHEMA, SAMPLES_SCHEMA, SEGMENTS_SCHEMA
 
 _SAMPLE_DEFAULTS = {"n_segments": 0, "answer_logprob": -1.0, "baseline_logprob": -5.0, "attr_total": 4.0,
                     "attr_norm": 1.0, "completeness_gap": 0.0, "rule": "gauss_legendre", "steps": 16,

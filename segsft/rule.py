@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import polars as pl
 
-from segsft.select.config import SelectConfig
-from segsft.select.schema import MASKS_SCHEMA
+from segsft.selection_config import SelectConfig
+from segsft.schemas import MASKS_COLUMNS
 
 SID = "sample_id"
-MASK_COLUMNS = tuple(MASKS_SCHEMA.names)
 
 
 def _finite_or_zero(name: str) -> pl.Expr:
@@ -69,7 +68,7 @@ def _consistency_ok(cfg: SelectConfig) -> pl.Expr:
 
 
 def attribution_rule(segments: pl.LazyFrame, cfg: SelectConfig, sample_tokens: pl.LazyFrame | None = None) -> pl.LazyFrame:
-    """The mask of DESIGN step 7: MASK_COLUMNS, one row per segment, sorted by sample and segment.
+    """The mask of DESIGN step 7: MASKS_COLUMNS, one row per segment, sorted by sample and segment.
 
     `segments` needs sample_id, segment, char_start, char_end, n_tokens, strength, consistency;
     `sample_tokens` (sample_id, n_tokens) is read only when cfg.min_tokens > 0.
@@ -98,7 +97,7 @@ def attribution_rule(segments: pl.LazyFrame, cfg: SelectConfig, sample_tokens: p
     )
     return (
         lf.with_columns(train=pl.col("_short") | rule_keeps | pl.col("_keep"), why=why)
-        .select(MASK_COLUMNS)
+        .select(MASKS_COLUMNS)
         .sort([SID, "segment"])
     )
 

@@ -1,4 +1,5 @@
-"""Find and validate the attribution tables of a run before anything is read.
+"""Find and validate the attribution tables of a run before anything is read (shared by the
+select stage and the report).
 
 The attribution stage writes each part's tables, then its marker; an unfinished part leaves
 chunks in its partial directory (names: segsft.layout). Selection reads only complete runs:
@@ -16,7 +17,7 @@ import pyarrow.parquet as pq
 
 from segsft.errors import PipelineError
 from segsft.layout import RunLayout, parse_part
-from segsft.select.schema import OPTIONAL_SAMPLE_COLUMNS, REQUIRED, SAMPLE_COLUMNS, SEGMENT_COLUMNS
+from segsft.schemas import REQUIRED, SELECT_OPTIONAL_SAMPLE_COLUMNS, SELECT_SAMPLE_COLUMNS, SELECT_SEGMENT_COLUMNS
 
 
 
@@ -33,17 +34,17 @@ class AttributionTables:
     samples: tuple[Path, ...]
 
     def scan_segments(self) -> pl.LazyFrame:
-        return pl.scan_parquet(list(self.segments)).select(SEGMENT_COLUMNS)
+        return pl.scan_parquet(list(self.segments)).select(SELECT_SEGMENT_COLUMNS)
 
     def scan_samples(self) -> pl.LazyFrame:
-        """SAMPLE_COLUMNS and the optional ones (null where a part lacks them)."""
+        """SELECT_SAMPLE_COLUMNS and the optional ones (null where a part lacks them)."""
         return pl.concat([_with_optional(p) for p in self.samples], how="vertical_relaxed")
 
 
 def _with_optional(path: Path) -> pl.LazyFrame:
     names = pq.read_schema(path).names
-    cols = [pl.col(c) if c in names else pl.lit(None, dtype=pl.Boolean).alias(c) for c in OPTIONAL_SAMPLE_COLUMNS]
-    return pl.scan_parquet(path).select(*SAMPLE_COLUMNS, *cols)
+    cols = [pl.col(c) if c in names else pl.lit(None, dtype=pl.Boolean).alias(c) for c in SELECT_OPTIONAL_SAMPLE_COLUMNS]
+    return pl.scan_parquet(path).select(*SELECT_SAMPLE_COLUMNS, *cols)
 
 
 def _resume_hint(run_dir: Path, world: int | None) -> str:

@@ -1,4 +1,4 @@
-"""The `select.*` settings: a typed view of the Hydra node, and its checks."""
+"""The `select.*` settings (shared: the attribution stop test decides with them too), and their checks."""
 
 from __future__ import annotations
 

@@ -1,0 +1,151 @@
+"""The explicit Parquet schema of every table the pipeline writes (DESIGN.md's contract),
+and the columns each reader takes from them. One name, one meaning."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SEGMENTS_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("segment", pa.int32()),
+        ("char_start", pa.int32()),
+        ("char_end", pa.int32()),
+        ("token_start", pa.int32()),
+        ("token_end", pa.int32()),
+        ("n_tokens", pa.int32()),
+        ("attr_sum", pa.float64()),
+        ("attr_abs_sum", pa.float64()),
+        ("strength", pa.float64()),
+        pa.field("consistency", pa.float64(), nullable=True),
+        ("token_attr", pa.list_(pa.float32())),
+    ]
+)
+
+SAMPLES_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("n_tokens", pa.int32()),
+        # Prompt + trace: the length of the training sequence (DESIGN step 8), which
+        # select.min_tokens compares against; n_tokens adds the answer suffix.
+        ("train_tokens", pa.int32()),
+        ("n_segments", pa.int32()),
+        ("answer_logprob", pa.float64()),
+        ("baseline_logprob", pa.float64()),
+        ("attr_total", pa.float64()),
+        ("attr_norm", pa.float64()),
+        pa.field("completeness_gap", pa.float64(), nullable=True),
+        ("rule", pa.string()),
+        ("steps", pa.int32()),
+        ("model", pa.string()),
+        ("seconds", pa.float64()),
+        # Gradient evaluations spent on the sample (every rule); for attribute.rule=adaptive
+        # also the stop test: the share of train decisions unchanged at the last doubling of
+        # the evaluations, and whether both targets were met (null for the fixed rules).
+        ("steps_used", pa.int32()),
+        pa.field("decision_stability", pa.float64(), nullable=True),
+        pa.field("converged", pa.bool_(), nullable=True),
+    ]
+)
+
+REJECTS_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("reason", pa.string()),
+        ("source", pa.string()),
+        ("row", pa.int64()),
+    ]
+)
+
+
+# The contract with fine-tuning (DESIGN.md): one row per segment of every sample.
+MASKS_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("segment", pa.int32()),
+        ("char_start", pa.int32()),
+        ("char_end", pa.int32()),
+        ("n_tokens", pa.int32()),
+        ("train", pa.bool_()),
+        ("why", pa.string()),
+    ]
+)
+
+PER_SAMPLE_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("n_segments", pa.int32()),
+        ("segments_kept", pa.int32()),
+        ("n_tokens", pa.int64()),
+        ("tokens_kept", pa.int64()),
+        # null when the denominator is 0 (a sample without tokens), never NaN.
+        pa.field("share_segments_kept", pa.float64(), nullable=True),
+        pa.field("share_tokens_kept", pa.float64(), nullable=True),
+        ("short_sample", pa.bool_()),
+    ]
+)
+
+SWEEP_SCHEMA = pa.schema(
+    [
+        ("job", pa.int32()),
+        ("method", pa.string()),
+        ("top_mass", pa.float64()),
+        pa.field("max_consistency", pa.float64(), nullable=True),
+        pa.field("min_consistency", pa.float64(), nullable=True),
+        ("always_keep", pa.string()),
+        ("min_tokens", pa.int64()),
+        ("seed", pa.int64()),
+        ("samples", pa.int64()),
+        ("segments", pa.int64()),
+        ("segments_kept", pa.int64()),
+        pa.field("share_segments_kept", pa.float64(), nullable=True),
+        ("tokens", pa.int64()),
+        ("tokens_kept", pa.int64()),
+        pa.field("share_tokens_kept", pa.float64(), nullable=True),
+        ("selection_dir", pa.string()),
+    ]
+)
+
+# What selection reads; `token_attr` and the raw sums are not needed.
+SELECT_SEGMENT_COLUMNS = ("sample_id", "segment", "char_start", "char_end", "n_tokens", "strength", "consistency")
+SELECT_SAMPLE_COLUMNS = ("sample_id", "n_tokens", "train_tokens")
+# Read when present (tables of the fixed rules, or older ones, may lack it: then null).
+SELECT_OPTIONAL_SAMPLE_COLUMNS = ("converged",)
+
+REQUIRED = {
+    "segments": {name: SEGMENTS_SCHEMA.field(name).type for name in SELECT_SEGMENT_COLUMNS},
+    "samples": {name: SAMPLES_SCHEMA.field(name).type for name in SELECT_SAMPLE_COLUMNS},
+}
+
+# Every `why` a mask row can carry.
+WHY = (
+    "top_mass",  # in the top-mass prefix and within the consistency bounds
+    "always_keep",  # listed in select.always_keep, dropped by the rule otherwise
+    "too_consistent",  # in the prefix, consistency > max_consistency
+    "not_consistent_enough",  # in the prefix, consistency < min_consistency
+    "null_consistency",  # in the prefix, consistency null while a bound is set
+    "below_top_mass",  # outside the top-mass prefix
+    "short_sample",  # the sample has fewer than min_tokens tokens: trained in full
+    "unconverged",  # select.unconverged=full: its adaptive attribution did not converge
+    "full",  # select.method=full
+    "random",  # select.method=random (train says whether it was drawn)
+)
+
+#: Every column of the masks table, in order (what the rule and the baselines emit).
+MASKS_COLUMNS = tuple(MASKS_SCHEMA.names)
+#: What fine-tuning reads of the masks table.
+FINETUNE_MASKS_COLUMNS = ("sample_id", "segment", "char_start", "char_end", "train")
+#: What the report reads of the attribution tables (segments without token_attr, read lazily).
+REPORT_SEGMENT_COLUMNS = ("sample_id", "segment", "char_start", "char_end", "token_start", "token_end", "n_tokens",
+                          "strength", "consistency")
+REPORT_SAMPLE_COLUMNS = ("sample_id", "n_tokens", "n_segments", "completeness_gap", "rule", "steps", "model",
+                         "steps_used", "decision_stability", "converged")
+
+# `<finetune dir>/train_tokens.parquet`: exactly the ids and labels the trainer sees.
+TRAIN_TOKENS_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("input_ids", pa.list_(pa.int32())),
+        ("labels", pa.list_(pa.int32())),
+    ]
+)
