@@ -23,6 +23,7 @@ below_top_mass, null_consistency, too_consistent, not_consistent_enough.
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from segsft.selection_config import SelectConfig
@@ -102,8 +103,8 @@ def attribution_rule(segments: pl.LazyFrame, cfg: SelectConfig, sample_tokens: p
     )
 
 
-def decide(strength: "np.ndarray", consistency: "list[float | None]", cfg: SelectConfig,
-           train_tokens: int | None = None) -> "np.ndarray":
+def decide(strength: np.ndarray, consistency: list[float | None], cfg: SelectConfig,
+           train_tokens: int | None = None) -> np.ndarray:
     """The train decision of each segment of one sample: `attribution_rule` itself, on a
     one-sample table (the attribution stage's stop test calls this, never a copy)."""
     import numpy as np

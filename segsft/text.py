@@ -7,7 +7,7 @@ see exactly the same tokens and the same token-to-segment rule.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -151,18 +151,23 @@ class TraceSequence:
     segment_chars: list[tuple[int, int]]  # into the trace
     segment_tokens: list[tuple[int, int]]  # into the sequence
     answer_positions: np.ndarray  # into the sequence; empty without a suffix
+    # First character (into trace + suffix) of each token after the prompt: token
+    # n_prompt + i starts at body_starts[i]. Labels and token shading map through it.
+    body_starts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 def build_sequence(
     tokenizer: Any,
     question: str,
     solution: str,
-    pattern: re.Pattern[str],
+    pattern: re.Pattern[str] | None,
     answer: str | None = None,
     answer_suffix: str = ANSWER_SUFFIX_DEFAULT,
 ) -> TraceSequence:
     """Prompt tokens + one offset tokenization of trace (+ answer suffix when `answer`).
 
+    The one tokenization of the pipeline: attribution (steps 3-4), fine-tuning (step 8,
+    no answer) and the report all call it. `pattern=None` keeps the trace as one segment.
     Raises ValueError when the answer span cannot be found or holds no token.
     """
     prompt_ids = encode_plain(tokenizer, render_prompt(tokenizer, question))
@@ -174,7 +179,7 @@ def build_sequence(
         ans_chars = (len(solution) + a, len(solution) + b)
         body = solution + suffix
     enc = encode_with_offsets(tokenizer, body)
-    seg_chars = split_segments(solution, pattern)
+    seg_chars = split_segments(solution, pattern) if pattern is not None else ([(0, len(solution))] if solution else [])
     n_prompt = len(prompt_ids)
     seg_tokens = [(n_prompt + a, n_prompt + b) for a, b in token_spans(enc.starts, seg_chars)]
     positions = np.zeros(0, dtype=np.int64)
@@ -189,4 +194,5 @@ def build_sequence(
         segment_chars=seg_chars,
         segment_tokens=seg_tokens,
         answer_positions=positions,
+        body_starts=enc.starts,
     )

@@ -209,7 +209,7 @@ def test_tokens_are_shaded_by_sign_and_size_of_their_attribution(built, tokenize
         sg = seg.filter(pl.col("sample_id") == r["id"])
         attrs = [np.asarray(a, dtype=float) for a in sg["token_attr"]]
         amax = np.quantile(np.abs(np.concatenate(attrs)), 0.99)  # full colour from the 99th percentile up
-        starts = token_starts(tokenizer, r["solution"], r["answer"], ANSWER_SUFFIX_DEFAULT, sg.to_dicts())
+        starts = token_starts(tokenizer, r["question"], r["solution"], r["answer"], ANSWER_SUFFIX_DEFAULT, sg.to_dicts())
         expected = {}  # first character of a token -> its summed a_t
         for st, a in zip(starts, attrs):
             for c, v in zip(st.tolist(), a.tolist()):
@@ -320,7 +320,7 @@ def test_without_a_tokenizer_segments_only_and_the_page_says_so(built, tmp_path)
 def test_token_positions_must_match_the_table(built, tokenizer):
     seg = _segments_table(built["run_dir"]).filter(pl.col("sample_id") == "s0").to_dicts()
     r = ROWS[0]
-    token_starts(tokenizer, r["solution"], r["answer"], ANSWER_SUFFIX_DEFAULT, seg)
+    token_starts(tokenizer, r["question"], r["solution"], r["answer"], ANSWER_SUFFIX_DEFAULT, seg)
     # another tokenizer would cut elsewhere: move the boundary between segments 1 and 2 by a token
     moved = [dict(s) for s in seg]
     moved[1]["token_end"] += 1
@@ -328,9 +328,9 @@ def test_token_positions_must_match_the_table(built, tokenizer):
     moved[2]["token_start"] += 1
     moved[2]["token_attr"] = moved[2]["token_attr"][1:]
     with pytest.raises(TokenMismatch, match="segment 1: tokens"):
-        token_starts(tokenizer, r["solution"], r["answer"], ANSWER_SUFFIX_DEFAULT, moved)
+        token_starts(tokenizer, r["question"], r["solution"], r["answer"], ANSWER_SUFFIX_DEFAULT, moved)
     with pytest.raises(TokenMismatch, match="segment 0"):  # other answer suffix, same spans: lengths differ
-        token_starts(tokenizer, r["solution"], r["answer"], ANSWER_SUFFIX_DEFAULT,
+        token_starts(tokenizer, r["question"], r["solution"], r["answer"], ANSWER_SUFFIX_DEFAULT,
                      [{**seg[0], "token_attr": seg[0]["token_attr"][1:]}, *seg[1:]])
 
 

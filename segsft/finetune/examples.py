@@ -19,7 +19,7 @@ from segsft.finetune.labels import label_tokens, n_learned, truncate
 from segsft.finetune.masks import SampleMask
 from segsft.io import write_parquet
 from segsft.schemas import TRAIN_TOKENS_SCHEMA
-from segsft.text import encode_plain, encode_with_offsets, render_prompt
+from segsft.text import build_sequence
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +68,10 @@ class DataReport:
 
 
 def step8_sequence(tokenizer: Any, question: str, solution: str) -> tuple[np.ndarray, int, np.ndarray]:
-    """(input_ids, n_prompt, first character of each trace token).
-
-    The same tokens as `segsft.text.build_sequence` without an answer: the rendered
-    prompt tokenized alone, then ONE offset tokenization of the trace.
-    """
-    prompt_ids = encode_plain(tokenizer, render_prompt(tokenizer, question))
-    enc = encode_with_offsets(tokenizer, solution)
-    return np.concatenate([prompt_ids, enc.ids]), len(prompt_ids), enc.starts
+    """(input_ids, n_prompt, first character of each trace token): DESIGN step 8, which is
+    `build_sequence` without an answer suffix (the labels come from the masks' spans)."""
+    seq = build_sequence(tokenizer, question, solution, None)
+    return seq.input_ids, seq.n_prompt, seq.body_starts
 
 
 def build_example(

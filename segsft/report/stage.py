@@ -55,7 +55,7 @@ def _token_shading(traces: list, cfg: Any, rc: ReportConfig, recorded: list[str]
     failed = 0
     for t in traces:
         try:
-            t.token_starts = tokens.token_starts(tok, t.solution, t.answer, suffix or ANSWER_SUFFIX_DEFAULT, t.segments)
+            t.token_starts = tokens.token_starts(tok, t.question, t.solution, t.answer, suffix or ANSWER_SUFFIX_DEFAULT, t.segments)
         except (tokens.TokenMismatch, ValueError) as e:
             failed += 1
             t.notes.append(f"token shading is off for this trace: the tokenizer of model.name_or_path does not "

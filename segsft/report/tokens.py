@@ -1,9 +1,9 @@
 """Where each attributed token lies in the trace text, for token shading.
 
-The attribution tokenized trace + answer suffix once with offsets (DESIGN step 3); doing the
-same here gives each token's first character. The segment token spans in the table are the
-check: a sample whose re-tokenization disagrees (another tokenizer, another suffix) gets
-segment-level shading only, never misplaced token colours.
+`segsft.text.build_sequence`, the attribution's own tokenization, gives each token's first
+character. The segment token spans in the table are the check: a sample whose sequence
+disagrees (another tokenizer, another suffix) gets segment-level shading only, never
+misplaced token colours.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from segsft.text import encode_with_offsets, token_spans
+from segsft.text import build_sequence, token_spans
 
 log = logging.getLogger(__name__)
 
@@ -22,15 +22,12 @@ class TokenMismatch(ValueError):
     """The tokenizer does not reproduce the segment token spans of the attribution table."""
 
 
-def token_starts(tokenizer: Any, solution: str, answer: str, answer_suffix: str, segments: list[dict]) -> list[np.ndarray]:
-    """Per segment, the first character (into the trace) of each of its tokens, in order.
-
-    Segment 0 starts at character 0, so its token_start is the number of prompt tokens.
-    """
-    body = solution + answer_suffix.replace("{answer}", answer)
-    enc = encode_with_offsets(tokenizer, body)
-    n_prompt = int(segments[0]["token_start"])
-    spans = token_spans(enc.starts, [(int(r["char_start"]), int(r["char_end"])) for r in segments])
+def token_starts(tokenizer: Any, question: str, solution: str, answer: str, answer_suffix: str,
+                 segments: list[dict]) -> list[np.ndarray]:
+    """Per segment, the first character (into the trace) of each of its tokens, in order."""
+    seq = build_sequence(tokenizer, question, solution, None, answer, answer_suffix)
+    starts, n_prompt = seq.body_starts, seq.n_prompt
+    spans = token_spans(starts, [(int(r["char_start"]), int(r["char_end"])) for r in segments])
     out = []
     for r, (a, b) in zip(segments, spans):
         if (a + n_prompt, b + n_prompt) != (r["token_start"], r["token_end"]) or len(r["token_attr"]) != b - a:
@@ -38,7 +35,7 @@ def token_starts(tokenizer: Any, solution: str, answer: str, answer_suffix: str,
                 f"segment {r['segment']}: tokens [{r['token_start']}, {r['token_end']}) in the table "
                 f"({len(r['token_attr'])} attributions), [{a + n_prompt}, {b + n_prompt}) from this tokenizer"
             )
-        out.append(enc.starts[a:b].copy())
+        out.append(starts[a:b].copy())
     return out
 
 
