@@ -82,6 +82,14 @@ def load_model(cfg: Mapping[str, Any], device: torch.device, dtype: torch.dtype)
     return model.to(device)
 
 
+def pad_or_eos(tokenizer: Any) -> int:
+    """`pad_token_id`, for callers that cannot go on without one (padding a batch)."""
+    pad = pad_token_id(tokenizer)
+    if pad is None:
+        raise ValueError("the tokenizer has neither a pad nor an eos token: set tokenizer.pad_token")
+    return pad
+
+
 def pad_token_id(tokenizer: Any) -> int | None:
     """The pad id, or eos when the tokenizer has no pad token (as many chat models)."""
     if tokenizer.pad_token_id is not None:

@@ -107,8 +107,6 @@ def decide(strength: np.ndarray, consistency: list[float | None], cfg: SelectCon
            train_tokens: int | None = None) -> np.ndarray:
     """The train decision of each segment of one sample: `attribution_rule` itself, on a
     one-sample table (the attribution stage's stop test calls this, never a copy)."""
-    import numpy as np
-
     n = len(strength)
     lf = pl.LazyFrame({
         SID: ["s"] * n, "segment": pl.Series(range(n), dtype=pl.Int32), "char_start": [0] * n, "char_end": [0] * n,

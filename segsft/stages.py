@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from segsft.dist import rank_and_world
+from segsft.dist import is_main, rank_and_world
 from segsft.errors import PipelineError
 
 log = logging.getLogger("segsft")
@@ -105,7 +105,7 @@ def _stage_fns() -> dict[str, tuple[Callable[[Any], list[str]], Callable[[Any], 
     def report(cfg: Any) -> Any:
         from segsft.report import run
 
-        if rank_and_world()[0] != 0:  # one page per run, not one per rank
+        if not is_main():  # one page per run, not one per rank
             return None
         path = run(cfg)
         print(f"report: {path}", flush=True)

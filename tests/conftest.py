@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+from html.parser import HTMLParser
+from hydra import compose, initialize_config_dir
+
 from segsft.models import load_tokenizer
+from segsft.text import resolve_pattern, split_segments
 from segsft.tiny_model import save_tiny, tiny_qwen2, train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,3 +99,112 @@ def write_jsonl(path: Path, rows: list) -> Path:
 def cpu_env(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
+
+
+# ---- shared helpers (no test module imports another) --------------------------------------------
+
+PATTERN = resolve_pattern("default")
+
+
+def compose_config(*overrides: str):
+    """The real config of conf/, composed with `overrides` (tests then force CPU and tmp paths)."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+#: Few always-kept segments and a tight bound: reports show both trained and masked segments.
+REPORT_SELECT = ("select.always_keep=[0]", "select.max_consistency=0.6")
+
+
+def report_cfg(run_dir: Path, corpus: Path, model: str, *overrides: str):
+    """The composed config of a report test: stage=select on `run_dir`."""
+    return compose_config("stage=select", f"run_dir={run_dir}", f"data.path={corpus}", f"model.name_or_path={model}",
+                          *overrides)
+
+
+def hand_segments(text: str, split_mid: bool) -> list[tuple[int, int]]:
+    """The keyword segments, each also cut at its middle character when `split_mid`: such
+    cuts fall inside words, so some tokens straddle them and the first-character rule matters."""
+    segs = split_segments(text, PATTERN)
+    if not split_mid:
+        return segs
+    out = []
+    for a, b in segs:
+        m = (a + b) // 2
+        out += [(a, m), (m, b)] if b - a > 2 else [(a, b)]
+    return out
+
+
+def write_masks(path: Path, rows: list[dict], train_of=lambda k, n: k % 3 != 1, split_mid: bool = True) -> Path:
+    """A hand-made masks table over `hand_segments`, `train_of(k, n)` per segment."""
+    out = []
+    for r in rows:
+        segs = hand_segments(r["solution"], split_mid)
+        for k, (a, b) in enumerate(segs):
+            out.append({"sample_id": r["id"], "segment": k, "char_start": a, "char_end": b,
+                        "n_tokens": 0, "train": bool(train_of(k, len(segs))), "why": "hand"})
+    schema = pa.schema([("sample_id", pa.string()), ("segment", pa.int32()), ("char_start", pa.int32()),
+                        ("char_end", pa.int32()), ("n_tokens", pa.int32()), ("train", pa.bool_()), ("why", pa.string())])
+    path.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(out, schema=schema), path / "masks.parquet")
+    return path
+
+
+class Page(HTMLParser):
+    """What the tests read back: traces, segments with their text, token pieces, references."""
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.traces: list[dict] = []
+        self.segments: list[dict] = []
+        self.pieces: list[dict] = []
+        self.nav: list[str] = []
+        self.refs: list[str] = []
+        self.inputs: list[dict] = []
+        self.tags_in_segments: set[str] = set()
+        self._spans: list[dict] = []
+        self._in_nav_a = False
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        for key in ("src", "href", "action", "poster", "data"):
+            if a.get(key):
+                self.refs.append(a[key])
+        if any("seg" in s["cls"] for s in self._spans):
+            self.tags_in_segments.add(tag)
+        if tag == "section" and "trace" in a.get("class", "").split():
+            self.traces.append(a)
+        if tag == "input":
+            self.inputs.append(a)
+        if tag == "a" and a.get("href", "").startswith("#t"):
+            self._in_nav_a = True
+            self.nav.append(a["href"])
+        if tag == "span":
+            cls = a.get("class", "").split()
+            rec = {**a, "text": "", "cls": cls}
+            if "seg" in cls:
+                self.segments.append(rec)
+            elif "lab" in cls:
+                seg = next(s for s in reversed(self._spans) if "seg" in s["cls"])
+                seg["labels"] = [*seg.get("labels", []), a["data-label"]]
+            elif {"p", "n", "z"} & set(cls):  # a token piece
+                rec["segment"] = next(s for s in reversed(self._spans) if "seg" in s["cls"])
+                self.pieces.append(rec)
+            self._spans.append(rec)
+
+    def handle_endtag(self, tag):
+        if tag == "span":
+            rec = self._spans.pop()
+            seg = next((s for s in reversed(self._spans) if "seg" in s["cls"]), None)
+            if "kw" in rec["cls"] and seg is not None:  # token pieces may cut a keyword: join them
+                seg["kw"] = seg.get("kw", "") + rec["text"]
+        if tag == "a":
+            self._in_nav_a = False
+
+    def handle_data(self, data):
+        for s in self._spans:
+            s["text"] += data
+
+

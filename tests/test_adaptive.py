@@ -11,6 +11,7 @@ import torch
 from segsft.attribute.adaptive import AdaptiveSettings, StopTest, refine, spearman, trapezoid_weights
 from segsft.attribute.ig import IGPath, adaptive_integrated_gradients, answer_logprob, baseline_embeddings, freeze, path_token_grads
 from segsft.attribute.metrics import segment_metrics
+from segsft.layout import RunLayout
 from segsft.selection_config import SelectConfig
 from segsft.rule import decide
 from segsft.text import build_sequence, resolve_pattern
@@ -133,23 +134,58 @@ def test_stop_test_compares_with_the_estimate_at_half_the_steps():
 
 
 def test_attribute_stage_writes_the_adaptive_columns(tmp_path, tiny_model_dir):
+    import polars as pl
     from omegaconf import OmegaConf
 
-    import polars as pl
-    from conftest import make_traces, write_jsonl
-    from hydra import compose, initialize_config_dir
-
-    from conftest import REPO
+    from conftest import compose_config, make_traces, write_jsonl
     from segsft.attribute import AttributeStage
 
     corpus = write_jsonl(tmp_path / "t.jsonl", make_traces(3))
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
-            f"run_dir={tmp_path / 'run'}", f"data.path={corpus}", f"model.name_or_path={tiny_model_dir}",
-            "attribute.rule=adaptive", "attribute.max_steps=40", "attribute.target_gap=0.01"])
+    cfg = compose_config(f"run_dir={tmp_path / 'run'}", f"data.path={corpus}", f"model.name_or_path={tiny_model_dir}",
+                         "attribute.rule=adaptive", "attribute.max_steps=40", "attribute.target_gap=0.01")
     AttributeStage(OmegaConf.to_container(cfg, resolve=True)).run(0, 1)
-    smp = pl.read_parquet(tmp_path / "run" / "attribution" / "samples-*.parquet")
+    smp = pl.read_parquet(RunLayout(tmp_path / "run").attribution.finished("samples"))
     assert smp.height == 3 and (smp["rule"] == "adaptive").all() and (smp["steps"] == 40).all()
     assert smp["converged"].to_list() == [True] * 3
     assert ((smp["steps_used"] >= 10) & (smp["steps_used"] <= 40)).all()
     assert (smp["completeness_gap"] <= 0.01).all() and (smp["decision_stability"] >= 0.95).all()
+
+
+def test_adaptive_run_killed_after_a_flush_resumes_to_the_same_tables(tmp_path, tiny_model_dir, monkeypatch):
+    import polars as pl
+    from omegaconf import OmegaConf
+
+    from conftest import compose_config, make_traces, write_jsonl
+    from segsft.attribute import AttributeStage
+    from segsft.attribute.runner import PartWriter
+
+    corpus = write_jsonl(tmp_path / "t.jsonl", make_traces(4))
+
+    def stage(run: str):
+        cfg = compose_config(f"run_dir={tmp_path / run}", f"data.path={corpus}", f"model.name_or_path={tiny_model_dir}",
+                             "attribute.rule=adaptive", "attribute.max_steps=24", "attribute.flush_every=1")
+        return AttributeStage(OmegaConf.to_container(cfg, resolve=True))
+
+    def tables(run: str):
+        lay = RunLayout(tmp_path / run).attribution
+        return [pl.read_parquet(lay.finished(t)).drop("seconds", strict=False).sort("sample_id", *(["segment"] if t == "segments" else []))
+                for t in ("segments", "samples", "rejects")]
+
+    stage("whole").run(0, 1)
+    flush, calls = PartWriter.flush, []
+
+    def dying_flush(self, buf):  # the process dies right after its second chunk is on disk
+        flush(self, buf)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(PartWriter, "flush", dying_flush)
+    with pytest.raises(KeyboardInterrupt):
+        stage("killed").run(0, 1)
+    monkeypatch.setattr(PartWriter, "flush", flush)
+    assert RunLayout(tmp_path / "killed").attribution.committed_chunks("00000-of-00001") == [0, 1]
+    stage("killed").run(0, 1)
+    for a, b in zip(tables("whole"), tables("killed")):
+        assert a.equals(b)
+    assert tables("killed")[1]["sample_id"].n_unique() == tables("killed")[1].height == 4

@@ -13,10 +13,9 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import REPO, make_traces, write_jsonl
+from conftest import REPO, compose_config, make_traces, write_jsonl
 from segsft.attribute import AttributeStage
 from segsft.schemas import REJECTS_SCHEMA, SAMPLES_SCHEMA, SEGMENTS_SCHEMA
 from segsft.text import build_sequence, resolve_pattern
@@ -28,8 +27,7 @@ def overrides(run_dir, corpus, model_dir, *extra):
 
 
 def compose_cfg(ovr):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=ovr)
+    return compose_config(*ovr)
 
 
 def run_inprocess(ovr, rank=0, world=1):

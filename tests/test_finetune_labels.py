@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import bisect
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -12,45 +11,18 @@ import pyarrow.parquet as pq
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO, SHARED_DATA, make_traces, needs_shared_data, shared_rows, write_jsonl
+from conftest import (REPO, SHARED_DATA, hand_segments, make_traces, needs_shared_data, shared_rows, write_jsonl,
+                      write_masks)
 from segsft.corpus import read_corpus
 from segsft.finetune import IGNORE_INDEX, check_config
 from segsft.finetune.checkpoints import MARKER, latest_complete, remove_incomplete
 from segsft.finetune.collate import PaddingCollator
 from segsft.finetune.examples import build_examples, step8_sequence, write_train_tokens
 from segsft.finetune.masks import MasksError, read_masks
-from segsft.text import build_sequence, resolve_pattern, split_segments
+from segsft.text import build_sequence, resolve_pattern
 
 FIELDS = {"id": "id", "question": "question", "solution": "solution", "answer": "answer"}
 PATTERN = resolve_pattern("default")
-
-
-def hand_segments(text: str, split_mid: bool) -> list[tuple[int, int]]:
-    """The keyword segments, each also cut at its middle character when `split_mid`: such
-    cuts fall inside words, so some tokens straddle them and the first-character rule matters."""
-    segs = split_segments(text, PATTERN)
-    if not split_mid:
-        return segs
-    out = []
-    for a, b in segs:
-        m = (a + b) // 2
-        out += [(a, m), (m, b)] if b - a > 2 else [(a, b)]
-    return out
-
-
-def write_masks(path: Path, rows: list[dict], train_of=lambda k, n: k % 3 != 1, split_mid: bool = True) -> Path:
-    """A hand-made masks table over `hand_segments`, `train_of(k, n)` per segment."""
-    out = []
-    for r in rows:
-        segs = hand_segments(r["solution"], split_mid)
-        for k, (a, b) in enumerate(segs):
-            out.append({"sample_id": r["id"], "segment": k, "char_start": a, "char_end": b,
-                        "n_tokens": 0, "train": bool(train_of(k, len(segs))), "why": "hand"})
-    schema = pa.schema([("sample_id", pa.string()), ("segment", pa.int32()), ("char_start", pa.int32()),
-                        ("char_end", pa.int32()), ("n_tokens", pa.int32()), ("train", pa.bool_()), ("why", pa.string())])
-    path.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(out, schema=schema), path / "masks.parquet")
-    return path
 
 
 def expected_labels(tokenizer, row: dict, train_spans: list[tuple[int, int]]) -> tuple[list[int], list[int], int]:

@@ -18,8 +18,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import REPO, make_traces, write_jsonl
-from test_finetune_labels import write_masks
+from conftest import REPO, make_traces, write_jsonl, write_masks
 
 PROBE = [[5, 17, 42, 99, 3, 250, 7, 61]]
 

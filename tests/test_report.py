@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import re
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
-import yaml
-from hydra import compose, initialize_config_dir
 
-from conftest import REPO, write_jsonl
+from conftest import REPORT_SELECT, Page, report_cfg, write_jsonl
 from segsft.attribute.metrics import segment_metrics
 from segsft.layout import RunLayout, part_name
 from segsft.io import write_json, write_parquet
@@ -24,7 +21,6 @@ from segsft.select import run as select_run
 from segsft.text import ANSWER_SUFFIX_DEFAULT, build_sequence, resolve_pattern
 
 PATTERN = resolve_pattern("default")
-SELECT = ("select.always_keep=[0]", "select.max_consistency=0.6")
 
 ROWS = [
     {"id": "s0", "question": "What is 3 + 4?",
@@ -74,80 +70,13 @@ def make_run(root: Path, tokenizer, rows: list[dict] = ROWS, world: int = 2, see
     return run_dir, corpus
 
 
-def compose_cfg(run_dir: Path, corpus: Path, model: str, *overrides: str):
-    """The composed config; `+report=default` only while conf/config.yaml does not list it."""
-    listed = any("report" in d for d in yaml.safe_load((REPO / "conf" / "config.yaml").read_text())["defaults"]
-                 if isinstance(d, dict))
-    base = [f"run_dir={run_dir}", f"data.path={corpus}", f"model.name_or_path={model}", *overrides]
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=["stage=select", *([] if listed else ["+report=default"]), *base])
-
-
-class Page(HTMLParser):
-    """What the tests read back: traces, segments with their text, token pieces, references."""
-
-    def __init__(self, text: str):
-        super().__init__(convert_charrefs=True)
-        self.traces: list[dict] = []
-        self.segments: list[dict] = []
-        self.pieces: list[dict] = []
-        self.nav: list[str] = []
-        self.refs: list[str] = []
-        self.inputs: list[dict] = []
-        self.tags_in_segments: set[str] = set()
-        self._spans: list[dict] = []
-        self._in_nav_a = False
-        self.feed(text)
-        self.close()
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        for key in ("src", "href", "action", "poster", "data"):
-            if a.get(key):
-                self.refs.append(a[key])
-        if any("seg" in s["cls"] for s in self._spans):
-            self.tags_in_segments.add(tag)
-        if tag == "section" and "trace" in a.get("class", "").split():
-            self.traces.append(a)
-        if tag == "input":
-            self.inputs.append(a)
-        if tag == "a" and a.get("href", "").startswith("#t"):
-            self._in_nav_a = True
-            self.nav.append(a["href"])
-        if tag == "span":
-            cls = a.get("class", "").split()
-            rec = {**a, "text": "", "cls": cls}
-            if "seg" in cls:
-                self.segments.append(rec)
-            elif "lab" in cls:
-                seg = next(s for s in reversed(self._spans) if "seg" in s["cls"])
-                seg["labels"] = [*seg.get("labels", []), a["data-label"]]
-            elif {"p", "n", "z"} & set(cls):  # a token piece
-                rec["segment"] = next(s for s in reversed(self._spans) if "seg" in s["cls"])
-                self.pieces.append(rec)
-            self._spans.append(rec)
-
-    def handle_endtag(self, tag):
-        if tag == "span":
-            rec = self._spans.pop()
-            seg = next((s for s in reversed(self._spans) if "seg" in s["cls"]), None)
-            if "kw" in rec["cls"] and seg is not None:  # token pieces may cut a keyword: join them
-                seg["kw"] = seg.get("kw", "") + rec["text"]
-        if tag == "a":
-            self._in_nav_a = False
-
-    def handle_data(self, data):
-        for s in self._spans:
-            s["text"] += data
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, tokenizer, tiny_model_dir):
     root = tmp_path_factory.mktemp("report")
     run_dir, corpus = make_run(root, tokenizer)
     # Few always-kept segments and a tight bound: both trained and masked segments occur.
-    select_run(compose_cfg(run_dir, corpus, tiny_model_dir, *SELECT))
-    cfg = compose_cfg(run_dir, corpus, tiny_model_dir, *SELECT)
+    select_run(report_cfg(run_dir, corpus, tiny_model_dir, *REPORT_SELECT))
+    cfg = report_cfg(run_dir, corpus, tiny_model_dir, *REPORT_SELECT)
     path = run(cfg)
     text = path.read_text(encoding="utf-8")
     return {"cfg": cfg, "path": path, "text": text, "page": Page(text), "run_dir": run_dir, "corpus": corpus,
@@ -292,7 +221,7 @@ def test_jump_list_is_sorted_by_kept_share(built):
 
 
 def test_max_traces_spreads_over_the_order_and_overview_keeps_all(built):
-    cfg = compose_cfg(built["run_dir"], built["corpus"], built["model"], "report.max_traces=2",
+    cfg = report_cfg(built["run_dir"], built["corpus"], built["model"], "report.max_traces=2",
                       f"report.path={built['root'] / 'two.html'}")
     page = Page(run(cfg).read_text())
     per = pl.DataFrame({"sample_id": ["a", "b", "c", "d", "e"], "share_tokens_kept": [0.5, 0.1, None, 0.9, 0.3]})
@@ -306,13 +235,13 @@ def test_max_traces_spreads_over_the_order_and_overview_keeps_all(built):
 
 
 def test_without_a_tokenizer_segments_only_and_the_page_says_so(built, tmp_path):
-    cfg = compose_cfg(built["run_dir"], built["corpus"], str(tmp_path / "no-model"), f"report.path={tmp_path / 'r.html'}")
+    cfg = report_cfg(built["run_dir"], built["corpus"], str(tmp_path / "no-model"), f"report.path={tmp_path / 'r.html'}")
     text = run(cfg).read_text()
     page = Page(text)
     assert not page.pieces and not [i for i in page.inputs if i.get("id") == "tok-toggle"]
     assert "token shading off: the tokenizer of model.name_or_path=" in text
     assert len(page.segments) == len(built["page"].segments)
-    cfg = compose_cfg(built["run_dir"], built["corpus"], built["model"], "report.token_shading=false",
+    cfg = report_cfg(built["run_dir"], built["corpus"], built["model"], "report.token_shading=false",
                       f"report.path={tmp_path / 'r2.html'}")
     assert "token shading off: report.token_shading=false" in run(cfg).read_text()
 
@@ -340,13 +269,13 @@ def test_sweep_jobs_and_every_selection_are_listed(built, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(built["run_dir"], run_dir)
     (run_dir / "report.html").unlink()
-    first = select_run(compose_cfg(run_dir, built["corpus"], built["model"], "select.top_mass=0.3"))
+    first = select_run(report_cfg(run_dir, built["corpus"], built["model"], "select.top_mass=0.3"))
     sel_dir = Path(first["paths"]["masks.parquet"]).parent
     sweep = run_dir / "sweeps" / "select"
     sweep.mkdir(parents=True)
     pl.DataFrame({"job": [7], "selection_dir": [str(sel_dir)]}).write_parquet(sweep / "sweep.parquet")
     (run_dir / "selection" / "unfinished").mkdir()
-    cfg = compose_cfg(run_dir, built["corpus"], built["model"], *SELECT)  # its selection_dir is shown, not the newest
+    cfg = report_cfg(run_dir, built["corpus"], built["model"], *REPORT_SELECT)  # its selection_dir is shown, not the newest
     text = run(cfg).read_text()
     names = sorted(p.name for p in (run_dir / "selection").iterdir() if (p / "config.yaml").is_file())
     assert len(names) == 2 and all(n in text for n in names)
@@ -354,7 +283,7 @@ def test_sweep_jobs_and_every_selection_are_listed(built, tmp_path):
     assert re.search(rf"<tr class=\"chosen\"><td class=\"l\">{re.escape(Path(cfg.selection_dir).name)} ★", text)
     assert "unfinished is skipped" in text
     # an explicit selection: only it is listed, its masks colour the traces
-    cfg = compose_cfg(run_dir, built["corpus"], built["model"], *SELECT, f"report.selection={sel_dir}")
+    cfg = report_cfg(run_dir, built["corpus"], built["model"], *REPORT_SELECT, f"report.selection={sel_dir}")
     text = run(cfg).read_text()
     assert sel_dir.name in text and Path(cfg.selection_dir).name not in text
     masks = pl.read_parquet(sel_dir / "masks.parquet")
@@ -364,7 +293,7 @@ def test_sweep_jobs_and_every_selection_are_listed(built, tmp_path):
 
 def test_without_selection_segments_are_unmarked(tmp_path, tokenizer, tiny_model_dir):
     run_dir, corpus = make_run(tmp_path, tokenizer, ROWS[:2], world=1)
-    text = run(compose_cfg(run_dir, corpus, tiny_model_dir)).read_text()
+    text = run(report_cfg(run_dir, corpus, tiny_model_dir)).read_text()
     page = Page(text)
     assert len(page.traces) == 2 and all(s["data-train"] == "" and s["data-why"] == "" for s in page.segments)
     assert "make select RUN_DIR=" in text
@@ -372,21 +301,21 @@ def test_without_selection_segments_are_unmarked(tmp_path, tokenizer, tiny_model
 
 
 def test_missing_inputs_say_what_to_run(tmp_path, built):
-    cfg = compose_cfg(tmp_path / "none", built["corpus"], built["model"])
+    cfg = report_cfg(tmp_path / "none", built["corpus"], built["model"])
     with pytest.raises(ReportError, match=r"does not exist.*make attribute RUN_DIR="):
         run(cfg)
-    cfg = compose_cfg(built["run_dir"], built["corpus"], built["model"], f"report.selection={tmp_path / 'nosel'}",
+    cfg = report_cfg(built["run_dir"], built["corpus"], built["model"], f"report.selection={tmp_path / 'nosel'}",
                       f"report.path={tmp_path / 'x.html'}")
     with pytest.raises(ReportError, match=r"holds no masks.parquet: run `make select RUN_DIR="):
         run(cfg)
-    cfg = compose_cfg(built["run_dir"], tmp_path / "gone.jsonl", built["model"], f"report.path={tmp_path / 'y.html'}")
+    cfg = report_cfg(built["run_dir"], tmp_path / "gone.jsonl", built["model"], f"report.path={tmp_path / 'y.html'}")
     with pytest.raises(Exception, match=r"data.path"):
         run(cfg)
     assert not (tmp_path / "x.html").exists() and not (tmp_path / "y.html").exists()
 
 
 def test_check_config_lists_every_problem(built):
-    cfg = compose_cfg(built["run_dir"], built["corpus"], built["model"], "report.path=out.txt", "report.max_traces=-1",
+    cfg = report_cfg(built["run_dir"], built["corpus"], built["model"], "report.path=out.txt", "report.max_traces=-1",
                       "report.token_shading=maybe", "report.selection=[1]", "attribute.segment_pattern='\\n(Wait'")
     errs = check_config(cfg)
     for needle in ("report.path='out.txt'", "report.max_traces=-1", "report.token_shading='maybe'",
@@ -407,3 +336,20 @@ def test_token_scale_ignores_a_few_outliers():
     shades = [segment_shade(s, 4.0) for s in (0.0, 1.0, 2.0, 4.0)]
     assert shades == sorted(shades) and len(set(shades)) == 4
     assert segment_shade(float("nan"), 4.0) == segment_shade(1.0, 0.0) == shades[0]
+
+
+def test_cut_tiles_the_segment_at_tokens_keyword_and_label():
+    from segsft.report.pieces import cut
+
+    # Segment [10, 30); tokens start at 10, 14, 14 (two bytes of one character), 20, 27;
+    # keyword [12, 18); label after two blank lines at 12.
+    pieces = cut(10, 30, (12, 18), [10, 14, 14, 20, 27], [1.0, 2.0, 0.5, -1.0, 0.0], 12)
+    assert [(p.start, p.end) for p in pieces] == [(10, 12), (12, 14), (14, 18), (18, 20), (20, 27), (27, 30)]
+    assert [p.value for p in pieces] == [1.0, 1.0, 2.5, 2.5, -1.0, 0.0]
+    assert [p.keyword for p in pieces] == [False, True, True, False, False, False]
+    assert [p.label_before for p in pieces] == [False, True, False, False, False, False]
+    # Without tokens: cut at the keyword and the label only, no values.
+    bare = cut(0, 9, None, None, None, 0)
+    assert [(p.start, p.end, p.value, p.label_before) for p in bare] == [(0, 9, None, True)]
+    # A segment whose first token starts before it (a straddling token) still tiles [cs, ce).
+    assert [(p.start, p.end, p.value) for p in cut(5, 9, None, [3, 7], [1.0, 2.0], 5)] == [(5, 7, 1.0), (7, 9, 2.0)]

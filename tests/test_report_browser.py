@@ -17,11 +17,10 @@ import polars as pl
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import make_traces, write_jsonl
+from conftest import REPORT_SELECT, Page, make_traces, report_cfg, write_jsonl
 from segsft.attribute import AttributeStage
 from segsft.report import run as report_run
 from segsft.select import run as select_run
-from test_report import SELECT, Page, compose_cfg
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -53,8 +52,8 @@ def small_run(tmp_path_factory, tiny_model_dir):
     """attribute (tiny model, 5 traces) -> select -> report."""
     root = tmp_path_factory.mktemp("browser")
     corpus = write_jsonl(root / "traces.jsonl", make_traces(5, seed=1))
-    cfg = compose_cfg(root / "run", corpus, tiny_model_dir, "attribute.steps=4", "attribute.batch_alphas=2",
-                      "attribute.device=cpu", *SELECT)
+    cfg = report_cfg(root / "run", corpus, tiny_model_dir, "attribute.steps=4", "attribute.batch_alphas=2",
+                      "attribute.device=cpu", *REPORT_SELECT)
     AttributeStage(OmegaConf.to_container(cfg, resolve=True)).run(0, 1)
     select_run(cfg)
     return {"cfg": cfg, "path": report_run(cfg), "root": root}

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 
+from conftest import compose_config
 from segsft.io import write_parquet
 from segsft.schemas import SEGMENTS_SCHEMA
 from segsft.select import (MASKS_SCHEMA, PER_SAMPLE_SCHEMA, SWEEP_SCHEMA, AttributionNotReady, SelectionDirTaken,
@@ -31,8 +31,7 @@ def _rows() -> list[dict]:
 
 
 def _cfg(run_dir: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=["stage=select", f"run_dir={run_dir}", *overrides])
+    return compose_config("stage=select", f"run_dir={run_dir}", *overrides)
 
 
 @pytest.fixture

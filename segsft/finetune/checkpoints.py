@@ -17,7 +17,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from segsft.dist import barrier
+from segsft.dist import barrier, is_main
 from segsft.io import write_text
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class CompleteMarker(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         # The Trainer calls on_save on every rank right after its own part of the save.
         barrier()
-        if state.is_world_process_zero:
+        if is_main():
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if ckpt.is_dir():
                 write_text(ckpt / MARKER, json.dumps({"global_step": state.global_step, "time": time.time()}) + "\n")

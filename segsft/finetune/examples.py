@@ -17,13 +17,13 @@ import pyarrow as pa
 from segsft.corpus import Reject, Sample
 from segsft.finetune.labels import label_tokens, n_learned, truncate
 from segsft.finetune.masks import SampleMask
+from segsft.finetune.modes import MODES
 from segsft.io import write_parquet
 from segsft.schemas import TRAIN_TOKENS_SCHEMA
 from segsft.text import build_sequence
 
 log = logging.getLogger(__name__)
 
-MODES = ("selected", "full")
 
 
 

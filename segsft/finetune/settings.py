@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from segsft.errors import PipelineError
-from segsft.finetune.examples import MODES
+from segsft.finetune.modes import MODES
 from segsft.layout import SelectionLayout
 
 #: conf/deepspeed beside the package: `finetune.deepspeed=zero2` -> conf/deepspeed/zero2.json

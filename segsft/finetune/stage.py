@@ -159,7 +159,7 @@ def run(cfg: Any, callbacks: Sequence[Any] = ()) -> FinetuneResult:
     staging = lay.model_staging
     trainer.save_model(str(staging))
     history = _loss_history(trainer)
-    if trainer.is_world_process_zero():
+    if _is_main():
         tokenizer.save_pretrained(str(staging))
         if lay.model.exists():
             shutil.rmtree(lay.model)

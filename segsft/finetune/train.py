@@ -10,13 +10,12 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from segsft.dist import barrier
+from segsft.dist import barrier, is_main, local_rank
 from segsft.finetune.checkpoints import CompleteMarker, StepCounter, latest_complete, remove_incomplete
 from segsft.finetune.collate import ExampleDataset, PaddingCollator, packing_collator
 from segsft.finetune.examples import Example
 from segsft.finetune.settings import FinetuneError, FinetuneSettings, deepspeed_config_path, has_module
-from segsft.dist import local_rank
-from segsft.models import model_path, pick_attn_implementation, pick_device
+from segsft.models import model_path, pad_or_eos, pick_attn_implementation, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +134,7 @@ def resume_point(output_dir: Path, args: Any, enabled: bool) -> Path | None:
     """The newest complete checkpoint (None for a fresh start); incomplete ones are removed."""
     ckpt = latest_complete(output_dir) if enabled else None
     barrier()  # every rank has picked before the main process deletes anything
-    if args.process_index == 0:
+    if is_main():
         remove_incomplete(output_dir)
     barrier()
     return ckpt
@@ -178,8 +177,7 @@ def train(
     model = load_for_training(model_cfg, s.packing, half_precision=bool(args.bf16 or args.fp16))
     if checkpointing:
         model.config.use_cache = False  # the cache is useless in training and clashes with checkpointing
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    collator = packing_collator() if s.packing else PaddingCollator(int(pad_id))
+    collator = packing_collator() if s.packing else PaddingCollator(pad_or_eos(tokenizer))
     counter = StepCounter()
     trainer = Trainer(
         model=model,

@@ -6,9 +6,9 @@ content from a data attribute, so the text inside a trace is exactly the trace.
 
 from __future__ import annotations
 
-import bisect
 import html
 import math
+from importlib import resources
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,64 +16,21 @@ from typing import Any
 import numpy as np
 
 from segsft.report.data import Selection, Trace
+from segsft.report.pieces import cut
 
 # Nothing may load from elsewhere: the page must open offline, and a stray reference shows up
 # as a CSP error in the browser console (which the browser test checks).
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 
-CSS = """
-*{box-sizing:border-box}
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:0;color:#111827;background:#fff}
-header{position:sticky;top:0;z-index:2;background:#1f2937;color:#f9fafb;padding:8px 16px;display:flex;gap:24px;align-items:center;flex-wrap:wrap}
-header h1{font-size:16px;margin:0}
-header label{font-size:13px;cursor:pointer}
-.layout{display:grid;grid-template-columns:250px minmax(0,1fr)}
-nav#jump{position:sticky;top:40px;height:calc(100vh - 40px);overflow:auto;border-right:1px solid #e5e7eb;padding:8px 10px;font-size:12px}
-nav#jump ol{padding-left:22px;margin:4px 0}
-nav#jump a{color:#1d4ed8;text-decoration:none;word-break:break-all}
-nav#jump .share{color:#6b7280}
-.content{padding:0 20px 60px;min-width:0}
-h2{font-size:18px;margin:22px 0 8px;border-bottom:1px solid #e5e7eb;padding-bottom:4px}
-h3{font-size:15px;margin:14px 0 6px}
-table{border-collapse:collapse;margin:6px 0;font-size:13px}
-th,td{border:1px solid #e5e7eb;padding:2px 8px;text-align:right}
-th{background:#f3f4f6}
-td.l,th.l{text-align:left}
-tr.chosen td{background:#fef9c3}
-.wide{overflow-x:auto}
-.wide td.l{white-space:nowrap}
-.figs{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
-figure{margin:0}
-figure img{max-width:100%;border:1px solid #e5e7eb}
-figcaption{font-size:12px;color:#4b5563;max-width:600px}
-.notes{background:#fff7ed;border:1px solid #fed7aa;padding:6px 12px;font-size:13px}
-.legend span{display:inline-block;margin-right:14px}
-.trace{margin-top:26px;border-top:3px solid #d1d5db}
-.meta{color:#4b5563;font-size:12px}
-.question{background:#f9fafb;border-left:3px solid #9ca3af;padding:6px 10px;white-space:pre-wrap}
-.tt{white-space:pre-wrap;word-wrap:break-word;font:13px/1.75 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;margin-top:8px}
-.seg{background:rgba(245,158,11,var(--s));-webkit-box-decoration-break:clone;box-decoration-break:clone}
-.seg.trained{border-bottom:2px solid #16a34a}
-.seg.masked{border-bottom:2px dashed #dc2626;color:#4b5563}
-.lab::before{content:attr(data-label);font:10px/1 system-ui,sans-serif;padding:1px 3px;margin-right:3px;border-radius:3px;background:#e5e7eb;color:#111827;vertical-align:1px}
-.trained>.lab::before{background:#bbf7d0}
-.masked>.lab::before{background:#fecaca}
-.kw{color:#6d28d9;font-weight:700;text-decoration:underline}
-body.tokens .seg{background:none}
-body.tokens .tt .p{background:rgba(37,99,235,var(--a))}
-body.tokens .tt .n{background:rgba(220,38,38,var(--a))}
-.sw{display:inline-block;width:12px;height:12px;vertical-align:-2px;margin-right:3px}
-"""
 
-JS = """
-(function(){
-  var box = document.getElementById('tok-toggle');
-  if (!box) return;
-  function apply(){ document.body.classList.toggle('tokens', box.checked); }
-  box.addEventListener('change', apply);
-  apply();
-})();
-"""
+def _asset(name: str) -> str:
+    """A file shipped in segsft/report/assets (package data), inlined into the page."""
+    return (resources.files("segsft.report") / "assets" / name).read_text(encoding="utf-8")
+
+
+CSS = _asset("report.css")
+
+JS = _asset("report.js")
 
 
 def esc(x: Any) -> str:
@@ -118,34 +75,22 @@ def _keyword(text: str, pattern: re.Pattern[str], cs: int, ce: int) -> tuple[int
 
 def _pieces(text: str, cs: int, ce: int, kw: tuple[int, int] | None,
             tokens: tuple[np.ndarray, list[float]] | None, amax: float, label_at: int, label: str) -> str:
-    """The segment's text cut at token starts and keyword bounds, each piece coloured by its token;
+    """The segment's text as HTML: the pieces of `pieces.cut`, each coloured by its token;
     the (empty) label element goes in at `label_at`."""
-    cuts = {cs, ce, label_at}
-    if kw:
-        cuts |= set(kw)
-    starts: list[int] = []
-    value: dict[int, float] = {}
-    if tokens is not None:
-        # Tokens sharing a first character (bytes of one character) are one piece: their sum.
-        for s, v in zip(tokens[0].tolist(), tokens[1]):
-            value[s] = value.get(s, 0.0) + float(v)
-        starts = sorted(value)
-        cuts |= set(starts)
-    cuts_sorted = sorted(c for c in cuts if cs <= c <= ce)
     out = []
-    for a, b in zip(cuts_sorted, cuts_sorted[1:]):
-        if a == label_at:
+    for pc in cut(cs, ce, kw, None if tokens is None else tokens[0].tolist(), None if tokens is None else tokens[1],
+                  label_at):
+        if pc.label_before:
             out.append(_label(label))
-        piece = esc(text[a:b])
+        piece = esc(text[pc.start:pc.end])
         cls, style = [], ""
-        i = bisect.bisect_right(starts, a) - 1
-        if i >= 0:
-            v = value[starts[i]]
+        if pc.value is not None:
+            v = pc.value
             alpha = min(1.0, abs(v) / amax) if amax > 0 and math.isfinite(v) else 0.0
             cls.append("p" if v > 0 else "n" if v < 0 else "z")
             # Terse on purpose: one of these per token, ~10k tokens per trace.
             style = f" style=--a:{alpha:.2f}".replace(":0.", ":.")
-        if kw and kw[0] <= a < kw[1]:
+        if pc.keyword:
             cls.append("kw")
         if not cls:
             out.append(piece)

@@ -1,0 +1,3 @@
+"""`finetune.mode`: loss on the selected segments, or on the whole trace (the ablation)."""
+
+MODES = ("selected", "full")
