@@ -80,3 +80,18 @@ def test_the_checks_see_real_literals_and_imports():
     assert any("masks.parquet" in s for s in string_literals(modules()["segsft.layout"]))
     assert "segsft.layout" in imports(modules()["segsft.attribute.runner"])
     assert stage_of("segsft.select.stage") == "select" and stage_of("segsft.layout") is None
+
+
+def test_every_stage_has_check_run_and_outputs(tmp_path):
+    from conftest import compose_config
+    from segsft.stage_api import ORDER, load
+
+    cfg = compose_config(f"run_dir={tmp_path}")
+    for name in ORDER:
+        stage = load(name)
+        assert stage.name == name
+        assert all(callable(getattr(stage, m)) for m in ("check", "run", "outputs"))
+        outs = stage.outputs(cfg)
+        assert outs and all(str(p).startswith(str(tmp_path)) for p in outs.values()), (name, outs)
+    with pytest.raises(ValueError):
+        load("evaluate")

@@ -1,8 +1,35 @@
 """Stage 1: integrated-gradients attribution of every trace's tokens to its answer."""
 
+from pathlib import Path
+from typing import Any
+
 from segsft.attribute.ig import IGResult, integrated_gradients
 from segsft.attribute.metrics import segment_metrics
 from segsft.attribute.quadrature import RULES, quadrature
 from segsft.attribute.runner import AttributeStage, attribution_dir
+from segsft.layout import RunLayout
 
-__all__ = ["AttributeStage", "IGResult", "RULES", "attribution_dir", "integrated_gradients", "quadrature", "segment_metrics"]
+__all__ = ["STAGE", "AttributeStage", "IGResult", "RULES", "attribution_dir", "integrated_gradients", "quadrature", "segment_metrics"]
+
+
+class _AttributeStage:
+    """segsft.stage_api.Stage for DESIGN steps 1-6 (this rank's shard)."""
+
+    name = "attribute"
+
+    def check(self, cfg: Any) -> list[str]:
+        from segsft.attribute.config import check_attribute
+
+        return check_attribute(cfg)
+
+    def run(self, cfg: Any, rank: int, world: int) -> dict:
+        from omegaconf import OmegaConf
+
+        plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+        return AttributeStage(plain).run(rank, world)
+
+    def outputs(self, cfg: Any) -> dict[str, Path]:
+        return {"attribution": RunLayout(cfg["run_dir"]).attribution.dir}
+
+
+STAGE = _AttributeStage()

@@ -4,10 +4,12 @@
 for the files it writes). Heavy imports (transformers, deepspeed) happen inside `run`.
 """
 
+from pathlib import Path
 from typing import Any, Sequence
 
 from segsft.finetune.labels import IGNORE_INDEX, label_tokens
 from segsft.finetune.settings import FinetuneSettings, check_config
+from segsft.layout import FinetuneLayout
 
 
 def run(cfg: Any, callbacks: Sequence[Any] = ()) -> Any:
@@ -17,4 +19,25 @@ def run(cfg: Any, callbacks: Sequence[Any] = ()) -> Any:
     return _run(cfg, callbacks)
 
 
-__all__ = ["IGNORE_INDEX", "FinetuneSettings", "check_config", "label_tokens", "run"]
+__all__ = ["STAGE", "IGNORE_INDEX", "FinetuneSettings", "check_config", "label_tokens", "run"]
+
+
+class _FinetuneStage:
+    """segsft.stage_api.Stage for DESIGN step 8 (the same call on every rank under torchrun)."""
+
+    name = "finetune"
+
+    def check(self, cfg: Any) -> list[str]:
+        return check_config(cfg)
+
+    def run(self, cfg: Any, rank: int, world: int) -> Any:
+        from segsft.finetune.stage import run as _run
+
+        return _run(cfg, checked=True)
+
+    def outputs(self, cfg: Any) -> dict[str, Path]:
+        lay = FinetuneLayout(Path(str(cfg.finetune_dir)))
+        return {k: getattr(lay, k) for k in FinetuneLayout.OUTPUTS}
+
+
+STAGE = _FinetuneStage()

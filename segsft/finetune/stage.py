@@ -113,16 +113,17 @@ def _loss_history(trainer: Any) -> dict[str, Any]:
     }
 
 
-def run(cfg: Any, callbacks: Sequence[Any] = ()) -> FinetuneResult:
+def run(cfg: Any, callbacks: Sequence[Any] = (), checked: bool = False) -> FinetuneResult:
     """Run the finetune stage for the composed config (`finetune.*`, `model.*`, `data.*`,
     `selection_dir`, `finetune_dir`). Same command on every rank under torchrun.
-    `callbacks`: extra TrainerCallbacks (logging, tests), run after the stage's own."""
+    `callbacks`: extra TrainerCallbacks (logging, tests), run after the stage's own.
+    `checked`: the pipeline has checked the config already (it checks every stage once)."""
     import torch
 
     from segsft.finetune.train import train
     from segsft.models import load_tokenizer
 
-    errors = check_config(cfg)
+    errors = [] if checked else check_config(cfg)
     if errors:
         raise FinetuneError("invalid finetune configuration:\n  - " + "\n  - ".join(errors))
     s = FinetuneSettings.from_config(cfg.finetune)

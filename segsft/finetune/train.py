@@ -14,7 +14,7 @@ from segsft.dist import barrier, is_main, local_rank
 from segsft.finetune.checkpoints import CompleteMarker, StepCounter, latest_complete, remove_incomplete
 from segsft.finetune.collate import ExampleDataset, PaddingCollator, packing_collator
 from segsft.finetune.examples import Example
-from segsft.finetune.settings import FinetuneError, FinetuneSettings, deepspeed_config_path, has_module
+from segsft.finetune.settings import FinetuneSettings, deepspeed_config_path
 from segsft.models import model_path, pad_or_eos, pick_attn_implementation, pick_device
 
 log = logging.getLogger(__name__)
@@ -160,10 +160,6 @@ def train(
     from transformers import Trainer
 
     on_cuda = torch.cuda.is_available()
-    if s.packing and not has_module("flash_attn"):
-        raise FinetuneError("finetune.packing=true needs flash-attention: pip install flash-attn, or set finetune.packing=false")
-    if s.liger and not has_module("liger_kernel"):
-        raise FinetuneError("finetune.liger=true needs Liger kernels: pip install liger-kernel, or set finetune.liger=false")
     args = training_arguments(s, output_dir, on_cuda)
     checkpointing = bool(getattr(args, "activation_checkpointing", getattr(args, "gradient_checkpointing", False)))
     log.info(

@@ -4,7 +4,32 @@
 `report.path`; `check_config(cfg)` lists every problem of `report.*` at once.
 """
 
+from pathlib import Path
+from typing import Any
+
 from segsft.report.config import ReportConfig, ReportError, check_config
 from segsft.report.stage import run
 
-__all__ = ["ReportConfig", "ReportError", "check_config", "run"]
+__all__ = ["STAGE", "ReportConfig", "ReportError", "check_config", "run"]
+
+
+class _ReportStage:
+    """segsft.stage_api.Stage for the HTML report (one page per run: rank 0 writes it)."""
+
+    name = "report"
+
+    def check(self, cfg: Any) -> list[str]:
+        return check_config(cfg)
+
+    def run(self, cfg: Any, rank: int, world: int) -> Path | None:
+        if rank != 0:
+            return None
+        path = run(cfg, checked=True)
+        print(f"report: {path}", flush=True)
+        return path
+
+    def outputs(self, cfg: Any) -> dict[str, Path]:
+        return {"report": Path(str(cfg.report.path))}
+
+
+STAGE = _ReportStage()

@@ -4,6 +4,10 @@
 lists every problem of `select.*`. The rule itself is `rule.attribution_rule`.
 """
 
+from pathlib import Path
+from typing import Any
+
+from segsft.layout import SelectionLayout
 from segsft.selection_config import METHODS, SelectConfig, check_config
 from segsft.attribution_tables import AttributionNotReady, open_attribution
 from segsft.rule import attribution_rule
@@ -11,6 +15,24 @@ from segsft.schemas import MASKS_SCHEMA, PER_SAMPLE_SCHEMA, SWEEP_SCHEMA
 from segsft.select.stage import SelectionDirTaken, run, select_masks
 
 __all__ = [
-    "AttributionNotReady", "MASKS_SCHEMA", "METHODS", "PER_SAMPLE_SCHEMA", "SWEEP_SCHEMA", "SelectConfig",
+    "STAGE", "AttributionNotReady", "MASKS_SCHEMA", "METHODS", "PER_SAMPLE_SCHEMA", "SWEEP_SCHEMA", "SelectConfig",
     "SelectionDirTaken", "attribution_rule", "check_config", "open_attribution", "run", "select_masks",
 ]
+
+
+class _SelectStage:
+    """segsft.stage_api.Stage for DESIGN step 7 (one process; ranks > 0 do nothing)."""
+
+    name = "select"
+
+    def check(self, cfg: Any) -> list[str]:
+        return check_config(cfg)
+
+    def run(self, cfg: Any, rank: int, world: int) -> dict | None:
+        return run(cfg) if rank == 0 else None
+
+    def outputs(self, cfg: Any) -> dict[str, Path]:
+        return SelectionLayout(Path(str(cfg.selection_dir))).outputs()
+
+
+STAGE = _SelectStage()

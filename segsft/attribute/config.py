@@ -1,0 +1,71 @@
+"""The `attribute.*` settings: every problem at once, each saying what to change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def check_attribute(cfg: Any) -> list[str]:
+    from segsft.attribute.ig import BASELINES
+    from segsft.attribute.quadrature import RULES
+    from segsft.text import KEYWORD_PRESETS
+
+    a, errs = cfg.attribute, []
+    if a.rule not in RULES:
+        errs.append(f"attribute.rule={a.rule!r}: use one of {list(RULES)}")
+    if not isinstance(a.steps, int) or not (2 if a.rule == "trapezoid" else 1) <= a.steps <= 4096:
+        errs.append(f"attribute.steps={a.steps!r}: use an integer in [{2 if a.rule == 'trapezoid' else 1}, 4096]")
+    errs += check_adaptive(a)
+    mbt = a.get("max_batch_tokens", "auto")
+    if mbt != "auto" and (not isinstance(mbt, int) or mbt < 0):
+        errs.append(f"attribute.max_batch_tokens={mbt!r}: use auto or an integer >= 0 (0 = one point per pass)")
+    if a.baseline not in BASELINES:
+        errs.append(f"attribute.baseline={a.baseline!r}: use one of {list(BASELINES)}")
+    if not isinstance(a.batch_alphas, int) or a.batch_alphas < 1:
+        errs.append(f"attribute.batch_alphas={a.batch_alphas!r}: use an integer >= 1")
+    if a.get("segment_pattern"):
+        import re
+
+        try:
+            re.compile(a.segment_pattern)
+        except re.error as e:
+            errs.append(f"attribute.segment_pattern={a.segment_pattern!r} is not a valid regex ({e})")
+    elif a.segment_preset not in KEYWORD_PRESETS:
+        errs.append(f"attribute.segment_preset={a.segment_preset!r}: use one of {sorted(KEYWORD_PRESETS)} or set attribute.segment_pattern")
+    if "{answer}" not in (a.answer_suffix or "{answer}") or "\\boxed{" not in (a.answer_suffix or "\\boxed{"):
+        errs.append("attribute.answer_suffix must contain \\boxed{ and the placeholder {answer}")
+    if not cfg.data.get("path"):
+        errs.append("data.path is empty: point it to a JSONL or Parquet corpus")
+    if not cfg.model.get("name_or_path"):
+        errs.append("model.name_or_path is empty: give a hub id or a local model directory")
+    return errs
+
+
+def check_adaptive(a: Any) -> list[str]:
+    """The adaptive rule's keys (checked whatever the rule, so a sweep fails early)."""
+    from segsft.attribute.adaptive import AdaptiveSettings
+    from segsft.models import DTYPES
+
+    d, errs = AdaptiveSettings(), []
+
+    def number(key: str, lo: float, hi: float, hint: str) -> None:
+        v = a.get(key, getattr(d, key))
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+            errs.append(f"attribute.{key}={v!r}: {hint}")
+
+    number("target_gap", 1e-9, 10.0, "use a number in (0, 10], the completeness gap to reach (e.g. 0.05)")
+    number("target_stability", 0.0, 1.0, "use a number in [0, 1], the share of decisions that must not change (e.g. 0.95)")
+    init = a.get("init_points", d.init_points)
+    if isinstance(init, bool) or not isinstance(init, int) or not 2 <= init <= 1025:
+        errs.append(f"attribute.init_points={init!r}: use an integer in [2, 1025] (uniform starting nodes, e.g. 9)")
+        init = d.init_points
+    ms = a.get("max_steps", d.max_steps)
+    if isinstance(ms, bool) or not isinstance(ms, int) or not init <= ms <= 16384:
+        errs.append(f"attribute.max_steps={ms!r}: use an integer in [attribute.init_points={init}, 16384] "
+                    "(the most gradient evaluations per sample)")
+    if not isinstance(a.get("stable_ranks", d.stable_ranks), bool):
+        errs.append(f"attribute.stable_ranks={a.get('stable_ranks')!r}: use true or false")
+    dt = a.get("dtype")
+    if dt is not None and dt != "auto" and dt not in DTYPES:
+        errs.append(f"attribute.dtype={dt!r}: use null (= model.dtype), auto or one of {sorted(DTYPES)}")
+    return errs

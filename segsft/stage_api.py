@@ -1,0 +1,33 @@
+"""The one interface of every stage: `check(cfg)`, `run(cfg, rank, world)`, `outputs(cfg)`.
+
+As datatrove's `PipelineStep.run(data, rank, world_size)` and torchtune's recipes: each stage
+package exposes `STAGE`, an object with these three methods, and gets the composed config.
+`check` lists every problem at once and runs once, before anything runs; `run` does not
+check again; `outputs` names what the stage writes (through segsft.layout).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Protocol
+
+#: The stages in pipeline order (stage=all runs them so).
+ORDER = ("attribute", "select", "finetune", "report")
+
+
+class Stage(Protocol):
+    name: str
+
+    def check(self, cfg: Any) -> list[str]: ...
+
+    def run(self, cfg: Any, rank: int, world: int) -> Any: ...
+
+    def outputs(self, cfg: Any) -> dict[str, Path]: ...
+
+
+def load(name: str) -> Stage:
+    """The STAGE of `segsft.<name>`, imported only when asked for (heavy imports stay lazy)."""
+    if name not in ORDER:
+        raise ValueError(f"no stage {name!r}: use one of {list(ORDER)}")
+    return importlib.import_module(f"segsft.{name}").STAGE
