@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from conftest import REPO
+from segsft.layout import RunLayout
 
 
 @pytest.mark.slow
@@ -21,13 +22,16 @@ def test_demo_pipeline_on_two_traces(tmp_path):
            "data.limit=2", "finetune.max_steps=2", "finetune.max_length=256"]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stderr[-4000:]
-    samples = pl.read_parquet(run / "attribution" / "samples-*.parquet")
+    lay = RunLayout(run)
+    samples = pl.read_parquet(lay.attribution.finished("samples"))
     assert samples.height == 2 and samples["model"][0] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert all(math.isfinite(g) for g in samples["completeness_gap"])
-    seg = pl.read_parquet(run / "attribution" / "segments-*.parquet")
+    assert (samples["rule"] == "adaptive").all() and samples["steps_used"].max() <= 32
+    assert "rule adaptive: gradient evaluations median" in out.stdout and "converged" in out.stdout
+    seg = pl.read_parquet(lay.attribution.finished("segments"))
     assert seg.group_by("sample_id").len()["len"].sort().to_list() == samples["n_segments"].sort().to_list()
-    masks = list((run / "selection").glob("*/masks.parquet"))
+    masks = [s.masks for s in lay.selections()]
     assert len(masks) == 1 and pl.read_parquet(masks[0]).height == seg.height
-    model_dir = run / "finetune" / "model"
+    model_dir = lay.finetune.model
     assert (model_dir / "model.safetensors").exists() and (model_dir / "config.json").exists()
     assert "strongest segments of sample-000" in out.stdout and str(model_dir) in out.stdout
