@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import polars as pl
 import pyarrow.parquet as pq
 
 from segsft.errors import PipelineError
 from segsft.layout import RunLayout, parse_part
-from segsft.schemas import REQUIRED, SELECT_OPTIONAL_SAMPLE_COLUMNS, SELECT_SAMPLE_COLUMNS, SELECT_SEGMENT_COLUMNS
+from segsft.schemas import (REQUIRED, SAMPLES_SCHEMA, SELECT_OPTIONAL_SAMPLE_COLUMNS, SELECT_SAMPLE_COLUMNS,
+                            SELECT_SEGMENT_COLUMNS)
 
 
 
@@ -37,14 +39,20 @@ class AttributionTables:
         return pl.scan_parquet(list(self.segments)).select(SELECT_SEGMENT_COLUMNS)
 
     def scan_samples(self) -> pl.LazyFrame:
-        """SELECT_SAMPLE_COLUMNS and the optional ones (null where a part lacks them)."""
-        return pl.concat([_with_optional(p) for p in self.samples], how="vertical_relaxed")
+        """What selection reads of the samples tables (optional columns null where a part lacks them)."""
+        return scan_samples(self.samples, SELECT_SAMPLE_COLUMNS, SELECT_OPTIONAL_SAMPLE_COLUMNS)
 
 
-def _with_optional(path: Path) -> pl.LazyFrame:
-    names = pq.read_schema(path).names
-    cols = [pl.col(c) if c in names else pl.lit(None, dtype=pl.Boolean).alias(c) for c in SELECT_OPTIONAL_SAMPLE_COLUMNS]
-    return pl.scan_parquet(path).select(*SELECT_SAMPLE_COLUMNS, *cols)
+def scan_samples(paths: Iterable[Path], required: Iterable[str], optional: Iterable[str]) -> pl.LazyFrame:
+    """`required` and `optional` columns of samples tables; an optional column a file lacks
+    (one written before it existed) reads as null of its schema type."""
+    dtypes = pl.from_arrow(SAMPLES_SCHEMA.empty_table()).schema
+    frames = []
+    for p in paths:
+        names = pq.read_schema(p).names
+        cols = [pl.col(c) if c in names else pl.lit(None, dtype=dtypes[c]).alias(c) for c in optional]
+        frames.append(pl.scan_parquet(p).select(*required, *cols))
+    return pl.concat(frames, how="vertical_relaxed")
 
 
 def _resume_hint(run_dir: Path, world: int | None) -> str:

@@ -14,8 +14,8 @@ Per sample, exactly:
    fails every bound that is set (why=null_consistency); with no bound set it passes.
 4. Segments listed in always_keep are trained whatever 2-3 said; index i >= 0 is segment i,
    i < 0 is segment n + i (n = the sample's segment count); out-of-range indices are ignored.
-5. A sample whose attribution sequence (the samples table's `n_tokens`: prompt + trace +
-   answer suffix up to the answer) has fewer than min_tokens tokens is trained in full.
+5. A sample whose training sequence (the samples table's `train_tokens`: prompt + trace,
+   DESIGN step 8) has fewer than min_tokens tokens is trained in full.
 
 `why` takes the first that applies: short_sample, top_mass (kept by 2-3), always_keep,
 below_top_mass, null_consistency, too_consistent, not_consistent_enough.

@@ -95,6 +95,7 @@ SWEEP_SCHEMA = pa.schema(
         ("always_keep", pa.string()),
         ("min_tokens", pa.int64()),
         ("seed", pa.int64()),
+        ("unconverged", pa.string()),
         ("samples", pa.int64()),
         ("segments", pa.int64()),
         ("segments_kept", pa.int64()),
@@ -138,8 +139,9 @@ FINETUNE_MASKS_COLUMNS = ("sample_id", "segment", "char_start", "char_end", "tra
 #: What the report reads of the attribution tables (segments without token_attr, read lazily).
 REPORT_SEGMENT_COLUMNS = ("sample_id", "segment", "char_start", "char_end", "token_start", "token_end", "n_tokens",
                           "strength", "consistency")
-REPORT_SAMPLE_COLUMNS = ("sample_id", "n_tokens", "n_segments", "completeness_gap", "rule", "steps", "model",
-                         "steps_used", "decision_stability", "converged")
+REPORT_SAMPLE_COLUMNS = ("sample_id", "n_tokens", "n_segments", "completeness_gap", "rule", "steps", "model")
+#: Samples columns that tables written before the adaptive rule lack; readers fill them with null.
+ADAPTIVE_SAMPLE_COLUMNS = ("steps_used", "decision_stability", "converged")
 
 # `<finetune dir>/train_tokens.parquet`: exactly the ids and labels the trainer sees.
 TRAIN_TOKENS_SCHEMA = pa.schema(

@@ -37,7 +37,7 @@ class SelectConfig:
     def from_cfg(cls, cfg: Any) -> "SelectConfig":
         """From the composed config (its `select` node) or from a mapping of the knobs."""
         node = cfg["select"] if "select" in cfg else cfg
-        problems = _check(node)
+        problems = check_settings(node)
         if problems:
             raise ValueError("invalid select config:\n  - " + "\n  - ".join(problems))
         mx, mn = node.get("max_consistency"), node.get("min_consistency")
@@ -59,7 +59,7 @@ class SelectConfig:
                 "min_tokens": self.min_tokens, "seed": self.seed, "unconverged": self.unconverged}
 
 
-def _check(s: Mapping[str, Any]) -> list[str]:
+def check_settings(s: Mapping[str, Any]) -> list[str]:
     errs = []
     missing = [k for k in KEYS if k not in s]
     if missing:
@@ -107,7 +107,7 @@ def check_config(cfg: Any) -> list[str]:
     errs = []
     if cfg.get("select") is None:
         return ["the config has no `select` node: keep `- select: default` in conf/config.yaml's defaults"]
-    errs += _check(cfg.select)
+    errs += check_settings(cfg.select)
     for key in ("run_dir", "selection_dir"):
         if not cfg.get(key):
             errs.append(f"{key} is empty: set {key}=<directory>")

@@ -189,3 +189,27 @@ def test_adaptive_run_killed_after_a_flush_resumes_to_the_same_tables(tmp_path, 
     for a, b in zip(tables("whole"), tables("killed")):
         assert a.equals(b)
     assert tables("killed")[1]["sample_id"].n_unique() == tables("killed")[1].height == 4
+
+
+def test_config_checks_name_the_adaptive_and_select_problems_before_any_model_loads(tmp_path):
+    from conftest import compose_config
+    from segsft.attribute.config import check_attribute
+
+    cfg = compose_config(f"run_dir={tmp_path}", "attribute.max_steps=16", "attribute.per_round=0",
+                         "select.top_mass=2", "attribute.target_stability=1.5")
+    errs = "\n".join(check_attribute(cfg))
+    assert "attribute.max_steps=16: use an integer in [18, 16384]" in errs
+    assert "attribute.per_round=0" in errs and "attribute.target_stability=1.5" in errs
+    assert "select.top_mass=2" in errs and "stop test uses the select settings" in errs
+    # A fixed rule has no stop test, so the select settings are select's own business.
+    fixed = compose_config(f"run_dir={tmp_path}", "attribute.rule=linspace", "select.top_mass=2")
+    assert not any("select.top_mass" in e for e in check_attribute(fixed))
+
+
+def test_fixed_per_round_gives_the_same_nodes_whatever_the_points_per_pass(model, tokenizer, seq):
+    ids, pos = _inputs(seq)
+    s = AdaptiveSettings(target_gap=1e-3, max_steps=30, per_round=2)
+    a = adaptive_integrated_gradients(model, ids, pos, s, pad_id=tokenizer.pad_token_id, batch_alphas=1)
+    b = adaptive_integrated_gradients(model, ids, pos, s, pad_id=tokenizer.pad_token_id, batch_alphas=4)
+    assert a.steps_used == b.steps_used
+    np.testing.assert_allclose(a.token_attr, b.token_attr, rtol=1e-9, atol=1e-12)

@@ -353,3 +353,20 @@ def test_cut_tiles_the_segment_at_tokens_keyword_and_label():
     assert [(p.start, p.end, p.value, p.label_before) for p in bare] == [(0, 9, None, True)]
     # A segment whose first token starts before it (a straddling token) still tiles [cs, ce).
     assert [(p.start, p.end, p.value) for p in cut(5, 9, None, [3, 7], [1.0, 2.0], 5)] == [(5, 7, 1.0), (7, 9, 2.0)]
+
+
+def test_tables_written_before_the_adaptive_rule_still_report(built, tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from segsft.layout import RunLayout
+    from segsft.report.data import load_attribution
+
+    run = tmp_path / "old"
+    shutil.copytree(built["run_dir"] / "attribution", RunLayout(run).attribution.dir)
+    for p in RunLayout(run).attribution.finished("samples"):
+        t = pq.read_table(p)
+        pq.write_table(t.drop_columns(["steps_used", "decision_stability", "converged"]), p)
+    att = load_attribution(run)
+    assert att.samples.height == 4 and att.samples["converged"].null_count() == 4

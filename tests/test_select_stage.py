@@ -124,6 +124,34 @@ def test_unconverged_samples_are_kept_trained_in_full_or_dropped(tmp_path, polic
         assert a.height == 0 and summary["overall"]["samples"] == 2
 
 
+def test_unconverged_full_keeps_the_reason_of_samples_trained_in_full_anyway():
+    from segsft.select.stage import apply_unconverged
+
+    mask = pl.DataFrame({"sample_id": ["a", "a", "b"], "segment": [0, 1, 0], "train": [True, True, False],
+                         "why": ["short_sample", "short_sample", "below_top_mass"]})
+    out = apply_unconverged(mask, ["a", "b"], "full")
+    assert out["why"].to_list() == ["short_sample", "short_sample", "unconverged"] and out["train"].all()
+
+
+def test_select_warns_when_the_stop_test_used_other_settings(tmp_path, caplog):
+    rows = _rows()
+    adir = write_attribution(tmp_path / "r", rows)
+    from segsft.layout import AttributionLayout
+
+    lay = AttributionLayout(adir)
+    for part in lay.finished_parts():
+        lay.marker(part).write_text(json.dumps({"part": part, "stop_test_select": {"top_mass": 0.5, "max_consistency": 0.8,
+                                                                                    "min_consistency": None, "always_keep": [0, -2, -1],
+                                                                                    "min_tokens": 0}}))
+    with caplog.at_level("WARNING"):
+        run(_cfg(tmp_path / "r"))
+    assert "top_mass: 0.5 there, 0.7 here" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        run(_cfg(tmp_path / "r", "select.top_mass=0.5", f"selection_dir={tmp_path / 'same'}"))
+    assert "stop test judged convergence" not in caplog.text
+
+
 def test_random_method_summary_reports_the_rule_it_matched(run_dir):
     summary = run(_cfg(run_dir, "select.method=random", "select.seed=3"))
     assert Path(summary["paths"]["masks.parquet"]).parent.name.startswith("random-")

@@ -67,11 +67,6 @@ class AdaptivePath:
     def local_errors(self) -> np.ndarray:
         return local_errors(self.alphas, self.logprobs, self.token_grads.sum(axis=1))
 
-    def at_most(self, steps: int) -> Estimate:
-        """The latest estimate that used at most `steps` gradient evaluations."""
-        fit = [e for e in self.history if e.steps <= steps]
-        return fit[-1] if fit else self.history[0]
-
 
 def local_errors(alphas: np.ndarray, f: np.ndarray, total: np.ndarray) -> np.ndarray:
     h = np.diff(alphas)
@@ -81,9 +76,10 @@ def local_errors(alphas: np.ndarray, f: np.ndarray, total: np.ndarray) -> np.nda
 def _estimate(alphas: np.ndarray, f: np.ndarray, g: np.ndarray) -> Estimate:
     a = trapezoid_weights(alphas) @ g
     delta = f[-1] - f[0]
-    scale = abs(delta) if abs(delta) > 1e-12 else 1.0
     err = local_errors(alphas, f, g.sum(axis=1))
-    return Estimate(len(alphas), a, abs(float(a.sum()) - delta) / scale, float(err.sum()) / scale)
+    if abs(delta) <= 1e-12:  # no relative gap exists (IGResult reports None): never converged by the gap
+        return Estimate(len(alphas), a, float("inf"), float("inf"))
+    return Estimate(len(alphas), a, abs(float(a.sum()) - delta) / abs(delta), float(err.sum()) / abs(delta))
 
 
 def refine(
@@ -196,3 +192,6 @@ class AdaptiveSettings:
     init_points: int = 9
     # Also require the strength ranks to be stable (costs about 1.6x the evaluations).
     stable_ranks: bool = False
+    # Subintervals bisected per round; None = the points per pass (1 on CPU). Fix it to get
+    # the same nodes on every machine (and after an out-of-memory retry).
+    per_round: int | None = None

@@ -16,6 +16,11 @@ def check_attribute(cfg: Any) -> list[str]:
     if not isinstance(a.steps, int) or not (2 if a.rule == "trapezoid" else 1) <= a.steps <= 4096:
         errs.append(f"attribute.steps={a.steps!r}: use an integer in [{2 if a.rule == 'trapezoid' else 1}, 4096]")
     errs += check_adaptive(a)
+    if a.rule == "adaptive" and cfg.get("select") is not None:
+        # The stop test decides with the select rule: its settings must be valid before any model loads.
+        from segsft.selection_config import check_settings
+
+        errs += [f"{e} (the adaptive rule's stop test uses the select settings)" for e in check_settings(cfg.select)]
     mbt = a.get("max_batch_tokens", "auto")
     if mbt != "auto" and (not isinstance(mbt, int) or mbt < 0):
         errs.append(f"attribute.max_batch_tokens={mbt!r}: use auto or an integer >= 0 (0 = one point per pass)")
@@ -60,9 +65,12 @@ def check_adaptive(a: Any) -> list[str]:
         errs.append(f"attribute.init_points={init!r}: use an integer in [2, 1025] (uniform starting nodes, e.g. 9)")
         init = d.init_points
     ms = a.get("max_steps", d.max_steps)
-    if isinstance(ms, bool) or not isinstance(ms, int) or not init <= ms <= 16384:
-        errs.append(f"attribute.max_steps={ms!r}: use an integer in [attribute.init_points={init}, 16384] "
-                    "(the most gradient evaluations per sample)")
+    if isinstance(ms, bool) or not isinstance(ms, int) or not 2 * init <= ms <= 16384:
+        errs.append(f"attribute.max_steps={ms!r}: use an integer in [{2 * init}, 16384] (the most gradient evaluations "
+                    f"per sample; the stability test needs at least twice attribute.init_points={init})")
+    pr = a.get("per_round", d.per_round)
+    if pr is not None and (isinstance(pr, bool) or not isinstance(pr, int) or pr < 1):
+        errs.append(f"attribute.per_round={pr!r}: use null (= the points per pass) or an integer >= 1")
     if not isinstance(a.get("stable_ranks", d.stable_ranks), bool):
         errs.append(f"attribute.stable_ranks={a.get('stable_ranks')!r}: use true or false")
     dt = a.get("dtype")

@@ -243,7 +243,8 @@ def adaptive_integrated_gradients(
                   trace_tokens=trace_tokens, batch_alphas=batch_alphas)
     test = None if decide is None else StopTest(settings.target_gap, settings.target_stability, decide,
                                                  ranks=settings.stable_ranks)
-    res = refine(path, init_points=settings.init_points, max_steps=settings.max_steps, per_round=batch_alphas,
+    res = refine(path, init_points=settings.init_points, max_steps=settings.max_steps,
+                 per_round=settings.per_round or batch_alphas,
                  stop=test if test is not None else (lambda h: h[-1].gap <= settings.target_gap))
     share = test.stability(res.history)[0] if test is not None else None
     return IGResult(res.final.token_attr, float(res.logprobs[-1]), float(res.logprobs[0]), path.evaluations,

@@ -136,6 +136,7 @@ def adaptive_settings(a: Mapping[str, Any]) -> AdaptiveSettings:
         max_steps=int(a.get("max_steps", d.max_steps)),
         init_points=int(a.get("init_points", d.init_points)),
         stable_ranks=bool(a.get("stable_ranks", d.stable_ranks)),
+        per_round=None if a.get("per_round") is None else int(a["per_round"]),
     )
 
 
@@ -181,6 +182,9 @@ class AttributeStage:
                 model = load_model(self.cfg["model"], device, pick_dtype(dtype, device))
             self._process(todo, writer, model, tokenizer, rank)
         summary = {"part": writer.part, "rows_in_shard": len(mine), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if self.acfg["rule"] == "adaptive":
+            # `converged` holds for these select settings; select warns when it runs with others.
+            summary["stop_test_select"] = self._select_config().settings()
         writer.finish(summary)
         log.info("rank %d: part %s complete: %s", rank, writer.part, [str(writer.final(t)) for t in TABLES])
         return summary
@@ -274,13 +278,17 @@ class AttributeStage:
                 "raise attribute.max_steps to refine them further", rank, len(unconverged), adaptive.max_steps,
                 adaptive.target_gap, adaptive.target_stability, ", ".join(unconverged))
 
+    def _select_config(self) -> Any:
+        from segsft.selection_config import SelectConfig
+
+        return SelectConfig.from_cfg(self.cfg["select"]) if self.cfg.get("select") else SelectConfig()
+
     def _decide(self, seq: Any) -> Any:
         """The stop test's decision: the select stage's own rule, with the configured select
         settings, on the segments of `seq` (train_tokens counts for min_tokens)."""
-        from segsft.selection_config import SelectConfig
         from segsft.rule import decide
 
-        scfg = SelectConfig.from_cfg(self.cfg["select"]) if self.cfg.get("select") else SelectConfig()
+        scfg = self._select_config()
         train_tokens = seq.segment_tokens[-1][1]
 
         def fn(token_attr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 
 from segsft.layout import RunLayout, SelectionLayout
 from segsft.report.config import ReportError
-from segsft.schemas import REPORT_SAMPLE_COLUMNS, REPORT_SEGMENT_COLUMNS
-from segsft.attribution_tables import AttributionNotReady, open_attribution
+from segsft.schemas import ADAPTIVE_SAMPLE_COLUMNS, REPORT_SAMPLE_COLUMNS, REPORT_SEGMENT_COLUMNS
+from segsft.attribution_tables import AttributionNotReady, open_attribution, scan_samples
 
 SID = "sample_id"
 
@@ -72,7 +72,7 @@ def load_attribution(run_dir: str | Path) -> Attribution:
         raise ReportError("attribution tables without the columns the report reads:\n  - " + "\n  - ".join(bad)
                           + f"\nRerun `make attribute RUN_DIR={run_dir}` with this version into a fresh run_dir.")
     segments = pl.scan_parquet(list(tables.segments)).select(REPORT_SEGMENT_COLUMNS).sort(SID, "segment").collect()
-    samples = pl.scan_parquet(list(tables.samples)).select(REPORT_SAMPLE_COLUMNS).sort(SID).collect()
+    samples = scan_samples(tables.samples, REPORT_SAMPLE_COLUMNS, ADAPTIVE_SAMPLE_COLUMNS).sort(SID).collect()
     present = [p for p in rejects if p.is_file()]
     rej = (pl.scan_parquet(present).select(SID, "reason").collect() if present
            else pl.DataFrame(schema={SID: pl.String, "reason": pl.String}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from segsft.errors import PipelineError
 from segsft.io import write_json, write_parquet, write_text
-from segsft.layout import SelectionLayout
+from segsft.layout import AttributionLayout, SelectionLayout
 from segsft.select.baselines import full_mask, random_mask, sample_keys
 from segsft.selection_config import SelectConfig
 from segsft.attribution_tables import open_attribution
@@ -41,14 +42,30 @@ def select_masks(segments: pl.LazyFrame, cfg: SelectConfig, sample_tokens: pl.La
 
 def apply_unconverged(mask: pl.DataFrame, unconverged: list[str], policy: str) -> pl.DataFrame:
     """select.unconverged: keep the decisions of samples whose adaptive attribution did not
-    converge, train them in full (why=unconverged), or leave them out of the masks."""
+    converge, train them in full (why=unconverged), or leave them out of the masks. A sample
+    trained in full already (short_sample, method=full) keeps its reason."""
     if not unconverged or policy == "keep":
         return mask
     hit = pl.col(SID).is_in(unconverged)
     if policy == "drop":
         return mask.filter(~hit)
+    relabel = hit & ~pl.col("why").is_in(["short_sample", "full"])
     return mask.with_columns(train=pl.col("train") | hit,
-                             why=pl.when(hit).then(pl.lit("unconverged")).otherwise(pl.col("why")))
+                             why=pl.when(relabel).then(pl.lit("unconverged")).otherwise(pl.col("why")))
+
+
+#: The settings that change a step-7 decision (what the stop test's stability is about).
+_DECISION_KEYS = ("top_mass", "max_consistency", "min_consistency", "always_keep", "min_tokens")
+
+
+def _stop_test_differs(adir: Path, cfg: SelectConfig) -> str:
+    """'' when every finished part's stop test used this selection's decision settings, else
+    the differences (parts of fixed rules have no stop test)."""
+    lay, mine, diffs = AttributionLayout(adir), cfg.settings(), set()
+    for part in lay.finished_parts():
+        used = json.loads(lay.marker(part).read_text()).get("stop_test_select") or {}
+        diffs |= {f"{k}: {used[k]!r} there, {mine[k]!r} here" for k in _DECISION_KEYS if k in used and used[k] != mine[k]}
+    return "; ".join(sorted(diffs))
 
 
 def _guard(lay: SelectionLayout, cfg: SelectConfig, run_dir: str) -> None:
@@ -92,6 +109,10 @@ def run(cfg: DictConfig | Any) -> dict:
     if unconverged:
         log.warning("select: %d sample(s) whose attribution did not converge (select.unconverged=%s): %s",
                     len(unconverged), scfg.unconverged, ", ".join(unconverged[:20]) + (" ..." if len(unconverged) > 20 else ""))
+    stale = _stop_test_differs(tables.dir, scfg)
+    if stale:
+        log.warning("select: the attribution's stop test judged convergence with other select settings (%s); "
+                    "`converged` and decision_stability speak of those, not of this selection", stale)
     mask = masks["mask"]
     samples, figures = _figures(mask)
     methods = {scfg.method: figures["overall"]}
