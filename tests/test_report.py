@@ -15,7 +15,7 @@ from segsft.layout import RunLayout, part_name
 from segsft.io import write_json, write_parquet
 from segsft.schemas import REJECTS_SCHEMA, SAMPLES_SCHEMA, SEGMENTS_SCHEMA
 from segsft.report import ReportError, check_config, run
-from segsft.report.data import pick_traces
+from segsft.report.view import pick_traces
 from segsft.report.tokens import TokenMismatch, token_starts
 from segsft.select import run as select_run
 from segsft.text import ANSWER_SUFFIX_DEFAULT, build_sequence, resolve_pattern
@@ -361,7 +361,7 @@ def test_tables_written_before_the_adaptive_rule_still_report(built, tmp_path):
     import pyarrow.parquet as pq
 
     from segsft.layout import RunLayout
-    from segsft.report.data import load_attribution
+    from segsft.report.load import load_attribution
 
     run = tmp_path / "old"
     shutil.copytree(built["run_dir"] / "attribution", RunLayout(run).attribution.dir)

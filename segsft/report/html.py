@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from segsft.report.data import Selection, Trace
+from segsft.report.load import Selection
+from segsft.report.view import Trace
 from segsft.report.pieces import cut
 
 # Nothing may load from elsewhere: the page must open offline, and a stray reference shows up

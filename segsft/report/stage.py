@@ -13,8 +13,8 @@ from segsft.corpus import read_corpus
 from segsft.io import write_text
 from segsft.report import plots, tokens
 from segsft.report.config import ReportConfig, ReportError, check_config
-from segsft.report.data import (build_traces, find_selections, join_masks, load_attribution, overview,
-                                pick_traces, sample_table)
+from segsft.report.load import find_selections, load_attribution
+from segsft.report.view import build_traces, join_masks, overview, pick_traces, sample_table
 from segsft.report.html import Page, render
 from segsft.text import ANSWER_SUFFIX_DEFAULT, resolve_pattern
 
