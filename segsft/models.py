@@ -14,6 +14,28 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "float64": torch.float64}
 
 
+def flag(cfg: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    """A boolean key of the `model` node, strictly: `no` or `0` is not false, it is an error
+    (bool('no') is True, which would turn remote code on)."""
+    v = cfg.get(key, default)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise ValueError(f"model.{key}={v!r}: use true or false")
+    return v
+
+
+def check_model_config(cfg: Mapping[str, Any]) -> list[str]:
+    """Every problem of the `model` node's flags, each saying what to change."""
+    errs = []
+    for key in ("trust_remote_code", "pypi_fallback"):
+        try:
+            flag(cfg, key)
+        except ValueError as e:
+            errs.append(str(e))
+    return errs
+
+
 def pick_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
     if spec == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
@@ -48,7 +70,7 @@ def load_tokenizer(cfg: Mapping[str, Any]) -> Any:
     tok = AutoTokenizer.from_pretrained(
         model_path(cfg),
         revision=cfg.get("revision"),
-        trust_remote_code=bool(cfg.get("trust_remote_code", False)),
+        trust_remote_code=flag(cfg, "trust_remote_code"),
         use_fast=True,
     )
     if cfg.get("chat_template"):
@@ -73,7 +95,7 @@ def load_model(cfg: Mapping[str, Any], device: torch.device, dtype: torch.dtype)
 
     kwargs: dict[str, Any] = dict(
         revision=cfg.get("revision"),
-        trust_remote_code=bool(cfg.get("trust_remote_code", False)),
+        trust_remote_code=flag(cfg, "trust_remote_code"),
         dtype=dtype,
         use_safetensors=True,
     )

@@ -26,7 +26,7 @@ def run_stage(cfg: DictConfig) -> Any:
     if stage not in STAGES:
         raise ConfigError(f"stage={stage!r}: use one of {list(STAGES)}")
     stages = [load(n) for n in (ORDER if stage == "all" else [stage])]
-    errors = [e for s in stages for e in s.check(cfg)]
+    errors = list(dict.fromkeys(e for s in stages for e in s.check(cfg)))  # a shared key is reported once
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
     rank, world = rank_and_world()

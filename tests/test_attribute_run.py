@@ -178,3 +178,28 @@ def test_config_errors_are_reported_together(tmp_path):
     err = out.stderr
     assert "attribute.rule='simpson'" in err and "attribute.baseline='blur'" in err and "attribute.batch_alphas=0" in err
     assert "not a valid regex" in err
+
+
+def test_a_boolean_key_that_is_not_a_boolean_is_refused_in_one_line(tmp_path, tiny_model_dir):
+    # bool('no') is True: remote code would run. Every stage that loads the model refuses it.
+    out = subprocess.run(pipeline_cmd([f"run_dir={tmp_path}", f"model.name_or_path={tiny_model_dir}",
+                                       "model.trust_remote_code=no"]), cwd=REPO, env=env1(),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "model.trust_remote_code='no': use true or false" in out.stderr
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    import stat
+
+    from segsft.io import write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        os.umask(0o027)
+        write_json(tmp_path / "b.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o640

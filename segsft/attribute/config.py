@@ -41,6 +41,9 @@ def check_attribute(cfg: Any) -> list[str]:
         errs.append("attribute.answer_suffix must contain \\boxed{ and the placeholder {answer}")
     if not cfg.data.get("path"):
         errs.append("data.path is empty: point it to a JSONL or Parquet corpus")
+    from segsft.models import check_model_config
+
+    errs += check_model_config(cfg.model)
     if not cfg.model.get("name_or_path"):
         errs.append("model.name_or_path is empty: give a hub id or a local model directory")
     return errs

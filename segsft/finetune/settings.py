@@ -74,7 +74,9 @@ def _int_at_least(errs: list[str], key: str, v: Any, lo: int, hint: str = "") ->
 
 def check_config(cfg: Any) -> list[str]:
     """Every problem of the finetune configuration, each saying what to change."""
-    errs: list[str] = []
+    from segsft.models import check_model_config
+
+    errs: list[str] = check_model_config(cfg.get("model") or {})
     ft = cfg.get("finetune") or {}
     known = {f.name for f in fields(FinetuneSettings)}
     unknown = sorted(set(ft) - known)

@@ -15,7 +15,7 @@ from segsft.finetune.checkpoints import CompleteMarker, StepCounter, latest_comp
 from segsft.finetune.collate import ExampleDataset, PaddingCollator, packing_collator
 from segsft.finetune.examples import Example
 from segsft.finetune.settings import FinetuneSettings, deepspeed_config_path
-from segsft.models import model_path, pad_or_eos, pick_attn_implementation, pick_device
+from segsft.models import flag, model_path, pad_or_eos, pick_attn_implementation, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def load_for_training(model_cfg: Mapping[str, Any], packing: bool, half_precisio
 
     kw: dict[str, Any] = dict(
         revision=model_cfg.get("revision"),
-        trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
+        trust_remote_code=flag(model_cfg, "trust_remote_code"),
         dtype=torch.float32,
         use_safetensors=True,
     )
