@@ -7,12 +7,15 @@ file problem that concerns every row (missing file, none of the fields) raises a
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from segsft.errors import PipelineError
+
+log = logging.getLogger(__name__)
 
 REQUIRED = ("question", "solution", "answer")
 
@@ -55,7 +58,8 @@ def _raw_rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any] | None, str]]
     with path.open("rb") as fh:
         for i, raw in enumerate(fh):
             try:
-                line = raw.decode("utf-8")
+                # A byte-order mark at the start of the file is not part of the first row.
+                line = raw.decode("utf-8-sig" if i == 0 else "utf-8")
             except UnicodeDecodeError as e:
                 # Never repair text silently: the trace would no longer be the one given.
                 yield i, None, f"invalid UTF-8 at byte {e.start} of the line|{raw!r}"
@@ -79,6 +83,8 @@ def read_corpus(path: str | Path, fields: Mapping[str, str], limit: int | None =
     looks); `fields` maps `id`, `question`, `solution`, `answer` to the file's column
     names (`id` may be empty or absent: ids are then derived)."""
     path = Path(path)
+    if path.is_dir():
+        raise CorpusError(f"corpus {path} is a directory, not a file: set data.path to a JSONL or Parquet file")
     if not path.is_file():
         raise CorpusError(f"corpus file {path} does not exist: set data.path to a JSONL or Parquet file")
     names = {k: fields.get(k) or k for k in REQUIRED}
@@ -88,12 +94,17 @@ def read_corpus(path: str | Path, fields: Mapping[str, str], limit: int | None =
     seen_fields: set[str] = set()
     seen_ids: set[str] = set()
     src = str(path)
+    rows_read = 0
+    floats_made_ints = 0
     for i, rec, err in _raw_rows(path):
+        rows_read += 1
         if limit is not None and i >= limit:
             break
         if rec is None:
             reason, _, raw = err.partition("|")
-            rejects.append(Reject(_derived_id(src, str(i), raw), f"row {i}: {reason}", src, i))
+            # From content and row number, never the path as typed: a rerun spelling the same
+            # file another way must find the same reject.
+            rejects.append(Reject(_derived_id(str(i), raw), f"row {i}: {reason}", src, i))
             continue
         seen_fields.update(rec)
         values = {k: rec.get(n) for k, n in names.items()}
@@ -103,7 +114,12 @@ def read_corpus(path: str | Path, fields: Mapping[str, str], limit: int | None =
         for k, n in names.items():
             v = values[k]
             if v is None:
-                problems.append(f"missing field '{n}'")
+                problems.append(f"missing field '{n}'" if n not in rec else f"null field '{n}'")
+            elif isinstance(v, float) and k == "answer" and v != v:
+                problems.append(f"field '{n}' is NaN")
+            elif isinstance(v, float) and k == "answer" and v.is_integer():
+                values[k] = str(int(v))  # a Parquet float column: 204.0 is the answer 204
+                floats_made_ints += 1
             elif isinstance(v, (int, float)) and not isinstance(v, bool) and k == "answer":
                 values[k] = str(v)
             elif not isinstance(v, str):
@@ -114,11 +130,17 @@ def read_corpus(path: str | Path, fields: Mapping[str, str], limit: int | None =
             problems.append(f"duplicate sample_id {sid!r} (an earlier row has it)")
             # Its own id, so that the reject never stands for the kept row on resume.
             sid = f"{sid}#row{i}"
+        # The first row with an id claims it, kept or rejected: a later copy gets its own id,
+        # so no id is in both tables.
+        seen_ids.add(sid)
         if problems:
             rejects.append(Reject(sid, f"row {i}: " + "; ".join(problems), src, i))
             continue
-        seen_ids.add(sid)
         samples.append(Sample(sid, values["question"], values["solution"], values["answer"], src, i))
+    if rows_read == 0:
+        raise CorpusError(f"corpus file {path} is empty: it has no rows")
+    if floats_made_ints:
+        log.info("%s: %d answer(s) given as integral floats (e.g. 204.0) were read as integers", path, floats_made_ints)
     missing = [n for n in names.values() if n not in seen_fields]
     if missing:
         # A field absent from every row is a configuration problem, not a bad row.

@@ -1,5 +1,6 @@
 """Reading corpora: every row is a sample or a reject; file-level problems stop at once."""
 
+import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -68,3 +69,45 @@ def test_invalid_utf8_is_rejected_not_repaired(tmp_path):
     samples, rejects = read_corpus(path, FIELDS)
     assert [s.sample_id for s in samples] == ["a"]
     assert len(rejects) == 1 and "invalid UTF-8 at byte" in rejects[0].reason and rejects[0].row == 1
+
+
+def test_bom_null_nan_float_answers_and_duplicates_of_a_rejected_row(tmp_path, caplog):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ok = {"question": "q", "solution": "s"}
+    p = tmp_path / "bom.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps({"id": "a", **ok, "answer": "1"}).encode() + b"\n")
+    samples, rejects = read_corpus(p, {"id": "id"})
+    assert [s.sample_id for s in samples] == ["a"] and rejects == []  # the BOM does not cost the first row
+
+    pq.write_table(pa.table({"id": ["x", "y", "z", "w"], "question": ["q"] * 4, "solution": ["s"] * 4,
+                             "answer": [204.0, float("nan"), None, 2.5]}), tmp_path / "f.parquet")
+    with caplog.at_level("INFO"):
+        samples, rejects = read_corpus(tmp_path / "f.parquet", {"id": "id"})
+    assert {s.sample_id: s.answer for s in samples} == {"x": "204", "w": "2.5"}
+    reasons = {r.sample_id: r.reason for r in rejects}
+    assert "field 'answer' is NaN" in reasons["y"] and "null field 'answer'" in reasons["z"]
+    assert "1 answer(s) given as integral floats" in caplog.text
+
+    # The first copy of an id is rejected, the second is valid: the id is in one table only.
+    d = write_jsonl(tmp_path / "dup.jsonl", [{"id": "k", "question": "q", "solution": "", "answer": "1"},
+                                             {"id": "k", **ok, "answer": "1"}])
+    samples, rejects = read_corpus(d, {"id": "id"})
+    assert [r.sample_id for r in rejects] == ["k"] and [s.sample_id for s in samples] == ["k#row1"]
+
+
+def test_reject_ids_do_not_depend_on_how_the_path_is_spelled(tmp_path, monkeypatch):
+    p = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "question": "q", "solution": "s", "answer": "1"}, '{"broken": '])
+    monkeypatch.chdir(tmp_path)
+    a = read_corpus("c.jsonl", {})[1][0].sample_id
+    b = read_corpus(p.resolve(), {})[1][0].sample_id
+    assert a == b
+
+
+def test_empty_file_and_directory_get_their_own_message(tmp_path):
+    (tmp_path / "e.jsonl").write_text("")
+    with pytest.raises(CorpusError, match="is empty"):
+        read_corpus(tmp_path / "e.jsonl", {})
+    with pytest.raises(CorpusError, match="is a directory"):
+        read_corpus(tmp_path, {})
