@@ -93,6 +93,7 @@ def read_corpus(path: str | Path, fields: Mapping[str, str], limit: int | None =
     rejects: list[Reject] = []
     seen_fields: set[str] = set()
     seen_ids: set[str] = set()
+    kept_ids: set[str] = set()
     src = str(path)
     rows_read = 0
     floats_made_ints = 0
@@ -127,15 +128,17 @@ def read_corpus(path: str | Path, fields: Mapping[str, str], limit: int | None =
             elif not v.strip():
                 problems.append(f"empty field '{n}'")
         if sid in seen_ids:
-            problems.append(f"duplicate sample_id {sid!r} (an earlier row has it)")
-            # Its own id, so that the reject never stands for the kept row on resume.
+            # A later copy of an id gets its own id in either table, so no id is in both tables
+            # and a reject never stands for the kept row on resume. It is a duplicate only when
+            # the first copy was kept.
+            if sid in kept_ids:
+                problems.append(f"duplicate sample_id {sid!r} (an earlier row has it)")
             sid = f"{sid}#row{i}"
-        # The first row with an id claims it, kept or rejected: a later copy gets its own id,
-        # so no id is in both tables.
         seen_ids.add(sid)
         if problems:
             rejects.append(Reject(sid, f"row {i}: " + "; ".join(problems), src, i))
             continue
+        kept_ids.add(sid)
         samples.append(Sample(sid, values["question"], values["solution"], values["answer"], src, i))
     if rows_read == 0:
         raise CorpusError(f"corpus file {path} is empty: it has no rows")
