@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -73,8 +73,33 @@ def render_prompt(tokenizer: Any, question: str) -> str:
     )
 
 
+def _braces(text: str, start: int = 0) -> "Iterator[tuple[int, int]]":
+    """(position, +1 for `{` / -1 for `}`) of the unescaped braces of `text` from `start`:
+    as TeX reads them, `\\{` and `\\}` are literal braces, and `\\\\` is an escaped backslash."""
+    j = start
+    while j < len(text):
+        c = text[j]
+        if c == "\\":
+            j += 2  # the next character is escaped (or the backslash itself is)
+            continue
+        if c in "{}":
+            yield j, 1 if c == "{" else -1
+        j += 1
+
+
+def balanced(text: str) -> bool:
+    """Every unescaped brace of `text` is matched (TeX's rule)."""
+    depth = 0
+    for _, d in _braces(text):
+        depth += d
+        if depth < 0:
+            return False
+    return depth == 0
+
+
 def boxed_span(text: str) -> tuple[int, int]:
-    """Character span of the content of the last `\\boxed{...}` in `text`, braces matched.
+    """Character span of the content of the last `\\boxed{...}` in `text`, braces matched as
+    TeX matches them (escaped braces do not count).
 
     Raises ValueError when there is no `\\boxed{` or its braces do not close.
     """
@@ -83,14 +108,10 @@ def boxed_span(text: str) -> tuple[int, int]:
         raise ValueError("no \\boxed{ in the answer suffix")
     i = start + len("\\boxed{")
     depth = 1
-    for j in range(i, len(text)):
-        c = text[j]
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return i, j
+    for j, d in _braces(text, i):
+        depth += d
+        if depth == 0:
+            return i, j
     raise ValueError("unbalanced braces in \\boxed{...}: the answer's braces must match")
 
 
@@ -174,6 +195,9 @@ def build_sequence(
     body = solution
     ans_chars = None
     if answer is not None:
+        if not balanced(answer):
+            raise ValueError(f"the answer {answer!r} has unbalanced braces (escape a literal brace as \\{{ or \\}}): "
+                             "its \\boxed{{}} could not be matched")
         suffix = answer_suffix.replace("{answer}", answer)
         a, b = boxed_span(suffix)
         ans_chars = (len(solution) + a, len(solution) + b)

@@ -111,3 +111,21 @@ def test_answer_falls_back_to_overlapping_tokens():
     assert list(answer_token_positions(enc, 3, 9)) == [1, 2]
     # Answer [2,4) straddles tokens 0 and 1 and holds neither wholly.
     assert list(answer_token_positions(enc, 2, 4)) == [0, 1]
+
+
+@pytest.mark.parametrize("answer, content", [
+    ("\\}", "\\}"), ("\\{1, 2\\}", "\\{1, 2\\}"), ("\\frac{1}{2}", "\\frac{1}{2}"), ("{a{b}}", "{a{b}}"),
+    ("x\\\\", "x\\\\"),
+])
+def test_boxed_span_matches_braces_as_tex_does(answer, content):
+    from segsft.text import boxed_span
+
+    text = f"</think> So, the final answer is \\boxed{{{answer}}} done"
+    a, b = boxed_span(text)
+    assert text[a:b] == content
+
+
+@pytest.mark.parametrize("answer", ["a}b", "{a", "x\\\\}"])
+def test_an_answer_with_unbalanced_braces_is_refused_not_cut(tokenizer, answer):
+    with pytest.raises(ValueError, match="unbalanced braces"):
+        build_sequence(tokenizer, "q?", "We think.", resolve_pattern("default"), answer)
