@@ -52,6 +52,14 @@ class AttributionLayout:
     def marker(self, part: str) -> Path:
         return self.dir / f"part-{part}.done"
 
+    def lock(self, part: str) -> Path:
+        """The OS lock a writer of `part` holds (released when its process dies)."""
+        return self.dir / f".lock-{part}"
+
+    def lock_holder(self, part: str) -> Path:
+        """Who holds `lock(part)`: pid and host, written once the lock is held."""
+        return self.dir / f".lock-{part}.holder"
+
     def pattern(self, table: str) -> str:
         """The glob of `table`'s part files (for messages and Polars scans of finished runs)."""
         return str(self.dir / f"{table}-*.parquet")

@@ -203,3 +203,29 @@ def test_outputs_follow_the_umask(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o640
+
+
+def test_a_second_writer_of_a_part_is_refused_naming_the_holder(tmp_path, corpus, tiny_model_dir):
+    import socket
+
+    from segsft.attribute.runner import part_lock
+    from segsft.layout import RunLayout
+
+    lay = RunLayout(tmp_path).attribution
+    with part_lock(lay, "00000-of-00001"):
+        out = subprocess.run(pipeline_cmd(overrides(tmp_path, corpus, tiny_model_dir)), cwd=REPO, env=env1(),
+                             capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"is being written by PID {os.getpid()} on host {socket.gethostname()}" in out.stderr
+    assert not any(lay.dir.glob("samples-*.parquet"))  # it wrote nothing
+    # A holder killed with SIGKILL leaves the lock file, but the OS released the lock.
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
+                               "from segsft.attribute.runner import part_lock; from segsft.layout import RunLayout;"
+                               "cm = part_lock(RunLayout(sys.argv[2]).attribution, '00000-of-00001'); cm.__enter__();"
+                               "print('held', flush=True); time.sleep(60)", str(REPO), str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True, env=env1())
+    assert holder.stdout.readline().strip() == "held"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with part_lock(lay, "00000-of-00001"):
+        pass

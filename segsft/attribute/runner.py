@@ -9,13 +9,16 @@ Readers take finished parts only, so they never see a sample twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +31,7 @@ from segsft.attribute.batching import attribute_sequence, resolve_budget
 from segsft.attribute.ig import check_supports_logits_to_keep, freeze
 from segsft.attribute.metrics import segment_metrics
 from segsft.corpus import Reject, Sample, read_corpus
+from segsft.errors import PipelineError
 from segsft.dist import shard
 from segsft.layout import AttributionLayout, RunLayout, part_name
 from segsft.io import write_json, write_parquet
@@ -127,6 +131,38 @@ class PartWriter:
             pass
 
 
+class PartBusy(PipelineError):
+    """Another live process writes this part of the run dir."""
+
+
+@contextlib.contextmanager
+def part_lock(layout: AttributionLayout, part: str) -> Iterator[None]:
+    """Hold the OS lock of one part (per rank and world size) for the whole run. The OS
+    releases it when the process dies, so a killed run never blocks its rerun; a second live
+    writer is refused in one line naming the holder."""
+    from filelock import FileLock, Timeout
+
+    layout.dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(layout.lock(part)))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            who = json.loads(layout.lock_holder(part).read_text())
+            holder = f"PID {who.get('pid')} on host {who.get('host')}"
+        except (OSError, ValueError):
+            holder = "another process"
+        raise PartBusy(f"part {part} of {layout.dir} is being written by {holder}: wait for it to finish or stop "
+                       "it; two writers of one part would lose rows") from None
+    try:
+        write_json(layout.lock_holder(part), {"pid": os.getpid(), "host": socket.gethostname(),
+                                              "since": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        yield
+    finally:
+        layout.lock_holder(part).unlink(missing_ok=True)
+        lock.release()
+
+
 def adaptive_settings(a: Mapping[str, Any]) -> AdaptiveSettings:
     """The adaptive rule's settings from the `attribute` node (dataclass defaults for absent keys)."""
     d = AdaptiveSettings()
@@ -157,6 +193,10 @@ class AttributeStage:
 
     def run(self, rank: int = 0, world: int = 1, model: Any = None, tokenizer: Any = None) -> dict:
         writer = PartWriter(self.out_dir, rank, world)
+        with part_lock(writer.layout, writer.part):
+            return self._run_locked(writer, rank, world, model, tokenizer)
+
+    def _run_locked(self, writer: "PartWriter", rank: int, world: int, model: Any, tokenizer: Any) -> dict:
         if writer.marker.exists():
             log.info("rank %d: part %s is complete (%s); nothing to do", rank, writer.part, writer.marker)
             writer.cleanup()  # a kill after the marker may have left the merged chunks behind
