@@ -124,13 +124,25 @@ class Encoded:
     ends: np.ndarray  # int64 [n], one past its last character
 
 
-def encode_with_offsets(tokenizer: Any, text: str) -> Encoded:
-    """Tokenize once and keep character offsets (needs a fast tokenizer)."""
+def special_texts(tokenizer: Any) -> list[str]:
+    """The text of every special (control) token, e.g. `<|im_end|>`."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return sorted({t.content for t in added.values() if getattr(t, "special", False)} | set(tokenizer.all_special_tokens))
+
+
+def has_special_text(tokenizer: Any, text: str) -> bool:
+    return any(s and s in text for s in special_texts(tokenizer))
+
+
+def encode_with_offsets(tokenizer: Any, text: str, as_plain_text: bool = False) -> Encoded:
+    """Tokenize once and keep character offsets (needs a fast tokenizer). `as_plain_text`:
+    control-token text in `text` (`<|im_end|>`) is encoded as ordinary characters."""
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(
             "a fast (Rust) tokenizer is needed for character offsets; load it with use_fast=True"
         )
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    extra = {"split_special_tokens": True} if as_plain_text else {}
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, **extra)
     offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
     return Encoded(
         ids=np.asarray(enc["input_ids"], dtype=np.int64),
@@ -141,6 +153,24 @@ def encode_with_offsets(tokenizer: Any, text: str) -> Encoded:
 
 def encode_plain(tokenizer: Any, text: str) -> np.ndarray:
     return np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+
+
+_MARK = "\ue000segsft-question\ue000"  # private-use characters: never in a question
+
+
+def encode_prompt(tokenizer: Any, question: str) -> np.ndarray:
+    """DESIGN step 1's prompt tokens. The template's own control tokens are control tokens;
+    control-token text inside the question (a data row writing `<|im_end|>` to open a turn of
+    its own) is encoded as plain text. A question without such text is tokenized as the whole
+    rendered prompt, exactly as before."""
+    rendered = render_prompt(tokenizer, question)
+    if not has_special_text(tokenizer, question):
+        return encode_plain(tokenizer, rendered)
+    before, found, after = render_prompt(tokenizer, _MARK).partition(_MARK)
+    if not found:
+        raise ValueError("the chat template does not contain the user message as given; cannot encode it safely")
+    plain = tokenizer(question, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    return np.concatenate([encode_plain(tokenizer, before), np.asarray(plain, dtype=np.int64), encode_plain(tokenizer, after)])
 
 
 def token_spans(starts: np.ndarray, char_spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -191,7 +221,7 @@ def build_sequence(
     no answer) and the report all call it. `pattern=None` keeps the trace as one segment.
     Raises ValueError when the answer span cannot be found or holds no token.
     """
-    prompt_ids = encode_plain(tokenizer, render_prompt(tokenizer, question))
+    prompt_ids = encode_prompt(tokenizer, question)
     body = solution
     ans_chars = None
     if answer is not None:
@@ -202,7 +232,7 @@ def build_sequence(
         a, b = boxed_span(suffix)
         ans_chars = (len(solution) + a, len(solution) + b)
         body = solution + suffix
-    enc = encode_with_offsets(tokenizer, body)
+    enc = encode_with_offsets(tokenizer, body, as_plain_text=has_special_text(tokenizer, solution))
     seg_chars = split_segments(solution, pattern) if pattern is not None else ([(0, len(solution))] if solution else [])
     n_prompt = len(prompt_ids)
     seg_tokens = [(n_prompt + a, n_prompt + b) for a, b in token_spans(enc.starts, seg_chars)]
