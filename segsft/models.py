@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -33,7 +34,7 @@ def check_model_config(cfg: Mapping[str, Any]) -> list[str]:
             flag(cfg, key)
         except ValueError as e:
             errs.append(str(e))
-    return errs
+    return errs + check_model_location(cfg)
 
 
 def pick_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
@@ -62,6 +63,17 @@ def model_path(cfg: Mapping[str, Any]) -> str:
     if name not in _resolved:
         _resolved[name] = resolve_name_or_path(cfg)
     return _resolved[name]
+
+
+def check_model_location(cfg: Mapping[str, Any]) -> list[str]:
+    """A local path that does not exist (anything starting with /, ./, ../ or ~, or holding
+    more than one /) cannot be a hub id: say so before anything loads."""
+    name = str(cfg.get("name_or_path") or "")
+    looks_local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
+    if looks_local and not Path(name).expanduser().exists():
+        return [f"model.name_or_path={name!r} does not exist: give a model directory (config.json, safetensors, "
+                "tokenizer) or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct"]
+    return []
 
 
 def load_tokenizer(cfg: Mapping[str, Any]) -> Any:

@@ -232,3 +232,21 @@ def test_a_second_writer_of_a_part_is_refused_naming_the_holder(tmp_path, corpus
     holder.wait()
     with part_lock(lay, "00000-of-00001"):
         pass
+
+
+def test_a_run_where_every_row_is_rejected_fails_with_the_counts(tmp_path, tiny_model_dir):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"id": "a", "question": "q", "solution": "s", "answer": "1"},
+                                               {"id": "b", "question": "q", "solution": "s", "answer": "2"}])
+    for attempt in range(2):  # the rerun of the finished part says the same
+        out = subprocess.run(pipeline_cmd(overrides(tmp_path / "r", bad, tiny_model_dir, "attribute.max_tokens=5")),
+                             cwd=REPO, env=env1(), capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, (attempt, out.stderr[-2000:])
+        assert "0 scored, 2 rejected of 2 rows" in out.stdout
+        assert "every one of the 2 rows of part 00000-of-00001 was rejected" in out.stderr
+
+
+def test_a_model_path_that_does_not_exist_is_one_line(tmp_path, corpus):
+    out = subprocess.run(pipeline_cmd(overrides(tmp_path, corpus, str(tmp_path / "no-such-model"))), cwd=REPO,
+                         env=env1(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"model.name_or_path='{tmp_path / 'no-such-model'}' does not exist" in out.stderr

@@ -131,6 +131,10 @@ class PartWriter:
             pass
 
 
+class NothingScored(PipelineError):
+    """Every input row of a part was rejected."""
+
+
 class PartBusy(PipelineError):
     """Another live process writes this part of the run dir."""
 
@@ -200,7 +204,7 @@ class AttributeStage:
         if writer.marker.exists():
             log.info("rank %d: part %s is complete (%s); nothing to do", rank, writer.part, writer.marker)
             writer.cleanup()  # a kill after the marker may have left the merged chunks behind
-            return json.loads(writer.marker.read_text())
+            return self._report_counts(writer, json.loads(writer.marker.read_text()))
         data = self.cfg["data"]
         samples, rejects = read_corpus(data["path"], data.get("fields") or {}, data.get("limit"))
         rows: list[Sample | Reject] = sorted([*samples, *rejects], key=lambda r: r.row)
@@ -226,7 +230,22 @@ class AttributeStage:
             # `converged` holds for these select settings; select warns when it runs with others.
             summary["stop_test_select"] = self._select_config().settings()
         writer.finish(summary)
+        counts = {t: pq.read_metadata(writer.final(t)).num_rows for t in ("samples", "rejects")}
+        summary.update(scored=counts["samples"], rejected=counts["rejects"])
+        write_json(writer.marker, summary)
         log.info("rank %d: part %s complete: %s", rank, writer.part, [str(writer.final(t)) for t in TABLES])
+        return self._report_counts(writer, summary)
+
+    @staticmethod
+    def _report_counts(writer: "PartWriter", summary: dict) -> dict:
+        """Always say how many rows were scored and rejected; a part where none was scored fails."""
+        rows, scored = summary.get("rows_in_shard", 0), summary.get("scored")
+        if scored is not None:
+            print(f"attribute: part {writer.part}: {scored} scored, {summary.get('rejected')} rejected of {rows} rows "
+                  f"-> {writer.layout.dir}", flush=True)
+        if rows and scored == 0:
+            raise NothingScored(f"every one of the {rows} rows of part {writer.part} was rejected: see the reasons "
+                                f"in {writer.final('rejects')} (e.g. attribute.max_tokens, data.fields)")
         return summary
 
     def _prepare(self, todo: list[Sample | Reject], tokenizer: Any, model_limit: int = 0) -> tuple[list[tuple[Sample, Any]], list[dict]]:
