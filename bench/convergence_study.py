@@ -124,7 +124,7 @@ def compute(args: argparse.Namespace) -> None:
             n = int(seq.answer_positions[-1]) + 1
             ig = IGPath(model, torch.as_tensor(seq.input_ids[:n], device=device),
                         torch.as_tensor(seq.answer_positions, device=device), baseline=baseline, pad_id=pad,
-                        trace_tokens=(seq.n_prompt, seq.segment_tokens[-1][1]), batch_alphas=args.batch)
+                        trace_tokens=seq.trace_tokens, batch_alphas=args.batch)
             cache = PointCache(cache_file(args.cache, args.tag, row["id"], baseline), ig, args.store)
             t0 = time.time()
             for k in range(2, levels + 1):
@@ -141,17 +141,16 @@ def compute(args: argparse.Namespace) -> None:
 
 
 def decide_fn(seq, select_cfg):
-    from segsft.attribute.metrics import segment_metrics
-    from segsft.rule import decide
+    """The stop test's decider, memoised by estimate: replays ask for the same ones often."""
+    from segsft.attribute.metrics import segment_decider
 
+    decide = segment_decider(seq.segment_tokens, select_cfg, seq.train_tokens)
     memo: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
 
     def fn(token_attr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         key = token_attr.tobytes()
         if key not in memo:
-            seg = segment_metrics(token_attr, seq.segment_tokens)
-            strength = np.array([s["strength"] for s in seg])
-            memo[key] = decide(strength, [s["consistency"] for s in seg], select_cfg), strength
+            memo[key] = decide(token_attr)
         return memo[key]
 
     return fn

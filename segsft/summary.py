@@ -17,14 +17,29 @@ def _short(text: str, width: int = 90) -> str:
     return flat if len(flat) <= width else flat[: width - 3] + "..."
 
 
+def convergence(smp: pl.DataFrame) -> dict[str, Any]:
+    """Gradient evaluations per sample and the adaptive rule's stop test, from a samples table
+    (the demo's summary and the report both show these)."""
+    steps = smp["steps_used"].drop_nulls()
+    stab = smp["decision_stability"].drop_nulls()
+    conv = smp["converged"].drop_nulls()
+    return {
+        "steps_median": float(steps.median()) if len(steps) else None,
+        "steps_max": int(steps.max()) if len(steps) else None,
+        "stability_median": float(stab.median()) if len(stab) else None,
+        "adaptive_samples": len(conv),
+        "unconverged": smp.filter(pl.col("converged") == False)["sample_id"].to_list(),  # noqa: E712
+    }
+
+
 def convergence_line(smp: pl.DataFrame) -> str:
     """Steps used, decision stability and convergence of the samples table (any rule)."""
+    c = convergence(smp)
     rule = ", ".join(sorted(set(smp["rule"])))
-    out = f"rule {rule}: gradient evaluations median {smp['steps_used'].median():.0f} (max {smp['steps_used'].max()})"
-    stab = smp["decision_stability"].drop_nulls()
-    if len(stab):
-        conv = smp["converged"].drop_nulls()
-        out += (f", decision stability median {stab.median():.2f}, converged {int(conv.sum())} of {len(conv)}")
+    out = f"rule {rule}: gradient evaluations median {c['steps_median']:.0f} (max {c['steps_max']})"
+    if c["adaptive_samples"]:
+        out += (f", decision stability median {c['stability_median']:.2f}, converged "
+                f"{c['adaptive_samples'] - len(c['unconverged'])} of {c['adaptive_samples']}")
     gaps = smp["completeness_gap"].drop_nulls()
     if len(gaps):
         out += f", completeness gap median {gaps.median():.2g}"

@@ -206,6 +206,16 @@ class TraceSequence:
     # n_prompt + i starts at body_starts[i]. Labels and token shading map through it.
     body_starts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
+    @property
+    def train_tokens(self) -> int:
+        """Prompt + trace: the length of the training sequence (DESIGN step 8)."""
+        return self.segment_tokens[-1][1] if self.segment_tokens else self.n_prompt
+
+    @property
+    def trace_tokens(self) -> tuple[int, int]:
+        """The trace's token span [start, end) in the sequence."""
+        return self.n_prompt, self.train_tokens
+
 
 def build_sequence(
     tokenizer: Any,

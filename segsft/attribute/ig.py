@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
@@ -149,14 +149,18 @@ class IGPath:
         self.batch_alphas = max(1, batch_alphas)
         self.evaluations = 0
 
+    def _points(self, alphas: np.ndarray) -> Iterator[torch.Tensor]:
+        """z = x' + a (x - x') for `batch_alphas` of `alphas` at a time: fp32 arithmetic, then
+        the model's dtype."""
+        a_all = torch.tensor(np.asarray(alphas, dtype=np.float64), dtype=self.acc, device=self.x.device)
+        for lo in range(0, len(a_all), self.batch_alphas):
+            a = a_all[lo : lo + self.batch_alphas]
+            yield (self.base.unsqueeze(0) + a.view(-1, 1, 1) * self.delta.unsqueeze(0)).to(self.model_dtype)
+
     @torch.no_grad()
     def __call__(self, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        alphas = np.asarray(alphas, dtype=np.float64)
-        a_all = torch.tensor(alphas, dtype=self.acc, device=self.input_ids.device)
         grads, fs = [], []
-        for lo in range(0, len(alphas), self.batch_alphas):
-            a = a_all[lo : lo + self.batch_alphas]
-            z = (self.base.unsqueeze(0) + a.view(-1, 1, 1) * self.delta.unsqueeze(0)).to(self.model_dtype)
+        for z in self._points(alphas):
             z.requires_grad_(True)
             with torch.enable_grad():
                 f = answer_logprob(self.model, z, self.input_ids, self.answer_positions)
@@ -170,11 +174,8 @@ class IGPath:
     @torch.no_grad()
     def logprobs(self, alphas: np.ndarray) -> np.ndarray:
         """f only (forward passes, no gradient): about a third of the cost of `__call__`."""
-        out = []
-        for lo in range(0, len(alphas), self.batch_alphas):
-            a = torch.tensor(np.asarray(alphas[lo : lo + self.batch_alphas]), dtype=self.acc, device=self.x.device)
-            z = (self.base.unsqueeze(0) + a.view(-1, 1, 1) * self.delta.unsqueeze(0)).to(self.model_dtype)
-            out.append(answer_logprob(self.model, z, self.input_ids, self.answer_positions).double().cpu())
+        out = [answer_logprob(self.model, z, self.input_ids, self.answer_positions).double().cpu()
+               for z in self._points(alphas)]
         return torch.cat(out).numpy()
 
 

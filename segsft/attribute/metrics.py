@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
+
+
+def segment_decider(segment_tokens: Sequence[tuple[int, int]], select_cfg: Any, train_tokens: int | None = None
+                    ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """token_attr -> (train decision per segment, strength per segment): the select stage's own
+    rule (`segsft.rule.decide`) on one sample, as the adaptive rule's stop test needs it."""
+    from segsft.rule import decide
+
+    def fn(token_attr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        seg = segment_metrics(token_attr, segment_tokens)
+        strength = np.array([m["strength"] for m in seg])
+        return decide(strength, [m["consistency"] for m in seg], select_cfg, train_tokens), strength
+
+    return fn
 
 
 def segment_metrics(token_attr: np.ndarray, segment_tokens: Sequence[tuple[int, int]]) -> list[dict]:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from segsft.attribute.adaptive import AdaptiveSettings
 from segsft.attribute.batching import attribute_sequence, resolve_budget
 from segsft.attribute.ig import check_supports_logits_to_keep, freeze
-from segsft.attribute.metrics import segment_metrics
+from segsft.attribute.metrics import segment_decider, segment_metrics
 from segsft.corpus import Reject, Sample, read_corpus
 from segsft.errors import PipelineError
 from segsft.dist import shard
@@ -310,7 +310,7 @@ class AttributeStage:
                     rule=a["rule"], steps=int(a["steps"]), baseline=a.get("baseline", "pad"), pad_id=pad,
                     batch_alphas=int(a.get("batch_alphas", 8)), max_batch_tokens=budget,
                     adaptive=adaptive, decide=self._decide(seq) if adaptive else None,
-                    trace_tokens=(seq.n_prompt, seq.segment_tokens[-1][1]),
+                    trace_tokens=seq.trace_tokens,
                 )
             except torch.OutOfMemoryError as e:
                 if device.type == "cuda":
@@ -343,19 +343,8 @@ class AttributeStage:
         return SelectConfig.from_cfg(self.cfg["select"]) if self.cfg.get("select") else SelectConfig()
 
     def _decide(self, seq: Any) -> Any:
-        """The stop test's decision: the select stage's own rule, with the configured select
-        settings, on the segments of `seq` (train_tokens counts for min_tokens)."""
-        from segsft.rule import decide
-
-        scfg = self._select_config()
-        train_tokens = seq.segment_tokens[-1][1]
-
-        def fn(token_attr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            seg = segment_metrics(token_attr, seq.segment_tokens)
-            strength = np.array([m["strength"] for m in seg])
-            return decide(strength, [m["consistency"] for m in seg], scfg, train_tokens), strength
-
-        return fn
+        """The stop test's decision: the select rule with the configured select settings."""
+        return segment_decider(seq.segment_tokens, self._select_config(), seq.train_tokens)
 
     def _rows(self, buf: _Buffer, item: Sample, seq: Any, res: Any, n_fed: int, model_name: str, seconds: float) -> None:
         a = res.token_attr
@@ -367,7 +356,7 @@ class AttributeStage:
         buf.samples.append({
             "sample_id": item.sample_id,
             "n_tokens": n_fed,
-            "train_tokens": seq.segment_tokens[-1][1],
+            "train_tokens": seq.train_tokens,
             "n_segments": len(seq.segment_chars),
             "answer_logprob": res.answer_logprob,
             "baseline_logprob": res.baseline_logprob,

@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 
 from segsft.layout import SelectionLayout
+from segsft.summary import convergence
 from segsft.report.load import SID, Attribution, Selection
 
 
@@ -83,24 +84,10 @@ def overview(att: Attribution) -> dict[str, Any]:
                            (("min", 0.0), ("p10", 0.1), ("median", 0.5), ("p90", 0.9), ("max", 1.0))}
                           if len(gaps) else None),
         "gap_nulls": smp.height - len(gaps),
-        "convergence": _convergence(smp),
+        "convergence": convergence(smp),
         "gaps": gaps.to_numpy(),
         "rules": sorted({f"{r} x {s}" for r, s in smp.select("rule", "steps").unique().iter_rows()}),
         "models": sorted(set(smp["model"].to_list())),
-    }
-
-
-def _convergence(smp: pl.DataFrame) -> dict[str, Any]:
-    """Gradient evaluations per sample, and the adaptive rule's stop test (None without it)."""
-    steps = smp["steps_used"].drop_nulls()
-    stab = smp["decision_stability"].drop_nulls()
-    conv = smp["converged"].drop_nulls()
-    return {
-        "steps_median": float(steps.median()) if len(steps) else None,
-        "steps_max": int(steps.max()) if len(steps) else None,
-        "stability_median": float(stab.median()) if len(stab) else None,
-        "adaptive_samples": len(conv),
-        "unconverged": smp.filter(pl.col("converged") == False)[SID].to_list(),  # noqa: E712
     }
 
 
