@@ -52,7 +52,12 @@ def _raw_rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any] | None, str]]
     if path.suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
-        for i, rec in enumerate(pq.read_table(path).to_pylist()):
+        try:
+            table = pq.read_table(path)
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise CorpusError(f"{path} is not a readable Parquet file ({str(e).splitlines()[0]}): "
+                              "point data.path to a Parquet or JSONL (.jsonl) corpus") from None
+        for i, rec in enumerate(table.to_pylist()):
             yield i, rec, ""
         return
     with path.open("rb") as fh:

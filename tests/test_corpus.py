@@ -111,3 +111,10 @@ def test_empty_file_and_directory_get_their_own_message(tmp_path):
         read_corpus(tmp_path / "e.jsonl", {})
     with pytest.raises(CorpusError, match="is a directory"):
         read_corpus(tmp_path, {})
+
+
+def test_a_file_that_is_not_parquet_is_one_clear_error(tmp_path):
+    p = tmp_path / "c.parquet"
+    p.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(CorpusError, match="is not a readable Parquet file .*magic bytes"):
+        read_corpus(p, {})
