@@ -41,6 +41,8 @@ def write_inputs(d: Path, n: int, seed: int) -> tuple[Path, Path, str]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from segsft.layout import SelectionLayout
+    from segsft.schemas import MASKS_SCHEMA
     from segsft.text import resolve_pattern, split_segments
     from segsft.tiny_model import save_tiny, tiny_qwen2, train_tokenizer
 
@@ -55,8 +57,9 @@ def write_inputs(d: Path, n: int, seed: int) -> tuple[Path, Path, str]:
         for k, (a, b) in enumerate(segs):
             masks.append({"sample_id": str(r["id"]), "segment": k, "char_start": a, "char_end": b, "n_tokens": 0,
                           "train": k in keep or rnd.random() < 0.5, "why": "bench"})
-    (d / "sel").mkdir()
-    pq.write_table(pa.Table.from_pylist(masks), d / "sel" / "masks.parquet")
+    sel = SelectionLayout(d / "sel")
+    sel.dir.mkdir()
+    pq.write_table(pa.Table.from_pylist(masks, schema=MASKS_SCHEMA), sel.masks)
     tok = train_tokenizer([r["solution"][:50000] for r in rows], vocab_size=1000)
     model = tiny_qwen2(tok, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
                        num_key_value_heads=2, intermediate_size=688)
@@ -64,7 +67,6 @@ def write_inputs(d: Path, n: int, seed: int) -> tuple[Path, Path, str]:
 
 
 def bench_mode(mode: str, corpus: Path, sel: Path, model_dir: str, out: Path, args) -> dict:
-    from omegaconf import OmegaConf
     from transformers import TrainerCallback
 
     from segsft.finetune import run
@@ -76,13 +78,15 @@ def bench_mode(mode: str, corpus: Path, sel: Path, model_dir: str, out: Path, ar
         def on_train_end(self, *a, **k):
             self.seconds = time.perf_counter() - self.t0
 
-    ft = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "finetune" / "default.yaml"))
-    ft.update(mode=mode, deepspeed="none", max_steps=args.steps, max_length=args.max_length,
-              per_device_train_batch_size=args.batch, save_steps=10**6, logging_steps=args.steps)
-    cfg = OmegaConf.create({
-        "stage": "finetune", "data": {"path": str(corpus), "fields": {"id": "id"}},
-        "model": {"name_or_path": model_dir}, "selection_dir": str(sel), "finetune_dir": str(out), "finetune": ft,
-    })
+    import segsft  # noqa: F401  (registers the config schemas)
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "stage=finetune", f"data.path={corpus}", f"model.name_or_path={model_dir}", f"selection_dir={sel}",
+            f"finetune_dir={out}", f"finetune.mode={mode}", "finetune.deepspeed=none", f"finetune.max_steps={args.steps}",
+            f"finetune.max_length={args.max_length}", f"finetune.per_device_train_batch_size={args.batch}",
+            "finetune.save_steps=1000000", f"finetune.logging_steps={args.steps}"])
     clock = Clock()
     res = run(cfg, [clock])
     report = json.loads((out / "data_report.json").read_text())

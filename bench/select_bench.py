@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from machine import machine as _machine  # noqa: E402
 
+from segsft.layout import RunLayout  # noqa: E402
 from segsft.select.synthetic import random_tables, write_part  # noqa: E402
 
 TARGET_S, TARGET_GIB = 60.0, 4.0
@@ -42,7 +43,7 @@ def build(run_dir: Path, samples: int, segments: int, parts: int) -> float:
     for rank in range(parts):
         first, n = rank * per, min(per, samples - rank * per)
         seg, smp = random_tables(n, segments, seed=0, first=first)
-        write_part(run_dir / "attribution", seg, smp, rank, parts)
+        write_part(RunLayout(run_dir).attribution.dir, seg, smp, rank, parts)
     return time.monotonic() - t0
 
 
@@ -57,12 +58,12 @@ def run_select(run_dir: Path, method: str) -> dict:
     wall = time.monotonic() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"select ({method}) failed:\n{stderr.decode()[-3000:]}")
-    out = next((run_dir / "selection").glob(f"{method}-*"))
-    summary = json.loads((out / "summary.json").read_text())
+    out = next(s for s in RunLayout(run_dir).selections() if s.dir.name.startswith(f"{method}-"))
+    summary = json.loads(out.summary.read_text())
     return {"method": method, "wall_s": round(wall, 2), "stage_s": summary["seconds"],
             "peak_rss_gib": round(usage.ru_maxrss / 2**20, 3), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
             "rows": summary["overall"]["segments"], "share_tokens_kept": round(summary["overall"]["share_tokens_kept"], 4),
-            "masks_mib": round((out / "masks.parquet").stat().st_size / 2**20, 1)}
+            "masks_mib": round(out.masks.stat().st_size / 2**20, 1)}
 
 
 def main() -> None:
@@ -77,13 +78,13 @@ def main() -> None:
 
     run_dir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="select-bench-")) / "run"
     try:
-        if not (run_dir / "attribution").is_dir():
+        if not RunLayout(run_dir).attribution.dir.is_dir():
             print(f"building {args.samples} x {args.segments} segment rows in {run_dir} ...", flush=True)
             build_s = build(run_dir, args.samples, args.segments, args.parts)
             os.sync()  # flush the build's writes so they do not stall the first timed run's fsync
         else:
             build_s = None
-        shutil.rmtree(run_dir / "selection", ignore_errors=True)
+        shutil.rmtree(RunLayout(run_dir).selection_root, ignore_errors=True)
         results = [run_select(run_dir, m) for m in args.methods.split(",")]
     finally:
         if not args.keep:

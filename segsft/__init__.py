@@ -8,9 +8,11 @@ package would shadow Python's standard `select` module.
 
 __version__ = "0.1.0"
 
-try:  # the config's ${segsft_selection_name:...}; omegaconf is absent on a bare GPU image
+try:  # the config's schemas and ${segsft_selection_name:...}; hydra is absent on a bare GPU image
+    from segsft.config_schema import register_configs
     from segsft.layout import register_resolvers
 
     register_resolvers()
+    register_configs()
 except ImportError:  # pragma: no cover
     pass

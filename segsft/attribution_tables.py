@@ -2,9 +2,12 @@
 select stage and the report).
 
 The attribution stage writes each part's tables, then its marker; an unfinished part leaves
-chunks in its partial directory (names: segsft.layout). Selection reads only complete runs:
-every rank of one world size, each with its marker, no partial directory left. Only file
-names and Parquet footers are read here.
+chunks in its partial directory (names: segsft.layout). A run is complete when every part of
+at least one world size is finished. Reruns with another world size skip the samples that
+finished parts hold, so the finished parts of every world size together hold each sample;
+where two hold the same sample (a consolidation cut short, two launches at once) the first part
+in name order is read, so each sample is read exactly once. Only file names and Parquet footers
+are read here.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from segsft.errors import PipelineError
-from segsft.layout import RunLayout, parse_part
-from segsft.schemas import (REQUIRED, SAMPLES_SCHEMA, SELECT_OPTIONAL_SAMPLE_COLUMNS, SELECT_SAMPLE_COLUMNS,
-                            SELECT_SEGMENT_COLUMNS)
+from segsft.layout import ATTRIBUTION_TABLES, RunLayout, parse_part
+from segsft.schemas import (REJECTS_SCHEMA, REQUIRED, SAMPLES_SCHEMA, SELECT_OPTIONAL_SAMPLE_COLUMNS,
+                            SELECT_SAMPLE_COLUMNS, SELECT_SEGMENT_COLUMNS, SID)
 
 
 
@@ -29,18 +32,60 @@ class AttributionNotReady(PipelineError):
 
 @dataclass(frozen=True)
 class AttributionTables:
-    """The validated part files of one complete attribution run."""
+    """The finished part files of a complete attribution run, in part order."""
 
     dir: Path
     segments: tuple[Path, ...]
     samples: tuple[Path, ...]
+    rejects: tuple[Path, ...] = ()
+    #: What was left aside (unfinished parts of an incomplete world size), for the log.
+    notes: tuple[str, ...] = ()
 
-    def scan_segments(self) -> pl.LazyFrame:
-        return pl.scan_parquet(list(self.segments)).select(SELECT_SEGMENT_COLUMNS)
+    @property
+    def mixed(self) -> bool:
+        """Parts of more than one world size: a sample may be in two of them."""
+        return len({parse_part(_part_of(p))[1] for p in self.samples}) > 1
 
-    def scan_samples(self) -> pl.LazyFrame:
-        """What selection reads of the samples tables (optional columns null where a part lacks them)."""
-        return scan_samples(self.samples, SELECT_SAMPLE_COLUMNS, SELECT_OPTIONAL_SAMPLE_COLUMNS)
+    def scan_samples(self, required: Iterable[str] = SELECT_SAMPLE_COLUMNS,
+                     optional: Iterable[str] = SELECT_OPTIONAL_SAMPLE_COLUMNS) -> pl.LazyFrame:
+        """The samples tables (optional columns null where a part lacks them), each sample once."""
+        if not self.mixed:
+            return scan_samples(self.samples, required, optional)
+        return self.winners(required, optional).drop(_PART)
+
+    def scan_segments(self, columns: Iterable[str] = SELECT_SEGMENT_COLUMNS) -> pl.LazyFrame:
+        """The segments tables; of a sample in two parts, the rows of the part its samples row is read from."""
+        columns = list(columns)
+        if not self.mixed:
+            return pl.scan_parquet(list(self.segments)).select(columns)
+        frames = [pl.scan_parquet(p).select(columns).with_columns(pl.lit(i).alias(_PART))
+                  for i, p in enumerate(self.segments)]
+        keep = self.winners((SID,), ()).select(SID, _PART)
+        return pl.concat(frames).join(keep, on=[SID, _PART], how="semi").drop(_PART)
+
+    def scan_rejects(self, columns: Iterable[str] = (SID, "reason", "source", "row")) -> pl.LazyFrame:
+        """The rejects tables: each id once, and none that a part scored."""
+        columns = list(columns)
+        if not self.rejects:
+            return pl.from_arrow(REJECTS_SCHEMA.empty_table()).lazy().select(columns)
+        lf = pl.concat([pl.scan_parquet(p).select(columns) for p in self.rejects])
+        if not self.mixed:
+            return lf
+        scored = pl.concat([pl.scan_parquet(p).select(SID) for p in self.samples])
+        return lf.unique(SID, keep="first", maintain_order=True).join(scored, on=SID, how="anti")
+
+    def winners(self, required: Iterable[str], optional: Iterable[str]) -> pl.LazyFrame:
+        """Samples rows with the index of their part (the segments files share the order), the first part's kept."""
+        frames = [scan_samples([p], required, optional).with_columns(pl.lit(i).alias(_PART))
+                  for i, p in enumerate(self.samples)]
+        return pl.concat(frames, how="vertical_relaxed").unique(SID, keep="first", maintain_order=True)
+
+
+_PART = "__part"
+
+
+def _part_of(path: Path) -> str:
+    return path.name.split("-", 1)[1].removesuffix(".parquet")
 
 
 def scan_samples(paths: Iterable[Path], required: Iterable[str], optional: Iterable[str]) -> pl.LazyFrame:
@@ -77,47 +122,48 @@ def open_attribution(run_dir: str | Path) -> AttributionTables:
             f"first (or point run_dir=... to a run that has them)."
         )
     all_files = lay.table_files()
-    files = {t: all_files[t] for t in ("segments", "samples")}
     markers = lay.markers()
     partial = lay.partial_parts()
-    parts = sorted(set(files["segments"]) | set(files["samples"]) | markers)
-    worlds = sorted({_split(p)[1] for p in parts})
-
-    problems = []
-    if len(worlds) > 1:
-        by_world = {w: [p for p in parts if _split(p)[1] == w] for w in worlds}
-        problems.append(
-            f"parts of {len(worlds)} different world sizes {by_world}: they would count samples twice; "
-            "keep the files of one attribution run and move the others out of the directory"
-        )
-    world = worlds[-1] if worlds else None
-    if len(worlds) == 1:
-        missing = [f"{r:05d}-of-{world:05d}" for r in range(world) if f"{r:05d}-of-{world:05d}" not in parts]
+    parts = sorted(set(all_files["segments"]) | set(all_files["samples"]) | markers | set(partial))
+    finished = set(lay.finished_parts()) - set(partial)
+    by_world: dict[int, list[str]] = {}
+    for p in parts:
+        by_world.setdefault(_split(p)[1], []).append(p)
+    complete = [w for w, ps in by_world.items()
+                if all(f"{r:05d}-of-{w:05d}" in finished for r in range(w))]
+    problems, notes = [], []
+    for w, ps in sorted(by_world.items()):
+        missing = [f"{r:05d}-of-{w:05d}" for r in range(w) if f"{r:05d}-of-{w:05d}" not in parts]
+        unfinished = [p for p in ps if p not in finished]
+        if w in complete:
+            continue
+        what = []
         if missing:
-            problems.append(f"parts {missing} have no files yet (world size {world})")
-    for part in parts:
-        lacking = [t for t in ("segments", "samples") if part not in files[t]]
-        if part not in markers:
-            problems.append(f"part {part} has no completion marker {lay.marker(part).name}")
-        elif lacking:
-            problems.append(f"part {part} is marked done but lacks {[lay.table(t, part).name for t in lacking]}")
-    for name in partial:
-        w = _split(name)[1] if "-of-" in name else None
-        if world is not None and w is not None and w != world:
-            # The runner leaves these when a run is redone with another world size.
-            problems.append(f"{lay.partial(name)} is left over from a run of world size {w} (the parts here "
-                            f"have world size {world}): delete it, or finish that run with NPROC={w}")
+            what.append(f"parts {missing} have no files yet")
+        for p in unfinished:
+            if p in partial:
+                what.append(f"part {p} has unfinished chunks in {lay.partial(p)}")
+            elif p not in markers:
+                what.append(f"part {p} has no completion marker {lay.marker(p).name}")
+            else:
+                lacking = [lay.table(t, p).name for t in ATTRIBUTION_TABLES if p not in all_files[t]]
+                what.append(f"part {p} is marked done but lacks {lacking}")
+        if complete:
+            # Another world size covers every row: this one's unfinished parts are not needed.
+            notes += [f"{x} (world size {w}): ignored, the finished parts cover every row; delete it" for x in what]
         else:
-            problems.append(f"part {name} has unfinished chunks in {lay.partial(name)}")
+            problems += [f"{x} (world size {w})" for x in what]
+    world = max(by_world) if by_world else None
     if problems:
         raise AttributionNotReady(
             f"the attribution under {adir} is not complete:\n  - " + "\n  - ".join(problems)
             + f"\nTo finish it, {_resume_hint(run_dir, world)}."
         )
+    files = {t: {p: f for p, f in all_files[t].items() if p in finished} for t in ATTRIBUTION_TABLES}
 
     bad = []
-    for table, paths in files.items():
-        for part, path in sorted(paths.items()):
+    for table in ("segments", "samples"):
+        for part, path in sorted(files[table].items()):
             schema = pq.read_schema(path)
             need = REQUIRED[table]
             missing = [c for c in need if c not in schema.names]
@@ -133,5 +179,5 @@ def open_attribution(run_dir: str | Path) -> AttributionTables:
             + f"\nThey were not written by this version of the attribution stage: move them away and run "
             f"`make attribute RUN_DIR={run_dir}` again."
         )
-    return AttributionTables(adir, tuple(p for _, p in sorted(files["segments"].items())),
-                             tuple(p for _, p in sorted(files["samples"].items())))
+    return AttributionTables(adir, *(tuple(p for _, p in sorted(files[t].items())) for t in ATTRIBUTION_TABLES),
+                             notes=tuple(notes))

@@ -75,7 +75,8 @@ def _raw_rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any] | None, str]]
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                yield i, None, f"invalid JSON ({e.msg} at column {e.colno})|{line}"
+                # Line and column as an editor counts them (1-based, in characters, not bytes).
+                yield i, None, f"invalid JSON at line {i + 1}, column {e.colno} ({e.msg})|{line}"
                 continue
             if not isinstance(rec, dict):
                 yield i, None, f"a JSON {type(rec).__name__}, not an object|{line}"

@@ -3,3 +3,28 @@
 
 class PipelineError(ValueError):
     """A problem with the input, the config or the run directory, stated with what to do."""
+
+
+#: errno -> what it means for a run, and what to do.
+_STORAGE = {
+    "ENOSPC": "the disk is full: free space there or point run_dir (or the path named) to a disk with room",
+    "EDQUOT": "the disk quota is used up: free space there or point run_dir (or the path named) elsewhere",
+    "EROFS": "the filesystem is read-only: point run_dir (or the path named) to a writable directory",
+    "EACCES": "permission denied: make it writable for this user or point run_dir (or the path named) elsewhere",
+    "EPERM": "operation not permitted: make it writable for this user or point run_dir (or the path named) elsewhere",
+}
+
+
+def storage_error(e: BaseException) -> str | None:
+    """One line for an OSError that is the machine's, not the code's (full disk, read-only
+    directory, no permission); None for any other error. A resumable stage loses nothing:
+    rerun it once there is room."""
+    import errno
+
+    if not isinstance(e, OSError) or e.errno is None:
+        return None
+    name = errno.errorcode.get(e.errno, "")
+    if name not in _STORAGE:
+        return None
+    where = e.filename or "the run directory"
+    return f"cannot write {where}: {_STORAGE[name]}; then rerun the same command (finished work is kept)"

@@ -52,6 +52,15 @@ class AttributionLayout:
     def marker(self, part: str) -> Path:
         return self.dir / f"part-{part}.done"
 
+    @property
+    def fingerprint(self) -> Path:
+        """The settings the scores were made with (segsft.attribute.fingerprint)."""
+        return self.dir / "fingerprint.json"
+
+    @property
+    def consolidate_lock(self) -> Path:
+        return self.dir / ".lock-consolidate"
+
     def lock(self, part: str) -> Path:
         """The OS lock a writer of `part` holds (released when its process dies)."""
         return self.dir / f".lock-{part}"
@@ -216,9 +225,10 @@ class RunLayout:
 
     @property
     def report(self) -> Path:
-        return self.run_dir / "report.html"
+        return self.run_dir / REPORT_FILE
 
 
+REPORT_FILE = "report.html"
 SWEEP_FILE = "sweep.parquet"
 #: One row per finished job of a multirun, in the job's Hydra output directory.
 SWEEP_ROW_FILE = "sweep_row.parquet"

@@ -15,12 +15,13 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "float64": torch.float64}
 
 
-def flag(cfg: Mapping[str, Any], key: str, default: bool = False) -> bool:
+def flag(cfg: Mapping[str, Any], key: str) -> bool:
     """A boolean key of the `model` node, strictly: `no` or `0` is not false, it is an error
-    (bool('no') is True, which would turn remote code on)."""
-    v = cfg.get(key, default)
-    if v is None:
-        return default
+    (bool('no') is True, which would turn remote code on). Hydra already types the composed
+    config; this guards hand-made mappings and saved settings."""
+    from segsft.config_schema import ModelConf, with_defaults
+
+    v = with_defaults(ModelConf, cfg)[key]
     if not isinstance(v, bool):
         raise ValueError(f"model.{key}={v!r}: use true or false")
     return v
@@ -105,13 +106,16 @@ def pick_attn_implementation(spec: str, device: torch.device) -> str:
 def load_model(cfg: Mapping[str, Any], device: torch.device, dtype: torch.dtype) -> Any:
     from transformers import AutoModelForCausalLM
 
+    from segsft.config_schema import ModelConf, with_defaults
+
+    cfg = with_defaults(ModelConf, cfg)
     kwargs: dict[str, Any] = dict(
-        revision=cfg.get("revision"),
+        revision=cfg["revision"],
         trust_remote_code=flag(cfg, "trust_remote_code"),
         dtype=dtype,
         use_safetensors=True,
     )
-    kwargs["attn_implementation"] = pick_attn_implementation(cfg.get("attn_implementation") or "auto", device)
+    kwargs["attn_implementation"] = pick_attn_implementation(cfg["attn_implementation"], device)
     model = AutoModelForCausalLM.from_pretrained(model_path(cfg), **kwargs)
     return model.to(device)
 

@@ -27,9 +27,8 @@ import numpy as np
 import polars as pl
 
 from segsft.selection_config import SelectConfig
-from segsft.schemas import MASKS_COLUMNS
+from segsft.schemas import MASKS_COLUMNS, SID
 
-SID = "sample_id"
 
 
 def _finite_or_zero(name: str) -> pl.Expr:

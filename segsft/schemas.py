@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+#: The key of every table.
+SID = "sample_id"
+
 SEGMENTS_SCHEMA = pa.schema(
     [
         ("sample_id", pa.string()),
@@ -45,6 +48,9 @@ SAMPLES_SCHEMA = pa.schema(
         ("steps_used", pa.int32()),
         pa.field("decision_stability", pa.float64(), nullable=True),
         pa.field("converged", pa.bool_(), nullable=True),
+        # The sample's row in the corpus (0-based), as rejects record it: resume keys on
+        # (sample_id, row), and every input row is in exactly one of samples or rejects.
+        pa.field("row", pa.int64(), nullable=True),
     ]
 )
 

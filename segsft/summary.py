@@ -8,7 +8,9 @@ from typing import Any
 
 import polars as pl
 
+from segsft.attribution_tables import open_attribution
 from segsft.corpus import read_corpus
+from segsft.schemas import ADAPTIVE_SAMPLE_COLUMNS, REPORT_SAMPLE_COLUMNS, REPORT_SEGMENT_COLUMNS
 from segsft.layout import FinetuneLayout, RunLayout, SelectionLayout
 
 
@@ -54,10 +56,11 @@ def summarize(cfg: Any) -> str:
     sel = SelectionLayout(Path(cfg.selection_dir))
     ft = FinetuneLayout(Path(cfg.finetune_dir))
     lines: list[str] = []
-    # Finished parts only: a part without its marker may be half written.
-    seg = pl.scan_parquet(att.finished("segments")).drop("token_attr").collect()
-    smp = pl.read_parquet(att.finished("samples"))
-    rej = pl.read_parquet(att.finished("rejects"))
+    # Finished parts only, each sample once (segsft.attribution_tables).
+    tables = open_attribution(cfg.run_dir)
+    seg = tables.scan_segments(REPORT_SEGMENT_COLUMNS).collect()
+    smp = tables.scan_samples(REPORT_SAMPLE_COLUMNS, ADAPTIVE_SAMPLE_COLUMNS).collect()
+    rej = tables.scan_rejects().collect()
     lines.append(f"attribution: {smp.height} samples scored, {rej.height} rejected")
     if smp.height:
         lines.append("  " + convergence_line(smp))
@@ -74,7 +77,7 @@ def summarize(cfg: Any) -> str:
                      f"{overall['share_tokens_kept'] or 0:>11.0%}")
     if smp.height:
         sid = smp.sort("sample_id")["sample_id"][0]
-        samples, _ = read_corpus(cfg.data.path, cfg.data.get("fields") or {}, cfg.data.get("limit"))
+        samples, _ = read_corpus(cfg.data.path, cfg.data.fields, cfg.data.limit)
         text = next((s.solution for s in samples if s.sample_id == sid), "")
         top = seg.filter(pl.col("sample_id") == sid).sort("strength", descending=True).head(3)
         lines.append(f"\nstrongest segments of {sid}:")
@@ -92,7 +95,7 @@ def summarize(cfg: Any) -> str:
         lines.append(f"  masks    {masks_path}")
     if ft.model.exists():
         lines.append(f"  model    {ft.model}")
-    report = Path(cfg.report.path) if "report" in cfg and cfg.report.get("path") else run.report
+    report = Path(cfg.report.path)
     if report.exists():
         lines.append(f"  report   {report}")
     return "\n".join(lines)

@@ -12,6 +12,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from segsft.config_schema import AttributeConf
+
 PROMPT_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
 
 #: DESIGN step 2, the reference's default keyword pattern.
@@ -27,7 +29,7 @@ KEYWORDS_BROAD = (
 KEYWORD_PRESETS = {"default": KEYWORDS_DEFAULT, "broad": KEYWORDS_BROAD}
 
 #: `{answer}` is replaced by the sample's answer (no other formatting is applied).
-ANSWER_SUFFIX_DEFAULT = "</think> So, the final answer is \\boxed{{answer}}"
+ANSWER_SUFFIX_DEFAULT = AttributeConf.answer_suffix  # the one default (segsft.config_schema)
 
 
 def resolve_pattern(preset: str | None, pattern: str | None = None) -> re.Pattern[str]:

@@ -79,7 +79,7 @@ def test_tables_follow_the_contract(single_run, corpus, tokenizer):
     # holder's note is gone once the run ends.
     assert sorted(p.name for p in adir.iterdir() if p.name.startswith(".")) == [".lock-00000-of-00001"]
     assert sorted(p.name for p in adir.iterdir() if not p.name.startswith(".")) == [
-        "part-00000-of-00001.done", "rejects-00000-of-00001.parquet",
+        "fingerprint.json", "part-00000-of-00001.done", "rejects-00000-of-00001.parquet",
         "samples-00000-of-00001.parquet", "segments-00000-of-00001.parquet"]
     seg, smp, rej = (pl.read_parquet(adir / f"{t}-00000-of-00001.parquet") for t in ("segments", "samples", "rejects"))
     for t, schema in (("segments", SEGMENTS_SCHEMA), ("samples", SAMPLES_SCHEMA), ("rejects", REJECTS_SCHEMA)):
@@ -167,10 +167,79 @@ def test_killed_run_resumes_to_identical_tables(tmp_path, tiny_model_dir):
     out = subprocess.run(pipeline_cmd(ovr(kill_dir)), env=env1(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     # flush_every=1: each committed chunk holds one sample, and exactly those are skipped.
-    assert f"{chunks} already done, {40 - chunks} to do" in out.stdout + out.stderr
+    assert f"{chunks} already done (0 of them in other parts), {40 - chunks} to do" in out.stdout + out.stderr
     for a, b in zip(sorted_tables(ref_dir), sorted_tables(kill_dir)):
         assert a.equals(b)
     assert read(kill_dir, "samples")["sample_id"].n_unique() == 40
+
+
+def test_a_rerun_with_another_world_size_completes_the_run_and_consolidates(tmp_path, corpus, tiny_model_dir, single_run):
+    from segsft.attribute import STAGE
+    from segsft.attribution_tables import open_attribution
+
+    run_dir = tmp_path / "w"
+    ovr = overrides(run_dir, corpus, tiny_model_dir, "attribute.max_tokens=400")
+    first = run_inprocess(ovr, 0, 2)  # rank 1 of 2 never ran
+    second = run_inprocess(ovr, 0, 1)  # one process takes over: rank 0's rows are not scored again
+    assert second["in_other_parts"] == first["rows_in_shard"] == 4
+    assert second["scored"] + second["rejected"] == 4
+    seg1, smp1, rej1 = sorted_tables(single_run)
+
+    def same_as_single_run(seg, smp, rej):
+        assert smp["sample_id"].to_list() == smp1["sample_id"].to_list() and rej.equals(rej1)
+        assert seg.select("sample_id", "segment").equals(seg1.select("sample_id", "segment"))
+        assert np.allclose(seg["attr_sum"], seg1["attr_sum"], rtol=1e-4, atol=1e-6)
+
+    tables = open_attribution(run_dir)
+    same_as_single_run(tables.scan_segments(("sample_id", "segment", "attr_sum")).collect().sort("sample_id", "segment"),
+                       tables.scan_samples().collect().sort("sample_id"), tables.scan_rejects().collect().sort("sample_id"))
+    STAGE.run(compose_config(*ovr, "attribute.consolidate=true"), 0, 1)
+    names = sorted(p.name for p in (run_dir / "attribution").iterdir() if not p.name.startswith("."))
+    assert names == ["fingerprint.json", "part-00000-of-00001.done", "rejects-00000-of-00001.parquet",
+                     "samples-00000-of-00001.parquet", "segments-00000-of-00001.parquet"]
+    same_as_single_run(*sorted_tables(run_dir))
+    # Consolidating again changes nothing.
+    before = sorted_tables(run_dir)
+    STAGE.run(compose_config(*ovr, "attribute.consolidate=true"), 0, 1)
+    for x, y in zip(before, sorted_tables(run_dir)):
+        assert x.equals(y)
+
+
+def test_a_rerun_with_other_settings_or_corpus_is_refused_naming_them(tmp_path, corpus, tiny_model_dir, single_run):
+    before = sorted_tables(single_run)
+    other = write_jsonl(tmp_path / "other.jsonl", make_traces(3, seed=9))
+    for extra, needle in ((["attribute.rule=linspace", "attribute.steps=8"], "rule: 'gauss_legendre' there, 'linspace' now"),
+                          (["attribute.baseline=zero"], "baseline: 'pad' there, 'zero' now")):
+        out = subprocess.run(pipeline_cmd(overrides(single_run, corpus, tiny_model_dir, "attribute.max_tokens=400", *extra)),
+                             env=env1(), capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert needle in out.stderr and "set a new run_dir=" in out.stderr, out.stderr[-2000:]
+    from segsft.attribute.fingerprint import SettingsChanged
+
+    with pytest.raises(SettingsChanged, match="corpus_sha256"):
+        run_inprocess(overrides(single_run, other, tiny_model_dir, "attribute.max_tokens=400"))
+    for a, b in zip(before, sorted_tables(single_run)):
+        assert a.equals(b)
+
+
+def test_a_duplicate_id_whose_first_copy_is_rejected_survives_a_resume(tmp_path, tiny_model_dir, caplog):
+    good = make_traces(2, seed=5)
+    rows = [{**good[0], "id": "a", "answer": None}, {**good[0], "id": "a"}, {**good[1], "id": "b"}]
+    corpus = write_jsonl(tmp_path / "c.jsonl", rows)
+    run_dir = tmp_path / "r"
+    run_inprocess(overrides(run_dir, corpus, tiny_model_dir))
+    seg, smp, rej = sorted_tables(run_dir)
+    assert smp.select("sample_id", "row").rows() == [("a#row1", 1), ("b", 2)]
+    assert rej.select("sample_id", "row").rows() == [("a", 0)]
+    # Killed after its tables, before its marker: the rerun finds every (id, row) done.
+    (run_dir / "attribution" / "part-00000-of-00001.done").unlink()
+    with caplog.at_level("INFO", logger="segsft"):
+        out = run_inprocess(overrides(run_dir, corpus, tiny_model_dir))
+    assert "3 already done (0 of them in other parts), 0 to do" in caplog.text
+    assert out["scored"] == 2 and out["rejected"] == 1
+    for x, y in zip((seg, smp, rej), sorted_tables(run_dir)):
+        assert x.equals(y)
+    assert sorted([*smp["row"], *rej["row"]]) == [0, 1, 2]  # every input row exactly once
 
 
 def test_config_errors_are_reported_together(tmp_path):
@@ -184,12 +253,20 @@ def test_config_errors_are_reported_together(tmp_path):
 
 
 def test_a_boolean_key_that_is_not_a_boolean_is_refused_in_one_line(tmp_path, tiny_model_dir):
-    # bool('no') is True: remote code would run. Every stage that loads the model refuses it.
-    out = subprocess.run(pipeline_cmd([f"run_dir={tmp_path}", f"model.name_or_path={tiny_model_dir}",
-                                       "model.trust_remote_code=no"]), cwd=REPO, env=env1(),
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert "model.trust_remote_code='no': use true or false" in out.stderr
+    # bool('no') would be True and run remote code. The schema types every boolean key: `no` is the
+    # boolean false, and anything that is not a boolean is refused before anything loads.
+    assert compose_config("model.trust_remote_code=no").model.trust_remote_code is False
+    for key in ("model.trust_remote_code", "model.pypi_fallback", "attribute.stable_ranks", "attribute.consolidate",
+                "finetune.resume", "finetune.packing", "finetune.liger", "report.token_shading"):
+        out = subprocess.run(pipeline_cmd([f"run_dir={tmp_path}", f"model.name_or_path={tiny_model_dir}", f"{key}=maybe"]),
+                             cwd=REPO, env=env1(), capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, key
+        assert f"full_key: {key}" in out.stderr and "'maybe'" in out.stderr and "not a valid bool" in out.stderr, out.stderr
+    # A hand-made mapping (not composed by Hydra) is checked as strictly.
+    from segsft.models import check_model_config
+
+    assert check_model_config({"name_or_path": tiny_model_dir, "trust_remote_code": "no"}) == [
+        "model.trust_remote_code='no': use true or false"]
 
 
 def test_outputs_follow_the_umask(tmp_path):

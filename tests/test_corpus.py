@@ -35,6 +35,16 @@ def test_bad_rows_are_rejected_with_reasons(tmp_path):
     assert all(r.source == str(path) for r in rejects)
 
 
+def test_invalid_json_names_the_line_and_column_an_editor_shows(tmp_path):
+    ok = '{"id": "a", "question": "q", "solution": "s", "answer": "1"}'
+    bad = '{"id": "é€b", "question": "q" "solution": "s", "answer": "1"}'  # missing comma; multibyte before it
+    (tmp_path / "c.jsonl").write_text(ok + "\n" + bad + "\n", encoding="utf-8")
+    _, rejects = read_corpus(tmp_path / "c.jsonl", FIELDS)
+    col = bad.index('"solution"') + 1  # 1-based, in characters
+    assert len(rejects) == 1 and rejects[0].row == 1
+    assert f"invalid JSON at line 2, column {col} (Expecting ',' delimiter)" in rejects[0].reason
+
+
 def test_derived_ids_are_stable(tmp_path):
     rows = [{"question": "q", "solution": f"s{i}", "answer": "1"} for i in range(3)]
     a, _ = read_corpus(write_jsonl(tmp_path / "a.jsonl", rows), FIELDS)

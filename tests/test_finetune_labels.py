@@ -9,9 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from omegaconf import OmegaConf
 
-from conftest import (REPO, SHARED_DATA, hand_segments, make_traces, needs_shared_data, shared_rows, write_jsonl,
+from hydra.errors import ConfigCompositionException
+
+from conftest import (REPO, compose_config, SHARED_DATA, hand_segments, make_traces, needs_shared_data, shared_rows, write_jsonl,
                       write_masks)
 from segsft.corpus import read_corpus
 from segsft.finetune import IGNORE_INDEX, check_config
@@ -103,6 +104,18 @@ def test_full_mode_learns_every_trace_token_and_never_the_prompt(tokenizer, tmp_
                                         for e, s in zip(examples, samples))
 
 
+def test_full_mode_trains_the_samples_of_the_selection_by_default(tokenizer, tmp_path):
+    """finetune.full_scope=selection: full and selected runs train the same sample set."""
+    rows = make_traces(5)
+    samples, _ = read_corpus(write_jsonl(tmp_path / "c.jsonl", rows), FIELDS)
+    masks = read_masks(write_masks(tmp_path / "sel", rows[:3], train_of=lambda k, n: k == 0))
+    full, rep = build_examples(tokenizer, samples, [], "full", masks, max_length=0)
+    selected, _ = build_examples(tokenizer, samples, [], "selected", masks, max_length=0)
+    assert [e.sample_id for e in full] == [e.sample_id for e in selected] == [r["id"] for r in rows[:3]]
+    assert rep.counts() == {"not_in_selection": 2} and rep.corpus_rows == 5
+    assert all((e.labels[e.labels != IGNORE_INDEX].size > s.labels[s.labels != IGNORE_INDEX].size) for e, s in zip(full, selected))
+
+
 def test_every_corpus_row_is_accounted_for(tokenizer, tmp_path):
     rows = make_traces(6)
     masks_rows = [dict(r) for r in rows[:4]]
@@ -147,18 +160,23 @@ def test_padding_collator_pads_labels_with_ignore_index():
 
 
 def _cfg(**finetune):
-    base = OmegaConf.load(REPO / "conf" / "finetune" / "default.yaml")
-    return OmegaConf.create({"stage": "finetune", "data": {"path": "x.jsonl"}, "model": {"name_or_path": "m"},
-                             "selection_dir": "/nonexistent", "finetune_dir": "out",
-                             "finetune": OmegaConf.merge(base, finetune)})
+    """The real config (conf/ + segsft.config_schema) with finetune.* overrides."""
+    def value(v):
+        return {True: "true", False: "false", None: "null"}.get(v, v) if isinstance(v, (bool, type(None))) else v
+
+    return compose_config("stage=finetune", "data.path=x.jsonl", "model.name_or_path=m", "selection_dir=/nonexistent",
+                          "finetune_dir=out", *(f"finetune.{k}={value(v)}" for k, v in finetune.items()))
 
 
 def test_default_config_is_the_papers_and_valid(tmp_path):
-    ft = OmegaConf.load(REPO / "conf" / "finetune" / "default.yaml")
+    ft = _cfg().finetune
     assert (ft.num_train_epochs, ft.learning_rate, ft.lr_scheduler_type, ft.warmup_ratio) == (10, 3e-5, "cosine", 0.05)
     assert (ft.per_device_train_batch_size, ft.max_length, ft.max_grad_norm) == (2, 16384, 1.0)
     assert (ft.bf16, ft.gradient_checkpointing, ft.packing, ft.liger, ft.report_to) == ("auto", "auto", False, False, "none")
-    assert check_config(_cfg(mode="full")) == []
+    assert check_config(_cfg(mode="full", full_scope="corpus")) == []
+    # By default full mode trains the selection's samples (a fair ablation): it needs the masks too.
+    errs = check_config(_cfg(mode="full"))
+    assert len(errs) == 1 and "masks.parquet does not exist" in errs[0] and "finetune.full_scope=corpus" in errs[0]
     for name in ("zero2", "zero3"):
         ds = json.loads((REPO / "conf" / "deepspeed" / f"{name}.json").read_text())
         assert ds["zero_optimization"]["stage"] == int(name[-1])
@@ -168,13 +186,15 @@ def test_default_config_is_the_papers_and_valid(tmp_path):
 
 def test_config_errors_are_reported_all_at_once():
     errs = check_config(_cfg(mode="half", deepspeed="zero9", max_steps=0, save_total_limit=1,
-                             bf16="maybe", warmup_ratio=1.5, per_device_train_batch_size=0, typo_key=1))
+                             bf16="maybe", warmup_ratio=1.5, per_device_train_batch_size=0, full_scope="all"))
     text = "\n".join(errs)
     for needle in ("finetune.mode='half'", "finetune.deepspeed='zero9'", "finetune.max_steps=0",
                    "finetune.save_total_limit=1", "finetune.bf16='maybe'", "finetune.warmup_ratio=1.5",
-                   "finetune.per_device_train_batch_size=0", "unknown keys ['typo_key']"):
+                   "finetune.per_device_train_batch_size=0", "finetune.full_scope='all'"):
         assert needle in text, needle
     assert len(errs) == 8
+    with pytest.raises(ConfigCompositionException, match="typo_key"):  # Hydra refuses an unknown key
+        _cfg(typo_key=1)
     errs = check_config(_cfg(mode="selected"))
     assert len(errs) == 1 and "masks.parquet does not exist" in errs[0] and "finetune.mode=full" in errs[0]
 
@@ -182,7 +202,7 @@ def test_config_errors_are_reported_all_at_once():
 def test_packing_and_liger_need_their_packages():
     import importlib.util
 
-    errs = check_config(_cfg(mode="full", packing=True, liger=True))
+    errs = check_config(_cfg(mode="full", full_scope="corpus", packing=True, liger=True))
     if importlib.util.find_spec("flash_attn") is None:
         assert any("finetune.packing=true needs flash-attention" in e for e in errs)
     if importlib.util.find_spec("liger_kernel") is None:

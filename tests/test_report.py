@@ -11,13 +11,12 @@ import pytest
 
 from conftest import REPORT_SELECT, Page, report_cfg, write_jsonl
 from segsft.attribute.metrics import segment_metrics
-from segsft.layout import RunLayout, part_name
-from segsft.io import write_json, write_parquet
-from segsft.schemas import REJECTS_SCHEMA, SAMPLES_SCHEMA, SEGMENTS_SCHEMA
+from segsft.layout import SWEEP_FILE
 from segsft.report import ReportError, check_config, run
 from segsft.report.view import pick_traces
 from segsft.report.tokens import TokenMismatch, token_starts
 from segsft.select import run as select_run
+from segsft.select.synthetic import write_attribution
 from segsft.text import ANSWER_SUFFIX_DEFAULT, build_sequence, resolve_pattern
 
 PATTERN = resolve_pattern("default")
@@ -43,30 +42,22 @@ def make_run(root: Path, tokenizer, rows: list[dict] = ROWS, world: int = 2, see
     rng = np.random.default_rng(seed)
     corpus = write_jsonl(root / "traces.jsonl", [*rows, '{"id": "broken", '])
     run_dir = root / "run"
-    lay = RunLayout(run_dir).attribution
-    for rank in range(world):
-        segs, samples = [], []
-        for i, r in enumerate(rows):
-            if i % world != rank:
-                continue
-            seq = build_sequence(tokenizer, r["question"], r["solution"], PATTERN, r["answer"], ANSWER_SUFFIX_DEFAULT)
-            a = rng.normal(size=len(seq.input_ids))
-            for k, (m, (cs, ce), (ts, te)) in enumerate(zip(segment_metrics(a, seq.segment_tokens),
-                                                           seq.segment_chars, seq.segment_tokens)):
-                segs.append({"sample_id": r["id"], "segment": k, "char_start": cs, "char_end": ce,
-                             "token_start": ts, "token_end": te, **m})
-            samples.append({"sample_id": r["id"], "n_tokens": len(seq.input_ids), "n_segments": len(seq.segment_chars),
-                            "answer_logprob": -1.0, "baseline_logprob": -3.0, "attr_total": float(a.sum()),
-                            "attr_norm": float(np.linalg.norm(a)), "completeness_gap": float(10.0 ** -(i + 2)),
-                            "rule": "adaptive", "steps": 64, "model": "tiny", "seconds": 0.1,
-                            "train_tokens": len(seq.input_ids) - 12, "steps_used": 20 + i,
-                            "decision_stability": 1.0 - 0.25 * (i == 1), "converged": i != 1})
-        part = part_name(rank, world)
-        write_parquet(lay.table("segments", part), segs, SEGMENTS_SCHEMA)
-        write_parquet(lay.table("samples", part), samples, SAMPLES_SCHEMA)
-        rejects = [{"sample_id": "hbroken", "reason": "row 4: invalid JSON (x)", "source": str(corpus), "row": 4}]
-        write_parquet(lay.table("rejects", part), rejects if rank == 0 else [], REJECTS_SCHEMA)
-        write_json(lay.marker(part), {"part": part})
+    segs, samples = [], []
+    for i, r in enumerate(rows):
+        seq = build_sequence(tokenizer, r["question"], r["solution"], PATTERN, r["answer"], ANSWER_SUFFIX_DEFAULT)
+        a = rng.normal(size=len(seq.input_ids))
+        for k, (m, (cs, ce), (ts, te)) in enumerate(zip(segment_metrics(a, seq.segment_tokens),
+                                                       seq.segment_chars, seq.segment_tokens)):
+            segs.append({"sample_id": r["id"], "segment": k, "char_start": cs, "char_end": ce,
+                         "token_start": ts, "token_end": te, **m})
+        samples.append({"sample_id": r["id"], "n_tokens": len(seq.input_ids), "n_segments": len(seq.segment_chars),
+                        "answer_logprob": -1.0, "baseline_logprob": -3.0, "attr_total": float(a.sum()),
+                        "attr_norm": float(np.linalg.norm(a)), "completeness_gap": float(10.0 ** -(i + 2)),
+                        "rule": "adaptive", "steps": 64, "model": "tiny", "seconds": 0.1,
+                        "train_tokens": len(seq.input_ids) - 12, "steps_used": 20 + i,
+                        "decision_stability": 1.0 - 0.25 * (i == 1), "converged": i != 1})
+    rejects = [{"sample_id": "hbroken", "reason": "row 4: invalid JSON (x)", "source": str(corpus), "row": 4}]
+    write_attribution(run_dir, segs, samples, world=world, rejects=rejects)
     return run_dir, corpus
 
 
@@ -273,7 +264,7 @@ def test_sweep_jobs_and_every_selection_are_listed(built, tmp_path):
     sel_dir = Path(first["paths"]["masks.parquet"]).parent
     sweep = run_dir / "sweeps" / "select"
     sweep.mkdir(parents=True)
-    pl.DataFrame({"job": [7], "selection_dir": [str(sel_dir)]}).write_parquet(sweep / "sweep.parquet")
+    pl.DataFrame({"job": [7], "selection_dir": [str(sel_dir)]}).write_parquet(sweep / SWEEP_FILE)
     (run_dir / "selection" / "unfinished").mkdir()
     cfg = report_cfg(run_dir, built["corpus"], built["model"], *REPORT_SELECT)  # its selection_dir is shown, not the newest
     text = run(cfg).read_text()
@@ -316,12 +307,17 @@ def test_missing_inputs_say_what_to_run(tmp_path, built):
 
 def test_check_config_lists_every_problem(built):
     cfg = report_cfg(built["run_dir"], built["corpus"], built["model"], "report.path=out.txt", "report.max_traces=-1",
-                      "report.token_shading=maybe", "report.selection=[1]", "attribute.segment_pattern='\\n(Wait'")
+                      "attribute.segment_pattern='\\n(Wait'")
     errs = check_config(cfg)
-    for needle in ("report.path='out.txt'", "report.max_traces=-1", "report.token_shading='maybe'",
-                   "report.selection=", "attribute.segment_preset/segment_pattern"):
+    for needle in ("report.path='out.txt'", "report.max_traces=-1", "attribute.segment_preset/segment_pattern"):
         assert any(needle in e for e in errs), (needle, errs)
-    assert len(errs) == 5
+    assert len(errs) == 3
+    # A value of the wrong type never reaches the checks: composing the config refuses it, naming the key.
+    from hydra.errors import ConfigCompositionException
+
+    for bad in ("report.token_shading=maybe", "report.selection=[1]", "report.max_traces=many"):
+        with pytest.raises(ConfigCompositionException, match=bad.split("=")[0].replace(".", r"\.")):
+            report_cfg(built["run_dir"], built["corpus"], built["model"], bad)
     assert check_config(built["cfg"]) == []
     with pytest.raises(ReportError, match="invalid report configuration"):
         run(cfg)

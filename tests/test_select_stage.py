@@ -161,12 +161,22 @@ def test_random_method_summary_reports_the_rule_it_matched(run_dir):
 
 def test_check_config_lists_every_problem(run_dir):
     cfg = _cfg(run_dir, "select.method=best", "select.top_mass=1.5", "select.max_consistency=0.3",
-               "select.min_consistency=0.6", "select.always_keep=[0,x]", "select.min_tokens=-1")
+               "select.min_consistency=0.6", "select.min_tokens=-1", "select.seed=-2")
     errs = check_config(cfg)
     for needle in ("select.method='best'", "select.top_mass=1.5", "select.min_consistency=0.6 > select.max_consistency",
-                   "select.always_keep=", "select.min_tokens=-1"):
+                   "select.min_tokens=-1", "select.seed=-2"):
         assert any(needle in e for e in errs), (needle, errs)
     assert len(errs) == 5
+    # A value of the wrong type never reaches the checks: composing the config refuses it, naming the key.
+    from hydra.errors import ConfigCompositionException
+
+    for bad in ("select.always_keep=[0,x]", "select.top_mass=most", "select.unknown_key=1"):
+        with pytest.raises(ConfigCompositionException, match=bad.split("=")[0].replace(".", r"\.")):
+            _cfg(run_dir, bad)
+    # A hand-made mapping (an older selection's saved settings) is checked as strictly.
+    from segsft.selection_config import check_settings
+
+    assert any("select.always_keep=" in e for e in check_settings({**cfg.select, "always_keep": [0, "x"]}))
 
 
 # ---- errors about the attribution directory ---------------------------------------------------
@@ -200,9 +210,34 @@ def test_missing_ranks_and_mixed_world_sizes(tmp_path):
     write_part(adir, rows, sample_rows(rows), 1, 2)
     with pytest.raises(AttributionNotReady, match=r"parts \['00000-of-00002'\] have no files yet"):
         open_attribution(tmp_path / "r")
+    # A rerun with one process covers every row: world size 1 is complete, so the run is.
     write_part(adir, rows, sample_rows(rows), 0, 1)
-    with pytest.raises(AttributionNotReady, match=r"different world sizes"):
-        open_attribution(tmp_path / "r")
+    tables = open_attribution(tmp_path / "r")
+    assert tables.mixed and any("00000-of-00002" in n and "ignored" in n for n in tables.notes)
+
+
+def test_parts_of_several_world_sizes_are_read_each_sample_once(tmp_path):
+    """World size 2 finished samples a and b; a rerun of world size 1 holds b again (as a
+    consolidation cut short leaves it) with other scores, and c. Each sample is read once,
+    from the first part in name order, its segments from the same part."""
+    adir = tmp_path / "r" / "attribution"
+    a, b = segment_rows("a", [0.5, 0.5], [0.1, 0.9]), segment_rows("b", [0.9, 0.1], [0.2, 0.3])
+    b_again, c = segment_rows("b", [0.2, 0.3, 0.5], [0.5, 0.5, 0.5]), segment_rows("c", [1.0], [0.5])
+    write_part(adir, a, sample_rows(a), 0, 2, rejects=[{"sample_id": "r1", "reason": "x", "source": "s", "row": 9}])
+    write_part(adir, b, sample_rows(b), 1, 2, rejects=[{"sample_id": "c", "reason": "x", "source": "s", "row": 3}])
+    write_part(adir, b_again + c, sample_rows(b_again + c), 0, 1,
+               rejects=[{"sample_id": "r1", "reason": "x", "source": "s", "row": 9}])
+    tables = open_attribution(tmp_path / "r")
+    smp = tables.scan_samples().collect().sort("sample_id")
+    assert smp["sample_id"].to_list() == ["a", "b", "c"]
+    seg = tables.scan_segments().collect().sort("sample_id", "segment")
+    assert seg.group_by("sample_id").len().sort("sample_id")["len"].to_list() == [2, 3, 1]  # b from 00000-of-00001
+    assert seg.filter(pl.col("sample_id") == "b")["strength"].to_list() == [0.2, 0.3, 0.5]
+    # A reject is read once, and not where a part scored the id (c was scored by the rerun).
+    assert tables.scan_rejects().collect()["sample_id"].to_list() == ["r1"]
+    out = run(_cfg(tmp_path / "r"))
+    masks = pl.read_parquet(out["paths"]["masks.parquet"])
+    assert masks.height == 6 and masks.select("sample_id", "segment").is_unique().all()
 
 
 def test_file_with_missing_columns_is_named_with_the_columns(tmp_path):

@@ -26,7 +26,12 @@ class _AttributeStage:
         from omegaconf import OmegaConf
 
         plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
-        return AttributeStage(plain).run(rank, world)
+        result = AttributeStage(plain).run(rank, world)
+        if plain["attribute"]["consolidate"]:
+            from segsft.attribute.consolidate import consolidate
+
+            consolidate(plain["run_dir"])
+        return result
 
     def outputs(self, cfg: Any) -> dict[str, Path]:
         return {"attribution": RunLayout(cfg["run_dir"]).attribution.dir}

@@ -20,9 +20,13 @@ estimates. Everything here is float64 numpy.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+
+from segsft.config_schema import AttributeConf, with_defaults
+
+_A = AttributeConf()  # the defaults (chosen by bench/convergence_study.py)
 
 Evaluate = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -186,12 +190,21 @@ class StopTest:
 class AdaptiveSettings:
     """`attribute.*` keys of the adaptive rule (defaults: bench/results/convergence_study_gpu_fp32.json)."""
 
-    target_gap: float = 0.05
-    target_stability: float = 0.95
-    max_steps: int = 256
-    init_points: int = 9
+    target_gap: float = _A.target_gap
+    target_stability: float = _A.target_stability
+    max_steps: int = _A.max_steps
+    init_points: int = _A.init_points
     # Also require the strength ranks to be stable (costs about 1.6x the evaluations).
-    stable_ranks: bool = False
+    stable_ranks: bool = _A.stable_ranks
     # Subintervals bisected per round; None = the points per pass (1 on CPU). Fix it to get
     # the same nodes on every machine (and after an out-of-memory retry).
-    per_round: int | None = None
+    per_round: int | None = _A.per_round
+
+    @classmethod
+    def from_cfg(cls, a: Mapping[str, Any]) -> "AdaptiveSettings":
+        """From the `attribute` node (schema defaults for the keys a hand-made mapping lacks)."""
+        a = with_defaults(AttributeConf, a)
+        return cls(target_gap=float(a["target_gap"]), target_stability=float(a["target_stability"]),
+                   max_steps=int(a["max_steps"]), init_points=int(a["init_points"]),
+                   stable_ranks=bool(a["stable_ranks"]),
+                   per_round=None if a["per_round"] is None else int(a["per_round"]))

@@ -16,19 +16,34 @@ def check_attribute(cfg: Any) -> list[str]:
     if not isinstance(a.steps, int) or not (2 if a.rule == "trapezoid" else 1) <= a.steps <= 4096:
         errs.append(f"attribute.steps={a.steps!r}: use an integer in [{2 if a.rule == 'trapezoid' else 1}, 4096]")
     errs += check_adaptive(a)
-    if a.rule == "adaptive" and cfg.get("select") is not None:
+    if a.rule == "adaptive":
         # The stop test decides with the select rule: its settings must be valid before any model loads.
         from segsft.selection_config import check_settings
 
         errs += [f"{e} (the adaptive rule's stop test uses the select settings)" for e in check_settings(cfg.select)]
-    mbt = a.get("max_batch_tokens", "auto")
+    mbt = a.max_batch_tokens
     if mbt != "auto" and (not isinstance(mbt, int) or mbt < 0):
         errs.append(f"attribute.max_batch_tokens={mbt!r}: use auto or an integer >= 0 (0 = one point per pass)")
     if a.baseline not in BASELINES:
         errs.append(f"attribute.baseline={a.baseline!r}: use one of {list(BASELINES)}")
-    if not isinstance(a.batch_alphas, int) or a.batch_alphas < 1:
-        errs.append(f"attribute.batch_alphas={a.batch_alphas!r}: use an integer >= 1")
-    if a.get("segment_pattern"):
+    if not isinstance(a.batch_alphas, int) or not 1 <= a.batch_alphas <= 4096:
+        errs.append(f"attribute.batch_alphas={a.batch_alphas!r}: use an integer in [1, 4096]")
+    if not 0 <= a.max_tokens <= 10_000_000:
+        errs.append(f"attribute.max_tokens={a.max_tokens!r}: use an integer in [0, 10000000] (0 = no limit)")
+    if not 1 <= a.flush_every <= 1_000_000:
+        errs.append(f"attribute.flush_every={a.flush_every!r}: use an integer >= 1 (samples per flush)")
+    if not 0 < a.flush_seconds <= 86400:
+        errs.append(f"attribute.flush_seconds={a.flush_seconds!r}: use a number of seconds in (0, 86400]")
+    if a.device != "auto" and not (a.device in ("cpu", "mps") or a.device.startswith("cuda")):
+        errs.append(f"attribute.device={a.device!r}: use auto, cpu, cuda or cuda:<index>")
+    elif a.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            errs.append(f"attribute.device={a.device!r} but no CUDA device is available here: use auto or cpu")
+    if cfg.data.limit is not None and cfg.data.limit < 0:
+        errs.append(f"data.limit={cfg.data.limit!r}: use null (every row) or an integer >= 0")
+    if a.segment_pattern:
         import re
 
         try:
@@ -39,44 +54,45 @@ def check_attribute(cfg: Any) -> list[str]:
         errs.append(f"attribute.segment_preset={a.segment_preset!r}: use one of {sorted(KEYWORD_PRESETS)} or set attribute.segment_pattern")
     if "{answer}" not in (a.answer_suffix or "{answer}") or "\\boxed{" not in (a.answer_suffix or "\\boxed{"):
         errs.append("attribute.answer_suffix must contain \\boxed{ and the placeholder {answer}")
-    if not cfg.data.get("path"):
+    if not cfg.data.path:
         errs.append("data.path is empty: point it to a JSONL or Parquet corpus")
     from segsft.models import check_model_config
 
     errs += check_model_config(cfg.model)
-    if not cfg.model.get("name_or_path"):
+    if not cfg.model.name_or_path:
         errs.append("model.name_or_path is empty: give a hub id or a local model directory")
     return errs
 
 
 def check_adaptive(a: Any) -> list[str]:
     """The adaptive rule's keys (checked whatever the rule, so a sweep fails early)."""
-    from segsft.attribute.adaptive import AdaptiveSettings
+    from segsft.config_schema import AttributeConf
     from segsft.models import DTYPES
 
-    d, errs = AdaptiveSettings(), []
+    d, errs = AttributeConf(), []
 
     def number(key: str, lo: float, hi: float, hint: str) -> None:
-        v = a.get(key, getattr(d, key))
+        v = a[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
             errs.append(f"attribute.{key}={v!r}: {hint}")
 
     number("target_gap", 1e-9, 10.0, "use a number in (0, 10], the completeness gap to reach (e.g. 0.05)")
     number("target_stability", 0.0, 1.0, "use a number in [0, 1], the share of decisions that must not change (e.g. 0.95)")
-    init = a.get("init_points", d.init_points)
+    init = a.init_points
     if isinstance(init, bool) or not isinstance(init, int) or not 2 <= init <= 1025:
         errs.append(f"attribute.init_points={init!r}: use an integer in [2, 1025] (uniform starting nodes, e.g. 9)")
         init = d.init_points
-    ms = a.get("max_steps", d.max_steps)
+    ms = a.max_steps
     if isinstance(ms, bool) or not isinstance(ms, int) or not 2 * init <= ms <= 16384:
         errs.append(f"attribute.max_steps={ms!r}: use an integer in [{2 * init}, 16384] (the most gradient evaluations "
                     f"per sample; the stability test needs at least twice attribute.init_points={init})")
-    pr = a.get("per_round", d.per_round)
+    pr = a.per_round
     if pr is not None and (isinstance(pr, bool) or not isinstance(pr, int) or pr < 1):
         errs.append(f"attribute.per_round={pr!r}: use null (= the points per pass) or an integer >= 1")
-    if not isinstance(a.get("stable_ranks", d.stable_ranks), bool):
-        errs.append(f"attribute.stable_ranks={a.get('stable_ranks')!r}: use true or false")
-    dt = a.get("dtype")
+    for key in ("stable_ranks", "consolidate"):
+        if not isinstance(a[key], bool):
+            errs.append(f"attribute.{key}={a[key]!r}: use true or false")
+    dt = a.dtype
     if dt is not None and dt != "auto" and dt not in DTYPES:
         errs.append(f"attribute.dtype={dt!r}: use null (= model.dtype), auto or one of {sorted(DTYPES)}")
     return errs

@@ -36,7 +36,7 @@ from segsft.dist import shard
 from segsft.layout import AttributionLayout, RunLayout, part_name
 from segsft.io import write_json, write_parquet
 from segsft.schemas import REJECTS_SCHEMA, SAMPLES_SCHEMA, SEGMENTS_SCHEMA
-from segsft.text import ANSWER_SUFFIX_DEFAULT, build_sequence, resolve_pattern
+from segsft.text import build_sequence, resolve_pattern
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,20 @@ def attribution_dir(run_dir: str | Path) -> Path:
     return RunLayout(run_dir).attribution.dir
 
 
-def _ids_in(paths: list[Path]) -> set[str]:
-    ids: set[str] = set()
+def _keys_in(paths: list[Path]) -> set[tuple[str, int | None]]:
+    """(sample_id, source row) of every row of samples/rejects files (row None in a samples
+    file written before it had the column: that id then matches any row)."""
+    keys: set[tuple[str, int | None]] = set()
     for p in paths:
-        ids.update(pq.read_table(p, columns=["sample_id"]).column("sample_id").to_pylist())
-    return ids
+        names = pq.read_schema(p).names
+        t = pq.read_table(p, columns=[c for c in ("sample_id", "row") if c in names])
+        rows = t.column("row").to_pylist() if "row" in names else [None] * t.num_rows
+        keys.update(zip(t.column("sample_id").to_pylist(), rows))
+    return keys
+
+
+def _has(keys: set[tuple[str, int | None]], item: Any) -> bool:
+    return (item.sample_id, item.row) in keys or (item.sample_id, None) in keys
 
 
 @dataclass
@@ -72,6 +81,7 @@ class PartWriter:
         self.part = part_name(rank, world)
         self.partial = self.layout.partial(self.part)
         self.marker = self.layout.marker(self.part)
+        self.reuse_finals = False
 
     def final(self, table: str) -> Path:
         return self.layout.table(table, self.part)
@@ -79,8 +89,10 @@ class PartWriter:
     def committed_chunks(self) -> list[int]:
         return self.layout.committed_chunks(self.part)
 
-    def prepare(self) -> set[str]:
-        """Remove orphans of an interrupted flush; return the ids already done anywhere."""
+    def prepare(self) -> tuple[set[tuple[str, int | None]], set[tuple[str, int | None]]]:
+        """Remove orphans of an interrupted flush; return the (sample_id, row) keys in this part's
+        committed chunks and those that finished parts of other world sizes hold: neither is
+        computed again."""
         self.partial.mkdir(parents=True, exist_ok=True)
         committed = set(self.committed_chunks())
         for chunk, files in self.layout.chunks(self.part).items():
@@ -90,16 +102,22 @@ class PartWriter:
                     p.unlink()
         for p in self.partial.glob(".*.tmp"):
             p.unlink()
-        done = _ids_in([self.layout.chunk(self.part, t, c) for c in committed for t in ("samples", "rejects")])
-        files = self.layout.table_files()
-        done |= _ids_in([p for t in ("samples", "rejects") for part, p in files[t].items() if part != self.part])
+        mine = _keys_in([self.layout.chunk(self.part, t, c) for c in committed for t in ("samples", "rejects")])
+        # Killed after its merged tables were written (samples last) but before the marker:
+        # the tables hold every chunk; keep them rather than redo their samples.
+        self.reuse_finals = not committed and all(self.final(t).is_file() for t in TABLES)
+        if self.reuse_finals:
+            mine |= _keys_in([self.final(t) for t in ("samples", "rejects")])
+        # Finished parts only: an unfinished one of another world size may never be finished.
+        others = [p for p in self.layout.finished_parts() if p != self.part]
+        elsewhere = _keys_in([self.layout.table(t, p) for p in others for t in ("samples", "rejects")])
         stale = [d for d in self.layout.partial_parts() if d != self.part]
         if stale:
             log.warning(
                 "unfinished parts of another world size %s are ignored; their samples are redone here "
                 "(delete them once every part of this run is done)", stale,
             )
-        return done
+        return mine, elsewhere
 
     def flush(self, buf: _Buffer) -> None:
         if not len(buf):
@@ -116,6 +134,8 @@ class PartWriter:
         chunks = self.committed_chunks()
         for table, schema in TABLES.items():
             paths = [self.layout.chunk(self.part, table, c) for c in chunks]
+            if self.reuse_finals:
+                paths.insert(0, self.final(table))
             merged = pa.concat_tables([pq.read_table(p, schema=schema) for p in paths]) if paths else schema.empty_table()
             write_parquet(self.final(table), merged, schema)
         write_json(self.marker, dict(summary))
@@ -167,19 +187,6 @@ def part_lock(layout: AttributionLayout, part: str) -> Iterator[None]:
         lock.release()
 
 
-def adaptive_settings(a: Mapping[str, Any]) -> AdaptiveSettings:
-    """The adaptive rule's settings from the `attribute` node (dataclass defaults for absent keys)."""
-    d = AdaptiveSettings()
-    return AdaptiveSettings(
-        target_gap=float(a.get("target_gap", d.target_gap)),
-        target_stability=float(a.get("target_stability", d.target_stability)),
-        max_steps=int(a.get("max_steps", d.max_steps)),
-        init_points=int(a.get("init_points", d.init_points)),
-        stable_ranks=bool(a.get("stable_ranks", d.stable_ranks)),
-        per_round=None if a.get("per_round") is None else int(a["per_round"]),
-    )
-
-
 def _reject_row(r: Reject) -> dict:
     return {"sample_id": r.sample_id, "reason": r.reason, "source": r.source, "row": r.row}
 
@@ -201,31 +208,43 @@ class AttributeStage:
             return self._run_locked(writer, rank, world, model, tokenizer)
 
     def _run_locked(self, writer: "PartWriter", rank: int, world: int, model: Any, tokenizer: Any) -> dict:
+        from segsft.attribute.fingerprint import check_or_store, fingerprint
+        from segsft.dist import local_rank
+        from segsft.models import pick_device, pick_dtype
+
+        a = self.acfg
+        if model is not None:
+            device, dtype = model.get_input_embeddings().weight.device, model.dtype
+        else:
+            device = pick_device(a["device"], local_rank())
+            dtype = pick_dtype(a["dtype"] or self.cfg["model"]["dtype"], device)
+        # Before anything else, a finished part included: other settings must never pass as these.
+        pattern = resolve_pattern(a["segment_preset"], a["segment_pattern"])
+        check_or_store(writer.layout, fingerprint(self.cfg, str(dtype).removeprefix("torch."), getattr(pattern, "pattern", str(pattern))),
+                       self.cfg["run_dir"])
         if writer.marker.exists():
             log.info("rank %d: part %s is complete (%s); nothing to do", rank, writer.part, writer.marker)
             writer.cleanup()  # a kill after the marker may have left the merged chunks behind
             return self._report_counts(writer, json.loads(writer.marker.read_text()))
         data = self.cfg["data"]
-        samples, rejects = read_corpus(data["path"], data.get("fields") or {}, data.get("limit"))
+        samples, rejects = read_corpus(data["path"], data["fields"], data["limit"])
         rows: list[Sample | Reject] = sorted([*samples, *rejects], key=lambda r: r.row)
         mine = shard(rows, rank, world)
-        done = writer.prepare()
-        todo = [r for r in mine if r.sample_id not in done]
+        done, elsewhere = writer.prepare()
+        todo = [r for r in mine if not _has(done, r) and not _has(elsewhere, r)]
+        in_other_parts = sum(_has(elsewhere, r) for r in mine)
         log.info(
-            "rank %d/%d: %d input rows, %d in this shard, %d already done, %d to do -> %s",
-            rank, world, len(rows), len(mine), len(mine) - len(todo), len(todo), self.out_dir,
+            "rank %d/%d: %d input rows, %d in this shard, %d already done (%d of them in other parts), %d to do -> %s",
+            rank, world, len(rows), len(mine), len(mine) - len(todo), in_other_parts, len(todo), self.out_dir,
         )
         if todo:
             if model is None or tokenizer is None:
-                from segsft.dist import local_rank
-                from segsft.models import load_model, load_tokenizer, pick_device, pick_dtype
+                from segsft.models import load_model, load_tokenizer
 
-                device = pick_device(self.acfg.get("device", "auto"), local_rank())
                 tokenizer = load_tokenizer(self.cfg["model"])
-                dtype = self.acfg.get("dtype") or self.cfg["model"].get("dtype", "auto")
-                model = load_model(self.cfg["model"], device, pick_dtype(dtype, device))
+                model = load_model(self.cfg["model"], device, dtype)
             self._process(todo, writer, model, tokenizer, rank)
-        summary = {"part": writer.part, "rows_in_shard": len(mine), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        summary = {"part": writer.part, "rows_in_shard": len(mine), "in_other_parts": in_other_parts, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         if self.acfg["rule"] == "adaptive":
             # `converged` holds for these select settings; select warns when it runs with others.
             summary["stop_test_select"] = self._select_config().settings()
@@ -240,10 +259,12 @@ class AttributeStage:
     def _report_counts(writer: "PartWriter", summary: dict) -> dict:
         """Always say how many rows were scored and rejected; a part where none was scored fails."""
         rows, scored = summary.get("rows_in_shard", 0), summary.get("scored")
+        elsewhere = summary.get("in_other_parts", 0)
         if scored is not None:
-            print(f"attribute: part {writer.part}: {scored} scored, {summary.get('rejected')} rejected of {rows} rows "
-                  f"-> {writer.layout.dir}", flush=True)
-        if rows and scored == 0:
+            other = f", {elsewhere} already in other parts" if elsewhere else ""
+            print(f"attribute: part {writer.part}: {scored} scored, {summary.get('rejected')} rejected{other} of {rows} "
+                  f"rows -> {writer.layout.dir}", flush=True)
+        if rows > elsewhere and scored == 0:
             raise NothingScored(f"every one of the {rows} rows of part {writer.part} was rejected: see the reasons "
                                 f"in {writer.final('rejects')} (e.g. attribute.max_tokens, data.fields)")
         return summary
@@ -251,9 +272,9 @@ class AttributeStage:
     def _prepare(self, todo: list[Sample | Reject], tokenizer: Any, model_limit: int = 0) -> tuple[list[tuple[Sample, Any]], list[dict]]:
         """Tokenize every sample once; too long or unmappable ones become rejects."""
         a = self.acfg
-        pattern = resolve_pattern(a.get("segment_preset", "default"), a.get("segment_pattern"))
-        suffix = a.get("answer_suffix") or ANSWER_SUFFIX_DEFAULT
-        max_tokens = int(a.get("max_tokens", 0) or 0)
+        pattern = resolve_pattern(a["segment_preset"], a["segment_pattern"])
+        suffix = a["answer_suffix"]
+        max_tokens = int(a["max_tokens"])
         ready, rejects = [], []
         for item in todo:
             if isinstance(item, Reject):
@@ -288,48 +309,50 @@ class AttributeStage:
         model.eval()
         freeze(model)
         device = model.get_input_embeddings().weight.device
-        budget = resolve_budget(a.get("max_batch_tokens", "auto"), device)
-        adaptive = adaptive_settings(a) if a["rule"] == "adaptive" else None
+        budget = resolve_budget(a["max_batch_tokens"], device)
+        adaptive = AdaptiveSettings.from_cfg(a) if a["rule"] == "adaptive" else None
         unconverged: list[str] = []
         pad = pad_token_id(tokenizer)
         limit = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         ready, rejects = self._prepare(todo, tokenizer, limit)
         buf = _Buffer(rejects=rejects)
-        flush_every = max(1, int(a.get("flush_every", 8)))
-        flush_seconds = float(a.get("flush_seconds", 300))
+        flush_every = max(1, int(a["flush_every"]))
+        flush_seconds = float(a["flush_seconds"])
         last_flush = started = time.monotonic()
         tokens_done = 0
         bar = tqdm(total=len(todo), initial=len(rejects), desc=f"attribute rank {rank}", unit="sample", disable=rank != 0)
-        for item, seq in ready:
-            t0 = time.monotonic()
-            n_fed = int(seq.answer_positions[-1]) + 1
-            try:
-                res = attribute_sequence(
-                    model, torch.as_tensor(seq.input_ids[:n_fed], device=device),
-                    torch.as_tensor(seq.answer_positions, device=device),
-                    rule=a["rule"], steps=int(a["steps"]), baseline=a.get("baseline", "pad"), pad_id=pad,
-                    batch_alphas=int(a.get("batch_alphas", 8)), max_batch_tokens=budget,
-                    adaptive=adaptive, decide=self._decide(seq) if adaptive else None,
-                    trace_tokens=seq.trace_tokens,
-                )
-            except torch.OutOfMemoryError as e:
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                buf.rejects.append(_reject_row(Reject(
-                    item.sample_id, f"row {item.row}: out of memory at {n_fed} tokens even with one point per pass "
-                    f"and checkpointing ({str(e).splitlines()[0]}); lower attribute.max_tokens", item.source, item.row)))
-            else:
-                self._rows(buf, item, seq, res, n_fed, model_name, time.monotonic() - t0)
-                tokens_done += n_fed
-                if res.converged is False:
-                    unconverged.append(item.sample_id)
-            bar.update(1)
-            bar.set_postfix(tok_s=f"{tokens_done / max(time.monotonic() - started, 1e-9):.0f}")
-            if len(buf) >= flush_every or time.monotonic() - last_flush > flush_seconds:
-                writer.flush(buf)
-                last_flush = time.monotonic()
-        writer.flush(buf)
-        bar.close()
+        try:
+            for item, seq in ready:
+                t0 = time.monotonic()
+                n_fed = int(seq.answer_positions[-1]) + 1
+                try:
+                    res = attribute_sequence(
+                        model, torch.as_tensor(seq.input_ids[:n_fed], device=device),
+                        torch.as_tensor(seq.answer_positions, device=device),
+                        rule=a["rule"], steps=int(a["steps"]), baseline=a["baseline"], pad_id=pad,
+                        batch_alphas=int(a["batch_alphas"]), max_batch_tokens=budget,
+                        adaptive=adaptive, decide=self._decide(seq) if adaptive else None,
+                        trace_tokens=seq.trace_tokens,
+                    )
+                except torch.OutOfMemoryError as e:
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    buf.rejects.append(_reject_row(Reject(
+                        item.sample_id, f"row {item.row}: out of memory at {n_fed} tokens even with one point per pass "
+                        f"and checkpointing ({str(e).splitlines()[0]}); lower attribute.max_tokens", item.source, item.row)))
+                else:
+                    self._rows(buf, item, seq, res, n_fed, model_name, time.monotonic() - t0)
+                    tokens_done += n_fed
+                    if res.converged is False:
+                        unconverged.append(item.sample_id)
+                bar.update(1)
+                bar.set_postfix(tok_s=f"{tokens_done / max(time.monotonic() - started, 1e-9):.0f}")
+                if len(buf) >= flush_every or time.monotonic() - last_flush > flush_seconds:
+                    writer.flush(buf)
+                    last_flush = time.monotonic()
+            writer.flush(buf)
+        finally:
+            bar.close()  # before any error line, so the message is the last thing printed
         if unconverged:
             log.warning(
                 "rank %d: %d sample(s) did not converge within attribute.max_steps=%d (gap <= %s and decision "
@@ -340,7 +363,7 @@ class AttributeStage:
     def _select_config(self) -> Any:
         from segsft.selection_config import SelectConfig
 
-        return SelectConfig.from_cfg(self.cfg["select"]) if self.cfg.get("select") else SelectConfig()
+        return SelectConfig.from_cfg(self.cfg["select"] or {})
 
     def _decide(self, seq: Any) -> Any:
         """The stop test's decision: the select rule with the configured select settings."""
@@ -355,6 +378,7 @@ class AttributeStage:
             log.warning("sample %s: non-finite attributions (model dtype too narrow?)", item.sample_id)
         buf.samples.append({
             "sample_id": item.sample_id,
+            "row": item.row,
             "n_tokens": n_fed,
             "train_tokens": seq.train_tokens,
             "n_segments": len(seq.segment_chars),
@@ -365,7 +389,7 @@ class AttributeStage:
             "completeness_gap": res.completeness_gap,
             "rule": self.acfg["rule"],
             # The adaptive rule's budget, or the fixed rule's node count.
-            "steps": res.steps_used if self.acfg["rule"] != "adaptive" else int(adaptive_settings(self.acfg).max_steps),
+            "steps": res.steps_used if self.acfg["rule"] != "adaptive" else int(self.acfg["max_steps"]),
             "model": model_name,
             "seconds": seconds,
             "steps_used": res.steps_used,

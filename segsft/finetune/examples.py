@@ -96,7 +96,8 @@ def build_examples(
     masks: Mapping[str, SampleMask] | None,
     max_length: int,
 ) -> tuple[list[Example], DataReport]:
-    """Examples for `mode` (`selected`: learned spans from `masks`; `full`: the whole trace)."""
+    """Examples for `mode` (`selected`: learned spans from `masks`; `full`: the whole trace, of
+    the samples `masks` covers when given (finetune.full_scope=selection), else of every sample)."""
     if mode not in MODES:
         raise ValueError(f"finetune.mode={mode!r}: use one of {list(MODES)}")
     if mode == "selected" and masks is None:
@@ -111,6 +112,10 @@ def build_examples(
         report.corpus_rows += 1
         seen.add(s.sample_id)
         if mode == "full":
+            if masks is not None and s.sample_id not in masks:
+                report.drop(s.sample_id, "not_in_selection", "finetune.full_scope=selection: the selection does "
+                            "not cover it (attribution rejected it or selection dropped it)")
+                continue
             spans = [(0, len(s.solution))]
         else:
             m = masks.get(s.sample_id) if masks is not None else None
@@ -133,7 +138,7 @@ def build_examples(
         report.tokens += len(ex.input_ids)
         report.learned_tokens += learned
         examples.append(ex)
-    if masks is not None and mode == "selected":
+    if masks is not None:
         report.masks_not_in_corpus = len(set(masks) - seen)
     return examples, report
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from segsft.config_schema import FinetuneConf
 from segsft.errors import PipelineError
 from segsft.finetune.modes import MODES
 from segsft.layout import SelectionLayout
@@ -15,41 +16,21 @@ from segsft.layout import SelectionLayout
 DEEPSPEED_DIR = Path(__file__).resolve().parents[2] / "conf" / "deepspeed"
 DEEPSPEED_NAMES = ("zero2", "zero3", "none")
 AUTO_BOOL = ("auto", True, False)
+#: Which samples finetune.mode=full trains: the selection's (a fair ablation) or the whole corpus.
+FULL_SCOPES = ("selection", "corpus")
 
 
 class FinetuneError(PipelineError):
     """A finetune configuration or input the user must change (the message says how)."""
 
 
-@dataclass(frozen=True)
-class FinetuneSettings:
-    mode: str = "selected"
-    deepspeed: str = "zero2"
-    num_train_epochs: float = 10
-    max_steps: int = -1
-    learning_rate: float = 3e-5
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    per_device_train_batch_size: int = 2
-    gradient_accumulation_steps: int = 1
-    max_length: int = 16384
-    max_grad_norm: float = 1.0
-    bf16: Any = "auto"
-    gradient_checkpointing: Any = "auto"
-    seed: int = 42
-    logging_steps: int = 1
-    save_steps: int = 200
-    save_total_limit: int | None = 2
-    resume: bool = True
-    dataloader_num_workers: int = 0
-    report_to: str = "none"
-    packing: bool = False
-    liger: bool = False
+@dataclass
+class FinetuneSettings(FinetuneConf):
+    """The `finetune` node as its schema's dataclass (segsft.config_schema: the defaults)."""
 
     @classmethod
     def from_config(cls, ft: Mapping[str, Any] | None) -> "FinetuneSettings":
-        ft = dict(ft or {})
+        ft = {k: ft[k] for k in (ft or {})}
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in ft.items() if k in known})
 
@@ -76,8 +57,8 @@ def check_config(cfg: Any) -> list[str]:
     """Every problem of the finetune configuration, each saying what to change."""
     from segsft.models import check_model_config
 
-    errs: list[str] = check_model_config(cfg.get("model") or {})
-    ft = cfg.get("finetune") or {}
+    errs: list[str] = check_model_config(cfg.model)
+    ft = cfg.finetune
     known = {f.name for f in fields(FinetuneSettings)}
     unknown = sorted(set(ft) - known)
     if unknown:
@@ -85,13 +66,19 @@ def check_config(cfg: Any) -> list[str]:
     s = FinetuneSettings.from_config(ft)
     if s.mode not in MODES:
         errs.append(f"finetune.mode={s.mode!r}: use one of {list(MODES)}")
-    if s.mode == "selected":
-        if not cfg.get("selection_dir"):
-            errs.append("selection_dir is empty: point it to the select stage's output directory, or use finetune.mode=full")
-        elif cfg.get("stage") == "finetune" and not SelectionLayout(Path(cfg.selection_dir)).masks.is_file():
+    if s.full_scope not in FULL_SCOPES:
+        errs.append(f"finetune.full_scope={s.full_scope!r}: use selection (mode=full trains the samples the selection "
+                    "covers, the same set as mode=selected) or corpus (every sample of data.path)")
+    if s.mode == "selected" or s.full_scope == "selection":
+        # Full mode trains the samples the selection covers (a fair ablation) unless told otherwise.
+        other = ("or use finetune.mode=full finetune.full_scope=corpus" if s.mode == "selected"
+                 else "or set finetune.full_scope=corpus to train every corpus sample")
+        if not cfg.selection_dir:
+            errs.append(f"selection_dir is empty: point it to the select stage's output directory, {other}")
+        elif cfg.stage == "finetune" and not SelectionLayout(Path(cfg.selection_dir)).masks.is_file():
             masks = SelectionLayout(Path(cfg.selection_dir)).masks
             errs.append(f"{masks} does not exist: run stage=select first, set selection_dir "
-                        f"to a directory holding {masks.name}, or use finetune.mode=full")
+                        f"to a directory holding {masks.name}, {other}")
     ds = deepspeed_config_path(s.deepspeed)
     if ds is not None and not ds.is_file():
         errs.append(f"finetune.deepspeed={s.deepspeed!r}: use one of {list(DEEPSPEED_NAMES)} or a path to a DeepSpeed JSON file")
@@ -105,6 +92,10 @@ def check_config(cfg: Any) -> list[str]:
         errs.append(f"finetune.learning_rate={s.learning_rate!r}: use a number > 0")
     if not isinstance(s.warmup_ratio, (int, float)) or not 0 <= s.warmup_ratio < 1:
         errs.append(f"finetune.warmup_ratio={s.warmup_ratio!r}: use a fraction in [0, 1)")
+    if not isinstance(s.weight_decay, (int, float)) or not 0 <= s.weight_decay < 1:
+        errs.append(f"finetune.weight_decay={s.weight_decay!r}: use a number in [0, 1)")
+    if not isinstance(s.seed, int) or not 0 <= s.seed < 2**32:
+        errs.append(f"finetune.seed={s.seed!r}: use an integer in [0, 2**32)")
     if not isinstance(s.max_grad_norm, (int, float)) or s.max_grad_norm < 0:
         errs.append(f"finetune.max_grad_norm={s.max_grad_norm!r}: use a number >= 0 (0 disables clipping)")
     _int_at_least(errs, "per_device_train_batch_size", s.per_device_train_batch_size, 1)
@@ -128,12 +119,10 @@ def check_config(cfg: Any) -> list[str]:
                     "install it or set finetune.packing=false")
     if s.liger is True and not has_module("liger_kernel"):
         errs.append("finetune.liger=true needs Liger kernels (pip install liger-kernel): install them or set finetune.liger=false")
-    if not cfg.get("finetune_dir"):
+    if not cfg.finetune_dir:
         errs.append("finetune_dir is empty: set it to the directory for checkpoints and the model")
-    data = cfg.get("data") or {}
-    if not data.get("path"):
+    if not cfg.data.path:
         errs.append("data.path is empty: point it to the JSONL or Parquet corpus the masks were made from")
-    model = cfg.get("model") or {}
-    if not model.get("name_or_path"):
+    if not cfg.model.name_or_path:
         errs.append("model.name_or_path is empty: give a hub id or a local model directory to fine-tune")
     return errs

@@ -25,14 +25,15 @@ from segsft.finetune.examples import build_examples, log_report, write_train_tok
 from segsft.finetune.masks import read_masks
 from segsft.finetune.settings import FinetuneError, FinetuneSettings, check_config, deepspeed_config_path
 from segsft.dist import is_main as _is_main
-from segsft.io import write_json
-from segsft.layout import FinetuneLayout
+from segsft.io import file_sha256, write_json
+from segsft.layout import FinetuneLayout, SelectionLayout
 
 log = logging.getLogger(__name__)
 
 #: Keys a resumed run must share with the run that wrote the checkpoints.
-RESUME_KEYS = ("mode", "selection_dir", "data_path", "model", "max_length", "deepspeed",
-               "per_device_train_batch_size", "gradient_accumulation_steps", "world_size")
+RESUME_KEYS = ("mode", "full_scope", "selection_dir", "masks_sha256", "data_path", "data_sha256", "data_fields",
+               "data_limit", "model", "max_length", "deepspeed", "per_device_train_batch_size",
+               "gradient_accumulation_steps", "world_size")
 
 
 @dataclass
@@ -55,11 +56,22 @@ def _plain(cfg: Any) -> dict:
         return dict(cfg)
 
 
+def uses_masks(s: FinetuneSettings) -> bool:
+    """Selected mode trains the masks; full mode trains the samples they cover unless full_scope=corpus."""
+    return s.mode == "selected" or s.full_scope == "selection"
+
+
 def _fingerprint(cfg: Any, s: FinetuneSettings) -> dict[str, Any]:
+    masks = SelectionLayout(Path(cfg.selection_dir)).masks if uses_masks(s) else None
     return {
         "mode": s.mode,
-        "selection_dir": str(cfg.get("selection_dir")) if s.mode == "selected" else None,
+        "full_scope": s.full_scope if s.mode == "full" else None,
+        "selection_dir": str(cfg.selection_dir) if masks else None,
+        "masks_sha256": file_sha256(masks) if masks else None,
         "data_path": str(cfg.data.path),
+        "data_sha256": file_sha256(cfg.data.path),
+        "data_fields": {k: cfg.data.fields[k] for k in sorted(cfg.data.fields)},
+        "data_limit": cfg.data.limit,
         "model": str(cfg.model.name_or_path),
         "max_length": s.max_length,
         "deepspeed": s.deepspeed,
@@ -96,7 +108,7 @@ def _check_resumable(out: Path, fp: dict[str, Any], s: FinetuneSettings) -> None
 
 def _read_corpus(data: Any) -> tuple[list, list]:
     """The corpus rows the earlier stages saw: `data.limit` (when set) cuts it as there."""
-    return read_corpus(data.path, data.get("fields") or {}, data.get("limit"))
+    return read_corpus(data.path, data.fields, data.limit)
 
 
 def _loss_history(trainer: Any) -> dict[str, Any]:
@@ -134,7 +146,7 @@ def run(cfg: Any, callbacks: Sequence[Any] = (), checked: bool = False) -> Finet
 
     tokenizer = load_tokenizer(cfg.model)
     samples, rejects = _read_corpus(cfg.data)
-    masks = read_masks(cfg.selection_dir) if s.mode == "selected" else None
+    masks = read_masks(cfg.selection_dir) if uses_masks(s) else None
     examples, report = build_examples(tokenizer, samples, rejects, s.mode, masks, s.max_length)
     log_report(report)
     if not examples:

@@ -110,13 +110,16 @@ def load_for_training(model_cfg: Mapping[str, Any], packing: bool, half_precisio
     """The model in fp32 (master weights; bf16 is the Trainer's or DeepSpeed's mixed precision)."""
     from transformers import AutoModelForCausalLM
 
+    from segsft.config_schema import ModelConf, with_defaults
+
+    model_cfg = with_defaults(ModelConf, model_cfg)
     kw: dict[str, Any] = dict(
-        revision=model_cfg.get("revision"),
+        revision=model_cfg["revision"],
         trust_remote_code=flag(model_cfg, "trust_remote_code"),
         dtype=torch.float32,
         use_safetensors=True,
     )
-    attn = model_cfg.get("attn_implementation") or "auto"
+    attn = model_cfg["attn_implementation"]
     if packing:
         # Packed rows are separated by position ids only; flash-attention's varlen path
         # is what keeps samples from attending to one another.

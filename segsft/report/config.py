@@ -25,10 +25,9 @@ class ReportConfig:
     @classmethod
     def from_cfg(cls, cfg: Any) -> "ReportConfig":
         r = cfg.report
-        sel = r.get("selection")
-        mt = r.get("max_traces")
+        sel, mt = r.selection, r.max_traces
         return cls(path=str(r.path), selection=None if sel in (None, "") else str(sel),
-                   max_traces=None if mt is None else int(mt), token_shading=bool(r.get("token_shading", True)))
+                   max_traces=None if mt is None else int(mt), token_shading=bool(r.token_shading))
 
 
 def _is_int(x: Any) -> bool:
@@ -37,39 +36,33 @@ def _is_int(x: Any) -> bool:
 
 def check_config(cfg: Any) -> list[str]:
     """Every problem of the report settings in the composed config, each saying what to change."""
-    r = cfg.get("report")
-    if r is None:
-        return ["the config has no `report` node: keep `- report: default` in conf/config.yaml's defaults "
-                "(or pass +report=default)"]
-    errs = []
-    path = r.get("path")
+    r, errs = cfg.report, []
+    path = r.path
     if not path or not str(path).endswith((".html", ".htm")):
         errs.append(f"report.path={path!r}: give the HTML file to write, e.g. report.path={RunLayout('runs/x').report}")
-    sel = r.get("selection")
+    sel = r.selection
     if sel is not None and not isinstance(sel, str):
         errs.append(f"report.selection={sel!r}: give one selection directory (e.g. runs/x/selection/<name>) "
                     "or null for every directory under run_dir/selection")
-    mt = r.get("max_traces")
+    mt = r.max_traces
     if mt is not None and (not _is_int(mt) or mt < 0):
         errs.append(f"report.max_traces={mt!r}: use an integer >= 0 (0 = overview only) or null for every trace")
-    ts = r.get("token_shading", True)
+    ts = r.token_shading
     if not isinstance(ts, bool):
         errs.append(f"report.token_shading={ts!r}: use true or false")
-    if not cfg.get("run_dir"):
+    if not cfg.run_dir:
         errs.append("run_dir is empty: set run_dir=<the run to report on>")
-    if not cfg.get("data") or not cfg.data.get("path"):
+    if not cfg.data.path:
         errs.append("data.path is empty: point it to the corpus the run was attributed on (the report shows its text)")
-    if ts is True and (not cfg.get("model") or not cfg.model.get("name_or_path")):
+    if ts is True and not cfg.model.name_or_path:
         errs.append("model.name_or_path is empty: set it to the run's model (its tokenizer places the tokens) "
                     "or pass report.token_shading=false")
-    a = cfg.get("attribute")
-    if a is not None:
-        from segsft.text import resolve_pattern
+    from segsft.text import resolve_pattern
 
-        try:
-            resolve_pattern(a.get("segment_preset", "default"), a.get("segment_pattern"))
-        except Exception as e:  # re.error or the preset's ValueError: both are the user's to fix
-            errs.append(f"attribute.segment_preset/segment_pattern: {e} (the report highlights the keywords with it)")
+    try:
+        resolve_pattern(cfg.attribute.segment_preset, cfg.attribute.segment_pattern)
+    except Exception as e:  # re.error or the preset's ValueError: both are the user's to fix
+        errs.append(f"attribute.segment_preset/segment_pattern: {e} (the report highlights the keywords with it)")
     if importlib.util.find_spec("matplotlib") is None:
         errs.append("matplotlib is not installed: the report draws its figures with it; run "
                     "`.venv/bin/python -m pip install 'matplotlib>=3.7'`")

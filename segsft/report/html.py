@@ -230,7 +230,7 @@ def _overview(p: Page) -> str:
             rows.append([esc(s.name) + (" ★" if s is p.chosen else ""), esc(fmt(s.job, "d")), esc(st.get("method")),
                          esc(fmt(st.get("top_mass"), "g")), esc(fmt(st.get("max_consistency"), "g")),
                          esc(fmt(st.get("min_consistency"), "g")), esc(st.get("always_keep")),
-                         esc(fmt(st.get("min_tokens"), "d")), esc(fmt(st.get("seed"), "d")), esc(st.get("unconverged", "keep")),
+                         esc(fmt(st.get("min_tokens"), "d")), esc(fmt(st.get("seed"), "d")), esc(st.get("unconverged")),
                          esc(f"{pct(s.share_segments)} ({s.segments_kept}/{s.segments})"),
                          esc(f"{pct(s.share_tokens)} ({s.tokens_kept}/{s.tokens})")])
             cls.append("chosen" if s is p.chosen else "")

@@ -15,10 +15,8 @@ import pyarrow.parquet as pq
 
 from segsft.layout import RunLayout, SelectionLayout
 from segsft.report.config import ReportError
-from segsft.schemas import ADAPTIVE_SAMPLE_COLUMNS, REPORT_SAMPLE_COLUMNS, REPORT_SEGMENT_COLUMNS
-from segsft.attribution_tables import AttributionNotReady, open_attribution, scan_samples
-
-SID = "sample_id"
+from segsft.schemas import ADAPTIVE_SAMPLE_COLUMNS, REPORT_SAMPLE_COLUMNS, REPORT_SEGMENT_COLUMNS, SID
+from segsft.attribution_tables import AttributionNotReady, AttributionTables, open_attribution
 
 
 @dataclass(frozen=True)
@@ -26,7 +24,7 @@ class Attribution:
     """One complete attribution run; `segments` without `token_attr`."""
 
     dir: Path
-    segment_parts: tuple[Path, ...]
+    tables: AttributionTables
     segments: pl.DataFrame
     samples: pl.DataFrame
     rejects: pl.DataFrame
@@ -34,8 +32,7 @@ class Attribution:
     def token_attr(self, sample_ids: Iterable[str]) -> dict[tuple[str, int], list[float]]:
         """The raw a_t of every segment of `sample_ids`, by (sample_id, segment)."""
         ids = list(sample_ids)
-        df = (pl.scan_parquet(list(self.segment_parts)).filter(pl.col(SID).is_in(ids))
-              .select(SID, "segment", "token_attr").collect())
+        df = self.tables.scan_segments((SID, "segment", "token_attr")).filter(pl.col(SID).is_in(ids)).collect()
         return {(s, k): v for s, k, v in df.iter_rows()}
 
 
@@ -63,18 +60,15 @@ def load_attribution(run_dir: str | Path) -> Attribution:
         tables = open_attribution(run_dir)
     except AttributionNotReady as e:
         raise ReportError(f"the report reads the attribution under {adir}, which is not ready: {e}") from e
-    rejects = lay.finished("rejects")
     bad = (_lacking(tables.segments, (*REPORT_SEGMENT_COLUMNS, "token_attr")) + _lacking(tables.samples, REPORT_SAMPLE_COLUMNS)
-           + _lacking([p for p in rejects if p.is_file()], (SID, "reason")))
+           + _lacking(tables.rejects, (SID, "reason")))
     if bad:
         raise ReportError("attribution tables without the columns the report reads:\n  - " + "\n  - ".join(bad)
                           + f"\nRerun `make attribute RUN_DIR={run_dir}` with this version into a fresh run_dir.")
-    segments = pl.scan_parquet(list(tables.segments)).select(REPORT_SEGMENT_COLUMNS).sort(SID, "segment").collect()
-    samples = scan_samples(tables.samples, REPORT_SAMPLE_COLUMNS, ADAPTIVE_SAMPLE_COLUMNS).sort(SID).collect()
-    present = [p for p in rejects if p.is_file()]
-    rej = (pl.scan_parquet(present).select(SID, "reason").collect() if present
-           else pl.DataFrame(schema={SID: pl.String, "reason": pl.String}))
-    return Attribution(adir, tables.segments, segments, samples, rej)
+    segments = tables.scan_segments(REPORT_SEGMENT_COLUMNS).sort(SID, "segment").collect()
+    samples = tables.scan_samples(REPORT_SAMPLE_COLUMNS, ADAPTIVE_SAMPLE_COLUMNS).sort(SID).collect()
+    rej = tables.scan_rejects((SID, "reason")).collect()
+    return Attribution(adir, tables, segments, samples, rej)
 
 
 # ---- selections ---------------------------------------------------------------------------------

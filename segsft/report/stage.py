@@ -16,7 +16,7 @@ from segsft.report.config import ReportConfig, ReportError, check_config
 from segsft.report.load import find_selections, load_attribution
 from segsft.report.view import build_traces, join_masks, overview, pick_traces, sample_table
 from segsft.report.html import Page, render
-from segsft.text import ANSWER_SUFFIX_DEFAULT, resolve_pattern
+from segsft.text import resolve_pattern
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +50,17 @@ def _token_shading(traces: list, cfg: Any, rc: ReportConfig, recorded: list[str]
         return None
     tok, why = tokens.load(cfg.model)
     if tok is None:
-        return f"the tokenizer of model.name_or_path={cfg.model.get('name_or_path')} could not be loaded ({why}); segments only"
-    suffix = cfg.attribute.get("answer_suffix") if cfg.get("attribute") else None
+        return f"the tokenizer of model.name_or_path={cfg.model.name_or_path} could not be loaded ({why}); segments only"
     failed = 0
     for t in traces:
         try:
-            t.token_starts = tokens.token_starts(tok, t.question, t.solution, t.answer, suffix or ANSWER_SUFFIX_DEFAULT, t.segments)
+            t.token_starts = tokens.token_starts(tok, t.question, t.solution, t.answer, cfg.attribute.answer_suffix, t.segments)
         except (tokens.TokenMismatch, ValueError) as e:
             failed += 1
             t.notes.append(f"token shading is off for this trace: the tokenizer of model.name_or_path does not "
                            f"reproduce the attribution's tokens ({e}); pass the run's model and attribute.answer_suffix")
     if failed == len(traces):
-        return (f"the tokenizer of model.name_or_path={cfg.model.get('name_or_path')} does not reproduce the "
+        return (f"the tokenizer of model.name_or_path={cfg.model.name_or_path} does not reproduce the "
                 f"attribution's tokens of any trace; pass the run's model (the run recorded {', '.join(recorded)}) "
                 "and attribute.answer_suffix")
     return None
@@ -77,7 +76,7 @@ def run(cfg: Any, checked: bool = False) -> Path:
     rc = ReportConfig.from_cfg(cfg)
     run_dir = str(cfg.run_dir)
     att = load_attribution(run_dir)
-    selections, chosen, notes = find_selections(run_dir, rc.selection, cfg.get("selection_dir"))
+    selections, chosen, notes = find_selections(run_dir, rc.selection, cfg.selection_dir)
     masks = chosen.masks() if chosen else None
     joined, mask_notes = join_masks(att.segments, masks)
     notes += mask_notes
@@ -90,17 +89,16 @@ def run(cfg: Any, checked: bool = False) -> Path:
     ids = pick_traces(samples, rc.max_traces)
     traces = []
     if ids:
-        fields = cfg.data.get("fields") or {}
         # CorpusError already says to set data.path; no row limit: the run may have used another.
-        corpus, _ = read_corpus(cfg.data.path, fields)
+        corpus, _ = read_corpus(cfg.data.path, cfg.data.fields)
         wanted = set(ids)
         by_id = {s.sample_id: s for s in corpus if s.sample_id in wanted}
         traces, trace_notes = build_traces(ids, joined, samples, att, by_id)
         notes += trace_notes
     token_note = _token_shading(traces, cfg, rc, ov["models"])
-    a = cfg.get("attribute") or {}
+    a = cfg.attribute
     page = Page(run_dir=run_dir, overview=ov, selections=selections, chosen=chosen, figures=figures, traces=traces,
-                pattern=resolve_pattern(a.get("segment_preset", "default"), a.get("segment_pattern")),
+                pattern=resolve_pattern(a.segment_preset, a.segment_pattern),
                 token_note=token_note, notes=notes, max_traces=rc.max_traces)
     text = render(page)
     out = Path(rc.path)

