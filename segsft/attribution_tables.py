@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import polars as pl
 import pyarrow.parquet as pq
 
 from segsft.errors import PipelineError
 from segsft.layout import ATTRIBUTION_TABLES, RunLayout, parse_part
-from segsft.schemas import (REJECTS_SCHEMA, REQUIRED, SAMPLES_SCHEMA, SELECT_OPTIONAL_SAMPLE_COLUMNS,
+from segsft.schemas import (REJECTS_SCHEMA, REQUIRED, SAMPLES_SCHEMA, SEGMENTS_SCHEMA, SELECT_OPTIONAL_SAMPLE_COLUMNS,
                             SELECT_SAMPLE_COLUMNS, SELECT_SEGMENT_COLUMNS, SID)
 
 
@@ -53,13 +53,16 @@ class AttributionTables:
             return scan_samples(self.samples, required, optional)
         return self.winners(required, optional).drop(_PART)
 
-    def scan_segments(self, columns: Iterable[str] = SELECT_SEGMENT_COLUMNS) -> pl.LazyFrame:
-        """The segments tables; of a sample in two parts, the rows of the part its samples row is read from."""
-        columns = list(columns)
-        if not self.mixed:
+    def scan_segments(self, columns: Iterable[str] = SELECT_SEGMENT_COLUMNS, optional: Iterable[str] = ()) -> pl.LazyFrame:
+        """The segments tables; of a sample in two parts, the rows of the part its samples row is
+        read from. `optional` columns read as null from a file that lacks them."""
+        columns, optional = list(columns), list(optional)
+        if not self.mixed and not optional:
             return pl.scan_parquet(list(self.segments)).select(columns)
-        frames = [pl.scan_parquet(p).select(columns).with_columns(pl.lit(i).alias(_PART))
+        frames = [_scan(p, columns, optional, SEGMENTS_SCHEMA).with_columns(pl.lit(i).alias(_PART))
                   for i, p in enumerate(self.segments)]
+        if not self.mixed:
+            return pl.concat(frames, how="vertical_relaxed").drop(_PART)
         keep = self.winners((SID,), ()).select(SID, _PART)
         return pl.concat(frames).join(keep, on=[SID, _PART], how="semi").drop(_PART)
 
@@ -88,16 +91,18 @@ def _part_of(path: Path) -> str:
     return path.name.split("-", 1)[1].removesuffix(".parquet")
 
 
+def _scan(path: Path, required: Iterable[str], optional: Iterable[str], schema: Any) -> pl.LazyFrame:
+    """`required` and `optional` columns of one file; an optional column it lacks (written before
+    the column existed) reads as null of its schema type."""
+    dtypes = pl.from_arrow(schema.empty_table()).schema
+    names = pq.read_schema(path).names
+    cols = [pl.col(c) if c in names else pl.lit(None, dtype=dtypes[c]).alias(c) for c in optional]
+    return pl.scan_parquet(path).select(*required, *cols)
+
+
 def scan_samples(paths: Iterable[Path], required: Iterable[str], optional: Iterable[str]) -> pl.LazyFrame:
-    """`required` and `optional` columns of samples tables; an optional column a file lacks
-    (one written before it existed) reads as null of its schema type."""
-    dtypes = pl.from_arrow(SAMPLES_SCHEMA.empty_table()).schema
-    frames = []
-    for p in paths:
-        names = pq.read_schema(p).names
-        cols = [pl.col(c) if c in names else pl.lit(None, dtype=dtypes[c]).alias(c) for c in optional]
-        frames.append(pl.scan_parquet(p).select(*required, *cols))
-    return pl.concat(frames, how="vertical_relaxed")
+    """`required` and `optional` columns of samples tables (optional ones null where a file lacks them)."""
+    return pl.concat([_scan(p, required, optional, SAMPLES_SCHEMA) for p in paths], how="vertical_relaxed")
 
 
 def _resume_hint(run_dir: Path, world: int | None) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Optional
 from segsft.layout import REPORT_FILE
 
 SELECTION_NAME = ("${segsft_selection_name:${.method},${.top_mass},${.max_consistency},${.min_consistency},"
-                  "${.min_tokens},${.seed},${.unconverged}}")
+                  "${.min_tokens},${.seed},${.unconverged},${.score},${.order}}")
 
 
 @dataclass
@@ -104,6 +104,9 @@ class AttributeConf:
     flush_seconds: float = 300.0
     # auto: cuda:LOCAL_RANK when CUDA is available, else cpu.
     device: str = "auto"
+    # One extra forward pass per sample (no gradient) for the segments' nll_mean and
+    # entropy_mean (select.method=score ranks by them); gxi_* come free when alpha = 1 is a node.
+    token_stats: bool = True
     # After every part is finished, merge all parts (of any world sizes) into one part of world
     # size 1, each sample once; select reads either way.
     consolidate: bool = False
@@ -115,8 +118,13 @@ class SelectConf:
     strength, of those the ones with consistency in [min_consistency, max_consistency], plus
     always_keep (python pipeline.py stage=select run_dir=runs/x select.top_mass=0.7)."""
 
-    # attribution (the rule) | full (every segment) | random (seeded, as many tokens as the rule)
+    # attribution (the rule) | full (every segment) | random (seeded, as many tokens as the rule) |
+    # score (the best-ranked segments by select.score, as many tokens as the rule)
     method: str = "attribution"
+    # select.method=score: a numeric column of the segments table (nll_mean, entropy_mean,
+    # gxi_abs_sum, strength, ...) and whether high or low values rank first.
+    score: Optional[str] = None
+    order: str = "high"
     top_mass: float = 0.7
     # null = no bound. A null consistency fails every bound that is set.
     max_consistency: Optional[float] = 0.8

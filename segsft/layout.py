@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 ATTRIBUTION_TABLES = ("segments", "samples", "rejects")
 _PART = re.compile(r"^(\d{5})-of-(\d{5})$")
@@ -220,6 +220,11 @@ class RunLayout:
         return self.run_dir / "sweeps" / "select" / SWEEP_FILE
 
     @property
+    def agreement(self) -> Path:
+        """stage=compare: pairwise agreement of the selections under selection/."""
+        return self.run_dir / "compare" / "agreement.parquet"
+
+    @property
     def finetune(self) -> FinetuneLayout:
         return FinetuneLayout(self.run_dir / "finetune")
 
@@ -235,10 +240,11 @@ SWEEP_ROW_FILE = "sweep_row.parquet"
 
 
 def selection_name(method: Any, top_mass: Any, max_consistency: Any = None, min_consistency: Any = None,
-                   min_tokens: Any = 0, seed: Any = 0, unconverged: Any = "keep") -> str:
+                   min_tokens: Any = 0, seed: Any = 0, unconverged: Any = "keep", score: Any = None,
+                   order: Any = "high") -> str:
     """The selection directory's name from the select settings, unset keys left out
-    (`attribution-top0.7-maxc0.8`, `random-top0.7-maxc0.8-seed3`, ...)."""
-    parts = [str(method), f"top{top_mass}"]
+    (`attribution-top0.7-maxc0.8`, `random-top0.7-maxc0.8-seed3`, `score-nll_mean-high-top0.7-maxc0.8`, ...)."""
+    parts = [str(method)] + ([str(score), str(order)] if method == "score" else []) + [f"top{top_mass}"]
     if max_consistency is not None:
         parts.append(f"maxc{max_consistency}")
     if min_consistency is not None:
@@ -260,6 +266,4 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("segsft_selection_name", selection_name)
 
 
-def selection_settings(node: Mapping[str, Any]) -> dict[str, Any]:
-    keys = ("method", "top_mass", "max_consistency", "min_consistency", "min_tokens", "seed", "unconverged")
-    return {k: node.get(k) for k in keys}
+

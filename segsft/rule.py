@@ -49,7 +49,8 @@ def with_short_samples(segments: pl.LazyFrame, sample_tokens: pl.LazyFrame | Non
             .drop("_seq_tokens"))
 
 
-def _always_keep(keep: tuple[int, ...]) -> pl.Expr:
+def always_keep(keep: tuple[int, ...]) -> pl.Expr:
+    """True on the rows of the segment indices `keep` (negative: from the end) of each sample."""
     seg = pl.col("segment").cast(pl.Int64)
     n = pl.len().over(SID).cast(pl.Int64)
     # Out-of-range indices match no row: i >= n exceeds every segment, n + i < 0 precedes them.
@@ -80,7 +81,7 @@ def attribution_rule(segments: pl.LazyFrame, cfg: SelectConfig, sample_tokens: p
     lf = lf.with_columns(
         _before=cum.shift(1, fill_value=0.0).over(SID),
         _total=cum.last().over(SID),
-        _keep=_always_keep(cfg.always_keep),
+        _keep=always_keep(cfg.always_keep),
     )
     in_prefix = pl.when(pl.col("_total") > 0).then(pl.col("_before") / pl.col("_total") < cfg.top_mass).otherwise(False)
     lf = lf.with_columns(_prefix=in_prefix, _ok=_consistency_ok(cfg))

@@ -22,6 +22,14 @@ SEGMENTS_SCHEMA = pa.schema(
         ("strength", pa.float64()),
         pa.field("consistency", pa.float64(), nullable=True),
         ("token_attr", pa.list_(pa.float32())),
+        # Cheap signals (segsft.attribute.token_stats; null where not computed): the mean
+        # -log p and the mean predictive entropy over the segment's tokens (one forward pass,
+        # attribute.token_stats), and gradient x input at alpha = 1 summed / abs-summed (when
+        # 1 is one of the rule's nodes: adaptive, linspace, trapezoid, gradient_x_input).
+        pa.field("nll_mean", pa.float64(), nullable=True),
+        pa.field("entropy_mean", pa.float64(), nullable=True),
+        pa.field("gxi_sum", pa.float64(), nullable=True),
+        pa.field("gxi_abs_sum", pa.float64(), nullable=True),
     ]
 )
 
@@ -102,6 +110,8 @@ SWEEP_SCHEMA = pa.schema(
         ("min_tokens", pa.int64()),
         ("seed", pa.int64()),
         ("unconverged", pa.string()),
+        pa.field("score", pa.string(), nullable=True),
+        ("order", pa.string()),
         ("samples", pa.int64()),
         ("segments", pa.int64()),
         ("segments_kept", pa.int64()),
@@ -112,6 +122,32 @@ SWEEP_SCHEMA = pa.schema(
         ("selection_dir", pa.string()),
     ]
 )
+
+#: stage=compare: one row per pair of selections (a before b in name order).
+AGREEMENT_SCHEMA = pa.schema(
+    [
+        ("a", pa.string()),
+        ("b", pa.string()),
+        ("method_a", pa.string()),
+        ("method_b", pa.string()),
+        # The per-segment score each ranks by (attribution: strength; score: its column; random, full: none).
+        pa.field("score_a", pa.string(), nullable=True),
+        pa.field("score_b", pa.string(), nullable=True),
+        ("samples", pa.int64()),
+        # Kept-segment sets per sample: |A and B| / |A or B| (1 when both keep nothing).
+        pa.field("jaccard_mean", pa.float64(), nullable=True),
+        pa.field("jaccard_median", pa.float64(), nullable=True),
+        # Spearman correlation of the two scores over a sample's segments (samples with >= 2
+        # segments and non-constant scores); null when either ranks by nothing.
+        ("spearman_samples", pa.int64()),
+        pa.field("spearman_mean", pa.float64(), nullable=True),
+        pa.field("spearman_median", pa.float64(), nullable=True),
+    ]
+)
+
+#: The columns select.method=score can rank by (every numeric per-segment value).
+SCORE_COLUMNS = ("strength", "consistency", "attr_sum", "attr_abs_sum", "nll_mean", "entropy_mean", "gxi_sum",
+                 "gxi_abs_sum")
 
 # What selection reads; `token_attr` and the raw sums are not needed.
 SELECT_SEGMENT_COLUMNS = ("sample_id", "segment", "char_start", "char_end", "n_tokens", "strength", "consistency")
@@ -145,6 +181,8 @@ FINETUNE_MASKS_COLUMNS = ("sample_id", "segment", "char_start", "char_end", "tra
 #: What the report reads of the attribution tables (segments without token_attr, read lazily).
 REPORT_SEGMENT_COLUMNS = ("sample_id", "segment", "char_start", "char_end", "token_start", "token_end", "n_tokens",
                           "strength", "consistency")
+#: The cheap per-segment signals (segsft.attribute.token_stats); null in tables written before them.
+TOKEN_STAT_COLUMNS = ("nll_mean", "entropy_mean", "gxi_sum", "gxi_abs_sum")
 REPORT_SAMPLE_COLUMNS = ("sample_id", "n_tokens", "n_segments", "completeness_gap", "rule", "steps", "model")
 #: Samples columns that tables written before the adaptive rule lack; readers fill them with null.
 ADAPTIVE_SAMPLE_COLUMNS = ("steps_used", "decision_stability", "converged")

@@ -8,7 +8,8 @@ from typing import Any, Mapping
 
 from segsft.config_schema import SelectConf, with_defaults
 
-METHODS = ("attribution", "full", "random")
+METHODS = ("attribution", "full", "random", "score")
+ORDERS = ("high", "low")
 #: What selection does with a sample whose adaptive attribution did not converge.
 UNCONVERGED = ("keep", "full", "drop")
 KEYS = ("method", "top_mass", "max_consistency", "min_consistency", "always_keep", "min_tokens", "seed")
@@ -35,6 +36,10 @@ class SelectConfig:
     min_tokens: int = _D.min_tokens
     seed: int = _D.seed
     unconverged: str = _D.unconverged
+    # Only for method=score (None otherwise, so a sweep over methods x scores makes one
+    # directory per non-score method).
+    score: str | None = None
+    order: str = _D.order
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> "SelectConfig":
@@ -56,12 +61,15 @@ class SelectConfig:
             min_tokens=int(node["min_tokens"] or 0),
             seed=int(node["seed"] or 0),
             unconverged=str(node["unconverged"]),
+            score=str(node["score"]) if node["method"] == "score" else None,
+            order=str(node["order"]) if node["method"] == "score" else _D.order,
         )
 
     def settings(self) -> dict:
         return {"method": self.method, "top_mass": self.top_mass, "max_consistency": self.max_consistency,
                 "min_consistency": self.min_consistency, "always_keep": list(self.always_keep),
-                "min_tokens": self.min_tokens, "seed": self.seed, "unconverged": self.unconverged}
+                "min_tokens": self.min_tokens, "seed": self.seed, "unconverged": self.unconverged,
+                "score": self.score, "order": self.order}
 
 
 def check_settings(s: Mapping[str, Any]) -> list[str]:
@@ -74,6 +82,14 @@ def check_settings(s: Mapping[str, Any]) -> list[str]:
     method = s["method"]
     if method not in METHODS:
         errs.append(f"select.method={method!r}: use one of {list(METHODS)}")
+    if method == "score":
+        from segsft.schemas import SCORE_COLUMNS
+
+        if s["score"] not in SCORE_COLUMNS:
+            errs.append(f"select.score={s['score']!r}: select.method=score ranks segments by a numeric column of the "
+                        f"segments table; use one of {list(SCORE_COLUMNS)}")
+        if s["order"] not in ORDERS:
+            errs.append(f"select.order={s['order']!r}: use high (high values first) or low")
     tm = s["top_mass"]
     if not _is_number(tm) or not 0 <= tm <= 1:
         errs.append(f"select.top_mass={tm!r}: use a number in [0, 1] (the share of strength to cover, e.g. 0.7)")

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 #: The stages in pipeline order (stage=all runs them so).
 ORDER = ("attribute", "select", "finetune", "report")
+#: Stages run on their own (not part of stage=all).
+EXTRA = ("compare",)
 
 
 class Stage(Protocol):
@@ -28,6 +30,6 @@ class Stage(Protocol):
 
 def load(name: str) -> Stage:
     """The STAGE of `segsft.<name>`, imported only when asked for (heavy imports stay lazy)."""
-    if name not in ORDER:
-        raise ValueError(f"no stage {name!r}: use one of {list(ORDER)}")
+    if name not in ORDER + EXTRA:
+        raise ValueError(f"no stage {name!r}: use one of {list(ORDER + EXTRA)}")
     return importlib.import_module(f"segsft.{name}").STAGE

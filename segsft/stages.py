@@ -9,11 +9,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from segsft.dist import is_main, rank_and_world
 from segsft.errors import PipelineError
-from segsft.stage_api import ORDER, load
+from segsft.stage_api import EXTRA, ORDER, load
 
 log = logging.getLogger("segsft")
 
-STAGES = (*ORDER, "all")
+STAGES = (*ORDER, *EXTRA, "all")
 
 
 class ConfigError(PipelineError):

@@ -282,6 +282,33 @@ def test_sweep_jobs_and_every_selection_are_listed(built, tmp_path):
     assert sum(s["data-train"] == "1" for s in page.segments) == int(masks["train"].sum())
 
 
+def test_agreement_table_and_the_cheap_signals_figure(built, tmp_path):
+    import shutil
+
+    from segsft.compare import run as compare
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(built["run_dir"], run_dir)
+    text = run(report_cfg(run_dir, built["corpus"], built["model"], *REPORT_SELECT)).read_text()
+    assert "Agreement between selections" in text and "stage=compare" in text  # says how to get it
+    assert "no token statistics in this run" in text  # these hand-made tables have none
+    # Give the tables a signal, select by it, compare.
+    from segsft.io import write_parquet
+    from segsft.schemas import SEGMENTS_SCHEMA
+
+    for f in (run_dir / "attribution").glob("segments-*.parquet"):
+        t = pl.read_parquet(f).with_columns(nll_mean=pl.col("strength") * 2 + 1)
+        write_parquet(f, t.to_arrow(), SEGMENTS_SCHEMA)
+    select_run(report_cfg(run_dir, built["corpus"], built["model"], *REPORT_SELECT, "select.method=score",
+                          "select.score=nll_mean"))
+    table = pl.read_parquet(compare(report_cfg(run_dir, built["corpus"], built["model"])))
+    assert table.height == 1 and table["spearman_mean"][0] == pytest.approx(1.0)  # a monotone signal ranks as IG does
+    text = run(report_cfg(run_dir, built["corpus"], built["model"], *REPORT_SELECT)).read_text()
+    r = table.row(0, named=True)
+    assert f'{r["a"]}</td><td class="l">{r["b"]}</td><td class="">{r["samples"]}</td><td class="">{r["jaccard_mean"]:.3f}' in text
+    assert "IG strength against the cheap per-segment signals" in text and "nll_mean +1.00" in text
+
+
 def test_without_selection_segments_are_unmarked(tmp_path, tokenizer, tiny_model_dir):
     run_dir, corpus = make_run(tmp_path, tokenizer, ROWS[:2], world=1)
     text = run(report_cfg(run_dir, corpus, tiny_model_dir)).read_text()

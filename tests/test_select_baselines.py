@@ -84,3 +84,52 @@ def test_splitmix64_is_the_reference_algorithm():
     got = pl.DataFrame({"x": pl.Series(xs, dtype=pl.UInt64)}).select(splitmix64(pl.col("x")))["x"].to_numpy()
     assert (got == ref(xs)).all()
     assert int(got[0]) == 0xE220A8397B1DCDAF  # SplitMix64's first output for state 0
+
+
+def _score_recount(seg: pl.DataFrame, rule: pl.DataFrame, keep: tuple[int, ...], high: bool) -> dict:
+    """An independent per-sample loop of select.method=score: (sample_id, segment) -> train."""
+    out = {}
+    budgets = {s: int(g.filter(pl.col("train"))["n_tokens"].sum()) for (s,), g in rule.group_by("sample_id")}
+    short = set(rule.filter(pl.col("why") == "short_sample")["sample_id"])
+    for (sid,), g in seg.sort("segment").group_by("sample_id"):
+        rows = [(k, t, None if v is None or v != v else v) for k, t, v in g.select("segment", "n_tokens", "nll_mean").rows()]
+        n = len(rows)
+        forced = {k for k in range(n) if any(k == (i if i >= 0 else n + i) for i in keep)}
+        left = budgets[sid] - sum(t for k, t, _ in rows if k in forced)
+        ranked = sorted((r for r in rows if r[0] not in forced),
+                        key=lambda r: (r[2] is None, -(r[2] or 0) if high else (r[2] or 0), r[0]))
+        taken, before = set(), 0
+        for k, t, _ in ranked:
+            after = before + t
+            if before < left and (after <= left or after - left <= left - before):
+                taken.add(k)
+            before = after
+        for k, _, _ in rows:
+            out[(sid, k)] = sid in short or k in forced or k in taken
+    return out
+
+
+def test_score_keeps_the_best_ranked_segments_within_the_rule_budget():
+    seg, samples = _segments(n_samples=200, n_segments=7, seed=5)
+    rng = np.random.default_rng(0)
+    seg = seg.collect()
+    nll = rng.uniform(0, 3, seg.height)
+    nll[rng.uniform(size=seg.height) < 0.05] = np.nan  # some segments without a value: ranked last
+    seg = seg.with_columns(nll_mean=pl.Series(nll))
+    median = int(samples.select(pl.col("train_tokens").median()).collect().item())
+    for keep, order, min_tokens in (((0, -1), "high", 0), ((), "low", 0), ((0, -2, -1), "high", median)):
+        cfg = SelectConfig(method="score", score="nll_mean", order=order, always_keep=keep, min_tokens=min_tokens)
+        out = select_masks(seg.lazy(), cfg, samples if min_tokens else None)
+        mask, rule = out["mask"], out["attribution"]
+        assert mask.select("sample_id", "segment").equals(rule.select("sample_id", "segment"))
+        want = _score_recount(seg, rule, keep, order == "high")
+        got = {(s, k): t for s, k, t in mask.select("sample_id", "segment", "train").rows()}
+        assert got == want
+        both = _tokens(rule).join(_tokens(mask), on="sample_id", suffix="_score")
+        assert ((both["kept_score"] - both["kept"]).abs() <= both["largest"]).all()  # the rule's budget, within a segment
+        whys = set(mask["why"])
+        assert "score_rank" in whys and ("always_keep" in whys) == bool(keep)
+        if min_tokens:
+            assert "short_sample" in whys
+        kept_forced = mask.filter(pl.col("why") == "always_keep")["train"]
+        assert kept_forced.all()

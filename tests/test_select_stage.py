@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -303,3 +304,52 @@ def test_default_grid_is_5x5():
     params = grid["hydra"]["sweeper"]["params"]
     assert params["select.top_mass"].split(",") == ["0.5", "0.6", "0.7", "0.8", "0.9"]
     assert params["select.max_consistency"].split(",") == ["0.6", "0.7", "0.8", "0.9", "1.0"]
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share the mean of their positions), independently of Polars."""
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x))
+    r[order] = np.arange(1, len(x) + 1)
+    for v in np.unique(x):
+        r[x == v] = r[x == v].mean()
+    return r
+
+
+def test_compare_table_equals_a_recount(tmp_path):
+    from segsft.compare import run as compare
+    from segsft.select.synthetic import random_tables
+
+    seg, smp = random_tables(60, 6, seed=4)
+    write_part(tmp_path / "r" / "attribution", seg, smp)
+    for ovr in (("select.method=attribution",), ("select.method=random",),
+                ("select.method=score", "select.score=nll_mean"), ("select.method=score", "select.score=entropy_mean",
+                                                                   "select.order=low")):
+        run(_cfg(tmp_path / "r", *ovr))
+    table = pl.read_parquet(compare(_cfg(tmp_path / "r")))
+    names = sorted(p.name for p in (tmp_path / "r" / "selection").iterdir() if p.is_dir())
+    assert table.height == 6 and sorted(set(table["a"]) | set(table["b"])) == names
+    segs = pl.from_arrow(seg)
+    score_of = {"attribution": ("strength", 1), "score-nll_mean": ("nll_mean", 1), "score-entropy_mean": ("entropy_mean", -1)}
+    for r in table.iter_rows(named=True):
+        ma = pl.read_parquet(tmp_path / "r" / "selection" / r["a"] / "masks.parquet")
+        mb = pl.read_parquet(tmp_path / "r" / "selection" / r["b"] / "masks.parquet")
+        js, rhos = [], []
+        for sid in ma["sample_id"].unique().sort():
+            a = set(ma.filter((pl.col("sample_id") == sid) & pl.col("train"))["segment"])
+            b = set(mb.filter((pl.col("sample_id") == sid) & pl.col("train"))["segment"])
+            js.append(len(a & b) / len(a | b) if a | b else 1.0)
+            sa = next((v for k, v in score_of.items() if r["a"].startswith(k)), None)
+            sb = next((v for k, v in score_of.items() if r["b"].startswith(k)), None)
+            if sa and sb:
+                g = segs.filter(pl.col("sample_id") == sid).sort("segment")
+                xa, xb = g[sa[0]].to_numpy() * sa[1], g[sb[0]].to_numpy() * sb[1]
+                rhos.append(np.corrcoef(_ranks(xa), _ranks(xb))[0, 1])
+        assert r["samples"] == 60
+        assert r["jaccard_mean"] == pytest.approx(np.mean(js)) and r["jaccard_median"] == pytest.approx(np.median(js))
+        if rhos:
+            assert r["spearman_mean"] == pytest.approx(np.mean(rhos)) and r["spearman_median"] == pytest.approx(np.median(rhos))
+        else:
+            assert r["spearman_mean"] is None and r["spearman_samples"] == 0
+    same = table.filter(pl.col("a").str.starts_with("attribution") & pl.col("b").str.starts_with("random"))
+    assert same["spearman_mean"][0] is None  # random ranks by nothing

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "segsft"
-STAGES = ("attribute", "select", "finetune", "report")
+STAGES = ("attribute", "select", "finetune", "report", "compare")
 # The dispatcher may import every stage; nothing else that is shared may.
 DISPATCH = {"segsft.stages"}
 LAYOUT_NAMES = ("segments-", "samples-", "rejects-", "part-", "_partial", "masks.parquet", "summary_per_sample",
@@ -84,14 +84,15 @@ def test_the_checks_see_real_literals_and_imports():
 
 def test_every_stage_has_check_run_and_outputs(tmp_path):
     from conftest import compose_config
-    from segsft.stage_api import ORDER, load
+    from segsft.stage_api import EXTRA, ORDER, load
 
     cfg = compose_config(f"run_dir={tmp_path}")
-    for name in ORDER:
+    assert set(ORDER + EXTRA) == set(STAGES)
+    for name in ORDER + EXTRA:
         stage = load(name)
         assert stage.name == name
         assert all(callable(getattr(stage, m)) for m in ("check", "run", "outputs"))
         outs = stage.outputs(cfg)
         assert outs and all(str(p).startswith(str(tmp_path)) for p in outs.values()), (name, outs)
     with pytest.raises(ValueError):
-        load("evaluate")
+        load("nonexistent")

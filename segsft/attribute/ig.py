@@ -30,6 +30,8 @@ class IGResult:
     # The adaptive rule's stop test (None for the fixed rules).
     decision_stability: float | None = None
     converged: bool | None = None
+    # g(1) per token, gradient x (input - baseline) at alpha = 1, when 1 is a node (else None).
+    grad_at_one: np.ndarray | None = None
 
     @property
     def completeness_gap(self) -> float | None:
@@ -119,7 +121,9 @@ class PathGradients:
     baseline_logprob: float  # f(x')
 
     def integrate(self, weights: np.ndarray) -> IGResult:
-        return IGResult(weights @ self.token_grads, self.answer_logprob, self.baseline_logprob, len(self.alphas))
+        at_one = np.flatnonzero(self.alphas == 1.0)
+        return IGResult(weights @ self.token_grads, self.answer_logprob, self.baseline_logprob, len(self.alphas),
+                        grad_at_one=self.token_grads[at_one[0]] if len(at_one) else None)
 
 
 class IGPath:
@@ -249,4 +253,4 @@ def adaptive_integrated_gradients(
                  stop=test if test is not None else (lambda h: h[-1].gap <= settings.target_gap))
     share = test.stability(res.history)[0] if test is not None else None
     return IGResult(res.final.token_attr, float(res.logprobs[-1]), float(res.logprobs[0]), path.evaluations,
-                    share, res.converged)
+                    share, res.converged, grad_at_one=res.token_grads[-1])  # nodes sorted: the last is 1

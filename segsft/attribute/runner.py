@@ -30,6 +30,7 @@ from segsft.attribute.adaptive import AdaptiveSettings
 from segsft.attribute.batching import attribute_sequence, resolve_budget
 from segsft.attribute.ig import check_supports_logits_to_keep, freeze
 from segsft.attribute.metrics import segment_decider, segment_metrics
+from segsft.attribute.token_stats import segment_token_stats, token_stats
 from segsft.corpus import Reject, Sample, read_corpus
 from segsft.errors import PipelineError
 from segsft.dist import shard
@@ -187,6 +188,17 @@ def part_lock(layout: AttributionLayout, part: str) -> Iterator[None]:
         lock.release()
 
 
+def _token_stats(model: Any, ids: torch.Tensor, sample_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cheap signals; out of memory leaves them null for this sample (the IG scores stand)."""
+    try:
+        return token_stats(model, ids)
+    except torch.OutOfMemoryError:
+        if ids.device.type == "cuda":
+            torch.cuda.empty_cache()
+        log.warning("sample %s: out of memory in the token-statistics pass; nll/entropy left null", sample_id)
+        return None
+
+
 def _reject_row(r: Reject) -> dict:
     return {"sample_id": r.sample_id, "reason": r.reason, "source": r.source, "row": r.row}
 
@@ -326,8 +338,9 @@ class AttributeStage:
                 t0 = time.monotonic()
                 n_fed = int(seq.answer_positions[-1]) + 1
                 try:
+                    ids = torch.as_tensor(seq.input_ids[:n_fed], device=device)
                     res = attribute_sequence(
-                        model, torch.as_tensor(seq.input_ids[:n_fed], device=device),
+                        model, ids,
                         torch.as_tensor(seq.answer_positions, device=device),
                         rule=a["rule"], steps=int(a["steps"]), baseline=a["baseline"], pad_id=pad,
                         batch_alphas=int(a["batch_alphas"]), max_batch_tokens=budget,
@@ -341,7 +354,8 @@ class AttributeStage:
                         item.sample_id, f"row {item.row}: out of memory at {n_fed} tokens even with one point per pass "
                         f"and checkpointing ({str(e).splitlines()[0]}); lower attribute.max_tokens", item.source, item.row)))
                 else:
-                    self._rows(buf, item, seq, res, n_fed, model_name, time.monotonic() - t0)
+                    stats = _token_stats(model, ids, item.sample_id) if a["token_stats"] else None
+                    self._rows(buf, item, seq, res, n_fed, model_name, time.monotonic() - t0, stats)
                     tokens_done += n_fed
                     if res.converged is False:
                         unconverged.append(item.sample_id)
@@ -369,11 +383,14 @@ class AttributeStage:
         """The stop test's decision: the select rule with the configured select settings."""
         return segment_decider(seq.segment_tokens, self._select_config(), seq.train_tokens)
 
-    def _rows(self, buf: _Buffer, item: Sample, seq: Any, res: Any, n_fed: int, model_name: str, seconds: float) -> None:
+    def _rows(self, buf: _Buffer, item: Sample, seq: Any, res: Any, n_fed: int, model_name: str, seconds: float,
+              stats: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         a = res.token_attr
-        for k, (m, (cs, ce), (ts, te)) in enumerate(zip(segment_metrics(a, seq.segment_tokens), seq.segment_chars, seq.segment_tokens)):
+        cheap = segment_token_stats(seq.segment_tokens, *(stats or (None, None)), res.grad_at_one)
+        for k, (m, c, (cs, ce), (ts, te)) in enumerate(zip(segment_metrics(a, seq.segment_tokens), cheap,
+                                                           seq.segment_chars, seq.segment_tokens)):
             buf.segments.append({"sample_id": item.sample_id, "segment": k, "char_start": cs, "char_end": ce,
-                                 "token_start": ts, "token_end": te, **m})
+                                 "token_start": ts, "token_end": te, **m, **c})
         if not np.isfinite(a).all():
             log.warning("sample %s: non-finite attributions (model dtype too narrow?)", item.sample_id)
         buf.samples.append({

@@ -60,6 +60,7 @@ class Page:
     token_note: str | None = None  # why token shading is off; None: on
     notes: list[str] = field(default_factory=list)
     max_traces: int | None = None
+    agreement: list[dict] | None = None  # stage=compare's rows, None before it ran
 
 
 # ---- a trace ------------------------------------------------------------------------------------
@@ -238,13 +239,31 @@ def _overview(p: Page) -> str:
         out.append('<p class="meta">★ the selection shown in the scatter and the traces</p>')
     else:
         out.append('<p class="meta">no selection</p>')
+    out.append(_agreement(p))
+    return "".join(out)
+
+
+def _agreement(p: Page) -> str:
+    out = ['<h3 id="agreement">Agreement between selections</h3>']
+    if not p.agreement:
+        out.append('<p class="meta">not computed: run <code>python pipeline.py stage=compare run_dir=...</code> '
+                   "after selecting with several methods</p>")
+        return "".join(out)
+    head = ["a", "b", "samples", "Jaccard of kept segments: mean", "median", "Spearman of scores: mean", "median"]
+    rows = [[esc(r["a"]), esc(r["b"]), esc(r["samples"]), esc(fmt(r["jaccard_mean"], ".3f")),
+             esc(fmt(r["jaccard_median"], ".3f")), esc(fmt(r["spearman_mean"], ".3f")),
+             esc(fmt(r["spearman_median"], ".3f"))] for r in p.agreement]
+    out.append(f'<div class="wide">{_table(head, rows, left=2)}</div>')
+    out.append('<p class="meta">per sample, then over the samples both cover; Spearman where both rank by a '
+               "score (attribution: strength; score: its column), — where one does not (random, full)</p>")
     return "".join(out)
 
 
 def _figures(p: Page) -> str:
     out = ['<h2 id="figures">Figures</h2><div class="figs">']
     for key, alt in (("scatter", "strength vs consistency of every segment"),
-                     ("shares", "histogram of the kept-token share per sample")):
+                     ("shares", "histogram of the kept-token share per sample"),
+                     ("signals", "IG strength against the cheap per-segment signals")):
         uri, cap = p.figures.get(key, (None, ""))
         if uri:
             out.append(f'<figure><img alt="{esc(alt)}" src="{uri}"><figcaption>{esc(cap)}</figcaption></figure>')

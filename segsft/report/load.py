@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 
 from segsft.layout import RunLayout, SelectionLayout
 from segsft.report.config import ReportError
-from segsft.schemas import ADAPTIVE_SAMPLE_COLUMNS, REPORT_SAMPLE_COLUMNS, REPORT_SEGMENT_COLUMNS, SID
+from segsft.schemas import (ADAPTIVE_SAMPLE_COLUMNS, REPORT_SAMPLE_COLUMNS, REPORT_SEGMENT_COLUMNS, SID,
+                            TOKEN_STAT_COLUMNS)
 from segsft.attribution_tables import AttributionNotReady, AttributionTables, open_attribution
 
 
@@ -65,7 +66,7 @@ def load_attribution(run_dir: str | Path) -> Attribution:
     if bad:
         raise ReportError("attribution tables without the columns the report reads:\n  - " + "\n  - ".join(bad)
                           + f"\nRerun `make attribute RUN_DIR={run_dir}` with this version into a fresh run_dir.")
-    segments = tables.scan_segments(REPORT_SEGMENT_COLUMNS).sort(SID, "segment").collect()
+    segments = tables.scan_segments(REPORT_SEGMENT_COLUMNS, TOKEN_STAT_COLUMNS).sort(SID, "segment").collect()
     samples = tables.scan_samples(REPORT_SAMPLE_COLUMNS, ADAPTIVE_SAMPLE_COLUMNS).sort(SID).collect()
     rej = tables.scan_rejects((SID, "reason")).collect()
     return Attribution(adir, tables, segments, samples, rej)
@@ -169,3 +170,9 @@ def find_selections(run_dir: str | Path, explicit: str | None, default_dir: str 
         notes.append(f"the traces and the scatter show {chosen.name}, the selection of the current select.* "
                      "settings (set report.selection=<dir> to show another)")
     return found, chosen, notes
+
+
+def load_agreement(run_dir: str | Path) -> pl.DataFrame | None:
+    """stage=compare's table of the run, or None before it ran."""
+    path = RunLayout(run_dir).agreement
+    return pl.read_parquet(path) if path.is_file() else None

@@ -99,3 +99,35 @@ def share_histogram(shares: np.ndarray, label: str = "") -> str | None:
     ax.set_ylabel("samples")
     ax.set_title(label, fontsize=9)
     return _png(fig)
+
+
+def signals_scatter(strength: np.ndarray, signals: dict[str, np.ndarray]) -> tuple[str | None, str]:
+    """(data URI, caption): IG strength against each cheap signal, one panel each, with the
+    Spearman correlation over the segments that have both."""
+    panels = []
+    for name, v in signals.items():
+        x, y = np.asarray(strength, dtype=float), np.asarray(v, dtype=float)
+        ok = np.isfinite(x) & np.isfinite(y)
+        if ok.sum() >= 2:
+            panels.append((name, x[ok], y[ok]))
+    if not panels:
+        return None, "no token statistics in this run (attribute.token_stats=false, or tables from before them)"
+    fig = _figure(3.0 * len(panels), 2.8)
+    rhos = []
+    for i, (name, x, y) in enumerate(panels):
+        if x.size > MAX_POINTS:
+            keep = np.random.default_rng(0).choice(x.size, MAX_POINTS, replace=False)
+            xs, ys = x[keep], y[keep]
+        else:
+            xs, ys = x, y
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        ax.scatter(xs, ys, s=4 if xs.size > 2000 else 10, c=UNMARKED, alpha=0.5, linewidths=0)
+        if xs.size and xs.min() > 0 and xs.max() / xs.min() > 100:
+            ax.set_xscale("log")
+        ax.set_xlabel("IG strength")
+        ax.set_ylabel(name)
+        rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+        rho = float(np.corrcoef(rx, ry)[0, 1]) if np.std(rx) and np.std(ry) else float("nan")
+        rhos.append(f"{name} {rho:+.2f}")
+        ax.set_title(f"Spearman {rho:+.2f}", fontsize=9)
+    return _png(fig), f"{panels[0][1].size} segments; Spearman over all segments: " + ", ".join(rhos)

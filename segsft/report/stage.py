@@ -13,7 +13,7 @@ from segsft.corpus import read_corpus
 from segsft.io import write_text
 from segsft.report import plots, tokens
 from segsft.report.config import ReportConfig, ReportError, check_config
-from segsft.report.load import find_selections, load_attribution
+from segsft.report.load import find_selections, load_agreement, load_attribution
 from segsft.report.view import build_traces, join_masks, overview, pick_traces, sample_table
 from segsft.report.html import Page, render
 from segsft.text import resolve_pattern
@@ -31,7 +31,10 @@ def _figures(joined: pl.DataFrame, samples: pl.DataFrame, ov: dict, chosen: Any)
     if chosen:
         caption += (f"; colour: trained / masked by {label} (top_mass={st.get('top_mass')} is a per-sample share "
                     "of strength, not a line here)")
-    figs = {"gaps": (plots.gap_histogram(ov["gaps"]), f"{len(ov['gaps'])} samples"), "scatter": (uri, caption)}
+    figs = {"gaps": (plots.gap_histogram(ov["gaps"]), f"{len(ov['gaps'])} samples"), "scatter": (uri, caption),
+            "signals": plots.signals_scatter(joined["strength"].to_numpy(),
+                                             {c: joined[c].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+                                              for c in ("nll_mean", "entropy_mean", "gxi_abs_sum") if c in joined.columns})}
     if chosen is not None:
         shares = samples["share_tokens_kept"].drop_nulls().to_numpy()
         figs["shares"] = (plots.share_histogram(shares, label), f"{len(shares)} samples, selection {label}")
@@ -97,7 +100,9 @@ def run(cfg: Any, checked: bool = False) -> Path:
         notes += trace_notes
     token_note = _token_shading(traces, cfg, rc, ov["models"])
     a = cfg.attribute
+    agreement = load_agreement(run_dir)
     page = Page(run_dir=run_dir, overview=ov, selections=selections, chosen=chosen, figures=figures, traces=traces,
+                agreement=None if agreement is None else agreement.to_dicts(),
                 pattern=resolve_pattern(a.segment_preset, a.segment_pattern),
                 token_note=token_note, notes=notes, max_traces=rc.max_traces)
     text = render(page)

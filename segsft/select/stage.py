@@ -14,11 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 from segsft.errors import PipelineError
 from segsft.io import write_json, write_parquet, write_text
 from segsft.layout import AttributionLayout, SelectionLayout
-from segsft.select.baselines import full_mask, random_mask, sample_keys
+from segsft.select.baselines import full_mask, random_mask, sample_keys, score_mask
 from segsft.selection_config import SelectConfig
 from segsft.attribution_tables import open_attribution
 from segsft.rule import SID, attribution_rule
-from segsft.schemas import MASKS_SCHEMA, PER_SAMPLE_SCHEMA
+from segsft.schemas import MASKS_SCHEMA, PER_SAMPLE_SCHEMA, SELECT_SEGMENT_COLUMNS
 from segsft.select.summary import overall, per_sample
 
 log = logging.getLogger(__name__)
@@ -30,14 +30,37 @@ class SelectionDirTaken(PipelineError):
 
 
 def select_masks(segments: pl.LazyFrame, cfg: SelectConfig, sample_tokens: pl.LazyFrame | None = None) -> dict[str, pl.DataFrame]:
-    """The mask of `cfg.method` (key "mask"), plus the attribution rule's when random matched it."""
+    """The mask of `cfg.method` (key "mask"), plus the attribution rule's when random or score
+    matched its budget. method=score needs `cfg.score` among the columns of `segments`."""
     if cfg.method == "full":
         return {"mask": full_mask(segments).collect(engine="streaming")}
     rule = attribution_rule(segments, cfg, sample_tokens).collect(engine="streaming")
     if cfg.method == "attribution":
         return {"mask": rule}
+    if cfg.method == "score":
+        scores = segments.select(SID, "segment", pl.col(cfg.score).cast(pl.Float64).alias("_score"))
+        mask = score_mask(rule.lazy(), scores, cfg.always_keep, cfg.order == "high")
+        return {"mask": mask.collect(engine="streaming"), "attribution": rule}
     keys = sample_keys(rule[SID].unique(maintain_order=True), cfg.seed).lazy()
     return {"mask": random_mask(rule.lazy(), keys).collect(engine="streaming"), "attribution": rule}
+
+
+def _check_score_column(tables: Any, score: str) -> None:
+    """select.score must be a column every segments file has, and not null everywhere."""
+    import pyarrow.parquet as pq
+
+    lacking = [str(p) for p in tables.segments if score not in pq.read_schema(p).names]
+    if lacking:
+        raise PipelineError(
+            f"select.score={score}: the segments tables {lacking[:3]} lack that column (written before it existed); "
+            "rerun attribution with this version into a new run_dir, or rank by another column")
+    non_null = tables.scan_segments((score,)).select(pl.col(score).fill_nan(None).count()).collect().item()
+    if non_null == 0:
+        why = {"nll_mean": "attribute.token_stats was false", "entropy_mean": "attribute.token_stats was false",
+               "gxi_sum": "the rule has no node at alpha = 1 (gauss_legendre)",
+               "gxi_abs_sum": "the rule has no node at alpha = 1 (gauss_legendre)"}.get(score, "no value was computed")
+        raise PipelineError(f"select.score={score} is null in every segment of {tables.dir} ({why}): rank by another "
+                            "column, or rerun attribution into a new run_dir to compute it")
 
 
 def apply_unconverged(mask: pl.DataFrame, unconverged: list[str], policy: str) -> pl.DataFrame:
@@ -106,7 +129,11 @@ def run(cfg: DictConfig | Any) -> dict:
         log.warning("select: %s", note)
     samples_in = tables.scan_samples()
     unconverged = samples_in.filter(pl.col("converged") == False).select(SID).collect()[SID].to_list()  # noqa: E712
-    masks = select_masks(tables.scan_segments(), scfg, samples_in if scfg.min_tokens > 0 else None)
+    columns = SELECT_SEGMENT_COLUMNS
+    if scfg.method == "score":
+        _check_score_column(tables, scfg.score)
+        columns = tuple(dict.fromkeys((*columns, scfg.score)))
+    masks = select_masks(tables.scan_segments(columns), scfg, samples_in if scfg.min_tokens > 0 else None)
     masks = {k: apply_unconverged(m, unconverged, scfg.unconverged) for k, m in masks.items()}
     if unconverged:
         log.warning("select: %d sample(s) whose attribution did not converge (select.unconverged=%s): %s",
@@ -118,7 +145,7 @@ def run(cfg: DictConfig | Any) -> dict:
     mask = masks["mask"]
     samples, figures = _figures(mask)
     methods = {scfg.method: figures["overall"]}
-    if "attribution" in masks:  # random: the rule's figures it was matched to, side by side
+    if "attribution" in masks:  # random, score: the rule's figures they were matched to, side by side
         methods["attribution"] = _figures(masks["attribution"])[1]["overall"]
     tokens, segs = figures["overall"]["tokens"], figures["overall"]["segments"]
     methods.setdefault("full", {"segments_kept": segs, "share_segments_kept": 1.0 if segs else None,

@@ -25,7 +25,7 @@ from segsft.schemas import SWEEP_SCHEMA
 
 log = logging.getLogger(__name__)
 
-SHOWN = ("job", "method", "top_mass", "max_consistency", "min_consistency", "min_tokens",
+SHOWN = ("job", "method", "score", "top_mass", "max_consistency", "min_consistency", "min_tokens",
          "share_segments_kept", "share_tokens_kept", "selection_dir")
 
 try:
@@ -39,7 +39,8 @@ def sweep_row(job: int, summary: dict) -> dict:
     return {
         "job": job, "method": s["method"], "top_mass": s["top_mass"], "max_consistency": s["max_consistency"],
         "min_consistency": s["min_consistency"], "always_keep": ",".join(str(i) for i in s["always_keep"]),
-        "min_tokens": s["min_tokens"], "seed": s["seed"], "unconverged": s["unconverged"], "samples": o["samples"], "segments": o["segments"],
+        "min_tokens": s["min_tokens"], "seed": s["seed"], "unconverged": s["unconverged"],
+        "score": s.get("score"), "order": s.get("order", "high"), "samples": o["samples"], "segments": o["segments"],
         "segments_kept": o["segments_kept"], "share_segments_kept": o["share_segments_kept"],
         "tokens": o["tokens"], "tokens_kept": o["tokens_kept"], "share_tokens_kept": o["share_tokens_kept"],
         "selection_dir": summary["selection_dir"],

@@ -104,6 +104,10 @@ def random_tables(n_samples: int, n_segments: int, seed: int = 0, first: int = 0
         "attr_sum": attr_abs * consistency, "attr_abs_sum": attr_abs, "strength": strength,
         "consistency": pa.array(consistency, pa.float64(), mask=null),
         "token_attr": pa.ListArray.from_arrays(offsets, pa.array([], pa.float32())),
+        # The cheap signals, loosely tied to the attribution as on real traces.
+        "nll_mean": rng.gamma(2.0, 0.5, size=n) + 0.5 * strength, "entropy_mean": rng.gamma(2.0, 0.6, size=n),
+        "gxi_sum": attr_abs * consistency * rng.uniform(0.5, 1.5, size=n),
+        "gxi_abs_sum": attr_abs * rng.uniform(0.5, 1.5, size=n),
     }, schema=SEGMENTS_SCHEMA)
     total = ends.reshape(n_samples, n_segments)[:, -1] + 120
     samples = pa.table({

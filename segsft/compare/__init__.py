@@ -1,0 +1,59 @@
+"""stage=compare: pairwise agreement between every selection under run_dir/selection/.
+
+    python pipeline.py stage=compare run_dir=runs/x   ->  runs/x/compare/agreement.parquet
+
+Per pair: the Jaccard overlap of the kept segments per sample and the Spearman correlation of
+the scores the two rank by (attribution: strength; select.method=score: its column), as mean
+and median over the samples. The report shows the table.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from segsft.errors import PipelineError
+from segsft.layout import RunLayout
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: Any) -> Path:
+    import polars as pl
+
+    from segsft.attribution_tables import open_attribution
+    from segsft.compare.agreement import agreement, describe, show
+    from segsft.io import write_parquet
+    from segsft.schemas import AGREEMENT_SCHEMA
+
+    run = RunLayout(cfg.run_dir)
+    done = [s for s in run.selections() if s.finished()]
+    if len(done) < 2:
+        raise PipelineError(f"{run.selection_root} holds {len(done)} finished selection(s); compare needs two or more: "
+                            f"run `make sweep RUN_DIR={cfg.run_dir} ARGS=\"select.method=attribution,random,score "
+                            "select.score=nll_mean\"` (or stage=select with other settings) first")
+    table = agreement([describe(s) for s in done], open_attribution(cfg.run_dir))
+    write_parquet(run.agreement, table.to_arrow(), AGREEMENT_SCHEMA)
+    with pl.Config(tbl_rows=-1):
+        print(show(table), flush=True)
+    log.info("compare: %d selections, %d pairs -> %s", len(done), table.height, run.agreement)
+    return run.agreement
+
+
+class _CompareStage:
+    """segsft.stage_api.Stage: one process; ranks > 0 do nothing."""
+
+    name = "compare"
+
+    def check(self, cfg: Any) -> list[str]:
+        return [] if cfg.run_dir else ["run_dir is empty: set run_dir=<the run whose selections to compare>"]
+
+    def run(self, cfg: Any, rank: int, world: int) -> Path | None:
+        return run(cfg) if rank == 0 else None
+
+    def outputs(self, cfg: Any) -> dict[str, Path]:
+        return {"agreement": RunLayout(cfg.run_dir).agreement}
+
+
+STAGE = _CompareStage()

@@ -1,0 +1,87 @@
+"""How far selection methods agree: per sample, the Jaccard overlap of the kept segments of two
+selections and the Spearman correlation of the per-segment scores they rank by; then the mean
+and median over the samples both cover."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from segsft.attribution_tables import AttributionTables
+from segsft.layout import SelectionLayout
+from segsft.schemas import AGREEMENT_SCHEMA, SID
+
+
+@dataclass(frozen=True)
+class Selection:
+    name: str
+    method: str
+    score: str | None  # the column it ranks by (None: random, full)
+    high: bool
+    masks: Path
+
+
+def describe(lay: SelectionLayout) -> Selection:
+    """A finished selection's method and the score it ranks by, from its summary."""
+    s = json.loads(lay.summary.read_text())["settings"]
+    method = s["method"]
+    score = {"attribution": "strength", "score": s.get("score")}.get(method)
+    return Selection(lay.dir.name, method, score, s.get("order", "high") == "high", lay.masks)
+
+
+def jaccard(a: Selection, b: Selection) -> pl.DataFrame:
+    """sample_id, jaccard over the samples both selections cover."""
+    ma = pl.scan_parquet(a.masks).select(SID, "segment", pl.col("train").alias("ta"))
+    mb = pl.scan_parquet(b.masks).select(SID, "segment", pl.col("train").alias("tb"))
+    both = ma.join(mb, on=[SID, "segment"], how="inner")
+    inter = (pl.col("ta") & pl.col("tb")).sum()
+    union = (pl.col("ta") | pl.col("tb")).sum()
+    return (both.group_by(SID).agg(_i=inter, _u=union)
+            .select(SID, jaccard=pl.when(pl.col("_u") == 0).then(1.0).otherwise(pl.col("_i") / pl.col("_u")))
+            .collect())
+
+
+def spearman(a: Selection, b: Selection, tables: AttributionTables) -> pl.DataFrame:
+    """sample_id, spearman of the two scores over the sample's segments (average ranks for ties;
+    null for fewer than two segments or a constant score)."""
+    cols = tuple(dict.fromkeys((a.score, b.score)))
+    seg = tables.scan_segments((SID, "segment", *cols))
+    sa = pl.col(a.score).fill_nan(None) * (1 if a.high else -1)
+    sb = pl.col(b.score).fill_nan(None) * (1 if b.high else -1)
+    ra = sa.rank("average").over(SID)
+    rb = sb.rank("average").over(SID)
+    seg = seg.with_columns(_ra=ra, _rb=rb).drop_nulls(["_ra", "_rb"])
+    return (seg.group_by(SID).agg(_n=pl.len(), rho=pl.corr("_ra", "_rb"))
+            .filter(pl.col("_n") >= 2).select(SID, pl.col("rho").fill_nan(None)).collect())
+
+
+def agreement(selections: list[Selection], tables: AttributionTables) -> pl.DataFrame:
+    """One row per pair (AGREEMENT_SCHEMA)."""
+    rows: list[dict[str, Any]] = []
+    for a, b in itertools.combinations(sorted(selections, key=lambda s: s.name), 2):
+        j = jaccard(a, b)["jaccard"]
+        row = {"a": a.name, "b": b.name, "method_a": a.method, "method_b": b.method, "score_a": a.score,
+               "score_b": b.score, "samples": len(j), "jaccard_mean": j.mean(), "jaccard_median": j.median(),
+               "spearman_samples": 0, "spearman_mean": None, "spearman_median": None}
+        if a.score and b.score:
+            rho = spearman(a, b, tables)["rho"].drop_nulls()
+            row.update(spearman_samples=len(rho), spearman_mean=rho.mean(), spearman_median=rho.median())
+        rows.append(row)
+    return pl.DataFrame(rows, schema=pl.from_arrow(AGREEMENT_SCHEMA.empty_table()).schema)
+
+
+def show(table: pl.DataFrame) -> str:
+    def f(v: Any) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    lines = [f"{'a':<34} {'b':<34} {'samples':>7} {'jaccard mean/median':>20} {'spearman mean/median':>21}"]
+    for r in table.iter_rows(named=True):
+        lines.append(f"{r['a'][:34]:<34} {r['b'][:34]:<34} {r['samples']:>7} "
+                     f"{f(r['jaccard_mean']):>10}/{f(r['jaccard_median']):<9} "
+                     f"{f(r['spearman_mean']):>10}/{f(r['spearman_median']):<10}")
+    return "\n".join(lines)
