@@ -8,7 +8,7 @@ ARGS ?=
 export OMP_NUM_THREADS ?= $(shell [ $(NPROC) -gt 1 ] && echo 1 || nproc)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all attribute select finetune sweep report bench clean
+.PHONY: help install demo test test-all attribute select finetune sweep compare report bench clean
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ select: install ## threshold selection -> <selection dir>/masks.parquet; ARGS="s
 
 sweep: install ## multirun over a threshold grid (conf/select/grid) -> a dir per job + sweeps/select/sweep.parquet; ARGS="select.top_mass=0.6,0.7"
 	$(PY) pipeline.py --multirun stage=select run_dir=$(RUN_DIR) +select/grid=default $(ARGS)
+
+compare: install ## pairwise agreement of every selection under RUN_DIR/selection -> RUN_DIR/compare/agreement.parquet
+	$(PY) pipeline.py stage=compare run_dir=$(RUN_DIR) $(ARGS)
 
 finetune: install ## selective SFT (SELECTION=<selection dir> NPROC=<procs per node>; NNODES NODE_RANK MASTER_ADDR MASTER_PORT for multi-node; ARGS=overrides)
 	@# One node, 8 GPUs:  make finetune SELECTION=runs/default/selection/<name> NPROC=8

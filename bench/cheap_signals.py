@@ -1,0 +1,169 @@
+"""Is integrated gradients worth its cost? Cheap per-segment signals against IG, and what they cost.
+
+    .venv/bin/python bench/cheap_signals.py [--traces 16] [--out bench/results/cheap_signals.json]
+
+1. Real traces (../shared/data, cut at segment boundaries to 270-400 SmolLM2 tokens, as the
+   convergence study cuts them) attributed by the real entry point with SmolLM2-135M in fp32 on
+   this machine, at the default rule (adaptive) with attribute.token_stats=true.
+2. Cost: the token-statistics pass (one forward, chunked logits) timed on its own on every
+   trace, against the attribution time per trace.
+3. Agreement at equal budget: select.method=attribution, random, and score by each signal
+   (both orders), then stage=compare: Jaccard of the kept segments against IG's, and the
+   Spearman correlation of each signal with IG strength, per sample.
+4. The select sweep over four methods on 10,000 synthetic samples (50 segments each, as the
+   selection benchmark makes them), timed end to end (target: under a minute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from machine import machine as _machine  # noqa: E402
+
+MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SIGNALS = ("nll_mean", "entropy_mean", "gxi_abs_sum")
+
+
+def pipeline(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, str(REPO / "pipeline.py"), *args], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=7200)
+    if r.returncode:
+        raise SystemExit(f"pipeline {' '.join(args)} failed:\n{r.stderr[-3000:]}")
+    return r
+
+
+def corpus(path: Path, n: int) -> int:
+    from traces import load_rows, window_rows
+
+    from segsft.models import load_tokenizer
+    from segsft.text import resolve_pattern
+
+    tok = load_tokenizer({"name_or_path": MODEL})
+    rows = window_rows(tok, sorted(load_rows(), key=lambda r: r["id"]), resolve_pattern("default"))[:n]
+    path.write_text("".join(json.dumps({k: r[k] for k in ("id", "question", "solution", "answer")}) + "\n" for r in rows))
+    return len(rows)
+
+
+def stats_seconds(corpus_path: Path, reps: int = 3) -> dict[str, float]:
+    """The token-statistics pass alone, per sample (median of `reps`), as the runner calls it."""
+    import torch
+
+    from segsft.attribute.token_stats import token_stats
+    from segsft.corpus import read_corpus
+    from segsft.models import load_model, load_tokenizer
+    from segsft.text import build_sequence, resolve_pattern
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    tok = load_tokenizer({"name_or_path": MODEL})
+    model = load_model({"name_or_path": MODEL}, torch.device("cpu"), torch.float32).eval()
+    samples, _ = read_corpus(corpus_path, {"id": "id"})
+    out = {}
+    for s in samples:
+        seq = build_sequence(tok, s.question, s.solution, resolve_pattern("default"), s.answer)
+        ids = torch.as_tensor(seq.input_ids[: int(seq.answer_positions[-1]) + 1])
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            token_stats(model, ids)
+            times.append(time.perf_counter() - t0)
+        out[s.sample_id] = sorted(times)[reps // 2]
+    return out
+
+
+def sweep_speed(root: Path, samples: int = 10_000, segments: int = 50) -> dict:
+    from segsft.layout import RunLayout
+    from segsft.select.synthetic import random_tables, write_part
+
+    run_dir = root / "sweep"
+    seg, smp = random_tables(samples, segments, seed=1)
+    write_part(RunLayout(run_dir).attribution.dir, seg, smp)
+    t0 = time.monotonic()
+    pipeline("--multirun", "stage=select", f"run_dir={run_dir}", "select.method=attribution,random,score,full",
+             "select.score=nll_mean")
+    wall = time.monotonic() - t0
+    dirs = [s.dir.name for s in RunLayout(run_dir).selections() if s.finished()]
+    return {"samples": samples, "segments_per_sample": segments, "rows": samples * segments, "methods": 4,
+            "selections": dirs, "wall_s": round(wall, 1), "target_s": 60.0, "met": wall < 60.0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--traces", type=int, default=16)
+    ap.add_argument("--keep", help="keep the run here (default: a temporary directory)")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "cheap_signals.json"))
+    args = ap.parse_args()
+    import polars as pl
+
+    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="cheap-signals-"))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        cpath = root / "traces.jsonl"
+        n = corpus(cpath, args.traces)
+        run_dir = root / "run"
+        t0 = time.monotonic()
+        if not (run_dir / "attribution").is_dir():
+            pipeline("stage=attribute", f"run_dir={run_dir}", f"data.path={cpath}", f"model.name_or_path={MODEL}",
+                     "attribute.token_stats=true", "attribute.device=cpu")
+        attribute_s = time.monotonic() - t0
+        smp = pl.read_parquet(run_dir / "attribution" / "samples-*.parquet")
+        stats = stats_seconds(cpath)
+        total = float(smp["seconds"].sum())  # per-sample time, the statistics pass included
+        extra = sum(stats.values())
+        cost = {"samples": smp.height, "median_tokens": int(smp["n_tokens"].median()),
+                "median_gradient_evaluations": int(smp["steps_used"].median()),
+                "attribution_s": round(total, 2), "token_stats_s": round(extra, 3),
+                "token_stats_share_of_ig": round(extra / (total - extra), 4), "target_share": 0.10,
+                "met": extra / (total - extra) <= 0.10}
+        methods = [("attribution",), ("random",)] + [("score", s, o) for s in SIGNALS for o in ("high", "low")]
+        for m in methods:
+            extra_args = [f"select.method={m[0]}"] + ([f"select.score={m[1]}", f"select.order={m[2]}"] if len(m) > 1 else [])
+            pipeline("stage=select", f"run_dir={run_dir}", *extra_args)
+        pipeline("stage=compare", f"run_dir={run_dir}")
+        table = pl.read_parquet(run_dir / "compare" / "agreement.parquet")
+        ig = table.filter(pl.col("a").str.starts_with("attribution") | pl.col("b").str.starts_with("attribution"))
+        rows = []
+        for r in ig.iter_rows(named=True):
+            other = r["b"] if r["a"].startswith("attribution") else r["a"]
+            rows.append({"selection": other, "jaccard_mean": r["jaccard_mean"], "jaccard_median": r["jaccard_median"],
+                         "spearman_mean": r["spearman_mean"], "spearman_median": r["spearman_median"]})
+        rows.sort(key=lambda r: -(r["jaccard_mean"] or 0))
+        speed = sweep_speed(root)
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    print(f"{n} traces, {cost['median_tokens']} tokens median, {cost['median_gradient_evaluations']} gradient "
+          f"evaluations median; attribution {attribute_s:.0f} s wall")
+    print(f"token statistics: {cost['token_stats_s']:.2f} s of {cost['attribution_s']:.1f} s "
+          f"= {100 * cost['token_stats_share_of_ig']:.1f}% of the IG time (target <= 10%)")
+    print(f"\n{'selection (vs attribution)':<44} {'Jaccard mean':>12} {'median':>7} {'Spearman mean':>14} {'median':>7}")
+
+    def f(v):
+        return "     -" if v is None else f"{v:6.3f}"
+
+    for r in rows:
+        print(f"{r['selection']:<44} {f(r['jaccard_mean']):>12} {f(r['jaccard_median']):>7} "
+              f"{f(r['spearman_mean']):>14} {f(r['spearman_median']):>7}")
+    print(f"\nselect sweep, 4 methods x {speed['samples']} samples x {speed['segments_per_sample']} segments: "
+          f"{speed['wall_s']} s (target < 60 s)")
+    report = {"what": __doc__.strip().splitlines()[0], "machine": _machine("torch", "transformers", "polars"),
+              "date": time.strftime("%Y-%m-%d"), "model": MODEL, "dtype": "float32", "rule": "adaptive (defaults)",
+              "traces": n, "cost": cost, "agreement_with_ig": rows, "sweep": speed}
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
