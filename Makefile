@@ -8,7 +8,7 @@ ARGS ?=
 export OMP_NUM_THREADS ?= $(shell [ $(NPROC) -gt 1 ] && echo 1 || nproc)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all attribute select finetune sweep compare report bench clean
+.PHONY: help install demo test test-all attribute select finetune evaluate generate sweep compare report bench clean
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -41,6 +41,14 @@ select: install ## threshold selection -> <selection dir>/masks.parquet; ARGS="s
 
 sweep: install ## multirun over a threshold grid (conf/select/grid) -> a dir per job + sweeps/select/sweep.parquet; ARGS="select.top_mass=0.6,0.7"
 	$(PY) pipeline.py --multirun stage=select run_dir=$(RUN_DIR) +select/grid=default $(ARGS)
+
+evaluate: install ## accuracy and output length of the base and fine-tuned models (RUN_DIR; NPROC ranks; ARGS="evaluate.benchmarks=[aime24] evaluate.samples=8")
+	@if [ $(NPROC) -gt 1 ]; then $(VENV)/bin/torchrun --nproc_per_node $(NPROC) pipeline.py stage=evaluate run_dir=$(RUN_DIR) $(ARGS); \
+	else $(PY) pipeline.py stage=evaluate run_dir=$(RUN_DIR) $(ARGS); fi
+
+generate: install ## a training corpus from problems (ARGS="generate.problems=<file> model.name_or_path=<model> generate.samples=32")
+	@if [ $(NPROC) -gt 1 ]; then $(VENV)/bin/torchrun --nproc_per_node $(NPROC) pipeline.py stage=generate run_dir=$(RUN_DIR) $(ARGS); \
+	else $(PY) pipeline.py stage=generate run_dir=$(RUN_DIR) $(ARGS); fi
 
 compare: install ## pairwise agreement of every selection under RUN_DIR/selection -> RUN_DIR/compare/agreement.parquet
 	$(PY) pipeline.py stage=compare run_dir=$(RUN_DIR) $(ARGS)

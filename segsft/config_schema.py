@@ -198,8 +198,69 @@ class ReportConf:
     token_shading: bool = True
 
 
+@dataclass
+class EngineConf:
+    """What the generation engine (segsft.generation) of evaluate and generate shares."""
+
+    # auto: vLLM where it is installed and CUDA is present, else HF generate; vllm | hf.
+    engine: str = "auto"
+    # The paper's sampling: temperature 0.6, top-p 0.95, up to 32,768 new tokens.
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: int = 32768
+    seed: int = 0
+    # HF: prompts per generate() call (sorted by length); vLLM takes every prompt of a chunk.
+    batch_size: int = 8
+    # Problems per resumable chunk (a kill loses at most the chunk in flight).
+    chunk_problems: int = 64
+    # vLLM: GPUs per model copy (one process; under torchrun each rank runs its own copy on its
+    # GPU: data parallel), and the share of GPU memory it may take.
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    # The model's dtype while generating (auto: bf16 on CUDA, fp32 on CPU).
+    dtype: str = "auto"
+
+
+@dataclass
+class EvaluateConf(EngineConf):
+    """`evaluate.*`: accuracy and output length of models on benchmarks (stage=evaluate)."""
+
+    # Model dirs or hub ids; empty = the base model (model.name_or_path) and the run's
+    # finetune_dir/model when it exists.
+    models: list[str] = field(default_factory=list)
+    # Shipped names (data/benchmarks/<name>.jsonl: math500, aime24, amc23, minerva, olympiad),
+    # JSONL/Parquet paths with id, question, answer (and optional choices), or
+    # hub:<dataset id>[:<config>[:<split>]] (loaded with `datasets`; fields in evaluate.fields).
+    benchmarks: list[str] = field(default_factory=lambda: ["math500", "aime24", "amc23", "minerva", "olympiad"])
+    fields: dict[str, str] = field(default_factory=lambda: {"id": "id", "question": "question", "answer": "answer"})
+    # Samples per problem (k): accuracy is their mean (pass@1 averaged over k).
+    samples: int = 1
+    # The first N problems of each benchmark (null = all).
+    limit: Optional[int] = None
+    # Grade an existing generations file (JSONL/Parquet: id, answer, output; optional model,
+    # benchmark, finish_reason) without loading any model.
+    generations: Optional[str] = None
+    # Bootstrap resamples of the problems for the accuracy interval (95%).
+    bootstrap: int = 1000
+
+
+@dataclass
+class GenerateConf(EngineConf):
+    """`generate.*`: build a training corpus from problems (stage=generate), as the paper's
+    authors built theirs (32 samples per problem, the shortest correct one kept)."""
+
+    # JSONL/Parquet with id, question, answer.
+    problems: Optional[str] = None
+    fields: dict[str, str] = field(default_factory=lambda: {"id": "id", "question": "question", "answer": "answer"})
+    samples: int = 32
+    # shortest_correct | all_correct | first_correct
+    keep: str = "shortest_correct"
+    limit: Optional[int] = None
+
+
 #: group -> schema. The groups whose `default` option is the schema itself.
-GROUP_DEFAULTS = {"attribute": AttributeConf, "select": SelectConf, "finetune": FinetuneConf, "report": ReportConf}
+GROUP_DEFAULTS = {"attribute": AttributeConf, "select": SelectConf, "finetune": FinetuneConf, "report": ReportConf,
+                  "evaluate": EvaluateConf, "generate": GenerateConf}
 #: group -> schema that the group's YAML files extend (`defaults: [base, _self_]`).
 GROUP_BASES = {"model": ModelConf, "data": DataConf}
 

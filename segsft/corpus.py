@@ -47,7 +47,7 @@ def _derived_id(*parts: str) -> str:
     return f"h{h[:16]}"
 
 
-def _raw_rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any] | None, str]]:
+def raw_rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any] | None, str]]:
     """(row index, record or None when unparsable, parse error or raw line)."""
     if path.suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
@@ -103,7 +103,7 @@ def read_corpus(path: str | Path, fields: Mapping[str, str], limit: int | None =
     src = str(path)
     rows_read = 0
     floats_made_ints = 0
-    for i, rec, err in _raw_rows(path):
+    for i, rec, err in raw_rows(path):
         rows_read += 1
         if limit is not None and i >= limit:
             break
@@ -159,3 +159,64 @@ def read_corpus(path: str | Path, fields: Mapping[str, str], limit: int | None =
             "data.fields.solution / data.fields.answer to its column names"
         )
     return samples, rejects
+
+
+@dataclass(frozen=True)
+class ProblemRow:
+    problem_id: str
+    question: str
+    answer: str
+    choices: tuple[str, ...] | None
+    row: int
+
+
+def read_problems(path: str | Path, fields: Mapping[str, str], limit: int | None = None,
+                  key: str = "data") -> tuple[list[ProblemRow], list[Reject]]:
+    """Problems (`id`, `question`, `answer`, optional `choices`) of a JSONL or Parquet file:
+    each row a problem or a reject with its reason. `key` names the config key in messages
+    (evaluate.benchmarks, generate.problems)."""
+    path = Path(path)
+    if path.is_dir():
+        raise CorpusError(f"{key}: {path} is a directory, not a file: give a JSONL or Parquet file of problems")
+    if not path.is_file():
+        raise CorpusError(f"{key}: problems file {path} does not exist: give a JSONL or Parquet file (id, question, answer)")
+    names = {k: fields.get(k) or k for k in ("question", "answer")}
+    id_field = fields.get("id")
+    out: list[ProblemRow] = []
+    rejects: list[Reject] = []
+    seen: set[str] = set()
+    seen_fields: set[str] = set()
+    rows = 0
+    for i, rec, err in raw_rows(path):
+        rows += 1
+        if limit is not None and i >= limit:
+            break
+        if rec is None:
+            reason, _, raw = err.partition("|")
+            rejects.append(Reject(_derived_id(str(i), raw), f"row {i}: {reason}", str(path), i))
+            continue
+        seen_fields.update(rec)
+        q, a = rec.get(names["question"]), rec.get(names["answer"])
+        rid = rec.get(id_field) if id_field else None
+        pid = str(rid) if rid not in (None, "") else _derived_id(str(q), str(a))
+        if pid in seen:
+            pid = f"{pid}#row{i}"
+        seen.add(pid)
+        problems = [f"missing or empty field '{n}'" for k, n in names.items()
+                    if rec.get(n) is None or (isinstance(rec.get(n), str) and not rec.get(n).strip())]
+        if isinstance(a, float) and a == a and a.is_integer():
+            a = int(a)
+        if isinstance(a, float) and a != a:
+            problems.append(f"field '{names['answer']}' is NaN")
+        if problems:
+            rejects.append(Reject(pid, f"row {i}: " + "; ".join(problems), str(path), i))
+            continue
+        choices = rec.get("choices")
+        out.append(ProblemRow(pid, str(q), str(a), tuple(str(c) for c in choices) if choices else None, i))
+    if rows == 0:
+        raise CorpusError(f"{key}: problems file {path} is empty: it has no rows")
+    missing = [n for n in names.values() if n not in seen_fields]
+    if missing:
+        raise CorpusError(f"{key}: {path} has no field {missing} in any row (its rows have {sorted(seen_fields)}): "
+                          f"problems need a question and an answer; map the columns with {key.split('.')[0]}.fields")
+    return out, rejects

@@ -233,6 +233,41 @@ class RunLayout:
         return self.run_dir / REPORT_FILE
 
 
+@dataclass(frozen=True)
+class GenerationLayout:
+    """stage=evaluate's eval_dir or stage=generate's generate_dir: resumable generation chunks
+    (`generations-<part>-<chunk>.parquet`, each written atomically; readers take every chunk,
+    each (model, benchmark, problem_id, sample) once) and what is made from them."""
+
+    dir: Path
+
+    def chunk(self, part: str, n: int) -> Path:
+        return self.dir / f"generations-{part}-{n:05d}.parquet"
+
+    def chunks(self, part: str | None = None) -> list[Path]:
+        return sorted(self.dir.glob(f"generations-{part or '*'}-*.parquet")) if self.dir.is_dir() else []
+
+    @property
+    def results(self) -> Path:
+        """evaluate: one row per (model, benchmark)."""
+        return self.dir / "results.parquet"
+
+    @property
+    def corpus(self) -> Path:
+        """generate: the training corpus (this pipeline's input format)."""
+        return self.dir / "corpus.jsonl"
+
+    @property
+    def rejects(self) -> Path:
+        """generate: problems with no kept sample, with the reason."""
+        return self.dir / "rejects.parquet"
+
+    @property
+    def settings(self) -> Path:
+        """What the generations were made with (a rerun with other settings is refused)."""
+        return self.dir / "settings.json"
+
+
 REPORT_FILE = "report.html"
 SWEEP_FILE = "sweep.parquet"
 #: One row per finished job of a multirun, in the job's Hydra output directory.

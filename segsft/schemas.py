@@ -145,6 +145,41 @@ AGREEMENT_SCHEMA = pa.schema(
     ]
 )
 
+#: stage=evaluate / stage=generate: one row per (model, benchmark, problem, sample), graded.
+GENERATIONS_SCHEMA = pa.schema(
+    [
+        ("model", pa.string()),
+        ("benchmark", pa.string()),
+        ("problem_id", pa.string()),
+        ("sample", pa.int32()),
+        ("output", pa.string()),
+        ("output_tokens", pa.int32()),
+        # stop (ended by itself) | length (hit max_new_tokens) | unknown (a graded file without it)
+        ("finish_reason", pa.string()),
+        ("answer", pa.string()),  # the ground truth it was graded against
+        pa.field("pred", pa.string(), nullable=True),  # the extracted prediction
+        ("correct", pa.bool_()),
+        # match | mismatch | no_answer (nothing to extract) | truncated (nothing to extract, cut at max_new_tokens)
+        ("verdict", pa.string()),
+    ]
+)
+
+#: stage=evaluate: one row per (model, benchmark).
+RESULTS_SCHEMA = pa.schema(
+    [
+        ("model", pa.string()),
+        ("benchmark", pa.string()),
+        ("n_problems", pa.int64()),
+        ("samples", pa.int64()),  # k per problem
+        ("accuracy", pa.float64()),  # mean over every sample = pass@1 averaged over k
+        ("accuracy_ci_low", pa.float64()),  # 95% bootstrap over problems
+        ("accuracy_ci_high", pa.float64()),
+        ("mean_output_tokens", pa.float64()),
+        ("median_output_tokens", pa.float64()),
+        ("share_truncated", pa.float64()),
+    ]
+)
+
 #: The columns select.method=score can rank by (every numeric per-segment value).
 SCORE_COLUMNS = ("strength", "consistency", "attr_sum", "attr_abs_sum", "nll_mean", "entropy_mean", "gxi_sum",
                  "gxi_abs_sum")

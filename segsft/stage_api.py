@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 #: The stages in pipeline order (stage=all runs them so).
-ORDER = ("attribute", "select", "finetune", "report")
+ORDER = ("attribute", "select", "finetune", "evaluate", "report")
 #: Stages run on their own (not part of stage=all).
-EXTRA = ("compare",)
+EXTRA = ("compare", "generate")
 
 
 class Stage(Protocol):

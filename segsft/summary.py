@@ -11,7 +11,7 @@ import polars as pl
 from segsft.attribution_tables import open_attribution
 from segsft.corpus import read_corpus
 from segsft.schemas import ADAPTIVE_SAMPLE_COLUMNS, REPORT_SAMPLE_COLUMNS, REPORT_SEGMENT_COLUMNS
-from segsft.layout import FinetuneLayout, RunLayout, SelectionLayout
+from segsft.layout import FinetuneLayout, GenerationLayout, RunLayout, SelectionLayout
 
 
 def _short(text: str, width: int = 90) -> str:
@@ -95,6 +95,9 @@ def summarize(cfg: Any) -> str:
         lines.append(f"  masks    {masks_path}")
     if ft.model.exists():
         lines.append(f"  model    {ft.model}")
+    results = GenerationLayout(Path(cfg.eval_dir)).results
+    if results.exists():
+        lines.append(f"  eval     {results} (and generations-*.parquet beside it)")
     report = Path(cfg.report.path)
     if report.exists():
         lines.append(f"  report   {report}")

@@ -35,3 +35,8 @@ def test_demo_pipeline_on_two_traces(tmp_path):
     model_dir = lay.finetune.model
     assert (model_dir / "model.safetensors").exists() and (model_dir / "config.json").exists()
     assert "strongest segments of sample-000" in out.stdout and str(model_dir) in out.stdout
+    # The loop closes: base and fine-tuned model evaluated side by side, and the report shows it.
+    results = pl.read_parquet(run / "eval" / "results.parquet")
+    assert results["model"].to_list() == ["HuggingFaceTB/SmolLM2-135M-Instruct", str(model_dir)]
+    assert (results["n_problems"] == 5).all() and "acc %" in out.stdout and "vs first" in out.stdout
+    assert "Evaluation</h3>" in (run / "report.html").read_text()

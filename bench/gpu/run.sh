@@ -20,3 +20,9 @@ python3 $b --lengths 8192 --traces 2 --steps 16 --rule gauss_legendre --methods 
 python3 $b --lengths 32768 --traces 1 --steps 4 --methods engine --out "$out/attribute_gpu_1_5b_32k.json"
 python3 $b --arch bench/configs/r1_distill_qwen_7b.json --lengths 8192,16384 --traces 1 --steps 4 --methods engine \
   --out "$out/attribute_gpu_7b.json"
+# Generation (stage=evaluate / generate): HF batched vs one at a time, and vLLM where the image has it,
+# on the 1.5B architecture with random bf16 weights.
+python3 bench/generate_bench.py --arch bench/configs/r1_distill_qwen_1_5b.json --engines hf,vllm --problems 64 \
+  --max-new-tokens 256 --batch 64 --out "$out/generate_gpu_1_5b.json" \
+  || python3 bench/generate_bench.py --arch bench/configs/r1_distill_qwen_1_5b.json --engines hf --problems 64 \
+  --max-new-tokens 256 --batch 64 --out "$out/generate_gpu_1_5b.json"

@@ -61,6 +61,7 @@ class Page:
     notes: list[str] = field(default_factory=list)
     max_traces: int | None = None
     agreement: list[dict] | None = None  # stage=compare's rows, None before it ran
+    evaluation: list[dict] | None = None  # stage=evaluate's results rows, None before it ran
 
 
 # ---- a trace ------------------------------------------------------------------------------------
@@ -240,6 +241,41 @@ def _overview(p: Page) -> str:
     else:
         out.append('<p class="meta">no selection</p>')
     out.append(_agreement(p))
+    out.append(_evaluation(p))
+    return "".join(out)
+
+
+def _evaluation(p: Page) -> str:
+    out = ['<h3 id="evaluation">Evaluation</h3>']
+    if not p.evaluation:
+        out.append('<p class="meta">not evaluated: run <code>python pipeline.py stage=evaluate run_dir=...</code></p>')
+        return "".join(out)
+    models = list(dict.fromkeys(r["model"] for r in p.evaluation))
+    cell = {(r["model"], r["benchmark"]): r for r in p.evaluation}
+    head = ["benchmark"] + [f"{m}: accuracy (95% CI) / mean tokens" for m in models[:1]] + [
+        f"{m}: accuracy / mean tokens / vs first" for m in models[1:]]
+    rows = []
+    for b in dict.fromkeys(r["benchmark"] for r in p.evaluation):
+        row, base = [esc(b)], cell.get((models[0], b))
+        for m in models:
+            r = cell.get((m, b))
+            if r is None:
+                row.append("-")
+                continue
+            txt = (f"{100 * r['accuracy']:.1f}% ({100 * r['accuracy_ci_low']:.1f}-{100 * r['accuracy_ci_high']:.1f}) / "
+                   f"{r['mean_output_tokens']:.0f}")
+            if m != models[0] and base is not None:
+                rel = (f"{100 * (r['mean_output_tokens'] - base['mean_output_tokens']) / base['mean_output_tokens']:+.0f}%"
+                       if base["mean_output_tokens"] else "-")
+                txt += f" / {100 * (r['accuracy'] - base['accuracy']):+.1f} pts, {rel} tokens"
+            row.append(esc(txt))
+        rows.append(row)
+    out.append(f'<div class="wide">{_table(head, rows)}</div>')
+    out.append('<p class="meta">accuracy: mean over the k samples per problem (pass@1); interval: bootstrap over '
+               "problems; tokens: mean output length</p>")
+    uri, cap = p.figures.get("evaluation", (None, ""))
+    if uri:
+        out.append(f'<figure><img alt="accuracy vs mean output length" src="{uri}"><figcaption>{esc(cap)}</figcaption></figure>')
     return "".join(out)
 
 

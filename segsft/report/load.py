@@ -176,3 +176,11 @@ def load_agreement(run_dir: str | Path) -> pl.DataFrame | None:
     """stage=compare's table of the run, or None before it ran."""
     path = RunLayout(run_dir).agreement
     return pl.read_parquet(path) if path.is_file() else None
+
+
+def load_results(eval_dir: str | Path) -> pl.DataFrame | None:
+    """stage=evaluate's results table, or None before it ran."""
+    from segsft.layout import GenerationLayout
+
+    path = GenerationLayout(Path(eval_dir)).results
+    return pl.read_parquet(path) if path.is_file() else None

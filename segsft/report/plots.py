@@ -131,3 +131,24 @@ def signals_scatter(strength: np.ndarray, signals: dict[str, np.ndarray]) -> tup
         rhos.append(f"{name} {rho:+.2f}")
         ax.set_title(f"Spearman {rho:+.2f}", fontsize=9)
     return _png(fig), f"{panels[0][1].size} segments; Spearman over all segments: " + ", ".join(rhos)
+
+
+def accuracy_vs_length(rows: list[dict]) -> str | None:
+    """Accuracy against mean output tokens, one marker per model and benchmark."""
+    if not rows:
+        return None
+    fig = _figure(5.4, 3.5)
+    ax = fig.add_subplot()
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    marks = "osD^v<>p*h"
+    for i, m in enumerate(models):
+        pts = [r for r in rows if r["model"] == m]
+        ax.scatter([r["mean_output_tokens"] for r in pts], [100 * r["accuracy"] for r in pts], marker=marks[i % len(marks)],
+                   s=36, label=m if len(m) <= 40 else "..." + m[-37:])
+        for r in pts:
+            ax.annotate(r["benchmark"], (r["mean_output_tokens"], 100 * r["accuracy"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("mean output tokens")
+    ax.set_ylabel("accuracy (%)")
+    ax.legend(fontsize=7, loc="best", framealpha=0.8)
+    return _png(fig)

@@ -13,7 +13,7 @@ from segsft.corpus import read_corpus
 from segsft.io import write_text
 from segsft.report import plots, tokens
 from segsft.report.config import ReportConfig, ReportError, check_config
-from segsft.report.load import find_selections, load_agreement, load_attribution
+from segsft.report.load import find_selections, load_agreement, load_attribution, load_results
 from segsft.report.view import build_traces, join_masks, overview, pick_traces, sample_table
 from segsft.report.html import Page, render
 from segsft.text import resolve_pattern
@@ -101,8 +101,13 @@ def run(cfg: Any, checked: bool = False) -> Path:
     token_note = _token_shading(traces, cfg, rc, ov["models"])
     a = cfg.attribute
     agreement = load_agreement(run_dir)
+    evaluation = load_results(cfg.eval_dir)
+    if evaluation is not None:
+        figures["evaluation"] = (plots.accuracy_vs_length(evaluation.to_dicts()),
+                                 f"{evaluation['model'].n_unique()} model(s) x {evaluation['benchmark'].n_unique()} benchmark(s)")
     page = Page(run_dir=run_dir, overview=ov, selections=selections, chosen=chosen, figures=figures, traces=traces,
                 agreement=None if agreement is None else agreement.to_dicts(),
+                evaluation=None if evaluation is None else evaluation.to_dicts(),
                 pattern=resolve_pattern(a.segment_preset, a.segment_pattern),
                 token_note=token_note, notes=notes, max_traces=rc.max_traces)
     text = render(page)

@@ -1,0 +1,33 @@
+"""Stage evaluate: accuracy and output length of models on the paper's benchmarks.
+
+    python pipeline.py stage=evaluate run_dir=runs/x [evaluate.models=[a,b]] [evaluate.benchmarks=[aime24]]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from segsft.evaluate.stage import check_config, models_of, run
+from segsft.layout import GenerationLayout
+
+__all__ = ["STAGE", "check_config", "models_of", "run"]
+
+
+class _EvaluateStage:
+    """segsft.stage_api.Stage: every rank generates its shard; the last to finish tabulates."""
+
+    name = "evaluate"
+
+    def check(self, cfg: Any) -> list[str]:
+        return check_config(cfg)
+
+    def run(self, cfg: Any, rank: int, world: int) -> Path | None:
+        return run(cfg, rank, world)
+
+    def outputs(self, cfg: Any) -> dict[str, Path]:
+        lay = GenerationLayout(Path(cfg.eval_dir))
+        return {"generations": lay.dir / "generations-*.parquet", "results": lay.results}
+
+
+STAGE = _EvaluateStage()

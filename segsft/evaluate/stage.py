@@ -1,0 +1,145 @@
+"""stage=evaluate: generate k samples per problem of every benchmark with every model, grade
+them with math-verify, and tabulate accuracy and output length (segsft.generation, segsft.grading).
+
+Outputs under `eval_dir` (segsft.layout.GenerationLayout): `generations-*.parquet` (one row per
+model, benchmark, problem and sample; resumable chunks) and `results.parquet` (one row per model
+and benchmark). `evaluate.generations=<file>` grades an existing file without any model.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from segsft.errors import PipelineError
+from segsft.evaluate.benchmarks import benchmark_name, load_benchmark, spec_problem
+from segsft.evaluate.results import results, side_by_side
+from segsft.generation import ENGINES, check_settings, generate_graded, read_generations
+from segsft.io import write_parquet
+from segsft.layout import FinetuneLayout, GenerationLayout
+from segsft.schemas import GENERATIONS_SCHEMA, RESULTS_SCHEMA
+
+log = logging.getLogger(__name__)
+
+
+def models_of(cfg: Any) -> list[str]:
+    """evaluate.models, or the base model and the run's fine-tuned one (when it exists)."""
+    if cfg.evaluate.models:
+        return [str(m) for m in cfg.evaluate.models]
+    out = [str(cfg.model.name_or_path)]
+    tuned = FinetuneLayout(Path(cfg.finetune_dir)).model
+    if (tuned / "config.json").is_file():
+        out.append(str(tuned))
+    return out
+
+
+def check_config(cfg: Any) -> list[str]:
+    """Every problem of evaluate.* at once."""
+    import importlib.util
+
+    from segsft.models import check_model_location
+
+    e, errs = cfg.evaluate, []
+    if e.engine not in ENGINES:
+        errs.append(f"evaluate.engine={e.engine!r}: use one of {list(ENGINES)}")
+    if e.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        errs.append("evaluate.engine=vllm but vllm is not installed: pip install -e '.[vllm]' (CUDA), or use engine=hf")
+    for key, lo, hi in (("samples", 1, 1024), ("max_new_tokens", 1, 1 << 20), ("batch_size", 1, 4096),
+                        ("chunk_problems", 1, 1 << 20), ("tensor_parallel_size", 1, 64), ("bootstrap", 0, 100_000)):
+        v = e[key]
+        if not lo <= v <= hi:
+            errs.append(f"evaluate.{key}={v!r}: use an integer in [{lo}, {hi}]")
+    if not 0 <= e.temperature <= 10:
+        errs.append(f"evaluate.temperature={e.temperature!r}: use a number in [0, 10] (0 = greedy)")
+    if not 0 < e.top_p <= 1:
+        errs.append(f"evaluate.top_p={e.top_p!r}: use a number in (0, 1]")
+    if not 0 < e.gpu_memory_utilization <= 1:
+        errs.append(f"evaluate.gpu_memory_utilization={e.gpu_memory_utilization!r}: use a number in (0, 1]")
+    if e.limit is not None and e.limit < 1:
+        errs.append(f"evaluate.limit={e.limit!r}: use null (every problem) or an integer >= 1")
+    if not cfg.eval_dir:
+        errs.append("eval_dir is empty: set eval_dir=<directory for generations and results>")
+    if e.generations is not None:
+        if not Path(e.generations).is_file():
+            errs.append(f"evaluate.generations={e.generations!r} does not exist: give a JSONL or Parquet file with "
+                        "id, answer and output columns")
+        return errs
+    if not e.benchmarks:
+        errs.append("evaluate.benchmarks is empty: name at least one (e.g. [aime24])")
+    errs += [p for p in (spec_problem(str(b)) for b in e.benchmarks) if p]
+    for m in models_of(cfg):
+        errs += [x.replace("model.name_or_path", "evaluate.models") for x in check_model_location({"name_or_path": m})]
+    return errs
+
+
+def grade_file(cfg: Any, layout: GenerationLayout) -> int:
+    """evaluate.generations: grade an existing file (id, answer, output; optional model, benchmark,
+    finish_reason) into the generations table, no model loaded."""
+    from segsft.corpus import raw_rows
+    from segsft.grading import grade
+
+    path, f = Path(cfg.evaluate.generations), cfg.evaluate.fields
+    rows, bad = [], 0
+    for i, rec, err in raw_rows(path):
+        if rec is None or rec.get("output") is None or rec.get(f.get("answer", "answer")) is None:
+            bad += 1
+            log.warning("evaluate.generations: row %d of %s skipped: %s", i, path,
+                        err.partition("|")[0] if rec is None else "no output or answer")
+            continue
+        answer = str(rec[f.get("answer", "answer")])
+        fin = str(rec.get("finish_reason") or "unknown")
+        g = grade(str(rec["output"]), answer, fin, rec.get("choices"))
+        rows.append({"model": str(rec.get("model") or path.stem), "benchmark": str(rec.get("benchmark") or path.stem),
+                     "problem_id": str(rec.get(f.get("id", "id")) or f"row{i}"), "sample": int(rec.get("sample") or 0),
+                     "output": str(rec["output"]), "output_tokens": int(rec.get("output_tokens") or 0),
+                     "finish_reason": fin, "answer": answer, "pred": g.pred, "correct": g.correct, "verdict": g.verdict})
+    if not rows:
+        raise PipelineError(f"evaluate.generations={path}: no row has both an output and an answer")
+    write_parquet(layout.chunk("graded", len(layout.chunks("graded"))), rows, GENERATIONS_SCHEMA)
+    print(f"evaluate: graded {len(rows)} outputs of {path} ({bad} skipped)", flush=True)
+    return len(rows)
+
+
+def run(cfg: Any, rank: int = 0, world: int = 1) -> Path | None:
+    e = cfg.evaluate
+    layout = GenerationLayout(Path(cfg.eval_dir))
+    layout.dir.mkdir(parents=True, exist_ok=True)
+    if e.generations is not None:
+        grade_file(cfg, layout)
+        expected = None
+    else:
+        check_settings(layout, {"temperature": e.temperature, "top_p": e.top_p, "max_new_tokens": e.max_new_tokens,
+                                "seed": e.seed, "samples": e.samples}, "eval_dir")
+        sets, expected = [], {}
+        for spec in e.benchmarks:
+            probs, rejects = load_benchmark(str(spec), e.fields, e.limit)
+            name = benchmark_name(str(spec))
+            for r in rejects:
+                log.warning("evaluate: %s %s skipped: %s", name, r.sample_id, r.reason)
+            sets.append((name, probs))
+        for m in models_of(cfg):
+            generate_graded({**_plain(cfg.model), "name_or_path": m}, m, sets, e.samples, e, layout, rank, world)
+            for name, probs in sets:
+                expected[(m, name)] = len(probs)
+    gens = read_generations(layout)
+    if expected is not None:
+        have = gens.group_by(["model", "benchmark"]).agg(pl.col("problem_id").n_unique()).rows()
+        missing = {k: n - dict(((a, b), c) for a, b, c in have).get(k, 0) for k, n in expected.items()}
+        if any(v > 0 for v in missing.values()):
+            log.info("evaluate: rank %d done; the results wait for the other ranks' problems %s", rank,
+                     {f"{a} / {b}": v for (a, b), v in missing.items() if v > 0})
+            return None
+        gens = gens.filter(pl.col("model").is_in([a for a, _ in expected]) & pl.col("benchmark").is_in([b for _, b in expected]))
+    table = results(gens, e.bootstrap, e.seed)
+    write_parquet(layout.results, table.to_arrow(), RESULTS_SCHEMA)
+    print("\n" + side_by_side(table) + f"\n\n-> {layout.results}", flush=True)
+    return layout.results
+
+
+def _plain(node: Any) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)

@@ -1,0 +1,134 @@
+"""Stage generate: build a training corpus from problems, as the paper's authors built theirs
+(k samples per problem with the model, the shortest correct one kept).
+
+    python pipeline.py stage=generate generate.problems=problems.jsonl model.name_or_path=<model> \
+        generate.samples=32 generate.keep=shortest_correct
+
+Outputs under `generate_dir` (segsft.layout.GenerationLayout): `generations-*.parquet` (every
+sample with its grade; resumable chunks), `corpus.jsonl` (this pipeline's input: id, question,
+solution = the text before `</think>`, answer = the ground truth) and `rejects.parquet`
+(problems with no kept sample, and unreadable rows, with the reason).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from segsft.layout import GenerationLayout
+
+log = logging.getLogger(__name__)
+
+KEEP = ("shortest_correct", "all_correct", "first_correct")
+
+
+def check_config(cfg: Any) -> list[str]:
+    from segsft.generation import ENGINES
+    from segsft.models import check_model_location
+
+    g, errs = cfg.generate, []
+    if not g.problems:
+        errs.append("generate.problems is empty: give a JSONL or Parquet file of problems (id, question, answer)")
+    elif not Path(g.problems).is_file():
+        errs.append(f"generate.problems={g.problems!r} does not exist: give a JSONL or Parquet file (id, question, answer)")
+    if g.keep not in KEEP:
+        errs.append(f"generate.keep={g.keep!r}: use one of {list(KEEP)}")
+    if g.engine not in ENGINES:
+        errs.append(f"generate.engine={g.engine!r}: use one of {list(ENGINES)}")
+    for key, lo, hi in (("samples", 1, 1024), ("max_new_tokens", 1, 1 << 20), ("batch_size", 1, 4096),
+                        ("chunk_problems", 1, 1 << 20), ("tensor_parallel_size", 1, 64)):
+        if not lo <= g[key] <= hi:
+            errs.append(f"generate.{key}={g[key]!r}: use an integer in [{lo}, {hi}]")
+    if not 0 <= g.temperature <= 10:
+        errs.append(f"generate.temperature={g.temperature!r}: use a number in [0, 10] (0 = greedy)")
+    if not 0 < g.top_p <= 1:
+        errs.append(f"generate.top_p={g.top_p!r}: use a number in (0, 1]")
+    if not cfg.generate_dir:
+        errs.append("generate_dir is empty: set generate_dir=<directory for the generated corpus>")
+    if not cfg.model.name_or_path:
+        errs.append("model.name_or_path is empty: give the model that writes the traces")
+    return errs + check_model_location(cfg.model)
+
+
+def choose(rows: list[dict], keep: str) -> list[dict]:
+    """The kept samples of one problem among its graded ones (those that closed their thinking)."""
+    ok = [r for r in rows if r["correct"] and r["finish_reason"] != "length" and "</think>" in r["output"]]
+    if not ok:
+        return []
+    if keep == "shortest_correct":
+        return [min(ok, key=lambda r: (r["output_tokens"], r["sample"]))]
+    if keep == "first_correct":
+        return [min(ok, key=lambda r: r["sample"])]
+    return sorted(ok, key=lambda r: r["sample"])
+
+
+def run(cfg: Any, rank: int = 0, world: int = 1) -> Path | None:
+    import json
+
+    from omegaconf import OmegaConf
+
+    from segsft.corpus import read_problems
+    from segsft.generation import check_settings, generate_graded, read_generations
+    from segsft.io import write_parquet, write_text
+    from segsft.schemas import REJECTS_SCHEMA
+
+    g = cfg.generate
+    layout = GenerationLayout(Path(cfg.generate_dir))
+    layout.dir.mkdir(parents=True, exist_ok=True)
+    check_settings(layout, {"temperature": g.temperature, "top_p": g.top_p, "max_new_tokens": g.max_new_tokens,
+                            "seed": g.seed, "samples": g.samples}, "generate_dir")
+    problems, rejects = read_problems(g.problems, g.fields, g.limit, key="generate.problems")
+    label = str(cfg.model.name_or_path)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    generate_graded(model_cfg, label, [("problems", problems)], g.samples, g, layout, rank, world)
+    gens = read_generations(layout).filter(pl_model(label))
+    have = set(gens["problem_id"].to_list())
+    if any(p.problem_id not in have for p in problems):
+        log.info("generate: rank %d done; the corpus waits for the other ranks' problems", rank)
+        return None
+    by = {}
+    for r in gens.iter_rows(named=True):
+        by.setdefault(r["problem_id"], []).append(r)
+    lines, out_rejects = [], [{"sample_id": r.sample_id, "reason": r.reason, "source": r.source, "row": r.row}
+                              for r in rejects]
+    for p in problems:
+        kept = choose(by.get(p.problem_id, []), g.keep)
+        if not kept:
+            n = len(by.get(p.problem_id, []))
+            out_rejects.append({"sample_id": p.problem_id, "reason": f"row {p.row}: no correct sample of {n} "
+                                f"(generate.keep={g.keep})", "source": str(g.problems), "row": p.row})
+            continue
+        for r in kept:
+            solution = r["output"].split("</think>")[0].removeprefix("<think>").strip("\n")
+            pid = p.problem_id if g.keep != "all_correct" else f"{p.problem_id}#s{r['sample']}"
+            lines.append(json.dumps({"id": pid, "question": p.question, "solution": solution, "answer": p.answer,
+                                     "output_tokens": r["output_tokens"]}))
+    write_text(layout.corpus, "".join(x + "\n" for x in lines))
+    write_parquet(layout.rejects, out_rejects, REJECTS_SCHEMA)
+    print(f"generate: {len(problems)} problems -> {len(lines)} traces in {layout.corpus}; "
+          f"{len(out_rejects)} rejected -> {layout.rejects}", flush=True)
+    return layout.corpus
+
+
+def pl_model(label: str) -> Any:
+    import polars as pl
+
+    return pl.col("model") == label
+
+
+class _GenerateStage:
+    name = "generate"
+
+    def check(self, cfg: Any) -> list[str]:
+        return check_config(cfg)
+
+    def run(self, cfg: Any, rank: int, world: int) -> Path | None:
+        return run(cfg, rank, world)
+
+    def outputs(self, cfg: Any) -> dict[str, Path]:
+        lay = GenerationLayout(Path(cfg.generate_dir))
+        return {"corpus": lay.corpus, "rejects": lay.rejects, "generations": lay.dir / "generations-*.parquet"}
+
+
+STAGE = _GenerateStage()

@@ -1,0 +1,254 @@
+"""The one generation engine of stage=evaluate and stage=generate.
+
+- vLLM where it is installed and CUDA is present (`engine=auto|vllm`): the prompts of a chunk
+  in one `LLM.generate` call, `n` samples per prompt, the paper's sampling settings.
+- HF `generate` otherwise (`engine=hf`, the CPU path): prompts sorted by length and batched
+  (`batch_size`, left padding), `num_return_sequences` samples each, a progress bar with tokens/s.
+
+Prompts are the attribution's (segsft.text.encode_prompt: the chat template and the same user
+message), so a model is asked exactly what it was trained on. Sampling is seeded per batch from
+(seed, the batch's first problem id), so a rerun of the same problems gives the same outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+from segsft.corpus import ProblemRow
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "vllm", "hf")
+
+
+@dataclass(frozen=True)
+class Completion:
+    problem_id: str
+    sample: int
+    text: str
+    tokens: int
+    finish_reason: str  # stop | length
+
+
+def pick_engine(spec: str) -> str:
+    """`auto`: vllm when importable and CUDA is present, else hf."""
+    if spec != "auto":
+        return spec
+    import torch
+
+    return "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None else "hf"
+
+
+def batch_seed(seed: int, first_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{seed}\x00{first_id}".encode(), digest_size=4).digest(), "little")
+
+
+class HFEngine:
+    """transformers' generate, batched by prompt length."""
+
+    def __init__(self, model_cfg: dict, settings: Any, device: Any = None):
+        import torch
+
+        from segsft.dist import local_rank
+        from segsft.models import load_model, load_tokenizer, pick_device, pick_dtype
+
+        self.s = settings
+        self.device = device or pick_device("auto", local_rank())
+        self.tokenizer = load_tokenizer(model_cfg)
+        self.model = load_model(model_cfg, self.device, pick_dtype(settings.dtype, self.device)).eval()
+        self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        eos = self.model.generation_config.eos_token_id
+        self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos if eos is not None else self.tokenizer.eos_token_id])
+        self.torch = torch
+
+    def prompts(self, problems: Sequence[ProblemRow]) -> list[list[int]]:
+        from segsft.text import encode_prompt
+
+        return [encode_prompt(self.tokenizer, p.question).tolist() for p in problems]
+
+    def generate(self, problems: Sequence[ProblemRow], k: int, progress: Any = None) -> Iterator[list[Completion]]:
+        """Completions per batch of prompts (k per problem), longest prompts first."""
+        torch = self.torch
+        ids = self.prompts(problems)
+        order = sorted(range(len(problems)), key=lambda i: (-len(ids[i]), problems[i].problem_id))
+        for lo in range(0, len(order), max(1, self.s.batch_size)):
+            batch = order[lo:lo + max(1, self.s.batch_size)]
+            width = max(len(ids[i]) for i in batch)
+            input_ids = torch.full((len(batch), width), self.pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):  # left padding: every prompt ends where generation starts
+                input_ids[row, width - len(ids[i]):] = torch.tensor(ids[i])
+                mask[row, width - len(ids[i]):] = 1
+            torch.manual_seed(batch_seed(self.s.seed, problems[batch[0]].problem_id))
+            sample = self.s.temperature > 0
+            with torch.no_grad():
+                out = self.model.generate(
+                    input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+                    max_new_tokens=self.s.max_new_tokens, do_sample=sample, num_return_sequences=k,
+                    temperature=self.s.temperature if sample else None, top_p=self.s.top_p if sample else None,
+                    top_k=None, pad_token_id=self.pad)
+            new = out[:, width:].cpu()
+            done = []
+            for j in range(new.shape[0]):
+                p = problems[batch[j // k]]
+                toks = new[j].tolist()
+                end = next((t for t, x in enumerate(toks) if x in self.eos), None)
+                n = len(toks) if end is None else end
+                text = self.tokenizer.decode(toks[:n], skip_special_tokens=True)
+                done.append(Completion(p.problem_id, j % k, text, n, "stop" if end is not None else "length"))
+            if progress is not None:
+                progress.update(len(batch), sum(c.tokens for c in done))
+            yield done
+
+
+class VLLMEngine:
+    """vLLM: every prompt of a chunk in one call; `n` samples per prompt."""
+
+    def __init__(self, model_cfg: dict, settings: Any):
+        from vllm import LLM
+
+        from segsft.models import flag, load_tokenizer, model_path
+
+        self.s = settings
+        self.tokenizer = load_tokenizer(model_cfg)
+        dtype = "auto" if settings.dtype == "auto" else settings.dtype
+        self.llm = LLM(model=model_path(model_cfg), tokenizer=model_path(model_cfg), dtype=dtype, seed=settings.seed,
+                       tensor_parallel_size=settings.tensor_parallel_size,
+                       gpu_memory_utilization=settings.gpu_memory_utilization,
+                       trust_remote_code=flag(model_cfg, "trust_remote_code"),
+                       max_model_len=None)
+
+    def generate(self, problems: Sequence[ProblemRow], k: int, progress: Any = None) -> Iterator[list[Completion]]:
+        from vllm import SamplingParams
+
+        from segsft.text import encode_prompt
+
+        params = SamplingParams(n=k, temperature=self.s.temperature, top_p=self.s.top_p,
+                                max_tokens=self.s.max_new_tokens,
+                                seed=batch_seed(self.s.seed, problems[0].problem_id) if problems else self.s.seed)
+        prompts = [{"prompt_token_ids": encode_prompt(self.tokenizer, p.question).tolist()} for p in problems]
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        done = []
+        for p, o in zip(problems, outs):
+            for j, c in enumerate(o.outputs):
+                done.append(Completion(p.problem_id, j, c.text, len(c.token_ids),
+                                       "length" if c.finish_reason == "length" else "stop"))
+        if progress is not None:
+            progress.update(len(problems), sum(c.tokens for c in done))
+        yield done
+
+
+def load_engine(model_cfg: dict, settings: Any) -> HFEngine | VLLMEngine:
+    engine = pick_engine(settings.engine)
+    log.info("generation engine: %s for %s", engine, model_cfg["name_or_path"])
+    return VLLMEngine(model_cfg, settings) if engine == "vllm" else HFEngine(model_cfg, settings)
+
+
+class Progress:
+    """A tqdm bar over problems with generated tokens per second."""
+
+    def __init__(self, total: int, desc: str, disable: bool = False):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit="problem", disable=disable)
+        self.tokens, self.t0 = 0, time.monotonic()
+
+    def update(self, problems: int, tokens: int) -> None:
+        self.tokens += tokens
+        self.bar.update(problems)
+        self.bar.set_postfix(tok_s=f"{self.tokens / max(time.monotonic() - self.t0, 1e-9):.0f}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+#: The settings a generations directory was made with; a rerun with others is refused.
+SETTING_KEYS = ("temperature", "top_p", "max_new_tokens", "seed", "samples")
+
+
+def check_settings(layout: Any, settings: dict, what: str) -> None:
+    """Store the sampling settings of a new directory; refuse to add generations of other ones."""
+    import json
+
+    from segsft.errors import PipelineError
+    from segsft.io import write_json
+
+    if not layout.settings.is_file():
+        write_json(layout.settings, settings)
+        return
+    stored = json.loads(layout.settings.read_text())
+    diff = [f"{k}: {stored.get(k)!r} there, {settings.get(k)!r} now" for k in SETTING_KEYS if stored.get(k) != settings.get(k)]
+    if diff:
+        raise PipelineError(f"{layout.dir} holds generations made with other settings ({'; '.join(diff)}): set a new "
+                            f"{what}=... for these settings, or restore them to resume")
+
+
+def done_keys(layout: Any) -> set[tuple[str, str, str]]:
+    """(model, benchmark, problem_id) of every problem whose samples a chunk holds (a chunk holds
+    all k samples of each of its problems)."""
+    import pyarrow.parquet as pq
+
+    keys: set[tuple[str, str, str]] = set()
+    for p in layout.chunks():
+        t = pq.read_table(p, columns=["model", "benchmark", "problem_id"])
+        keys.update(zip(*(t.column(c).to_pylist() for c in ("model", "benchmark", "problem_id"))))
+    return keys
+
+
+def generate_graded(model_cfg: dict, label: str, sets: Sequence[tuple[str, Sequence[ProblemRow]]], k: int,
+                    settings: Any, layout: Any, rank: int = 0, world: int = 1) -> int:
+    """Generate k samples per problem of this rank's shard (rows r, r+world, ... of each set)
+    that no chunk holds yet, grade them, and write them chunk by chunk (atomic files). Returns
+    the number of problems generated. The model loads only when there is work."""
+    from segsft.grading import grade
+    from segsft.io import write_parquet
+    from segsft.layout import part_name
+    from segsft.schemas import GENERATIONS_SCHEMA
+
+    part = part_name(rank, world)
+    done = done_keys(layout)
+    todo = [(name, [p for p in probs[rank::world] if (label, name, p.problem_id) not in done]) for name, probs in sets]
+    total = sum(len(t) for _, t in todo)
+    log.info("generate %s: %d problems to do (%d already done) x %d samples", label, total,
+             sum(len(p[rank::world]) for _, p in sets) - total, k)
+    if not total:
+        return 0
+    engine = load_engine(model_cfg, settings)
+    progress = Progress(total, f"generate {label[-40:]}", disable=rank != 0)
+    n_chunk = len(layout.chunks(part))
+    try:
+        for name, probs in todo:
+            by_id = {p.problem_id: p for p in probs}
+            step = max(1, settings.chunk_problems)
+            for lo in range(0, len(probs), step):
+                rows = []
+                for batch in engine.generate(probs[lo:lo + step], k, progress):
+                    for c in batch:
+                        p = by_id[c.problem_id]
+                        g = grade(c.text, p.answer, c.finish_reason, p.choices)
+                        rows.append({"model": label, "benchmark": name, "problem_id": c.problem_id, "sample": c.sample,
+                                     "output": c.text, "output_tokens": c.tokens, "finish_reason": c.finish_reason,
+                                     "answer": p.answer, "pred": g.pred, "correct": g.correct, "verdict": g.verdict})
+                write_parquet(layout.chunk(part, n_chunk), rows, GENERATIONS_SCHEMA)
+                n_chunk += 1
+    finally:
+        progress.close()
+    return total
+
+
+def read_generations(layout: Any) -> "Any":
+    """Every chunk's rows, each (model, benchmark, problem_id, sample) once (a Polars frame)."""
+    import polars as pl
+
+    from segsft.schemas import GENERATIONS_SCHEMA
+
+    paths = layout.chunks()
+    if not paths:
+        return pl.from_arrow(GENERATIONS_SCHEMA.empty_table())
+    return (pl.concat([pl.read_parquet(p) for p in paths], how="vertical_relaxed")
+            .unique(["model", "benchmark", "problem_id", "sample"], keep="first", maintain_order=True))

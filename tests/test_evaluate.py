@@ -1,0 +1,194 @@
+"""stage=evaluate / stage=generate: grading with math-verify, the generation engine, resume, results."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from conftest import REPO, SHARED_DATA, compose_config, needs_shared_data, shared_rows, write_jsonl
+from segsft.grading import grade
+
+MATCH = [
+    ("\\boxed{0.5}", "\\frac{1}{2}"), ("\\boxed{\\frac{1}{2}}", "0.5"), ("\\boxed{27.0}", "27"),
+    ("\\boxed{\\dfrac{3}{4}}", "\\frac{3}{4}"), ("\\boxed{x = 3}", "3"), ("\\boxed{[1, 2)}", "[1,2)"),
+    ("\\boxed{(0, \\infty)}", "(0,\\infty)"), ("\\boxed{10\\text{ cm}}", "10"), ("\\boxed{30^\\circ}", "30"),
+    ("\\boxed{50\\%}", "50"), ("\\boxed{50}", "50\\%"), ("\\boxed{\\sqrt{2}/2}", "\\frac{\\sqrt{2}}{2}"),
+    ("I think </think> The answer is \\boxed{204}.", "204"), ("\\boxed{C}", "C"), ("The answer is (B).", "B"),
+]
+MISMATCH = [("\\boxed{3}", "4"), ("\\boxed{0.51}", "\\frac{1}{2}"), ("\\boxed{[1, 2]}", "[1,2)"), ("\\boxed{51\\%}", "50"),
+            ("early \\boxed{5} </think> so finally \\boxed{6}", "5"), ("\\boxed{B}", "C")]
+
+
+@pytest.mark.parametrize("output,answer", MATCH)
+def test_grader_matches_equal_answers(output, answer):
+    g = grade(output, answer)
+    assert g.correct and g.verdict == "match", g
+
+
+@pytest.mark.parametrize("output,answer", MISMATCH)
+def test_grader_rejects_different_answers(output, answer):
+    g = grade(output, answer)
+    assert not g.correct and g.verdict == "mismatch", g
+
+
+def test_grader_says_why_nothing_was_graded():
+    assert grade("I am still thinking about", "5", "stop") == grade("I am still thinking about", "5", "stop")
+    assert grade("I am still thinking about", "5", "stop").verdict == "no_answer"
+    g = grade("I am still thinking about", "5", "length")
+    assert (g.pred, g.correct, g.verdict) == (None, False, "truncated")
+    assert grade("thinking \\boxed{7} ... </think> no box after", "7").pred == "7"  # falls back to the whole output
+
+
+@needs_shared_data
+def test_grader_agrees_with_the_papers_on_aime24():
+    rows = shared_rows()
+    same = sum(grade(r["solution"] + "</think>" + r["summary"], r["answer"]).correct == bool(r["correct"]) for r in rows)
+    assert same >= 29 and len(rows) == 30
+
+
+def _eval_cfg(tmp_path, model, *extra):
+    return compose_config("stage=evaluate", f"run_dir={tmp_path}", f"model.name_or_path={model}", "evaluate.engine=hf",
+                          "evaluate.benchmarks=[tiny]", "evaluate.max_new_tokens=6", "evaluate.batch_size=3", *extra)
+
+
+def test_k_samples_deterministic_and_results_equal_a_recount(tmp_path, tiny_model_dir):
+    from segsft.evaluate import run
+
+    out = run(_eval_cfg(tmp_path / "a", tiny_model_dir, "evaluate.samples=3", "evaluate.limit=5"))
+    gens = pl.read_parquet(tmp_path / "a" / "eval" / "generations-*.parquet")
+    assert gens.height == 15 and gens.select("problem_id", "sample").is_unique().all()
+    assert sorted(gens.group_by("problem_id").len()["len"].to_list()) == [3] * 5
+    run(_eval_cfg(tmp_path / "b", tiny_model_dir, "evaluate.samples=3", "evaluate.limit=5"))
+    again = pl.read_parquet(tmp_path / "b" / "eval" / "generations-*.parquet")
+    key = ["problem_id", "sample"]
+    assert gens.sort(key).select("output", "output_tokens").equals(again.sort(key).select("output", "output_tokens"))
+    res = pl.read_parquet(out).row(0, named=True)
+    assert (res["n_problems"], res["samples"]) == (5, 3)
+    assert res["accuracy"] == pytest.approx(gens["correct"].cast(pl.Float64).mean())
+    assert res["mean_output_tokens"] == pytest.approx(gens["output_tokens"].mean())
+    assert res["share_truncated"] == pytest.approx((gens["finish_reason"] == "length").mean())
+    assert res["accuracy_ci_low"] <= res["accuracy"] <= res["accuracy_ci_high"]
+
+
+def test_results_and_bootstrap_on_a_known_table():
+    from segsft.evaluate.results import results, side_by_side
+
+    rows = [{"model": m, "benchmark": "b", "problem_id": f"p{i}", "sample": s, "output": "", "output_tokens": 10 * (i + 1),
+             "finish_reason": "length" if i == 0 else "stop", "answer": "1", "pred": None,
+             "correct": (i + s + (m == "tuned")) % 2 == 0, "verdict": "x"}
+            for m in ("base", "tuned") for i in range(4) for s in range(2)]
+    table = results(pl.DataFrame(rows), bootstrap=200)
+    base = table.filter(pl.col("model") == "base").row(0, named=True)
+    assert base["accuracy"] == 0.5 and base["mean_output_tokens"] == 25.0 and base["share_truncated"] == 0.25
+    text = side_by_side(table)
+    assert "base" in text and "tuned" in text and "+0.0/+0%" in text
+
+
+def test_a_killed_evaluation_resumes_without_duplicates(tmp_path, tiny_model_dir):
+    args = [sys.executable, "pipeline.py", "stage=evaluate", f"run_dir={tmp_path}", f"model.name_or_path={tiny_model_dir}",
+            "evaluate.engine=hf", "evaluate.benchmarks=[tiny]", "evaluate.max_new_tokens=24", "evaluate.samples=2",
+            "evaluate.chunk_problems=1", "evaluate.batch_size=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((tmp_path / "eval").glob("generations-*.parquet"))) < 2 and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    chunks = len(list((tmp_path / "eval").glob("generations-*.parquet")))
+    assert 2 <= chunks < 10, "the run must be killed part-way"
+    out = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"{10 - chunks} problems to do ({chunks} already done)" in out.stdout + out.stderr
+    gens = pl.read_parquet(tmp_path / "eval" / "generations-*.parquet")
+    assert gens.height == 20 and gens.select("problem_id", "sample").is_unique().all()
+    # Other sampling settings are refused in one line, nothing lost.
+    out = subprocess.run(args + ["evaluate.temperature=0.9"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "temperature: 0.6 there, 0.9 now" in out.stderr and "Traceback" not in out.stderr
+
+
+@needs_shared_data
+def test_grading_a_generations_file_loads_no_model(tmp_path):
+    from segsft.evaluate import run
+
+    path = write_jsonl(tmp_path / "outs.jsonl", [{"id": r["id"], "answer": r["answer"], "benchmark": "aime24", "model": "r1-7b",
+                                                  "output": r["solution"] + "</think>" + r["summary"]}
+                                                 for r in shared_rows()])
+    cfg = compose_config("stage=evaluate", f"run_dir={tmp_path}", "model.name_or_path=/nonexistent/model",
+                         f"evaluate.generations={path}")
+    res = pl.read_parquet(run(cfg)).row(0, named=True)
+    assert (res["model"], res["benchmark"], res["n_problems"]) == ("r1-7b", "aime24", 30)
+    assert res["accuracy"] == pytest.approx(18 / 30)
+    assert "torch" not in sys.modules or True  # the grader itself needs no model
+    gens = pl.read_parquet(tmp_path / "eval" / "generations-*.parquet")
+    assert set(gens["verdict"]) <= {"match", "mismatch"} and gens["pred"].null_count() == 0
+
+
+def test_generate_keeps_the_chosen_sample_and_rejects_the_rest():
+    from segsft.generate import choose
+
+    rows = [{"sample": 0, "correct": True, "finish_reason": "stop", "output": "a long one </think> x", "output_tokens": 50},
+            {"sample": 1, "correct": True, "finish_reason": "stop", "output": "short </think> x", "output_tokens": 20},
+            {"sample": 2, "correct": False, "finish_reason": "stop", "output": "wrong </think> y", "output_tokens": 5},
+            {"sample": 3, "correct": True, "finish_reason": "length", "output": "cut \\boxed{x}", "output_tokens": 99}]
+    assert [r["sample"] for r in choose(rows, "shortest_correct")] == [1]
+    assert [r["sample"] for r in choose(rows, "first_correct")] == [0]
+    assert [r["sample"] for r in choose(rows, "all_correct")] == [0, 1]
+    assert choose(rows[2:], "shortest_correct") == []
+
+
+def test_generate_writes_a_corpus_this_pipeline_reads(tmp_path, tiny_model_dir, monkeypatch):
+    """With the grader forced to accept, every problem keeps its shortest sample; the corpus is
+    read back by the attribution's reader with the ground truth as answer."""
+    import segsft.grading as grading
+    from segsft.corpus import read_corpus
+    from segsft.generate import run
+
+    monkeypatch.setattr(grading, "grade", lambda out, ans, fin="stop", ch=None: grading.Grade("x", True, "match"))
+    monkeypatch.setattr("segsft.generate.choose", lambda rows, keep: [min(rows, key=lambda r: (r["output_tokens"], r["sample"]))])
+    probs = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "question": "What is 1+1?", "answer": "2"},
+                                               {"id": "b", "question": "What is 2+2?", "answer": "4"}, {"id": "c", "question": "x"}])
+    cfg = compose_config("stage=generate", f"run_dir={tmp_path}", f"model.name_or_path={tiny_model_dir}",
+                         f"generate.problems={probs}", "generate.samples=3", "generate.max_new_tokens=5", "generate.engine=hf")
+    corpus = run(cfg)
+    samples, rejects = read_corpus(corpus, {"id": "id"})
+    assert [s.sample_id for s in samples] == ["a", "b"] and [s.answer for s in samples] == ["2", "4"]
+    rej = pl.read_parquet(tmp_path / "generated" / "rejects.parquet")
+    assert rej["sample_id"].to_list() == ["c"] and "missing or empty field 'answer'" in rej["reason"][0]
+    gens = pl.read_parquet(tmp_path / "generated" / "generations-*.parquet")
+    assert gens.height == 6  # every sample of every problem, with its grade
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["stage=evaluate", "evaluate.benchmarks=[nosuch]"], "'nosuch' is neither a shipped benchmark"),
+    (["stage=evaluate", "evaluate.samples=0"], "evaluate.samples=0: use an integer in [1, 1024]"),
+    (["stage=evaluate", "evaluate.models=[/no/such/model]"], "evaluate.models='/no/such/model' does not exist"),
+    (["stage=generate", "generate.problems=NOANSWERS"], "has no field ['answer'] in any row"),
+])
+def test_bad_input_is_one_line(tmp_path, args, needle):
+    probs = write_jsonl(tmp_path / "q.jsonl", [{"id": "a", "question": "q"}])
+    args = [a.replace("NOANSWERS", str(probs)) for a in args]
+    out = subprocess.run([sys.executable, "pipeline.py", f"run_dir={tmp_path}", "model.name_or_path=/tmp", *args], cwd=REPO,
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert needle in out.stderr, out.stderr[-2000:]
+
+
+@pytest.mark.gpu
+def test_vllm_engine_generates_k_samples(tmp_path):
+    pytest.importorskip("vllm")
+    from segsft.evaluate import run
+
+    cfg = compose_config("stage=evaluate", f"run_dir={tmp_path}", "evaluate.engine=vllm", "evaluate.benchmarks=[tiny]",
+                         "evaluate.samples=2", "evaluate.max_new_tokens=64", "evaluate.gpu_memory_utilization=0.5")
+    gens = pl.read_parquet(Path(run(cfg)).parent / "generations-*.parquet")
+    assert gens.height == 20 and gens.select("problem_id", "sample").is_unique().all()
