@@ -309,6 +309,27 @@ def test_agreement_table_and_the_cheap_signals_figure(built, tmp_path):
     assert "IG strength against the cheap per-segment signals" in text and "nll_mean +1.00" in text
 
 
+def test_evaluation_section_shows_the_results_side_by_side(built, tmp_path):
+    import shutil
+
+    from segsft.evaluate.results import results
+    from segsft.io import write_parquet
+    from segsft.schemas import RESULTS_SCHEMA
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(built["run_dir"], run_dir)
+    rows = [{"model": m, "benchmark": b, "problem_id": f"p{i}", "sample": 0, "output": "", "output_tokens": t + i,
+             "finish_reason": "stop", "answer": "1", "pred": "1", "correct": i < c, "verdict": "x"}
+            for m, t, c in (("base", 100, 1), ("tuned", 80, 3)) for b in ("aime24", "math500") for i in range(4)]
+    table = results(pl.DataFrame(rows), bootstrap=100)
+    write_parquet(run_dir / "eval" / "results.parquet", table.to_arrow(), RESULTS_SCHEMA)
+    text = run(report_cfg(run_dir, built["corpus"], built["model"], *REPORT_SELECT)).read_text()
+    assert '<h3 id="evaluation">Evaluation</h3>' in text and "accuracy vs mean output length" in text
+    t = table.filter((pl.col("model") == "tuned") & (pl.col("benchmark") == "aime24")).row(0, named=True)
+    assert f"{100 * t['accuracy']:.1f}% ({100 * t['accuracy_ci_low']:.1f}-{100 * t['accuracy_ci_high']:.1f}) / 82" in text
+    assert "+50.0 pts, -20% tokens" in text  # 75% vs 25%, 81.5 vs 101.5 mean tokens
+
+
 def test_without_selection_segments_are_unmarked(tmp_path, tokenizer, tiny_model_dir):
     run_dir, corpus = make_run(tmp_path, tokenizer, ROWS[:2], world=1)
     text = run(report_cfg(run_dir, corpus, tiny_model_dir)).read_text()
