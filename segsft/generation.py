@@ -35,6 +35,28 @@ class Completion:
     finish_reason: str  # stop | length
 
 
+def check_engine(node: Any, prefix: str) -> list[str]:
+    """Every problem of the engine and sampling keys of `evaluate` or `generate` (EngineConf)."""
+    errs = []
+    if node.engine not in ENGINES:
+        errs.append(f"{prefix}.engine={node.engine!r}: use one of {list(ENGINES)}")
+    if node.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        errs.append(f"{prefix}.engine=vllm but vllm is not installed: pip install -e '.[vllm]' (CUDA), or use engine=hf")
+    for key, lo, hi in (("samples", 1, 1024), ("max_new_tokens", 1, 1 << 20), ("batch_size", 1, 4096),
+                        ("chunk_problems", 1, 1 << 20), ("tensor_parallel_size", 1, 64)):
+        if not lo <= node[key] <= hi:
+            errs.append(f"{prefix}.{key}={node[key]!r}: use an integer in [{lo}, {hi}]")
+    if not 0 <= node.temperature <= 10:
+        errs.append(f"{prefix}.temperature={node.temperature!r}: use a number in [0, 10] (0 = greedy)")
+    if not 0 < node.top_p <= 1:
+        errs.append(f"{prefix}.top_p={node.top_p!r}: use a number in (0, 1]")
+    if not 0 < node.gpu_memory_utilization <= 1:
+        errs.append(f"{prefix}.gpu_memory_utilization={node.gpu_memory_utilization!r}: use a number in (0, 1]")
+    if node.limit is not None and node.limit < 1:
+        errs.append(f"{prefix}.limit={node.limit!r}: use null (every problem) or an integer >= 1")
+    return errs
+
+
 def pick_engine(spec: str) -> str:
     """`auto`: vllm when importable and CUDA is present, else hf."""
     if spec != "auto":

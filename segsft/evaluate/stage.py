@@ -17,7 +17,7 @@ import polars as pl
 from segsft.errors import PipelineError
 from segsft.evaluate.benchmarks import benchmark_name, load_benchmark, spec_problem
 from segsft.evaluate.results import results, side_by_side
-from segsft.generation import ENGINES, check_settings, generate_graded, read_generations
+from segsft.generation import check_engine, check_settings, generate_graded, read_generations
 from segsft.io import write_parquet
 from segsft.layout import FinetuneLayout, GenerationLayout
 from segsft.schemas import GENERATIONS_SCHEMA, RESULTS_SCHEMA
@@ -38,28 +38,12 @@ def models_of(cfg: Any) -> list[str]:
 
 def check_config(cfg: Any) -> list[str]:
     """Every problem of evaluate.* at once."""
-    import importlib.util
-
     from segsft.models import check_model_location
 
-    e, errs = cfg.evaluate, []
-    if e.engine not in ENGINES:
-        errs.append(f"evaluate.engine={e.engine!r}: use one of {list(ENGINES)}")
-    if e.engine == "vllm" and importlib.util.find_spec("vllm") is None:
-        errs.append("evaluate.engine=vllm but vllm is not installed: pip install -e '.[vllm]' (CUDA), or use engine=hf")
-    for key, lo, hi in (("samples", 1, 1024), ("max_new_tokens", 1, 1 << 20), ("batch_size", 1, 4096),
-                        ("chunk_problems", 1, 1 << 20), ("tensor_parallel_size", 1, 64), ("bootstrap", 0, 100_000)):
-        v = e[key]
-        if not lo <= v <= hi:
-            errs.append(f"evaluate.{key}={v!r}: use an integer in [{lo}, {hi}]")
-    if not 0 <= e.temperature <= 10:
-        errs.append(f"evaluate.temperature={e.temperature!r}: use a number in [0, 10] (0 = greedy)")
-    if not 0 < e.top_p <= 1:
-        errs.append(f"evaluate.top_p={e.top_p!r}: use a number in (0, 1]")
-    if not 0 < e.gpu_memory_utilization <= 1:
-        errs.append(f"evaluate.gpu_memory_utilization={e.gpu_memory_utilization!r}: use a number in (0, 1]")
-    if e.limit is not None and e.limit < 1:
-        errs.append(f"evaluate.limit={e.limit!r}: use null (every problem) or an integer >= 1")
+    e = cfg.evaluate
+    errs = check_engine(e, "evaluate")
+    if not 0 <= e.bootstrap <= 100_000:
+        errs.append(f"evaluate.bootstrap={e.bootstrap!r}: use an integer in [0, 100000]")
     if not cfg.eval_dir:
         errs.append("eval_dir is empty: set eval_dir=<directory for generations and results>")
     if e.generations is not None:

@@ -24,7 +24,7 @@ KEEP = ("shortest_correct", "all_correct", "first_correct")
 
 
 def check_config(cfg: Any) -> list[str]:
-    from segsft.generation import ENGINES
+    from segsft.generation import check_engine
     from segsft.models import check_model_location
 
     g, errs = cfg.generate, []
@@ -34,16 +34,7 @@ def check_config(cfg: Any) -> list[str]:
         errs.append(f"generate.problems={g.problems!r} does not exist: give a JSONL or Parquet file (id, question, answer)")
     if g.keep not in KEEP:
         errs.append(f"generate.keep={g.keep!r}: use one of {list(KEEP)}")
-    if g.engine not in ENGINES:
-        errs.append(f"generate.engine={g.engine!r}: use one of {list(ENGINES)}")
-    for key, lo, hi in (("samples", 1, 1024), ("max_new_tokens", 1, 1 << 20), ("batch_size", 1, 4096),
-                        ("chunk_problems", 1, 1 << 20), ("tensor_parallel_size", 1, 64)):
-        if not lo <= g[key] <= hi:
-            errs.append(f"generate.{key}={g[key]!r}: use an integer in [{lo}, {hi}]")
-    if not 0 <= g.temperature <= 10:
-        errs.append(f"generate.temperature={g.temperature!r}: use a number in [0, 10] (0 = greedy)")
-    if not 0 < g.top_p <= 1:
-        errs.append(f"generate.top_p={g.top_p!r}: use a number in (0, 1]")
+    errs += check_engine(g, "generate")
     if not cfg.generate_dir:
         errs.append("generate_dir is empty: set generate_dir=<directory for the generated corpus>")
     if not cfg.model.name_or_path:
