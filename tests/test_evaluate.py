@@ -95,7 +95,7 @@ def test_results_and_bootstrap_on_a_known_table():
 
 def test_a_killed_evaluation_resumes_without_duplicates(tmp_path, tiny_model_dir):
     args = [sys.executable, "pipeline.py", "stage=evaluate", f"run_dir={tmp_path}", f"model.name_or_path={tiny_model_dir}",
-            "evaluate.engine=hf", "evaluate.benchmarks=[tiny]", "evaluate.max_new_tokens=24", "evaluate.samples=2",
+            "evaluate.engine=hf", "evaluate.benchmarks=[tiny]", "evaluate.max_new_tokens=12", "evaluate.samples=2",
             "evaluate.chunk_problems=1", "evaluate.batch_size=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -170,8 +170,6 @@ def test_generate_writes_a_corpus_this_pipeline_reads(tmp_path, tiny_model_dir, 
 
 @pytest.mark.parametrize("args,needle", [
     (["stage=evaluate", "evaluate.benchmarks=[nosuch]"], "'nosuch' is neither a shipped benchmark"),
-    (["stage=evaluate", "evaluate.samples=0"], "evaluate.samples=0: use an integer in [1, 1024]"),
-    (["stage=evaluate", "evaluate.models=[/no/such/model]"], "evaluate.models='/no/such/model' does not exist"),
     (["stage=generate", "generate.problems=NOANSWERS"], "has no field ['answer'] in any row"),
 ])
 def test_bad_input_is_one_line(tmp_path, args, needle):
@@ -181,6 +179,17 @@ def test_bad_input_is_one_line(tmp_path, args, needle):
                          capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert needle in out.stderr, out.stderr[-2000:]
+
+
+def test_config_errors_of_evaluate_are_listed_together(tmp_path):
+    from segsft.evaluate import check_config
+
+    errs = check_config(compose_config("stage=evaluate", f"run_dir={tmp_path}", "evaluate.samples=0",
+                                       "evaluate.models=[/no/such/model]", "evaluate.top_p=0", "evaluate.engine=fast"))
+    text = "\n".join(errs)
+    for needle in ("evaluate.samples=0: use an integer in [1, 1024]", "evaluate.models='/no/such/model' does not exist",
+                   "evaluate.top_p=0.0: use a number in (0, 1]", "evaluate.engine='fast'"):
+        assert needle in text, text
 
 
 @pytest.mark.gpu

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "segsft"
-STAGES = ("attribute", "select", "finetune", "report", "compare")
+STAGES = ("attribute", "select", "finetune", "evaluate", "report", "compare", "generate")
 # The dispatcher may import every stage; nothing else that is shared may.
 DISPATCH = {"segsft.stages"}
 LAYOUT_NAMES = ("segments-", "samples-", "rejects-", "part-", "_partial", "masks.parquet", "summary_per_sample",
