@@ -59,12 +59,14 @@ class AttributionTables:
         columns, optional = list(columns), list(optional)
         if not self.mixed and not optional:
             return pl.scan_parquet(list(self.segments)).select(columns)
-        frames = [_scan(p, columns, optional, SEGMENTS_SCHEMA).with_columns(pl.lit(i).alias(_PART))
+        read = columns if SID in columns else [SID, *columns]  # the join needs the id
+        frames = [_scan(p, read, optional, SEGMENTS_SCHEMA).with_columns(pl.lit(i).alias(_PART))
                   for i, p in enumerate(self.segments)]
-        if not self.mixed:
-            return pl.concat(frames, how="vertical_relaxed").drop(_PART)
-        keep = self.winners((SID,), ()).select(SID, _PART)
-        return pl.concat(frames).join(keep, on=[SID, _PART], how="semi").drop(_PART)
+        out = pl.concat(frames, how="vertical_relaxed")
+        if self.mixed:
+            keep = self.winners((SID,), ()).select(SID, _PART)
+            out = out.join(keep, on=[SID, _PART], how="semi")
+        return out.select(*columns, *optional)
 
     def scan_rejects(self, columns: Iterable[str] = (SID, "reason", "source", "row")) -> pl.LazyFrame:
         """The rejects tables: each id once, and none that a part scored."""
@@ -130,13 +132,16 @@ def open_attribution(run_dir: str | Path) -> AttributionTables:
     markers = lay.markers()
     partial = lay.partial_parts()
     parts = sorted(set(all_files["segments"]) | set(all_files["samples"]) | markers | set(partial))
-    finished = set(lay.finished_parts()) - set(partial)
+    finished = set(lay.finished_parts())  # marker + tables (the runner's rule too)
     by_world: dict[int, list[str]] = {}
     for p in parts:
         by_world.setdefault(_split(p)[1], []).append(p)
     complete = [w for w, ps in by_world.items()
                 if all(f"{r:05d}-of-{w:05d}" in finished for r in range(w))]
     problems, notes = [], []
+    for p in sorted(finished & set(partial)):
+        # Killed while removing the chunks of a finished part: they are all in its tables.
+        notes.append(f"{lay.partial(p)} is left over from finished part {p} (its chunks are in its tables): delete it")
     for w, ps in sorted(by_world.items()):
         missing = [f"{r:05d}-of-{w:05d}" for r in range(w) if f"{r:05d}-of-{w:05d}" not in parts]
         unfinished = [p for p in ps if p not in finished]
@@ -146,7 +151,7 @@ def open_attribution(run_dir: str | Path) -> AttributionTables:
         if missing:
             what.append(f"parts {missing} have no files yet")
         for p in unfinished:
-            if p in partial:
+            if p in partial and p not in markers:
                 what.append(f"part {p} has unfinished chunks in {lay.partial(p)}")
             elif p not in markers:
                 what.append(f"part {p} has no completion marker {lay.marker(p).name}")

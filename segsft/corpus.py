@@ -84,15 +84,24 @@ def raw_rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any] | None, str]]:
             yield i, rec, ""
 
 
+def corpus_path_problem(path: str | Path) -> str | None:
+    """Why `path` cannot be read as a corpus file (checked before anything loads), or None."""
+    path = Path(path)
+    if path.is_dir():
+        return f"corpus {path} is a directory, not a file: set data.path to a JSONL or Parquet file"
+    if not path.is_file():
+        return f"corpus file {path} does not exist: set data.path to a JSONL or Parquet file"
+    return None
+
+
 def read_corpus(path: str | Path, fields: Mapping[str, str], limit: int | None = None) -> tuple[list[Sample], list[Reject]]:
     """Read every row of `path` (or its first `limit` rows: an explicit choice, for quick
     looks); `fields` maps `id`, `question`, `solution`, `answer` to the file's column
     names (`id` may be empty or absent: ids are then derived)."""
     path = Path(path)
-    if path.is_dir():
-        raise CorpusError(f"corpus {path} is a directory, not a file: set data.path to a JSONL or Parquet file")
-    if not path.is_file():
-        raise CorpusError(f"corpus file {path} does not exist: set data.path to a JSONL or Parquet file")
+    why = corpus_path_problem(path)
+    if why:
+        raise CorpusError(why)
     names = {k: fields.get(k) or k for k in REQUIRED}
     id_field = fields.get("id")
     samples: list[Sample] = []

@@ -10,8 +10,8 @@ _STORAGE = {
     "ENOSPC": "the disk is full: free space there or point run_dir (or the path named) to a disk with room",
     "EDQUOT": "the disk quota is used up: free space there or point run_dir (or the path named) elsewhere",
     "EROFS": "the filesystem is read-only: point run_dir (or the path named) to a writable directory",
-    "EACCES": "permission denied: make it writable for this user or point run_dir (or the path named) elsewhere",
-    "EPERM": "operation not permitted: make it writable for this user or point run_dir (or the path named) elsewhere",
+    "EACCES": "permission denied: give this user access to it, or point run_dir (or the key naming it) elsewhere",
+    "EPERM": "operation not permitted: give this user access to it, or point run_dir (or the key naming it) elsewhere",
 }
 
 
@@ -27,4 +27,5 @@ def storage_error(e: BaseException) -> str | None:
     if name not in _STORAGE:
         return None
     where = e.filename or "the run directory"
-    return f"cannot write {where}: {_STORAGE[name]}; then rerun the same command (finished work is kept)"
+    verb = "cannot write" if name in ("ENOSPC", "EDQUOT", "EROFS") else "cannot access"
+    return f"{verb} {where}: {_STORAGE[name]}; then rerun the same command (finished work is kept)"

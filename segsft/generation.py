@@ -48,6 +48,9 @@ def check_engine(node: Any, prefix: str) -> list[str]:
             errs.append(f"{prefix}.{key}={node[key]!r}: use an integer in [{lo}, {hi}]")
     if not 0 <= node.temperature <= 10:
         errs.append(f"{prefix}.temperature={node.temperature!r}: use a number in [0, 10] (0 = greedy)")
+    elif node.temperature == 0 and node.samples > 1:
+        errs.append(f"{prefix}.temperature=0 (greedy) with {prefix}.samples={node.samples}: greedy decoding gives one "
+                    f"output per problem; set {prefix}.samples=1 or a temperature > 0")
     if not 0 < node.top_p <= 1:
         errs.append(f"{prefix}.top_p={node.top_p!r}: use a number in (0, 1]")
     if not 0 < node.gpu_memory_utilization <= 1:
@@ -193,21 +196,39 @@ class Progress:
 SETTING_KEYS = ("temperature", "top_p", "max_new_tokens", "seed", "samples")
 
 
-def check_settings(layout: Any, settings: dict, what: str) -> None:
-    """Store the sampling settings of a new directory; refuse to add generations of other ones."""
+def check_settings(layout: Any, settings: dict, what: str, sources: dict[str, str]) -> None:
+    """Store the sampling settings and the problem sources (name -> content hash) of a new
+    directory; refuse to add generations of other settings, or of a problem set whose content
+    changed under the same name (its finished problems would be paired with other questions)."""
     import json
 
     from segsft.errors import PipelineError
     from segsft.io import write_json
 
     if not layout.settings.is_file():
-        write_json(layout.settings, settings)
+        write_json(layout.settings, {**settings, "sources": sources})
         return
     stored = json.loads(layout.settings.read_text())
     diff = [f"{k}: {stored.get(k)!r} there, {settings.get(k)!r} now" for k in SETTING_KEYS if stored.get(k) != settings.get(k)]
+    old = stored.get("sources") or {}
+    diff += [f"the problems of {n!r} changed" for n, h in sources.items() if n in old and old[n] != h]
     if diff:
         raise PipelineError(f"{layout.dir} holds generations made with other settings ({'; '.join(diff)}): set a new "
                             f"{what}=... for these settings, or restore them to resume")
+    if any(n not in old for n in sources):
+        write_json(layout.settings, {**stored, "sources": {**old, **sources}})
+
+
+def source_hash(path_or_spec: str, fields: Any) -> str:
+    """What a problem set's content is: the file's SHA-256 (or the hub spec) and the field mapping."""
+    import hashlib
+    from pathlib import Path
+
+    from segsft.io import file_sha256
+
+    base = file_sha256(path_or_spec) if Path(path_or_spec).is_file() else path_or_spec
+    mapping = ",".join(f"{k}={fields[k]}" for k in sorted(fields))
+    return hashlib.sha256(f"{base}\x00{mapping}".encode()).hexdigest()
 
 
 def done_keys(layout: Any) -> set[tuple[str, str, str]]:

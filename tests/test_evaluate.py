@@ -185,10 +185,15 @@ def test_config_errors_of_evaluate_are_listed_together(tmp_path):
     from segsft.evaluate import check_config
 
     errs = check_config(compose_config("stage=evaluate", f"run_dir={tmp_path}", "evaluate.samples=0",
-                                       "evaluate.models=[/no/such/model]", "evaluate.top_p=0", "evaluate.engine=fast"))
+                                       "evaluate.models=[/no/such/model]", "evaluate.top_p=0", "evaluate.engine=fast",
+                                       "evaluate.temperature=0"))
     text = "\n".join(errs)
     for needle in ("evaluate.samples=0: use an integer in [1, 1024]", "evaluate.models='/no/such/model' does not exist",
                    "evaluate.top_p=0.0: use a number in (0, 1]", "evaluate.engine='fast'"):
+        assert needle in text, text
+    errs = check_config(compose_config("stage=evaluate", f"run_dir={tmp_path}", "evaluate.temperature=0", "evaluate.samples=4"))
+    assert any("greedy decoding gives one output per problem" in e for e in errs)
+    for needle in ():
         assert needle in text, text
 
 

@@ -164,7 +164,7 @@ def _cfg(**finetune):
     def value(v):
         return {True: "true", False: "false", None: "null"}.get(v, v) if isinstance(v, (bool, type(None))) else v
 
-    return compose_config("stage=finetune", "data.path=x.jsonl", "model.name_or_path=m", "selection_dir=/nonexistent",
+    return compose_config("stage=finetune", f"data.path={REPO / 'data' / 'sample_traces.jsonl'}", "model.name_or_path=m", "selection_dir=/nonexistent",
                           "finetune_dir=out", *(f"finetune.{k}={value(v)}" for k, v in finetune.items()))
 
 

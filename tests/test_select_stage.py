@@ -239,6 +239,9 @@ def test_parts_of_several_world_sizes_are_read_each_sample_once(tmp_path):
     out = run(_cfg(tmp_path / "r"))
     masks = pl.read_parquet(out["paths"]["masks.parquet"])
     assert masks.height == 6 and masks.select("sample_id", "segment").is_unique().all()
+    out = run(_cfg(tmp_path / "r", "select.method=score", "select.score=strength"))  # ranks read across world sizes too
+    masks = pl.read_parquet(out["paths"]["masks.parquet"])
+    assert masks.height == 6 and set(masks["why"]) <= {"score_rank", "always_keep"}
 
 
 def test_file_with_missing_columns_is_named_with_the_columns(tmp_path):

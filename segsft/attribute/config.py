@@ -56,6 +56,10 @@ def check_attribute(cfg: Any) -> list[str]:
         errs.append("attribute.answer_suffix must contain \\boxed{ and the placeholder {answer}")
     if not cfg.data.path:
         errs.append("data.path is empty: point it to a JSONL or Parquet corpus")
+    else:
+        from segsft.corpus import corpus_path_problem
+
+        errs += [p for p in [corpus_path_problem(cfg.data.path)] if p]
     from segsft.models import check_model_config
 
     errs += check_model_config(cfg.model)

@@ -277,7 +277,8 @@ class AttributeStage:
             print(f"attribute: part {writer.part}: {scored} scored, {summary.get('rejected')} rejected{other} of {rows} "
                   f"rows -> {writer.layout.dir}", flush=True)
         if rows > elsewhere and scored == 0:
-            raise NothingScored(f"every one of the {rows} rows of part {writer.part} was rejected: see the reasons "
+            also = f" ({elsewhere} more are in other parts)" if elsewhere else ""
+            raise NothingScored(f"every one of the {rows - elsewhere} rows of part {writer.part} was rejected{also}: see the reasons "
                                 f"in {writer.final('rejects')} (e.g. attribute.max_tokens, data.fields)")
         return summary
 

@@ -51,11 +51,10 @@ def spearman(a: Selection, b: Selection, tables: AttributionTables) -> pl.DataFr
     null for fewer than two segments or a constant score)."""
     cols = tuple(dict.fromkeys((a.score, b.score)))
     seg = tables.scan_segments((SID, "segment", *cols))
-    sa = pl.col(a.score).fill_nan(None) * (1 if a.high else -1)
-    sb = pl.col(b.score).fill_nan(None) * (1 if b.high else -1)
-    ra = sa.rank("average").over(SID)
-    rb = sb.rank("average").over(SID)
-    seg = seg.with_columns(_ra=ra, _rb=rb).drop_nulls(["_ra", "_rb"])
+    seg = (seg.with_columns(_sa=pl.col(a.score).fill_nan(None) * (1 if a.high else -1),
+                            _sb=pl.col(b.score).fill_nan(None) * (1 if b.high else -1))
+           .drop_nulls(["_sa", "_sb"]))  # segments both score, then ranks among them
+    seg = seg.with_columns(_ra=pl.col("_sa").rank("average").over(SID), _rb=pl.col("_sb").rank("average").over(SID))
     return (seg.group_by(SID).agg(_n=pl.len(), rho=pl.corr("_ra", "_rb"))
             .filter(pl.col("_n") >= 2).select(SID, pl.col("rho").fill_nan(None)).collect())
 

@@ -35,6 +35,13 @@ def spec_problem(spec: str) -> str | None:
             "JSONL/Parquet file nor hub:<dataset id>")
 
 
+def source_path(spec: str) -> str:
+    """The file a spec reads (or the hub spec itself)."""
+    if spec.startswith("hub:"):
+        return spec
+    return str(SHIPPED_DIR / f"{spec}.jsonl") if (SHIPPED_DIR / f"{spec}.jsonl").is_file() else spec
+
+
 def load_benchmark(spec: str, fields: Mapping[str, str], limit: int | None) -> tuple[list[ProblemRow], list[Reject]]:
     if spec.startswith("hub:"):
         return _from_hub(spec[4:], fields, limit)

@@ -15,9 +15,9 @@ from typing import Any
 import polars as pl
 
 from segsft.errors import PipelineError
-from segsft.evaluate.benchmarks import benchmark_name, load_benchmark, spec_problem
+from segsft.evaluate.benchmarks import benchmark_name, load_benchmark, source_path, spec_problem
 from segsft.evaluate.results import results, side_by_side
-from segsft.generation import check_engine, check_settings, generate_graded, read_generations
+from segsft.generation import check_engine, check_settings, generate_graded, read_generations, source_hash
 from segsft.io import write_parquet
 from segsft.layout import FinetuneLayout, GenerationLayout
 from segsft.schemas import GENERATIONS_SCHEMA, RESULTS_SCHEMA
@@ -96,7 +96,8 @@ def run(cfg: Any, rank: int = 0, world: int = 1) -> Path | None:
         expected = None
     else:
         check_settings(layout, {"temperature": e.temperature, "top_p": e.top_p, "max_new_tokens": e.max_new_tokens,
-                                "seed": e.seed, "samples": e.samples}, "eval_dir")
+                                "seed": e.seed, "samples": e.samples}, "eval_dir",
+                       {benchmark_name(str(b)): source_hash(source_path(str(b)), e.fields) for b in e.benchmarks})
         sets, expected = [], {}
         for spec in e.benchmarks:
             probs, rejects = load_benchmark(str(spec), e.fields, e.limit)
@@ -107,16 +108,18 @@ def run(cfg: Any, rank: int = 0, world: int = 1) -> Path | None:
         for m in models_of(cfg):
             generate_graded({**_plain(cfg.model), "name_or_path": m}, m, sets, e.samples, e, layout, rank, world)
             for name, probs in sets:
-                expected[(m, name)] = len(probs)
+                expected[(m, name)] = [p.problem_id for p in probs]
     gens = read_generations(layout)
     if expected is not None:
-        have = gens.group_by(["model", "benchmark"]).agg(pl.col("problem_id").n_unique()).rows()
-        missing = {k: n - dict(((a, b), c) for a, b, c in have).get(k, 0) for k, n in expected.items()}
-        if any(v > 0 for v in missing.values()):
-            log.info("evaluate: rank %d done; the results wait for the other ranks' problems %s", rank,
-                     {f"{a} / {b}": v for (a, b), v in missing.items() if v > 0})
+        # Exactly the problems asked for now (a larger evaluate.limit earlier left more in eval_dir).
+        want = pl.DataFrame([{"model": m, "benchmark": b, "problem_id": p} for (m, b), ids in expected.items() for p in ids],
+                            schema={"model": pl.String, "benchmark": pl.String, "problem_id": pl.String})
+        gens = gens.join(want, on=["model", "benchmark", "problem_id"], how="semi")
+        have = set(gens.select("model", "benchmark", "problem_id").unique().rows())
+        missing = sum(1 for r in want.rows() if r not in have)
+        if missing:
+            log.info("evaluate: rank %d done; the results wait for %d problem(s) of the other ranks", rank, missing)
             return None
-        gens = gens.filter(pl.col("model").is_in([a for a, _ in expected]) & pl.col("benchmark").is_in([b for _, b in expected]))
     table = results(gens, e.bootstrap, e.seed)
     write_parquet(layout.results, table.to_arrow(), RESULTS_SCHEMA)
     print("\n" + side_by_side(table) + f"\n\n-> {layout.results}", flush=True)

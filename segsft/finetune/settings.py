@@ -123,6 +123,10 @@ def check_config(cfg: Any) -> list[str]:
         errs.append("finetune_dir is empty: set it to the directory for checkpoints and the model")
     if not cfg.data.path:
         errs.append("data.path is empty: point it to the JSONL or Parquet corpus the masks were made from")
+    elif cfg.stage == "finetune":  # under stage=all the attribute stage's check says it once
+        from segsft.corpus import corpus_path_problem
+
+        errs += [p for p in [corpus_path_problem(cfg.data.path)] if p]
     if not cfg.model.name_or_path:
         errs.append("model.name_or_path is empty: give a hub id or a local model directory to fine-tune")
     return errs

@@ -60,7 +60,7 @@ def run(cfg: Any, rank: int = 0, world: int = 1) -> Path | None:
     from omegaconf import OmegaConf
 
     from segsft.corpus import read_problems
-    from segsft.generation import check_settings, generate_graded, read_generations
+    from segsft.generation import check_settings, generate_graded, read_generations, source_hash
     from segsft.io import write_parquet, write_text
     from segsft.schemas import REJECTS_SCHEMA
 
@@ -68,7 +68,8 @@ def run(cfg: Any, rank: int = 0, world: int = 1) -> Path | None:
     layout = GenerationLayout(Path(cfg.generate_dir))
     layout.dir.mkdir(parents=True, exist_ok=True)
     check_settings(layout, {"temperature": g.temperature, "top_p": g.top_p, "max_new_tokens": g.max_new_tokens,
-                            "seed": g.seed, "samples": g.samples}, "generate_dir")
+                            "seed": g.seed, "samples": g.samples}, "generate_dir",
+                   {"problems": source_hash(str(g.problems), g.fields)})
     problems, rejects = read_problems(g.problems, g.fields, g.limit, key="generate.problems")
     label = str(cfg.model.name_or_path)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)

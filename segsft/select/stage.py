@@ -61,6 +61,11 @@ def _check_score_column(tables: Any, score: str) -> None:
                "gxi_abs_sum": "the rule has no node at alpha = 1 (gauss_legendre)"}.get(score, "no value was computed")
         raise PipelineError(f"select.score={score} is null in every segment of {tables.dir} ({why}): rank by another "
                             "column, or rerun attribution into a new run_dir to compute it")
+    empty = (tables.scan_segments((SID, score)).group_by(SID).agg(pl.col(score).fill_nan(None).count().alias("n"))
+             .filter(pl.col("n") == 0).select(pl.len()).collect().item())
+    if empty:
+        log.warning("select: %d sample(s) have no %s value in any segment (e.g. the statistics pass ran out of "
+                    "memory): their segments are ranked by index within the budget", empty, score)
 
 
 def apply_unconverged(mask: pl.DataFrame, unconverged: list[str], policy: str) -> pl.DataFrame:
