@@ -128,7 +128,6 @@ def test_grading_a_generations_file_loads_no_model(tmp_path):
     res = pl.read_parquet(run(cfg)).row(0, named=True)
     assert (res["model"], res["benchmark"], res["n_problems"]) == ("r1-7b", "aime24", 30)
     assert res["accuracy"] == pytest.approx(18 / 30)
-    assert "torch" not in sys.modules or True  # the grader itself needs no model
     gens = pl.read_parquet(tmp_path / "eval" / "generations-*.parquet")
     assert set(gens["verdict"]) <= {"match", "mismatch"} and gens["pred"].null_count() == 0
 
@@ -193,8 +192,6 @@ def test_config_errors_of_evaluate_are_listed_together(tmp_path):
         assert needle in text, text
     errs = check_config(compose_config("stage=evaluate", f"run_dir={tmp_path}", "evaluate.temperature=0", "evaluate.samples=4"))
     assert any("greedy decoding gives one output per problem" in e for e in errs)
-    for needle in ():
-        assert needle in text, text
 
 
 @pytest.mark.gpu
