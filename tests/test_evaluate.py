@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -10,11 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pytest
 
-from conftest import REPO, SHARED_DATA, compose_config, needs_shared_data, shared_rows, write_jsonl
+from conftest import REPO, compose_config, needs_shared_data, shared_rows, write_jsonl
 from segsft.grading import grade
 
 MATCH = [
