@@ -219,6 +219,10 @@ class EngineConf:
     gpu_memory_utilization: float = 0.9
     # The model's dtype while generating (auto: bf16 on CUDA, fp32 on CPU).
     dtype: str = "auto"
+    # Column names of the problems (id, question, answer; optional choices), and the first N
+    # problems of each file (null = all).
+    fields: dict[str, str] = field(default_factory=lambda: {"id": "id", "question": "question", "answer": "answer"})
+    limit: Optional[int] = None
 
 
 @dataclass
@@ -232,11 +236,8 @@ class EvaluateConf(EngineConf):
     # JSONL/Parquet paths with id, question, answer (and optional choices), or
     # hub:<dataset id>[:<config>[:<split>]] (loaded with `datasets`; fields in evaluate.fields).
     benchmarks: list[str] = field(default_factory=lambda: ["math500", "aime24", "amc23", "minerva", "olympiad"])
-    fields: dict[str, str] = field(default_factory=lambda: {"id": "id", "question": "question", "answer": "answer"})
     # Samples per problem (k): accuracy is their mean (pass@1 averaged over k).
     samples: int = 1
-    # The first N problems of each benchmark (null = all).
-    limit: Optional[int] = None
     # Grade an existing generations file (JSONL/Parquet: id, answer, output; optional model,
     # benchmark, finish_reason) without loading any model.
     generations: Optional[str] = None
@@ -251,11 +252,9 @@ class GenerateConf(EngineConf):
 
     # JSONL/Parquet with id, question, answer.
     problems: Optional[str] = None
-    fields: dict[str, str] = field(default_factory=lambda: {"id": "id", "question": "question", "answer": "answer"})
     samples: int = 32
     # shortest_correct | all_correct | first_correct
     keep: str = "shortest_correct"
-    limit: Optional[int] = None
 
 
 #: group -> schema. The groups whose `default` option is the schema itself.
@@ -285,3 +284,10 @@ def with_defaults(schema: type, node: Any) -> dict[str, Any]:
     if node is not None:
         out.update({k: node[k] for k in node})
     return out
+
+
+def plain(node: Any) -> dict[str, Any]:
+    """A config node as a plain dict, interpolations resolved (a plain mapping as a dict)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)  # type: ignore[return-value]

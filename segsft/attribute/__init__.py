@@ -23,14 +23,14 @@ class _AttributeStage:
         return check_attribute(cfg)
 
     def run(self, cfg: Any, rank: int, world: int) -> dict:
-        from omegaconf import OmegaConf
+        from segsft.config_schema import plain
 
-        plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
-        result = AttributeStage(plain).run(rank, world)
-        if plain["attribute"]["consolidate"]:
+        resolved = plain(cfg)
+        result = AttributeStage(resolved).run(rank, world)
+        if resolved["attribute"]["consolidate"]:
             from segsft.attribute.consolidate import consolidate
 
-            consolidate(plain["run_dir"])
+            consolidate(resolved["run_dir"])
         return result
 
     def outputs(self, cfg: Any) -> dict[str, Path]:

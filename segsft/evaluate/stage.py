@@ -14,6 +14,7 @@ from typing import Any
 
 import polars as pl
 
+from segsft.config_schema import plain
 from segsft.errors import PipelineError
 from segsft.evaluate.benchmarks import benchmark_name, load_benchmark, source_path, spec_problem
 from segsft.evaluate.results import results, side_by_side
@@ -106,7 +107,7 @@ def run(cfg: Any, rank: int = 0, world: int = 1) -> Path | None:
                 log.warning("evaluate: %s %s skipped: %s", name, r.sample_id, r.reason)
             sets.append((name, probs))
         for m in models_of(cfg):
-            generate_graded({**_plain(cfg.model), "name_or_path": m}, m, sets, e.samples, e, layout, rank, world)
+            generate_graded({**plain(cfg.model), "name_or_path": m}, m, sets, e.samples, e, layout, rank, world)
             for name, probs in sets:
                 expected[(m, name)] = [p.problem_id for p in probs]
     gens = read_generations(layout)
@@ -125,8 +126,3 @@ def run(cfg: Any, rank: int = 0, world: int = 1) -> Path | None:
     print("\n" + side_by_side(table) + f"\n\n-> {layout.results}", flush=True)
     return layout.results
 
-
-def _plain(node: Any) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from segsft.config_schema import plain
 from segsft.corpus import read_corpus
 from segsft.finetune.checkpoints import checkpoints, latest_complete
 from segsft.finetune.examples import build_examples, log_report, write_train_tokens
@@ -45,15 +46,6 @@ class FinetuneResult:
     resumed_from: Path | None
     steps_run: int
     trainer: Any
-
-
-def _plain(cfg: Any) -> dict:
-    try:
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ValueError:
-        return dict(cfg)
 
 
 def uses_masks(s: FinetuneSettings) -> bool:
@@ -158,7 +150,7 @@ def run(cfg: Any, callbacks: Sequence[Any] = (), checked: bool = False) -> Finet
     if _is_main():
         write_train_tokens(lay.train_tokens, examples)
         write_json(lay.data_report, {**report.summary(), "dropped_samples": report.dropped})
-        write_json(lay.run_config, {"config": _plain(cfg), "resume_fingerprint": fp})
+        write_json(lay.run_config, {"config": plain(cfg), "resume_fingerprint": fp})
     log.info(
         "finetune: mode=%s deepspeed=%s (%s) cuda=%s bf16=%s gradient_checkpointing=%s packing=%s liger=%s; outputs: %s",
         s.mode, s.deepspeed, deepspeed_config_path(s.deepspeed), torch.cuda.is_available(), s.bf16,

@@ -57,8 +57,9 @@ def choose(rows: list[dict], keep: str) -> list[dict]:
 def run(cfg: Any, rank: int = 0, world: int = 1) -> Path | None:
     import json
 
-    from omegaconf import OmegaConf
+    import polars as pl
 
+    from segsft.config_schema import plain
     from segsft.corpus import read_problems
     from segsft.generation import check_settings, generate_graded, read_generations, source_hash
     from segsft.io import write_parquet, write_text
@@ -72,9 +73,8 @@ def run(cfg: Any, rank: int = 0, world: int = 1) -> Path | None:
                    {"problems": source_hash(str(g.problems), g.fields)})
     problems, rejects = read_problems(g.problems, g.fields, g.limit, key="generate.problems")
     label = str(cfg.model.name_or_path)
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    generate_graded(model_cfg, label, [("problems", problems)], g.samples, g, layout, rank, world)
-    gens = read_generations(layout).filter(pl_model(label))
+    generate_graded(plain(cfg.model), label, [("problems", problems)], g.samples, g, layout, rank, world)
+    gens = read_generations(layout).filter(pl.col("model") == label)
     have = set(gens["problem_id"].to_list())
     if any(p.problem_id not in have for p in problems):
         log.info("generate: rank %d done; the corpus waits for the other ranks' problems", rank)
@@ -101,12 +101,6 @@ def run(cfg: Any, rank: int = 0, world: int = 1) -> Path | None:
     print(f"generate: {len(problems)} problems -> {len(lines)} traces in {layout.corpus}; "
           f"{len(out_rejects)} rejected -> {layout.rejects}", flush=True)
     return layout.corpus
-
-
-def pl_model(label: str) -> Any:
-    import polars as pl
-
-    return pl.col("model") == label
 
 
 class _GenerateStage:

@@ -54,15 +54,15 @@ def _check_score_column(tables: Any, score: str) -> None:
         raise PipelineError(
             f"select.score={score}: the segments tables {lacking[:3]} lack that column (written before it existed); "
             "rerun attribution with this version into a new run_dir, or rank by another column")
-    non_null = tables.scan_segments((score,)).select(pl.col(score).fill_nan(None).count()).collect().item()
-    if non_null == 0:
+    per = (tables.scan_segments((SID, score)).group_by(SID).agg(pl.col(score).fill_nan(None).count().alias("n"))
+           .select(non_null=pl.col("n").sum(), empty=(pl.col("n") == 0).sum()).collect().row(0, named=True))
+    if not per["non_null"]:
         why = {"nll_mean": "attribute.token_stats was false", "entropy_mean": "attribute.token_stats was false",
                "gxi_sum": "the rule has no node at alpha = 1 (gauss_legendre)",
                "gxi_abs_sum": "the rule has no node at alpha = 1 (gauss_legendre)"}.get(score, "no value was computed")
         raise PipelineError(f"select.score={score} is null in every segment of {tables.dir} ({why}): rank by another "
                             "column, or rerun attribution into a new run_dir to compute it")
-    empty = (tables.scan_segments((SID, score)).group_by(SID).agg(pl.col(score).fill_nan(None).count().alias("n"))
-             .filter(pl.col("n") == 0).select(pl.len()).collect().item())
+    empty = per["empty"]
     if empty:
         log.warning("select: %d sample(s) have no %s value in any segment (e.g. the statistics pass ran out of "
                     "memory): their segments are ranked by index within the budget", empty, score)
