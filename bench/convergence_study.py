@@ -84,7 +84,9 @@ class PointCache:
         return a, np.array([self.points[x][0] for x in a])
 
 
-def traces(n: int, model: str = MODEL) -> list[tuple[dict, object]]:
+def traces(n: int, model: str = MODEL, whole: bool = False, max_tokens: int = 0) -> list[tuple[dict, object]]:
+    """The cut traces (the first `n` windows by id) or, with `whole`, the whole traces, no
+    cut, shortest first, those of at most `max_tokens` tokens (0 = all), the first `n`."""
     from traces import load_rows, window_rows
 
     from segsft.models import load_tokenizer
@@ -92,8 +94,13 @@ def traces(n: int, model: str = MODEL) -> list[tuple[dict, object]]:
 
     tok = load_tokenizer({"name_or_path": model})
     rx = resolve_pattern("default")
-    rows = window_rows(tok, sorted(load_rows(), key=lambda r: r["id"]), rx)[:n]
-    return [(r, build_sequence(tok, r["question"], r["solution"], rx, r["answer"])) for r in rows]
+    rows = sorted(load_rows(), key=lambda r: r["id"])
+    if not whole:
+        rows = window_rows(tok, rows, rx)[:n]
+        return [(r, build_sequence(tok, r["question"], r["solution"], rx, r["answer"])) for r in rows]
+    items = [(r, build_sequence(tok, r["question"], r["solution"], rx, r["answer"])) for r in rows]
+    items = sorted(items, key=lambda it: len(it[1].input_ids))
+    return [it for it in items if not max_tokens or len(it[1].input_ids) <= max_tokens][:n]
 
 
 def cache_file(cache: Path, tag: str, trace_id: str, baseline: str) -> Path:
@@ -112,7 +119,7 @@ def compute(args: argparse.Namespace) -> None:
     model = freeze(load_model(cfg, device, DTYPES[args.dtype]).eval())
     pad = pad_token_id(tok)
     started = time.time()
-    items = traces(args.traces, args.model)
+    items = traces(args.traces, args.model, args.whole, args.max_tokens)
     print(f"{len(items)} traces: " + ", ".join(f"{r['id']}({len(s.input_ids)} tok, {len(s.segment_tokens)} seg)"
                                                 for r, s in items), flush=True)
     for baseline in args.baselines.split(","):
@@ -127,12 +134,16 @@ def compute(args: argparse.Namespace) -> None:
                         trace_tokens=seq.trace_tokens, batch_alphas=args.batch)
             cache = PointCache(cache_file(args.cache, args.tag, row["id"], baseline), ig, args.store)
             t0 = time.time()
+            # The rule's own points first: when the budget runs out mid-trace, what is cached
+            # already replays the adaptive rule; the grids come next (they share the dyadic nodes).
+            refine(cache, max_steps=args.adaptive_max, per_round=args.per_round)
             for k in range(2, levels + 1):
+                if args.budget and time.time() - started > args.budget:
+                    break
                 cache(np.linspace(0.0, 1.0, 2**k + 1))
             if baseline == "pad" and not args.no_fixed:
                 for rule, steps in FIXED:
                     cache(quadrature(rule, steps)[0])
-            refine(cache, max_steps=args.adaptive_max, per_round=args.per_round)
             print(f"{args.tag} {baseline:9s} {row['id']}: {len(cache.points)} points cached, {cache.computed} new "
                   f"in {time.time() - t0:.0f}s", flush=True)
 
@@ -194,7 +205,7 @@ def analyze(args: argparse.Namespace) -> None:
     stabs = [0.9, 0.95, 1.0]
     per_trace: list[dict] = []
     frontier: list[dict] = []
-    for row, seq in traces(args.traces, args.model):
+    for row, seq in traces(args.traces, args.model, args.whole, args.max_tokens):
         for baseline in args.baselines.split(","):
             file = cache_file(args.cache, args.tag, row["id"], baseline)
             if not file.exists():
@@ -324,6 +335,8 @@ def main() -> None:
     p.add_argument("what", choices=["compute", "analyze", "all"], help="all = compute, then analyze")
     p.add_argument("--model", default=MODEL)
     p.add_argument("--traces", type=int, default=16)
+    p.add_argument("--whole", action="store_true", help="whole traces, no cut, shortest first")
+    p.add_argument("--max-tokens", type=int, default=0, help="--whole: only traces of at most this many tokens")
     p.add_argument("--baselines", default="pad,zero,mean,pad_trace")
     p.add_argument("--levels", type=int, default=8, help="uniform grids up to 2^levels + 1 points (pad baseline)")
     p.add_argument("--other-levels", type=int, default=6, help="the same for the other baselines")

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The convergence study on this CPU, in the background, resumable across sessions (the point
+# cache under ~/.cache/segsft/convergence keeps every evaluation; a rerun computes only what
+# is missing). Two lanes, one thread each, nice'd so interactive work keeps priority:
+#   cut   : the 16 cut traces (200-400 tokens), adaptive to 256 points, uniform grids to 1025
+#   whole : the whole traces of <= 5,300 SmolLM2 tokens (8 traces, 5-28 segments), no cut
+# Each lane widens in passes, so whatever is cached when a session ends is balanced over
+# the traces. Analyze with bench/study_analyze.sh.
+#   nohup bash bench/study_cpu.sh cut   > ~/.cache/segsft/study-cut.log 2>&1 &
+#   nohup bash bench/study_cpu.sh whole > ~/.cache/segsft/study-whole.log 2>&1 &
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+s="nice -n 10 $PY bench/convergence_study.py compute --baselines pad --no-fixed --per-round 1 --batch 1"
+case "${1:?cut or whole}" in
+  cut)
+    $s --tag cpu-fp32 --traces 16 --adaptive-max 128 --levels 7
+    $s --tag cpu-fp32 --traces 16 --adaptive-max 256 --levels 8
+    $s --tag cpu-fp32 --traces 16 --adaptive-max 256 --levels 10 ;;
+  whole)
+    w="--tag cpu-fp32-whole --whole --max-tokens 5300 --traces 8"
+    $s $w --adaptive-max 64 --levels 6
+    $s $w --adaptive-max 128 --levels 7
+    $s $w --adaptive-max 256 --levels 8 ;;
+esac
