@@ -19,7 +19,7 @@ from typing import Any, Optional
 from segsft.layout import REPORT_FILE
 
 SELECTION_NAME = ("${segsft_selection_name:${.method},${.top_mass},${.max_consistency},${.min_consistency},"
-                  "${.min_tokens},${.seed},${.unconverged},${.score},${.order}}")
+                  "${.min_tokens},${.seed},${.unconverged},${.score},${.order},${.borderline}}")
 
 
 @dataclass
@@ -59,10 +59,12 @@ class AttributeConf:
 
     Quadrature (DESIGN step 5):
     - adaptive (default): bisects the subintervals of the IG path whose exact local error
-      |trapezoid - (f(b) - f(a))| is largest until the completeness gap is <= target_gap and
-      the select rule's train decisions did not change at the last doubling of the evaluations
-      (share >= target_stability), or max_steps gradient evaluations. The study on 16 real
-      traces (bench/results/convergence_study_gpu_fp32.json) chose these defaults.
+      |trapezoid - (f(b) - f(a))| is largest until the error bound (the sum of those errors over
+      |f(1) - f(0)|) is <= target_gap, the select rule's train decisions that are not borderline
+      kept their value over the whole last doubling of the evaluations (share >=
+      target_stability), and at most max_borderline of the segments are borderline (their
+      decision could flip within the remaining quadrature error), or max_steps gradient
+      evaluations. Defaults: docs/convergence.md (the study, bench/results/convergence_study_*).
     - linspace (the paper's; rule=linspace steps=50 reproduces it), trapezoid, gauss_legendre:
       fixed rules of `steps` nodes; on real weights their gaps are > 1 and 10% of their
       decisions differ from a converged run.
@@ -71,8 +73,10 @@ class AttributeConf:
 
     rule: str = "adaptive"
     steps: int = 16
+    # The error bound to reach (relative to |f(1) - f(0)|; it bounds the completeness gap).
     target_gap: float = 0.05
-    target_stability: float = 0.95
+    # Share of the non-borderline decisions that must be settled over the last doubling.
+    target_stability: float = 1.0
     max_steps: int = 256
     # Uniform nodes the adaptive rule starts from (0 and 1 included).
     init_points: int = 9
@@ -83,6 +87,9 @@ class AttributeConf:
     # Subintervals bisected per round (one pass); null = the points per pass (1 on CPU, more on a
     # GPU). Set it to get the same nodes on every machine.
     per_round: Optional[int] = None
+    # The share of a sample's segments that may be borderline (rounded down) when it is called
+    # converged; borderline segments are flagged in the segments table and the masks.
+    max_borderline: float = 0.1
     # The model's dtype during attribution (null: model.dtype). float32: in bf16 the path is rough
     # with rounding noise (bench/results/convergence_study_gpu_bf16.json).
     dtype: Optional[str] = "float32"
@@ -136,6 +143,9 @@ class SelectConf:
     # Samples whose adaptive attribution did not converge: keep (their decisions), full (train
     # them in full, why=unconverged), drop (leave them out of the masks).
     unconverged: str = "keep"
+    # Segments whose decision the attribution flagged borderline (within its quadrature error of
+    # flipping): rule (keep the rule's decision, flagged in the masks), keep (train them), drop.
+    borderline: str = "rule"
     # Seed of select.method=random.
     seed: int = 0
     # The selection directory's name, made from the settings with unset ones left out

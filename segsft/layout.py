@@ -276,7 +276,7 @@ SWEEP_ROW_FILE = "sweep_row.parquet"
 
 def selection_name(method: Any, top_mass: Any, max_consistency: Any = None, min_consistency: Any = None,
                    min_tokens: Any = 0, seed: Any = 0, unconverged: Any = "keep", score: Any = None,
-                   order: Any = "high") -> str:
+                   order: Any = "high", borderline: Any = "rule") -> str:
     """The selection directory's name from the select settings, unset keys left out
     (`attribution-top0.7-maxc0.8`, `random-top0.7-maxc0.8-seed3`, `score-nll_mean-high-top0.7-maxc0.8`, ...)."""
     parts = [str(method)] + ([str(score), str(order)] if method == "score" else []) + [f"top{top_mass}"]
@@ -290,6 +290,8 @@ def selection_name(method: Any, top_mass: Any, max_consistency: Any = None, min_
         parts.append(f"seed{seed}")
     if unconverged not in (None, "keep"):
         parts.append(f"unconverged-{unconverged}")
+    if borderline not in (None, "rule"):
+        parts.append(f"borderline-{borderline}")
     return "-".join(parts)
 
 

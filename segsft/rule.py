@@ -18,7 +18,9 @@ Per sample, exactly:
    DESIGN step 8) has fewer than min_tokens tokens is trained in full.
 
 `why` takes the first that applies: short_sample, top_mass (kept by 2-3), always_keep,
-below_top_mass, null_consistency, too_consistent, not_consistent_enough.
+below_top_mass, null_consistency, too_consistent, not_consistent_enough. `borderline` is
+the attribution's flag, carried over (false where the segments table has none); what to do
+with it is `select.borderline`'s, applied after the rule (segsft.select.stage).
 """
 
 from __future__ import annotations
@@ -96,8 +98,11 @@ def attribution_rule(segments: pl.LazyFrame, cfg: SelectConfig, sample_tokens: p
         .when(pl.lit(cfg.max_consistency is not None) & (c > (cfg.max_consistency or 0.0))).then(pl.lit("too_consistent"))
         .otherwise(pl.lit("not_consistent_enough"))
     )
+    # The attribution's flag, where the segments table has it (the adaptive rule).
+    borderline = (pl.col("borderline").fill_null(False) if "borderline" in lf.collect_schema().names()
+                  else pl.lit(False))
     return (
-        lf.with_columns(train=pl.col("_short") | rule_keeps | pl.col("_keep"), why=why)
+        lf.with_columns(train=pl.col("_short") | rule_keeps | pl.col("_keep"), why=why, borderline=borderline)
         .select(MASKS_COLUMNS)
         .sort([SID, "segment"])
     )
@@ -107,12 +112,27 @@ def decide(strength: np.ndarray, consistency: list[float | None], cfg: SelectCon
            train_tokens: int | None = None) -> np.ndarray:
     """The train decision of each segment of one sample: `attribution_rule` itself, on a
     one-sample table (the attribution stage's stop test calls this, never a copy)."""
-    n = len(strength)
+    c = np.array([np.nan if x is None else x for x in consistency], dtype=np.float64)
+    return decide_many(np.asarray(strength, dtype=np.float64)[None, :], c[None, :], cfg, train_tokens)[0]
+
+
+def decide_many(strength: np.ndarray, consistency: np.ndarray, cfg: SelectConfig,
+                train_tokens: int | None = None) -> np.ndarray:
+    """`decide` for S variants of one sample at once ([S, n] strengths and consistencies, NaN =
+    null consistency) -> [S, n] decisions: one query for all of them (the error margins of the
+    adaptive rule ask for several variants per segment)."""
+    strength = np.asarray(strength, dtype=np.float64)
+    k, n = strength.shape
+    ids = np.repeat(np.arange(k), n).astype(str)
+    cons = pl.Series(np.asarray(consistency, dtype=np.float64).ravel()).fill_nan(None)
     lf = pl.LazyFrame({
-        SID: ["s"] * n, "segment": pl.Series(range(n), dtype=pl.Int32), "char_start": [0] * n, "char_end": [0] * n,
-        "n_tokens": [0] * n, "strength": pl.Series(strength, dtype=pl.Float64),
-        "consistency": pl.Series(consistency, dtype=pl.Float64),
+        SID: ids, "segment": pl.Series(np.tile(np.arange(n), k), dtype=pl.Int32), "char_start": np.zeros(k * n, np.int32),
+        "char_end": np.zeros(k * n, np.int32), "n_tokens": np.zeros(k * n, np.int32),
+        "strength": pl.Series(strength.ravel(), dtype=pl.Float64), "consistency": cons,
     })
-    samples = None if train_tokens is None else pl.LazyFrame({SID: ["s"], "n_tokens": [train_tokens],
-                                                              "train_tokens": [train_tokens]})
-    return attribution_rule(lf, cfg, samples).collect()["train"].to_numpy().astype(bool)
+    samples = None if train_tokens is None else pl.LazyFrame(
+        {SID: np.arange(k).astype(str), "n_tokens": [train_tokens] * k, "train_tokens": [train_tokens] * k})
+    out = attribution_rule(lf, cfg, samples).collect()
+    # The rule sorts by sample id as text ("10" < "2"): put the variants back in their order.
+    order = np.argsort(out[SID].cast(pl.Int64).to_numpy()[::n], kind="stable")
+    return out["train"].to_numpy().astype(bool).reshape(k, n)[order]

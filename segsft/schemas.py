@@ -30,6 +30,11 @@ SEGMENTS_SCHEMA = pa.schema(
         pa.field("entropy_mean", pa.float64(), nullable=True),
         pa.field("gxi_sum", pa.float64(), nullable=True),
         pa.field("gxi_abs_sum", pa.float64(), nullable=True),
+        # attribute.rule=adaptive (null for the fixed rules): the strength's quadrature error
+        # (its largest change over the last doubling of the evaluations), and whether the
+        # segment's train decision is within that error of flipping (or changed over it).
+        pa.field("strength_err", pa.float64(), nullable=True),
+        pa.field("borderline", pa.bool_(), nullable=True),
     ]
 )
 
@@ -46,6 +51,9 @@ SAMPLES_SCHEMA = pa.schema(
         ("attr_total", pa.float64()),
         ("attr_norm", pa.float64()),
         pa.field("completeness_gap", pa.float64(), nullable=True),
+        # attribute.rule=adaptive: the sum of |exact local errors| / |f(x) - f(x')|, a bound on
+        # the gap that cannot cancel (the stop test uses it); null for the fixed rules.
+        pa.field("error_bound", pa.float64(), nullable=True),
         ("rule", pa.string()),
         ("steps", pa.int32()),
         ("model", pa.string()),
@@ -82,6 +90,9 @@ MASKS_SCHEMA = pa.schema(
         ("n_tokens", pa.int32()),
         ("train", pa.bool_()),
         ("why", pa.string()),
+        # The attribution flagged the decision as within its quadrature error of flipping
+        # (false where no error estimate exists: the fixed rules, the baselines).
+        ("borderline", pa.bool_()),
     ]
 )
 
@@ -110,6 +121,7 @@ SWEEP_SCHEMA = pa.schema(
         ("min_tokens", pa.int64()),
         ("seed", pa.int64()),
         ("unconverged", pa.string()),
+        ("borderline", pa.string()),
         pa.field("score", pa.string(), nullable=True),
         ("order", pa.string()),
         ("samples", pa.int64()),
@@ -186,6 +198,8 @@ SCORE_COLUMNS = ("strength", "consistency", "attr_sum", "attr_abs_sum", "nll_mea
 
 # What selection reads; `token_attr` and the raw sums are not needed.
 SELECT_SEGMENT_COLUMNS = ("sample_id", "segment", "char_start", "char_end", "n_tokens", "strength", "consistency")
+# Read when present (null in the tables of the fixed rules and of older runs).
+SELECT_OPTIONAL_SEGMENT_COLUMNS = ("borderline",)
 SELECT_SAMPLE_COLUMNS = ("sample_id", "n_tokens", "train_tokens")
 # Read when present (tables of the fixed rules, or older ones, may lack it: then null).
 SELECT_OPTIONAL_SAMPLE_COLUMNS = ("converged",)
@@ -205,6 +219,7 @@ WHY = (
     "below_top_mass",  # outside the top-mass prefix
     "short_sample",  # the sample has fewer than min_tokens tokens: trained in full
     "unconverged",  # select.unconverged=full: its adaptive attribution did not converge
+    "borderline",  # select.borderline=keep|drop overrode the rule on a borderline segment
     "full",  # select.method=full
     "random",  # select.method=random (train says whether it was drawn)
 )
@@ -220,7 +235,9 @@ REPORT_SEGMENT_COLUMNS = ("sample_id", "segment", "char_start", "char_end", "tok
 TOKEN_STAT_COLUMNS = ("nll_mean", "entropy_mean", "gxi_sum", "gxi_abs_sum")
 REPORT_SAMPLE_COLUMNS = ("sample_id", "n_tokens", "n_segments", "completeness_gap", "rule", "steps", "model")
 #: Samples columns that tables written before the adaptive rule lack; readers fill them with null.
-ADAPTIVE_SAMPLE_COLUMNS = ("steps_used", "decision_stability", "converged")
+ADAPTIVE_SAMPLE_COLUMNS = ("steps_used", "decision_stability", "converged", "error_bound")
+#: Segments columns of the adaptive rule (null for the fixed rules and in older tables).
+ADAPTIVE_SEGMENT_COLUMNS = ("strength_err", "borderline")
 
 # `<finetune dir>/train_tokens.parquet`: exactly the ids and labels the trainer sees.
 TRAIN_TOKENS_SCHEMA = pa.schema(

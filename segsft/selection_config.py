@@ -12,6 +12,8 @@ METHODS = ("attribution", "full", "random", "score")
 ORDERS = ("high", "low")
 #: What selection does with a sample whose adaptive attribution did not converge.
 UNCONVERGED = ("keep", "full", "drop")
+#: What selection does with a segment the attribution flagged borderline.
+BORDERLINE = ("rule", "keep", "drop")
 KEYS = ("method", "top_mass", "max_consistency", "min_consistency", "always_keep", "min_tokens", "seed")
 _D = SelectConf()  # the defaults (segsft.config_schema)
 
@@ -36,6 +38,7 @@ class SelectConfig:
     min_tokens: int = _D.min_tokens
     seed: int = _D.seed
     unconverged: str = _D.unconverged
+    borderline: str = _D.borderline
     # Only for method=score (None otherwise, so a sweep over methods x scores makes one
     # directory per non-score method).
     score: str | None = None
@@ -61,6 +64,7 @@ class SelectConfig:
             min_tokens=int(node["min_tokens"] or 0),
             seed=int(node["seed"] or 0),
             unconverged=str(node["unconverged"]),
+            borderline=str(node["borderline"]),
             score=str(node["score"]) if node["method"] == "score" else None,
             order=str(node["order"]) if node["method"] == "score" else _D.order,
         )
@@ -69,7 +73,7 @@ class SelectConfig:
         return {"method": self.method, "top_mass": self.top_mass, "max_consistency": self.max_consistency,
                 "min_consistency": self.min_consistency, "always_keep": list(self.always_keep),
                 "min_tokens": self.min_tokens, "seed": self.seed, "unconverged": self.unconverged,
-                "score": self.score, "order": self.order}
+                "borderline": self.borderline, "score": self.score, "order": self.order}
 
 
 def check_settings(s: Mapping[str, Any]) -> list[str]:
@@ -118,6 +122,11 @@ def check_settings(s: Mapping[str, Any]) -> list[str]:
     if unc not in UNCONVERGED:
         errs.append(f"select.unconverged={unc!r}: use one of {list(UNCONVERGED)} (what to do with samples whose "
                     "adaptive attribution did not converge: keep their decisions, train them in full, or leave them out)")
+    bl = s["borderline"]
+    if bl not in BORDERLINE:
+        errs.append(f"select.borderline={bl!r}: use one of {list(BORDERLINE)} (what to do with segments whose decision "
+                    "is within the attribution's error of flipping: keep the rule's decision and flag it, train them, "
+                    "or not)")
     seed = s["seed"]
     if not _is_int(seed) or seed < 0:
         errs.append(f"select.seed={seed!r}: use an integer >= 0")

@@ -10,7 +10,8 @@ import polars as pl
 
 from segsft.attribution_tables import open_attribution
 from segsft.corpus import read_corpus
-from segsft.schemas import ADAPTIVE_SAMPLE_COLUMNS, REPORT_SAMPLE_COLUMNS, REPORT_SEGMENT_COLUMNS
+from segsft.schemas import (ADAPTIVE_SAMPLE_COLUMNS, ADAPTIVE_SEGMENT_COLUMNS, REPORT_SAMPLE_COLUMNS,
+                            REPORT_SEGMENT_COLUMNS)
 from segsft.layout import FinetuneLayout, GenerationLayout, RunLayout, SelectionLayout
 
 
@@ -19,9 +20,10 @@ def _short(text: str, width: int = 90) -> str:
     return flat if len(flat) <= width else flat[: width - 3] + "..."
 
 
-def convergence(smp: pl.DataFrame) -> dict[str, Any]:
-    """Gradient evaluations per sample and the adaptive rule's stop test, from a samples table
-    (the demo's summary and the report both show these)."""
+def convergence(smp: pl.DataFrame, seg: pl.DataFrame | None = None) -> dict[str, Any]:
+    """Gradient evaluations per sample and the adaptive rule's stop test, from a samples table,
+    and the borderline segments from a segments table (the demo's summary and the report both
+    show these)."""
     steps = smp["steps_used"].drop_nulls()
     stab = smp["decision_stability"].drop_nulls()
     conv = smp["converged"].drop_nulls()
@@ -31,17 +33,26 @@ def convergence(smp: pl.DataFrame) -> dict[str, Any]:
         "stability_median": float(stab.median()) if len(stab) else None,
         "adaptive_samples": len(conv),
         "unconverged": smp.filter(pl.col("converged") == False)["sample_id"].to_list(),  # noqa: E712
+        "bound_median": (float(smp["error_bound"].drop_nulls().median())
+                         if "error_bound" in smp.columns and smp["error_bound"].drop_nulls().len() else None),
+        "borderline": (None if seg is None or "borderline" not in seg.columns or seg["borderline"].drop_nulls().len() == 0
+                       else int(seg["borderline"].fill_null(False).sum())),
+        "segments": None if seg is None else seg.height,
     }
 
 
-def convergence_line(smp: pl.DataFrame) -> str:
-    """Steps used, decision stability and convergence of the samples table (any rule)."""
-    c = convergence(smp)
+def convergence_line(smp: pl.DataFrame, seg: pl.DataFrame | None = None) -> str:
+    """Steps used, decision stability, convergence and borderline segments (any rule)."""
+    c = convergence(smp, seg)
     rule = ", ".join(sorted(set(smp["rule"])))
     out = f"rule {rule}: gradient evaluations median {c['steps_median']:.0f} (max {c['steps_max']})"
     if c["adaptive_samples"]:
         out += (f", decision stability median {c['stability_median']:.2f}, converged "
                 f"{c['adaptive_samples'] - len(c['unconverged'])} of {c['adaptive_samples']}")
+    if c["bound_median"] is not None:
+        out += f", error bound median {c['bound_median']:.2g}"
+    if c["borderline"] is not None:
+        out += f", borderline segments {c['borderline']} of {c['segments']}"
     gaps = smp["completeness_gap"].drop_nulls()
     if len(gaps):
         out += f", completeness gap median {gaps.median():.2g}"
@@ -58,12 +69,12 @@ def summarize(cfg: Any) -> str:
     lines: list[str] = []
     # Finished parts only, each sample once (segsft.attribution_tables).
     tables = open_attribution(cfg.run_dir)
-    seg = tables.scan_segments(REPORT_SEGMENT_COLUMNS).collect()
+    seg = tables.scan_segments(REPORT_SEGMENT_COLUMNS, ADAPTIVE_SEGMENT_COLUMNS).collect()
     smp = tables.scan_samples(REPORT_SAMPLE_COLUMNS, ADAPTIVE_SAMPLE_COLUMNS).collect()
     rej = tables.scan_rejects().collect()
     lines.append(f"attribution: {smp.height} samples scored, {rej.height} rejected")
     if smp.height:
-        lines.append("  " + convergence_line(smp))
+        lines.append("  " + convergence_line(smp, seg))
     masks_path = sel.masks
     per_path = sel.per_sample
     if masks_path.exists() and per_path.exists():

@@ -10,7 +10,7 @@ import torch
 
 from segsft.attribute.adaptive import AdaptiveSettings, StopTest, refine, spearman, trapezoid_weights
 from segsft.attribute.ig import IGPath, adaptive_integrated_gradients, answer_logprob, baseline_embeddings, freeze, path_token_grads
-from segsft.attribute.metrics import segment_metrics
+from segsft.attribute.metrics import SegmentRule, segment_metrics
 from segsft.layout import RunLayout
 from segsft.selection_config import SelectConfig
 from segsft.rule import decide
@@ -39,11 +39,7 @@ def _inputs(seq):
 
 
 def _decide(seq):
-    def fn(a):
-        m = segment_metrics(a, seq.segment_tokens)
-        s = np.array([x["strength"] for x in m])
-        return decide(s, [x["consistency"] for x in m], SelectConfig()), s
-    return fn
+    return SegmentRule(seq.segment_tokens, SelectConfig())
 
 
 def test_smooth_model_stops_early_and_equals_the_fixed_rule_on_its_nodes(model, tokenizer, seq):
@@ -117,18 +113,97 @@ def test_no_point_is_evaluated_twice():
     assert [len(c) for c in calls[1:]] == [3] * ((120 - 9) // 3)
 
 
-def test_stop_test_compares_with_the_estimate_at_half_the_steps():
-    flips = {9: [True, False], 16: [True, False], 18: [True, True]}
+class _Rule:
+    """A stand-in select rule: strengths are token_attr itself (one token per segment), a
+    segment is trained when its strength is >= 1 (consistency ignored)."""
 
-    def dec(a):
-        return np.array(flips[int(a[0])]), np.array([2.0, 1.0])
+    def metrics(self, a):
+        return np.asarray(a, dtype=np.float64), np.full(len(a), 0.5)
 
+    def decide(self, s, c):
+        return np.asarray(s) >= 1.0
+
+
+def _est(steps, attr, gap=0.01, bound=0.01):
     from segsft.attribute.adaptive import Estimate
 
-    hist = [Estimate(s, np.array([float(s)]), 0.01, 0.01) for s in (9, 16, 18)]
-    t = StopTest(0.05, 0.95, dec)
+    return Estimate(steps, np.asarray(attr, dtype=np.float64), gap, bound)
+
+
+def test_stop_test_uses_the_bound_not_a_gap_that_cancels():
+    # Decisions long settled, a signed gap of 0.001, but the sum of |local errors| is 0.9:
+    # the issue's whole trace (gap 0.011, bound 0.98). Not converged; with the bound met, it is.
+    hist = [_est(s, [3.0, 0.2], gap=0.001, bound=0.9) for s in (9, 12, 18)]
+    assert not StopTest(0.05, 1.0, _Rule())(hist)
+    hist[-1] = _est(18, [3.0, 0.2], gap=0.001, bound=0.04)
+    assert StopTest(0.05, 1.0, _Rule())(hist)
+
+
+def test_a_decision_that_flipped_and_flipped_back_within_the_doubling_is_not_settled():
+    # Segment 1 crosses the threshold at 14 steps and is back at 18: comparing 18 with 9
+    # alone sees no change; the verdict's window (every estimate since 9) does.
+    hist = [_est(9, [3.0, 0.9]), _est(14, [3.0, 1.05]), _est(18, [3.0, 0.92])]
+    v = StopTest(0.05, 1.0, _Rule()).verdict(hist)
+    assert v.train.tolist() == [True, False] and v.settled.tolist() == [True, False]
+    # The strength error is the largest change over the window: |1.05 - 0.92| for segment 1.
+    np.testing.assert_allclose(v.strength_err, [0.0, 0.13], atol=1e-12)
+    assert v.borderline.tolist() == [False, True]  # 0.92 + 0.13 reaches the threshold 1
+    assert not StopTest(0.05, 1.0, _Rule())(hist)  # borderline, and max_borderline=0 allows none
+    assert StopTest(0.05, 1.0, _Rule(), max_borderline=0.5)(hist)  # one of two may be borderline
+
+
+def test_verdict_errors_equal_an_independent_recomputation_on_a_real_path(model, tokenizer, seq):
+    ids, pos = _inputs(seq)
+    path = IGPath(model, ids, pos, pad_id=tokenizer.pad_token_id, batch_alphas=2)
+    test = StopTest(1e-9, 1.0, _decide(seq))  # never met: refine to max_steps
+    res = refine(path, max_steps=30, per_round=1, stop=test)
+    v = test.verdict(res.history)
+    strength = lambda a: np.array([m["strength"] for m in segment_metrics(a, seq.segment_tokens)])  # noqa: E731
+    now = strength(res.final.token_attr)
+    window = [e for e in res.history if e.steps >= 15]  # the estimate at 15 = 30 / 2, and every later one
+    expect = np.max([np.abs(strength(e.token_attr) - now) for e in window], axis=0)
+    np.testing.assert_allclose(v.strength_err, expect, rtol=1e-9, atol=1e-12)
+    decisions = [decide(strength(e.token_attr), [m["consistency"] for m in segment_metrics(e.token_attr, seq.segment_tokens)],
+                        SelectConfig()) for e in window]
+    assert v.settled.tolist() == np.all([d == decisions[-1] for d in decisions], axis=0).tolist()
+    # The bound is never below the gap it bounds.
+    assert all(e.error_sum >= e.gap - 1e-12 for e in res.history)
+
+
+def test_no_borderline_without_error_and_a_tie_at_the_threshold_is_borderline():
+    exact = [_est(9, [3.0, 0.5]), _est(18, [3.0, 0.5])]
+    v = StopTest(0.05, 1.0, _Rule()).verdict(exact)
+    assert not v.borderline.any() and (v.strength_err == 0).all()
+    at = [_est(9, [3.0, 1.001]), _est(18, [3.0, 0.999])]  # 0.002 of error around the threshold
+    assert StopTest(0.05, 1.0, _Rule()).verdict(at).borderline.tolist() == [False, True]
+
+
+def test_borderline_from_the_real_rule_flips_within_the_errors():
+    # Three segments, top_mass 0.7: strengths 0.5, 0.3, 0.2 put segments 0 and 1 in the prefix
+    # (0.5/1.0 < 0.7, the crossing one included). With 0.05 of error, segment 1 can drop out
+    # (0.5 + 0.05 over 1.0 - 0.05 + ... reaches 0.7 before it) or stay; segment 2 cannot enter.
+    from segsft.attribute.adaptive import StopTest as T
+
+    rule = SegmentRule([(0, 1), (1, 2), (2, 3)], SelectConfig(always_keep=(), max_consistency=None))
+    hist = [_est(9, [0.55, 0.3, 0.15]), _est(18, [0.5, 0.3, 0.2])]
+    rule.metrics = lambda a: (np.asarray(a, dtype=np.float64), np.full(3, 0.5))  # strengths as given
+    v = T(0.05, 1.0, rule).verdict(hist)
+    assert v.train.tolist() == [True, True, False]
+    np.testing.assert_allclose(v.strength_err, [0.05, 0.0, 0.05])
+    # Segment 0 stays first; segment 1 needs 0.5 of 1.0 before it: with 0.55 and 0.15 it is at
+    # 0.55/1.0 < 0.7 still in; segment 2 at 0.25 after 0.45 + 0.3 = 0.75 / 1.0 is out. Nothing flips.
+    assert v.borderline.tolist() == [False, False, False]
+    hist = [_est(9, [0.45, 0.3, 0.25]), _est(18, [0.4, 0.3, 0.3])]  # 0.4 / 1.0, then 0.7: segment 1/2 tie
+    v = T(0.05, 1.0, rule).verdict(hist)
+    assert v.borderline[1] or v.borderline[2]
+
+
+def test_stop_test_compares_with_the_estimate_at_half_the_steps():
+    hist = [_est(9, [2.0, 1.5]), _est(16, [2.0, 1.2]), _est(18, [2.0, 0.5])]
+    t = StopTest(0.05, 0.95, _Rule())
     assert t.stability(hist[:2]) == (None, None)  # no estimate with <= 8 steps yet
-    assert t.stability(hist) == pytest.approx((0.5, 1.0))  # 18 vs 9: one of two decisions changed
+    share, rho = t.stability(hist)  # 18 vs 9..16: segment 1 changed its decision
+    assert share == pytest.approx(0.5) and rho == pytest.approx(1.0)
     assert not t(hist)
     assert spearman(np.array([1.0, 2, 3]), np.array([3.0, 2, 1])) == pytest.approx(-1.0)
 
@@ -142,13 +217,18 @@ def test_attribute_stage_writes_the_adaptive_columns(tmp_path, tiny_model_dir):
 
     corpus = write_jsonl(tmp_path / "t.jsonl", make_traces(3))
     cfg = compose_config(f"run_dir={tmp_path / 'run'}", f"data.path={corpus}", f"model.name_or_path={tiny_model_dir}",
-                         "attribute.rule=adaptive", "attribute.max_steps=40", "attribute.target_gap=0.01")
+                         "attribute.rule=adaptive", "attribute.max_steps=96", "attribute.target_gap=0.01")
     AttributeStage(OmegaConf.to_container(cfg, resolve=True)).run(0, 1)
     smp = pl.read_parquet(RunLayout(tmp_path / "run").attribution.finished("samples"))
-    assert smp.height == 3 and (smp["rule"] == "adaptive").all() and (smp["steps"] == 40).all()
+    assert smp.height == 3 and (smp["rule"] == "adaptive").all() and (smp["steps"] == 96).all()
     assert smp["converged"].to_list() == [True] * 3
-    assert ((smp["steps_used"] >= 10) & (smp["steps_used"] <= 40)).all()
-    assert (smp["completeness_gap"] <= 0.01).all() and (smp["decision_stability"] >= 0.95).all()
+    assert ((smp["steps_used"] >= 18) & (smp["steps_used"] <= 96)).all()
+    # Converged on the bound: it is met and it bounds the gap.
+    assert (smp["error_bound"] <= 0.01).all() and (smp["completeness_gap"] <= smp["error_bound"] + 1e-12).all()
+    assert (smp["decision_stability"] >= 0.95).all()
+    seg = pl.read_parquet(RunLayout(tmp_path / "run").attribution.finished("segments"))
+    assert seg["strength_err"].null_count() == 0 and (seg["strength_err"] >= 0).all()
+    assert seg["borderline"].null_count() == 0
 
 
 def test_adaptive_run_killed_after_a_flush_resumes_to_the_same_tables(tmp_path, tiny_model_dir, monkeypatch):

@@ -68,6 +68,18 @@ def check_attribute(cfg: Any) -> list[str]:
     return errs
 
 
+def rounding_floor(dtype: Any) -> tuple[str, float] | None:
+    """(name, the smallest error bound worth asking for) of the attribution dtype: 8 units of
+    rounding of its mantissa. None when the dtype is chosen at run time (auto) or unknown."""
+    import torch
+
+    from segsft.models import DTYPES
+
+    if dtype is None or dtype not in DTYPES:
+        return None
+    return str(dtype), 8 * float(torch.finfo(DTYPES[dtype]).eps)
+
+
 def check_adaptive(a: Any) -> list[str]:
     """The adaptive rule's keys (checked whatever the rule, so a sweep fails early)."""
     from segsft.config_schema import AttributeConf
@@ -80,8 +92,16 @@ def check_adaptive(a: Any) -> list[str]:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
             errs.append(f"attribute.{key}={v!r}: {hint}")
 
-    number("target_gap", 1e-9, 10.0, "use a number in (0, 10], the completeness gap to reach (e.g. 0.05)")
-    number("target_stability", 0.0, 1.0, "use a number in [0, 1], the share of decisions that must not change (e.g. 0.95)")
+    number("target_gap", 1e-9, 10.0, "use a number in (0, 10], the error bound to reach (e.g. 0.05)")
+    number("target_stability", 0.0, 1.0, "use a number in [0, 1], the share of decisions that must not change (e.g. 1.0)")
+    number("max_borderline", 0.0, 1.0, "use a number in [0, 1], the share of a sample's segments that may be "
+                                       "borderline when it is called converged (e.g. 0.1)")
+    tg = a.target_gap
+    floor = rounding_floor(a.dtype)
+    if isinstance(tg, (int, float)) and not isinstance(tg, bool) and floor and 0 < tg < floor[1]:
+        errs.append(f"attribute.target_gap={tg!r} is below the rounding floor of {floor[0]} ({floor[1]:.2g}: the "
+                    f"local errors cannot be resolved finer in that precision); raise it to >= {floor[1]:.2g} "
+                    "or attribute in a wider dtype (attribute.dtype=float32)")
     init = a.init_points
     if isinstance(init, bool) or not isinstance(init, int) or not 2 <= init <= 1025:
         errs.append(f"attribute.init_points={init!r}: use an integer in [2, 1025] (uniform starting nodes, e.g. 9)")

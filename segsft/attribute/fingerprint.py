@@ -19,7 +19,10 @@ from segsft.layout import AttributionLayout
 log = logging.getLogger(__name__)
 
 #: Keys of the adaptive rule (they move the nodes); a fixed rule depends on `steps` instead.
-ADAPTIVE_KEYS = ("target_gap", "target_stability", "max_steps", "init_points", "stable_ranks", "per_round")
+ADAPTIVE_KEYS = ("target_gap", "target_stability", "max_steps", "init_points", "stable_ranks", "per_round",
+                 "max_borderline")
+#: The stop test's definition: a run made under another one is refused, not mixed.
+STOP_TEST = "bound+margins"
 
 
 class SettingsChanged(PipelineError):
@@ -38,6 +41,7 @@ def fingerprint(cfg: Mapping[str, Any], dtype: str, pattern: str) -> dict[str, A
     }
     if a["rule"] == "adaptive":
         fp.update({k: a[k] for k in ADAPTIVE_KEYS})
+        fp["stop_test"] = STOP_TEST
     else:
         fp["steps"] = int(a["steps"])
     return fp

@@ -32,6 +32,12 @@ class IGResult:
     converged: bool | None = None
     # g(1) per token, gradient x (input - baseline) at alpha = 1, when 1 is a node (else None).
     grad_at_one: np.ndarray | None = None
+    # The adaptive rule only (else None): the error bound (sum of |local errors| / |f(1) - f(0)|),
+    # and per segment the strength's error estimate and whether its decision is borderline
+    # (within its error of flipping, or changed over the last doubling).
+    error_bound: float | None = None
+    strength_err: np.ndarray | None = None
+    borderline: np.ndarray | None = None
 
     @property
     def completeness_gap(self) -> float | None:
@@ -239,18 +245,22 @@ def adaptive_integrated_gradients(
     batch_alphas: int = 1,
     trace_tokens: tuple[int, int] | None = None,
 ) -> IGResult:
-    """IG with `attribute.rule=adaptive`: refine until the gap and the decisions (`decide`,
-    the select stage's rule; None = gap only) meet their targets, or max_steps. `batch_alphas`
-    subintervals are bisected per round, their midpoints in one pass."""
-    from segsft.attribute.adaptive import StopTest, refine
+    """IG with `attribute.rule=adaptive`: refine until the error bound and the decisions
+    (`decide`, the select stage's rule as a `SegmentRule`; None = the bound only) meet their
+    targets, or max_steps. `batch_alphas` subintervals are bisected per round, their
+    midpoints in one pass."""
+    from segsft.attribute.adaptive import refine
 
     path = IGPath(model, input_ids, answer_positions, baseline=baseline, pad_id=pad_id,
                   trace_tokens=trace_tokens, batch_alphas=batch_alphas)
-    test = None if decide is None else StopTest(settings.target_gap, settings.target_stability, decide,
-                                                 ranks=settings.stable_ranks)
+    test = None if decide is None else settings.stop_test(decide)
     res = refine(path, init_points=settings.init_points, max_steps=settings.max_steps,
                  per_round=settings.per_round or batch_alphas,
-                 stop=test if test is not None else (lambda h: h[-1].gap <= settings.target_gap))
-    share = test.stability(res.history)[0] if test is not None else None
+                 stop=test if test is not None else (lambda h: h[-1].error_sum <= settings.target_gap))
+    v = test.verdict(res.history) if test is not None else None
+    bound = res.final.error_sum if np.isfinite(res.final.error_sum) else None
     return IGResult(res.final.token_attr, float(res.logprobs[-1]), float(res.logprobs[0]), path.evaluations,
-                    share, res.converged, grad_at_one=res.token_grads[-1])  # nodes sorted: the last is 1
+                    None if v is None else v.decision_stability, res.converged,
+                    grad_at_one=res.token_grads[-1],  # nodes sorted: the last is 1
+                    error_bound=bound, strength_err=None if v is None else v.strength_err,
+                    borderline=None if v is None else v.borderline | ~v.settled)

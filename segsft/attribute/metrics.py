@@ -8,18 +8,47 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 
+class SegmentRule:
+    """The select stage's own rule (`segsft.rule`) on one sample, as the adaptive rule's stop
+    test needs it: token_attr -> (train decision, strength) per segment, and the decisions of
+    many variants of the sample's strengths and consistencies at once (its error margins)."""
+
+    def __init__(self, segment_tokens: Sequence[tuple[int, int]], select_cfg: Any, train_tokens: int | None = None):
+        self.segment_tokens, self.select_cfg, self.train_tokens = list(segment_tokens), select_cfg, train_tokens
+        bounds = np.array(self.segment_tokens, dtype=np.int64).reshape(-1, 2)
+        self._start, self._end = bounds[:, 0], bounds[:, 1]
+        self._n = np.maximum(self._end - self._start, 0)
+
+    def metrics(self, token_attr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(strength, consistency) per segment, as `segment_metrics` defines them (NaN = null
+        consistency), vectorised: the stop test asks for them every round."""
+        a = np.asarray(token_attr, dtype=np.float64)
+        cs = np.concatenate([[0.0], np.cumsum(a)])
+        cabs = np.concatenate([[0.0], np.cumsum(np.abs(a))])
+        s = cs[self._end] - cs[self._start]
+        s_abs = np.maximum(cabs[self._end] - cabs[self._start], 0.0)
+        norm = float(np.linalg.norm(a))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            strength = np.where((self._n > 0) & (norm > 0), s_abs / norm / np.sqrt(np.maximum(self._n, 1)), 0.0)
+            consistency = np.where(s_abs > 0, np.abs(s) / s_abs, np.nan)
+        return strength, consistency
+
+    def decide(self, strength: np.ndarray, consistency: np.ndarray) -> np.ndarray:
+        """[S, n] variants -> [S, n] train decisions (one query)."""
+        from segsft.rule import decide_many
+
+        return decide_many(strength, consistency, self.select_cfg, self.train_tokens)
+
+    def __call__(self, token_attr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        strength, consistency = self.metrics(token_attr)
+        return self.decide(strength[None, :], consistency[None, :])[0], strength
+
+
 def segment_decider(segment_tokens: Sequence[tuple[int, int]], select_cfg: Any, train_tokens: int | None = None
-                    ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+                    ) -> SegmentRule:
     """token_attr -> (train decision per segment, strength per segment): the select stage's own
     rule (`segsft.rule.decide`) on one sample, as the adaptive rule's stop test needs it."""
-    from segsft.rule import decide
-
-    def fn(token_attr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        seg = segment_metrics(token_attr, segment_tokens)
-        strength = np.array([m["strength"] for m in seg])
-        return decide(strength, [m["consistency"] for m in seg], select_cfg, train_tokens), strength
-
-    return fn
+    return SegmentRule(segment_tokens, select_cfg, train_tokens)
 
 
 def segment_metrics(token_attr: np.ndarray, segment_tokens: Sequence[tuple[int, int]]) -> list[dict]:

@@ -370,8 +370,8 @@ class AttributeStage:
             bar.close()  # before any error line, so the message is the last thing printed
         if unconverged:
             log.warning(
-                "rank %d: %d sample(s) did not converge within attribute.max_steps=%d (gap <= %s and decision "
-                "stability >= %s): %s. select.unconverged=keep|full|drop decides what selection does with them; "
+                "rank %d: %d sample(s) did not converge within attribute.max_steps=%d (error bound <= %s and "
+                "settled decisions >= %s): %s. select.unconverged=keep|full|drop decides what selection does with them; "
                 "raise attribute.max_steps to refine them further", rank, len(unconverged), adaptive.max_steps,
                 adaptive.target_gap, adaptive.target_stability, ", ".join(unconverged))
 
@@ -391,7 +391,9 @@ class AttributeStage:
         for k, (m, c, (cs, ce), (ts, te)) in enumerate(zip(segment_metrics(a, seq.segment_tokens), cheap,
                                                            seq.segment_chars, seq.segment_tokens)):
             buf.segments.append({"sample_id": item.sample_id, "segment": k, "char_start": cs, "char_end": ce,
-                                 "token_start": ts, "token_end": te, **m, **c})
+                                 "token_start": ts, "token_end": te, **m, **c,
+                                 "strength_err": None if res.strength_err is None else float(res.strength_err[k]),
+                                 "borderline": None if res.borderline is None else bool(res.borderline[k])})
         if not np.isfinite(a).all():
             log.warning("sample %s: non-finite attributions (model dtype too narrow?)", item.sample_id)
         buf.samples.append({
@@ -405,6 +407,7 @@ class AttributeStage:
             "attr_total": float(a.sum()),
             "attr_norm": float(np.linalg.norm(a)),
             "completeness_gap": res.completeness_gap,
+            "error_bound": res.error_bound,
             "rule": self.acfg["rule"],
             # The adaptive rule's budget, or the fixed rule's node count.
             "steps": res.steps_used if self.acfg["rule"] != "adaptive" else int(self.acfg["max_steps"]),

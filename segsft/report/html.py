@@ -135,11 +135,16 @@ def _segment(text: str, r: dict, shade: float, pattern: re.Pattern[str],
     train, why = r.get("train"), r.get("why")
     c = r["consistency"]
     state = {True: ("trained", "✓"), False: ("masked", "✗")}.get(train)
-    label = f"#{k}" + (f" {state[1]} {why}" if state else "")
-    title = (f"segment {k} · strength {fmt(r['strength'])} · consistency {fmt(c, '.3f') if c is not None else 'null'}"
-             f" · {r['n_tokens']} tokens" + (f" · {state[0]} ({why})" if state else ""))
+    border = bool(r.get("borderline"))
+    label = f"#{k}" + (f" {state[1]} {why}" if state else "") + (" ≈ borderline" if border else "")
+    err = r.get("strength_err")
+    title = (f"segment {k} · strength {fmt(r['strength'])}" + ("" if err is None else f" ± {fmt(err)}")
+             + f" · consistency {fmt(c, '.3f') if c is not None else 'null'}"
+             f" · {r['n_tokens']} tokens" + (f" · {state[0]} ({why})" if state else "")
+             + (" · borderline: the decision is within its quadrature error of flipping" if border else ""))
     attrs = {
-        "class": "seg" + (f" {state[0]}" if state else ""),
+        "class": "seg" + (f" {state[0]}" if state else "") + (" borderline" if border else ""),
+        "data-borderline": "1" if border else "0",
         "data-sample": r["sample_id"], "data-segment": k,
         "data-strength": repr(float(r["strength"])), "data-consistency": "" if c is None else repr(float(c)),
         "data-train": {True: "1", False: "0"}.get(train, ""), "data-why": why or "",
@@ -209,6 +214,9 @@ def _overview(p: Page) -> str:
     crow = [["gradient evaluations per sample: median / max", esc(f"{fmt(cv['steps_median'], '.0f')} / {fmt(cv['steps_max'], 'd')}")]]
     if cv["adaptive_samples"]:
         crow += [["decision stability at the last doubling: median", esc(fmt(cv["stability_median"], ".2f"))],
+                 ["error bound (sum of |local errors| / |f(x) - f(x')|): median", esc(fmt(cv["bound_median"], ".2g"))],
+                 ["borderline segments (decision within its quadrature error of flipping)",
+                  esc(f"{fmt(cv['borderline'], 'd')} of {fmt(cv['segments'], 'd')}")],
                  ["samples that did not converge (attribute.rule=adaptive)",
                   esc(f"{len(cv['unconverged'])} of {cv['adaptive_samples']}"
                       + (f": {', '.join(cv['unconverged'][:10])}" if cv["unconverged"] else ""))]]

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from segsft.layout import RunLayout, SelectionLayout
 from segsft.report.config import ReportError
-from segsft.schemas import (ADAPTIVE_SAMPLE_COLUMNS, REPORT_SAMPLE_COLUMNS, REPORT_SEGMENT_COLUMNS, SID,
+from segsft.schemas import (ADAPTIVE_SAMPLE_COLUMNS, ADAPTIVE_SEGMENT_COLUMNS, REPORT_SAMPLE_COLUMNS, REPORT_SEGMENT_COLUMNS, SID,
                             TOKEN_STAT_COLUMNS)
 from segsft.attribution_tables import AttributionNotReady, AttributionTables, open_attribution
 
@@ -66,7 +66,7 @@ def load_attribution(run_dir: str | Path) -> Attribution:
     if bad:
         raise ReportError("attribution tables without the columns the report reads:\n  - " + "\n  - ".join(bad)
                           + f"\nRerun `make attribute RUN_DIR={run_dir}` with this version into a fresh run_dir.")
-    segments = tables.scan_segments(REPORT_SEGMENT_COLUMNS, TOKEN_STAT_COLUMNS).sort(SID, "segment").collect()
+    segments = tables.scan_segments(REPORT_SEGMENT_COLUMNS, (*TOKEN_STAT_COLUMNS, *ADAPTIVE_SEGMENT_COLUMNS)).sort(SID, "segment").collect()
     samples = tables.scan_samples(REPORT_SAMPLE_COLUMNS, ADAPTIVE_SAMPLE_COLUMNS).sort(SID).collect()
     rej = tables.scan_rejects((SID, "reason")).collect()
     return Attribution(adir, tables, segments, samples, rej)

@@ -84,7 +84,7 @@ def overview(att: Attribution) -> dict[str, Any]:
                            (("min", 0.0), ("p10", 0.1), ("median", 0.5), ("p90", 0.9), ("max", 1.0))}
                           if len(gaps) else None),
         "gap_nulls": smp.height - len(gaps),
-        "convergence": convergence(smp),
+        "convergence": convergence(smp, seg),
         "gaps": gaps.to_numpy(),
         "rules": sorted({f"{r} x {s}" for r, s in smp.select("rule", "steps").unique().iter_rows()}),
         "models": sorted(set(smp["model"].to_list())),

@@ -33,7 +33,7 @@ _MIX2 = 0x94D049BB133111EB
 
 
 def full_mask(segments: pl.LazyFrame) -> pl.LazyFrame:
-    return (segments.with_columns(train=pl.lit(True), why=pl.lit("full"))
+    return (segments.with_columns(train=pl.lit(True), why=pl.lit("full"), borderline=pl.lit(False))
             .select(MASKS_COLUMNS).sort([SID, "segment"]))
 
 
@@ -73,7 +73,8 @@ def random_mask(rule_mask: pl.LazyFrame, keys: pl.LazyFrame) -> pl.LazyFrame:
           .with_columns(_before=pl.col("n_tokens").cast(pl.Int64).cum_sum().shift(1, fill_value=0).over(SID)))
     drawn = _fill(pl.col("_before"), pl.col("n_tokens").cast(pl.Int64), pl.col("_target"))
     return (lf.with_columns(train=pl.col("_short") | drawn,
-                            why=pl.when(pl.col("_short")).then(pl.lit("short_sample")).otherwise(pl.lit("random")))
+                            why=pl.when(pl.col("_short")).then(pl.lit("short_sample")).otherwise(pl.lit("random")),
+                            borderline=pl.lit(False))  # the flag speaks of the rule's decisions only
             .select(MASKS_COLUMNS).sort([SID, "segment"]))
 
 
@@ -102,5 +103,5 @@ def score_mask(rule_mask: pl.LazyFrame, scores: pl.LazyFrame, keep: tuple[int, .
     why = (pl.when(pl.col("_short")).then(pl.lit("short_sample"))
            .when(pl.col("_keep")).then(pl.lit("always_keep"))
            .otherwise(pl.lit("score_rank")))
-    return (lf.with_columns(train=pl.col("_short") | pl.col("_keep") | drawn, why=why)
+    return (lf.with_columns(train=pl.col("_short") | pl.col("_keep") | drawn, why=why, borderline=pl.lit(False))
             .select(MASKS_COLUMNS).sort([SID, "segment"]))

@@ -18,7 +18,7 @@ from segsft.select.baselines import full_mask, random_mask, sample_keys, score_m
 from segsft.selection_config import SelectConfig
 from segsft.attribution_tables import open_attribution
 from segsft.rule import SID, attribution_rule
-from segsft.schemas import MASKS_SCHEMA, PER_SAMPLE_SCHEMA, SELECT_SEGMENT_COLUMNS
+from segsft.schemas import MASKS_SCHEMA, PER_SAMPLE_SCHEMA, SELECT_OPTIONAL_SEGMENT_COLUMNS, SELECT_SEGMENT_COLUMNS
 from segsft.select.summary import overall, per_sample
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,19 @@ def apply_unconverged(mask: pl.DataFrame, unconverged: list[str], policy: str) -
                              why=pl.when(relabel).then(pl.lit("unconverged")).otherwise(pl.col("why")))
 
 
+def apply_borderline(mask: pl.DataFrame, policy: str) -> pl.DataFrame:
+    """select.borderline: keep the rule's decision on a borderline segment and flag it (rule),
+    or train it (keep) or not (drop) whatever the rule said (why=borderline where that changed
+    the decision). Segments the rule forces (short_sample, always_keep) keep theirs."""
+    if policy == "rule":
+        return mask
+    forced = pl.col("why").is_in(["short_sample", "always_keep", "full", "unconverged"])
+    hit = pl.col("borderline") & ~forced
+    want = pl.lit(policy == "keep")
+    return mask.with_columns(why=pl.when(hit & (pl.col("train") != want)).then(pl.lit("borderline")).otherwise(pl.col("why")),
+                             train=pl.when(hit).then(want).otherwise(pl.col("train")))
+
+
 #: The settings that change a step-7 decision (what the stop test's stability is about).
 _DECISION_KEYS = ("top_mass", "max_consistency", "min_consistency", "always_keep", "min_tokens")
 
@@ -138,8 +151,14 @@ def run(cfg: DictConfig | Any) -> dict:
     if scfg.method == "score":
         _check_score_column(tables, scfg.score)
         columns = tuple(dict.fromkeys((*columns, scfg.score)))
-    masks = select_masks(tables.scan_segments(columns), scfg, samples_in if scfg.min_tokens > 0 else None)
-    masks = {k: apply_unconverged(m, unconverged, scfg.unconverged) for k, m in masks.items()}
+    segments = tables.scan_segments(columns, SELECT_OPTIONAL_SEGMENT_COLUMNS)
+    masks = select_masks(segments, scfg, samples_in if scfg.min_tokens > 0 else None)
+    masks = {k: apply_unconverged(apply_borderline(m, scfg.borderline), unconverged, scfg.unconverged)
+             for k, m in masks.items()}
+    n_borderline = int(masks["mask"]["borderline"].sum())
+    if n_borderline:
+        log.info("select: %d segment(s) borderline (a decision within its quadrature error of flipping; "
+                 "select.borderline=%s)", n_borderline, scfg.borderline)
     if unconverged:
         log.warning("select: %d sample(s) whose attribution did not converge (select.unconverged=%s): %s",
                     len(unconverged), scfg.unconverged, ", ".join(unconverged[:20]) + (" ..." if len(unconverged) > 20 else ""))
@@ -164,6 +183,7 @@ def run(cfg: DictConfig | Any) -> dict:
         "attribution_parts": [str(p) for p in tables.segments],
         **figures,
         "unconverged": {"samples": len(unconverged), "policy": scfg.unconverged, "ids": unconverged},
+        "borderline": {"segments": n_borderline, "policy": scfg.borderline},
         "methods": methods,
         "paths": paths,
         "seconds": round(time.monotonic() - t0, 3),

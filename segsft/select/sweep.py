@@ -40,6 +40,7 @@ def sweep_row(job: int, summary: dict) -> dict:
         "job": job, "method": s["method"], "top_mass": s["top_mass"], "max_consistency": s["max_consistency"],
         "min_consistency": s["min_consistency"], "always_keep": ",".join(str(i) for i in s["always_keep"]),
         "min_tokens": s["min_tokens"], "seed": s["seed"], "unconverged": s["unconverged"],
+        "borderline": s.get("borderline", "rule"),
         "score": s.get("score"), "order": s.get("order", "high"), "samples": o["samples"], "segments": o["segments"],
         "segments_kept": o["segments_kept"], "share_segments_kept": o["share_segments_kept"],
         "tokens": o["tokens"], "tokens_kept": o["tokens_kept"], "share_tokens_kept": o["share_tokens_kept"],

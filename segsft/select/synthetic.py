@@ -20,7 +20,7 @@ from segsft.schemas import REJECTS_SCHEMA, SAMPLES_SCHEMA, SEGMENTS_SCHEMA
 _SAMPLE_DEFAULTS = {"n_segments": 0, "answer_logprob": -1.0, "baseline_logprob": -5.0, "attr_total": 4.0,
                     "attr_norm": 1.0, "completeness_gap": 0.0, "rule": "gauss_legendre", "steps": 16,
                     "model": "synthetic", "seconds": 0.0, "steps_used": 16, "decision_stability": None,
-                    "converged": None}
+                    "converged": None, "error_bound": None}
 
 
 def segment_rows(sample_id: str, strengths: Iterable[float], consistencies: Iterable[float | None],
@@ -108,6 +108,7 @@ def random_tables(n_samples: int, n_segments: int, seed: int = 0, first: int = 0
         "nll_mean": rng.gamma(2.0, 0.5, size=n) + 0.5 * strength, "entropy_mean": rng.gamma(2.0, 0.6, size=n),
         "gxi_sum": attr_abs * consistency * rng.uniform(0.5, 1.5, size=n),
         "gxi_abs_sum": attr_abs * rng.uniform(0.5, 1.5, size=n),
+        "strength_err": pa.nulls(n, pa.float64()), "borderline": pa.nulls(n, pa.bool_()),
     }, schema=SEGMENTS_SCHEMA)
     total = ends.reshape(n_samples, n_segments)[:, -1] + 120
     samples = pa.table({
@@ -117,4 +118,4 @@ def random_tables(n_samples: int, n_segments: int, seed: int = 0, first: int = 0
         **{k: pa.array([v] * n_samples) for k, v in _SAMPLE_DEFAULTS.items() if k != "n_segments"},
         "row": pa.array(np.arange(first, first + n_samples), pa.int64()),
     })
-    return segments, samples.cast(SAMPLES_SCHEMA)
+    return segments, samples.select(SAMPLES_SCHEMA.names).cast(SAMPLES_SCHEMA)
