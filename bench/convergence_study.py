@@ -17,8 +17,11 @@ so a killed run resumes where it stopped and no point is ever computed twice:
 - today's rules: linspace 20 and 50 (the paper's), Gauss-Legendre 16, 32 and 64;
 - the adaptive rule (segsft.attribute.adaptive.refine) run to --adaptive-max points.
 `analyze` replays every candidate from the cache (the adaptive rule with its real stop
-test, the select stage's own rule deciding) and compares it with the references: the
-densest uniform grid and the adaptive rule at its largest budget.
+test, the select stage's own rule deciding) and compares it with the reference, the
+densest uniform grid cached (independent of the rule under test), and with a run of the
+same rule at a 4x tighter target. Per candidate: cost, mean and worst-trace agreement,
+traces called converged that agree < 95%, borderline segments and the agreement of the
+others. `--whole` takes the whole traces (no cut), shortest first; keep its `--tag` apart.
 """
 
 from __future__ import annotations
@@ -151,22 +154,6 @@ def compute(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- analysis
 
 
-def decide_fn(seq, select_cfg):
-    """The stop test's decider, memoised by estimate: replays ask for the same ones often."""
-    from segsft.attribute.metrics import segment_decider
-
-    decide = segment_decider(seq.segment_tokens, select_cfg, seq.train_tokens)
-    memo: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
-
-    def fn(token_attr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        key = token_attr.tobytes()
-        if key not in memo:
-            memo[key] = decide(token_attr)
-        return memo[key]
-
-    return fn
-
-
 class Replay:
     """Re-run the adaptive rule from a cache. The integrand is stored rounded (float16 for
     a GPU transfer), so a replay can pick a subinterval the original run did not and need a
@@ -195,139 +182,176 @@ def estimate_of(cache: PointCache, alphas: np.ndarray, weights: np.ndarray) -> n
     return weights @ cache(alphas)[1]
 
 
+class LegacyStop:
+    """The stop test before the bound (for the frontier only): the signed gap <= target and
+    the decisions equal to those of the estimate with half the evaluations (a single pair)."""
+
+    def __init__(self, target_gap: float, target_stability: float, rule):
+        self.target_gap, self.target_stability, self.rule = target_gap, target_stability, rule
+
+    def __call__(self, history) -> bool:
+        now = history[-1]
+        half = [e for e in history if 2 * e.steps <= now.steps]
+        if now.gap > self.target_gap or not half:
+            return False
+        return float((self.rule(now.token_attr)[0] == self.rule(half[-1].token_attr)[0]).mean()) >= self.target_stability
+
+
+#: The candidates of the stop test: (target_gap on the bound, max_borderline); stability 1.0.
+BOUNDS = [0.2, 0.1, 0.05, 0.025]
+MAX_BORDERLINE = [0.0, 0.1, 0.2]
+LEGACY = [(0.05, 0.95), (0.025, 0.95)]
+
+
 def analyze(args: argparse.Namespace) -> None:
     from machine import machine
 
+    from segsft.attribute.metrics import SegmentRule
     from segsft.selection_config import SelectConfig
 
     select_cfg = SelectConfig()
-    gaps = [0.2, 0.1, 0.05, 0.025, 0.0125]
-    stabs = [0.9, 0.95, 1.0]
     per_trace: list[dict] = []
     frontier: list[dict] = []
     for row, seq in traces(args.traces, args.model, args.whole, args.max_tokens):
-        for baseline in args.baselines.split(","):
-            file = cache_file(args.cache, args.tag, row["id"], baseline)
-            if not file.exists():
-                continue
-            cache = PointCache(file)
-            decide = decide_fn(seq, select_cfg)
-            a_all, f_all = cache.sorted_f()
-            f0, f1 = f_all[0], f_all[-1]
-            delta = f1 - f0
-            replay = Replay(cache, args.adaptive_max, args.per_round)
-            adaptive_full = replay()
-            # The references: the densest uniform grid and the adaptive rule at its largest
-            # budget, from this cache or (--ref-tag, e.g. fp32 for a bf16 run) another one.
-            ref_cache = cache
-            if args.ref_tag:
-                rf = cache_file(args.cache, args.ref_tag, row["id"], baseline)
-                if not rf.exists():
-                    continue
-                ref_cache = PointCache(rf)
-            levels = [k for k in range(2, 16) if all(float(x) in cache.points for x in np.linspace(0, 1, 2**k + 1))]
-            ref_levels = [k for k in range(2, 16) if all(float(x) in ref_cache.points for x in np.linspace(0, 1, 2**k + 1))]
-            kmax = ref_levels[-1]
-            dense = np.linspace(0, 1, 2**kmax + 1)
-            ref_u = estimate_of(ref_cache, dense, trapezoid_weights(dense))
-            ref_a = (Replay(ref_cache, args.ref_adaptive_max, args.ref_per_round)() if args.ref_tag else adaptive_full).final.token_attr
-            ref_train, ref_strength = decide(ref_a)
-            roughness = float(np.abs(np.diff(f_all)).sum() / abs(delta))
+        baseline = "pad"
+        file = cache_file(args.cache, args.tag, row["id"], baseline)
+        if not file.exists():
+            continue
+        cache = PointCache(file)
+        rule = SegmentRule(seq.segment_tokens, select_cfg, seq.train_tokens)
+        a_all, f_all = cache.sorted_f()
+        delta = f_all[-1] - f_all[0]
+        replay = Replay(cache, args.adaptive_max, args.per_round)
+        if replay.max_steps < 2 * 9:
+            continue  # not even one doubling cached yet
+        adaptive_full = replay()
+        levels = [k for k in range(2, 16) if all(float(x) in cache.points for x in np.linspace(0, 1, 2**k + 1))]
+        kmax = levels[-1]
+        dense = np.linspace(0, 1, 2**kmax + 1)
+        # The reference is the densest uniform grid: independent of the rule under test.
+        ref_u = estimate_of(cache, dense, trapezoid_weights(dense))
+        ref_train, ref_strength = rule(ref_u)
+        ad_train = rule(adaptive_full.final.token_attr)[0]
+        roughness = float(np.abs(np.diff(f_all)).sum() / abs(delta))
+        n_seg = len(seq.segment_tokens)
+        base = {"trace": row["id"], "baseline": baseline, "n_tokens": int(seq.answer_positions[-1]) + 1,
+                "n_segments": n_seg, "roughness": roughness, "ref": f"uniform-{2**kmax + 1}",
+                "ref_agrees_adaptive_ref": float((ref_train == ad_train).mean()),
+                "adaptive_ref_steps": adaptive_full.final.steps}
 
-            def row_of(name: str, family: str, cost: int, a: np.ndarray, a_double: np.ndarray | None, **extra) -> dict:
-                train, strength = decide(a)
-                out = {"trace": row["id"], "baseline": baseline, "candidate": name, "family": family, "cost": cost,
-                       "gap": abs(float(a.sum()) - delta) / abs(delta),
-                       "agree_ref": float((train == ref_train).mean()),
-                       "spearman_ref": spearman(strength, ref_strength), **extra}
-                if a_double is not None:
-                    out["stability_doubling"] = float((train == decide(a_double)[0]).mean())
-                return out
+        def row_of(name: str, family: str, cost: int, a: np.ndarray, **extra) -> dict:
+            train, strength = rule(a)
+            return {**base, "candidate": name, "family": family, "cost": cost,
+                    "gap": abs(float(a.sum()) - delta) / abs(delta),
+                    "agree_ref": float((train == ref_train).mean()),
+                    "spearman_ref": spearman(strength, ref_strength), **extra}
 
-            rows = []
-            for k in levels:
-                nodes = np.linspace(0, 1, 2**k + 1)
-                nxt = np.linspace(0, 1, 2 ** (k + 1) + 1) if k + 1 in levels else None
-                rows.append(row_of(f"uniform-{2**k + 1}", "uniform", 2**k + 1, estimate_of(cache, nodes, trapezoid_weights(nodes)),
-                                   None if nxt is None else estimate_of(cache, nxt, trapezoid_weights(nxt))))
-            for rule, steps in FIXED:
-                a, w = quadrature(rule, steps)
-                if not all(float(x) in cache.points for x in a):
-                    continue
-                a2, w2 = quadrature(rule, 2 * steps)
-                doubled = estimate_of(cache, a2, w2) if all(float(x) in cache.points for x in a2) else None
-                rows.append(row_of(f"{rule}-{steps}", rule, steps, estimate_of(cache, a, w), doubled))
-            for tg in gaps:
-                for ts in stabs:
-                    for ranks in (False, True):
-                        stop = StopTest(tg, ts, decide, ranks=ranks)
-                        p = replay(stop)
-                        share, rho = stop.stability(p.history)
-                        # 4x tighter gap target, same stability target: do the selections agree?
-                        tight = replay(StopTest(tg / 4, ts, decide, ranks=ranks))
-                        r = row_of(f"adaptive-g{tg}-s{ts}{'-r' if ranks else ''}", "adaptive", p.final.steps,
-                                   p.final.token_attr, None, target_gap=tg, target_stability=ts, ranks=ranks,
-                                   converged=p.converged, decision_stability=share, rank_stability=rho,
-                                   agree_4x_tighter=float((decide(p.final.token_attr)[0] == decide(tight.final.token_attr)[0]).mean()))
-                        rows.append(r)
-            for r in rows:
-                r.update(roughness=roughness, f0=float(f0), f1=float(f1), n_tokens=int(seq.answer_positions[-1]) + 1,
-                         n_segments=len(seq.segment_tokens))
-            ref_delta = ref_cache.sorted_f()[1][-1] - ref_cache.sorted_f()[1][0]
-            ref_gap_u = abs(float(ref_u.sum()) - ref_delta) / abs(ref_delta)
-            rows.append(row_of(f"reference-uniform-{2**kmax + 1}", "reference", 2**kmax + 1, ref_u, None,
-                               roughness=roughness, ref_gap=ref_gap_u))
-            rows.append(row_of("reference-adaptive", "reference", adaptive_full.final.steps,
-                               ref_a, None, roughness=roughness))
-            # The cost-gap frontier of the adaptive rule, every round.
-            curve = [{"steps": e.steps, "gap": e.gap, "error_sum": e.error_sum,
-                      "agree_ref": float((decide(e.token_attr)[0] == ref_train).mean())} for e in adaptive_full.history]
-            frontier.append({"trace": row["id"], "baseline": baseline, "adaptive": curve})
-            per_trace += rows
-            print(f"{row['id']} {baseline}: f(0)={f0:.2f} f(1)={f1:.2f} roughness {roughness:.1f}, "
-                  f"uniform-{2**kmax + 1} gap {ref_gap_u:.3g}, adaptive-{adaptive_full.final.steps} gap "
-                  f"{adaptive_full.final.gap:.3g}, references agree on {float((decide(ref_u)[0] == ref_train).mean()):.2f} "
-                  f"of decisions", flush=True)
+        rows = []
+        for k in levels:
+            nodes = np.linspace(0, 1, 2**k + 1)
+            rows.append(row_of(f"uniform-{2**k + 1}", "uniform", 2**k + 1, estimate_of(cache, nodes, trapezoid_weights(nodes))))
+        for r, steps in FIXED:
+            a, w = quadrature(r, steps)
+            if all(float(x) in cache.points for x in a):
+                rows.append(row_of(f"{r}-{steps}", r, steps, estimate_of(cache, a, w)))
+        for tg, ts in LEGACY:
+            p = replay(LegacyStop(tg, ts, rule))
+            tight = replay(LegacyStop(tg / 4, ts, rule))
+            rows.append(row_of(f"legacy-g{tg}-s{ts}", "legacy", p.final.steps, p.final.token_attr,
+                               converged=p.converged, bound=float(p.final.error_sum),
+                               agree_4x_tighter=float((rule(p.final.token_attr)[0] == rule(tight.final.token_attr)[0]).mean())))
+        for tg in BOUNDS:
+            for mb in MAX_BORDERLINE:
+                stop = StopTest(tg, 1.0, rule, max_borderline=mb)
+                p = replay(stop)
+                v = stop.verdict(p.history)
+                tstop = StopTest(tg / 4, 1.0, rule, max_borderline=mb)
+                tight = replay(tstop)
+                train = rule(p.final.token_attr)[0]
+                flag = np.zeros(n_seg, bool) if v is None else (v.borderline | ~v.settled)
+                firm = ~flag
+                t_train = rule(tight.final.token_attr)[0]
+                rows.append(row_of(
+                    f"bound-g{tg}-b{mb}", "adaptive", p.final.steps, p.final.token_attr,
+                    target_gap=tg, max_borderline=mb, converged=p.converged, bound=float(p.final.error_sum),
+                    borderline=int(flag.sum()), firm=int(firm.sum()),
+                    firm_agree_ref=int((train == ref_train)[firm].sum()),
+                    firm_agree_4x=int((train == t_train)[firm].sum()), tight_converged=tight.converged,
+                    tight_steps=tight.final.steps,
+                    agree_4x_tighter=float((train == t_train).mean()),
+                    strength_err_max=None if v is None else float(v.strength_err.max(initial=0.0)),
+                    # Is the error estimate honest? |strength - reference strength| within strength_err.
+                    err_covers_ref=None if v is None else float(
+                        (np.abs(v.strength - ref_strength) <= v.strength_err + 1e-12).mean())))
+        rows.append(row_of(f"reference-uniform-{2**kmax + 1}", "reference", 2**kmax + 1, ref_u))
+        rows.append(row_of("reference-adaptive", "reference", adaptive_full.final.steps, adaptive_full.final.token_attr))
+        curve = [{"steps": e.steps, "gap": e.gap, "bound": e.error_sum,
+                  "agree_ref": float((rule(e.token_attr)[0] == ref_train).mean())} for e in adaptive_full.history]
+        frontier.append({"trace": row["id"], "baseline": baseline, "adaptive": curve})
+        per_trace += rows
+        print(f"{row['id']}: {base['n_tokens']} tok, {n_seg} seg, roughness {roughness:.1f}, reference "
+              f"{base['ref']}, adaptive cached to {replay.max_steps}, references agree on "
+              f"{base['ref_agrees_adaptive_ref']:.2f} of decisions", flush=True)
     table = summarize(per_trace)
     print_table(table)
-    out = {"machine": machine("torch", "transformers"), "model": args.model, "tag": args.tag, "select": select_cfg.settings(),
-           "adaptive_max": args.adaptive_max, "per_round": args.per_round, "date": time.strftime("%Y-%m-%d"),
+    out = {"machine": machine("torch", "transformers"), "model": args.model, "tag": args.tag, "whole": args.whole,
+           "select": select_cfg.settings(), "adaptive_max": args.adaptive_max, "per_round": args.per_round,
+           "date": time.strftime("%Y-%m-%d"), "traces": len({r["trace"] for r in per_trace}),
            "table": table, "per_trace": per_trace, "frontier": frontier}
     Path(args.out).write_text(json.dumps(out, indent=1, default=float) + "\n")
     print(f"wrote {args.out}")
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    keys = sorted({(r["baseline"], r["candidate"]) for r in rows}, key=lambda k: (k[0], _order(k[1])))
+    """Per candidate: the median cost, the mean and the *worst* trace's agreement with the
+    reference, how many traces it called converged while agreeing < 95%, and for the bound
+    rule the borderline segments and the agreement of the others (pooled over the study)."""
+    keys = sorted({r["candidate"] for r in rows}, key=_order)
     table = []
-    for b, c in keys:
-        rs = [r for r in rows if r["baseline"] == b and r["candidate"] == c]
-        t = {"baseline": b, "candidate": c, "traces": len(rs)}
-        for m in ("cost", "gap", "agree_ref", "spearman_ref", "stability_doubling", "decision_stability",
-                  "agree_4x_tighter", "roughness"):
-            vals = [r[m] for r in rs if r.get(m) is not None]
-            if vals:
-                t[f"{m}_median"] = float(np.median(vals))
-                if m in ("agree_ref", "stability_doubling", "agree_4x_tighter", "decision_stability"):
-                    t[f"{m}_mean"] = float(np.mean(vals))
-        if any("converged" in r for r in rs):
-            t["converged_share"] = float(np.mean([bool(r["converged"]) for r in rs]))
+    for c in keys:
+        rs = [r for r in rows if r["candidate"] == c]
+        t: dict = {"candidate": c, "traces": len(rs), "cost_median": float(np.median([r["cost"] for r in rs])),
+                   "cost_max": int(max(r["cost"] for r in rs)),
+                   "gap_median": float(np.median([r["gap"] for r in rs])),
+                   "agree_ref_mean": float(np.mean([r["agree_ref"] for r in rs])),
+                   "agree_ref_worst": float(min(r["agree_ref"] for r in rs)),
+                   "spearman_ref_median": float(np.median([r["spearman_ref"] for r in rs]))}
+        if "converged" in rs[0]:
+            conv = [r for r in rs if r["converged"]]
+            t["converged_share"] = len(conv) / len(rs)
+            t["converged_below_95"] = sum(r["agree_ref"] < 0.95 for r in conv)
+            t["agree_4x_tighter_mean"] = float(np.mean([r["agree_4x_tighter"] for r in rs]))
+            t["agree_4x_tighter_worst_converged"] = float(min((r["agree_4x_tighter"] for r in conv), default=1.0))
+        if "firm" in rs[0]:
+            segs = sum(r["n_segments"] for r in rs)
+            firm = sum(r["firm"] for r in rs)
+            t["borderline_median"] = float(np.median([r["borderline"] for r in rs]))
+            t["borderline_share"] = sum(r["borderline"] for r in rs) / segs
+            t["firm_agree_ref"] = sum(r["firm_agree_ref"] for r in rs) / firm if firm else None
+            conv = [r for r in rs if r["converged"]]
+            # The target: on converged traces, every firm decision equals the 4x tighter run's.
+            t["converged_firm_differs_4x"] = sum(r["firm"] - r["firm_agree_4x"] for r in conv)
+            t["converged_firm_differs_ref"] = sum(r["firm"] - r["firm_agree_ref"] for r in conv)
+            covers = [r["err_covers_ref"] for r in rs if r.get("err_covers_ref") is not None]
+            t["err_covers_ref_mean"] = float(np.mean(covers)) if covers else None
         table.append(t)
     return table
 
 
 def _order(name: str) -> tuple:
     fam = name.split("-")[0]
-    return ({"reference": 0, "uniform": 1, "linspace": 2, "gauss_legendre": 3, "adaptive": 4}.get(fam, 5), name)
+    return ({"reference": 0, "uniform": 1, "linspace": 2, "gauss_legendre": 3, "legacy": 4, "bound": 5}.get(fam, 6), name)
 
 
 def print_table(table: list[dict]) -> None:
-    cols = ["cost_median", "gap_median", "agree_ref_mean", "spearman_ref_median", "stability_doubling_mean",
-            "decision_stability_mean", "agree_4x_tighter_mean", "converged_share"]
-    print(f"\n{'baseline':9s} {'candidate':28s} {'n':>3s} " + " ".join(f"{c.replace('_median', '').replace('_mean', ''):>12.12s}" for c in cols))
+    cols = [("cost_median", "cost"), ("agree_ref_mean", "agree"), ("agree_ref_worst", "worst"),
+            ("converged_share", "conv"), ("converged_below_95", "conv<95%"), ("agree_4x_tighter_worst_converged", "4x worst"),
+            ("borderline_median", "bl med"), ("borderline_share", "bl share"), ("firm_agree_ref", "firm agree"),
+            ("converged_firm_differs_4x", "firm!=4x"), ("err_covers_ref_mean", "err covers")]
+    print(f"\n{'candidate':24s} {'n':>3s} " + " ".join(f"{h:>10s}" for _, h in cols))
     for t in table:
-        cells = [f"{t[c]:12.3g}" if c in t else f"{'':12s}" for c in cols]
-        print(f"{t['baseline']:9s} {t['candidate']:28s} {t['traces']:3d} " + " ".join(cells))
+        cells = [f"{t[c]:10.3g}" if t.get(c) is not None else f"{'':10s}" for c, _ in cols]
+        print(f"{t['candidate']:24s} {t['traces']:3d} " + " ".join(cells))
 
 
 def main() -> None:
@@ -348,9 +372,6 @@ def main() -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--tag", default="cpu-fp32", help="cache subfolder: keep devices and dtypes apart")
     p.add_argument("--cache", type=Path, default=CACHE)
-    p.add_argument("--ref-tag", default=None, help="analyze: take the references from this cache tag (e.g. gpu-fp32)")
-    p.add_argument("--ref-adaptive-max", type=int, default=512)
-    p.add_argument("--ref-per-round", type=int, default=4)
     p.add_argument("--store", default="float32", help="dtype of the cached integrand (float16 halves a transfer)")
     p.add_argument("--budget", type=float, default=0, help="seconds; stop (resumably) after this")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "convergence_study.json"))

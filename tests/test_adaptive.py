@@ -281,6 +281,14 @@ def test_config_checks_name_the_adaptive_and_select_problems_before_any_model_lo
     assert "attribute.max_steps=16: use an integer in [18, 16384]" in errs
     assert "attribute.per_round=0" in errs and "attribute.target_stability=1.5" in errs
     assert "select.top_mass=2" in errs and "stop test uses the select settings" in errs
+    # Targets that cannot be met, and an unknown borderline policy, before any model loads.
+    floor = compose_config(f"run_dir={tmp_path}", "attribute.dtype=bfloat16", "attribute.target_gap=0.01",
+                           "attribute.max_borderline=2", "select.borderline=maybe")
+    errs = "\n".join(check_attribute(floor))
+    assert "attribute.target_gap=0.01 is below the rounding floor of bfloat16 (0.016" in errs
+    assert "attribute.max_borderline=2" in errs and "select.borderline='maybe': use one of ['rule', 'keep', 'drop']" in errs
+    assert not any("rounding floor" in e for e in check_attribute(compose_config(
+        f"run_dir={tmp_path}", "attribute.dtype=float32", "attribute.target_gap=0.01")))
     # A fixed rule has no stop test, so the select settings are select's own business.
     fixed = compose_config(f"run_dir={tmp_path}", "attribute.rule=linspace", "select.top_mass=2")
     assert not any("select.top_mass" in e for e in check_attribute(fixed))

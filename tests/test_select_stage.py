@@ -125,6 +125,39 @@ def test_unconverged_samples_are_kept_trained_in_full_or_dropped(tmp_path, polic
         assert a.height == 0 and summary["overall"]["samples"] == 2
 
 
+@pytest.mark.parametrize("policy", ["rule", "keep", "drop"])
+def test_borderline_segments_keep_the_rule_or_are_trained_or_not(tmp_path, policy):
+    rows = _rows()
+    # Sample a, no always_keep: the rule trains segment 0 (top_mass) and masks 1 (too
+    # consistent) and 2 (below top mass); all three are flagged borderline.
+    for r in rows:
+        r.update(strength_err=0.01, borderline=r["sample_id"] == "a" and r["segment"] in (0, 1, 2))
+    write_attribution(tmp_path / "r", rows)
+    rule = pl.read_parquet(Path(run(_cfg(tmp_path / "r", "select.always_keep=[]"))["paths"]["masks.parquet"]))
+    summary = run(_cfg(tmp_path / "r", "select.always_keep=[]", f"select.borderline={policy}",
+                       f"selection_dir={tmp_path / policy}"))
+    masks = pl.read_parquet(Path(summary["paths"]["masks.parquet"]))
+    assert summary["borderline"] == {"segments": 3, "policy": policy}
+    assert masks["borderline"].to_list() == [r["borderline"] for r in sorted(rows, key=lambda r: (r["sample_id"], r["segment"]))]
+    a, rule_a = masks.filter(pl.col("sample_id") == "a"), rule.filter(pl.col("sample_id") == "a")
+    assert rule_a["train"].to_list()[:3] == [True, False, False]
+    assert masks.filter(pl.col("sample_id") != "a").equals(rule.filter(pl.col("sample_id") != "a"))
+    assert a["train"].to_list()[3:] == rule_a["train"].to_list()[3:]  # not flagged: untouched
+    expect = {"rule": [True, False, False], "keep": [True, True, True], "drop": [False, False, False]}[policy]
+    assert a["train"].to_list()[:3] == expect
+    # why=borderline exactly where the policy changed the rule's decision.
+    assert [w == "borderline" for w in a["why"]] == [t0 != t1 for t0, t1 in zip(rule_a["train"], a["train"])]
+
+
+def test_borderline_drop_never_drops_an_always_keep_segment(tmp_path):
+    rows = _rows()
+    for r in rows:
+        r.update(strength_err=0.01, borderline=r["segment"] == 0)
+    write_attribution(tmp_path / "r", rows)
+    masks = pl.read_parquet(Path(run(_cfg(tmp_path / "r", "select.borderline=drop"))["paths"]["masks.parquet"]))
+    assert masks.filter(pl.col("segment") == 0)["train"].all()
+
+
 def test_unconverged_full_keeps_the_reason_of_samples_trained_in_full_anyway():
     from segsft.select.stage import apply_unconverged
 

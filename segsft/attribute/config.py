@@ -69,7 +69,7 @@ def check_attribute(cfg: Any) -> list[str]:
 
 
 def rounding_floor(dtype: Any) -> tuple[str, float] | None:
-    """(name, the smallest error bound worth asking for) of the attribution dtype: 8 units of
+    """(name, the smallest error bound worth asking for) of the attribution dtype: 2 units of
     rounding of its mantissa. None when the dtype is chosen at run time (auto) or unknown."""
     import torch
 
@@ -77,7 +77,7 @@ def rounding_floor(dtype: Any) -> tuple[str, float] | None:
 
     if dtype is None or dtype not in DTYPES:
         return None
-    return str(dtype), 8 * float(torch.finfo(DTYPES[dtype]).eps)
+    return str(dtype), 2 * float(torch.finfo(DTYPES[dtype]).eps)
 
 
 def check_adaptive(a: Any) -> list[str]:

@@ -17,7 +17,7 @@ from segsft.layout import AttributionLayout, SelectionLayout
 from segsft.select.baselines import full_mask, random_mask, sample_keys, score_mask
 from segsft.selection_config import SelectConfig
 from segsft.attribution_tables import open_attribution
-from segsft.rule import SID, attribution_rule
+from segsft.rule import SID, always_keep, attribution_rule
 from segsft.schemas import MASKS_SCHEMA, PER_SAMPLE_SCHEMA, SELECT_OPTIONAL_SEGMENT_COLUMNS, SELECT_SEGMENT_COLUMNS
 from segsft.select.summary import overall, per_sample
 
@@ -82,13 +82,14 @@ def apply_unconverged(mask: pl.DataFrame, unconverged: list[str], policy: str) -
                              why=pl.when(relabel).then(pl.lit("unconverged")).otherwise(pl.col("why")))
 
 
-def apply_borderline(mask: pl.DataFrame, policy: str) -> pl.DataFrame:
+def apply_borderline(mask: pl.DataFrame, policy: str, keep: tuple[int, ...] = ()) -> pl.DataFrame:
     """select.borderline: keep the rule's decision on a borderline segment and flag it (rule),
     or train it (keep) or not (drop) whatever the rule said (why=borderline where that changed
-    the decision). Segments the rule forces (short_sample, always_keep) keep theirs."""
+    the decision). Segments trained whatever the strengths (short samples, `keep` =
+    select.always_keep) keep theirs."""
     if policy == "rule":
         return mask
-    forced = pl.col("why").is_in(["short_sample", "always_keep", "full", "unconverged"])
+    forced = pl.col("why").is_in(["short_sample", "full", "unconverged"]) | always_keep(keep)
     hit = pl.col("borderline") & ~forced
     want = pl.lit(policy == "keep")
     return mask.with_columns(why=pl.when(hit & (pl.col("train") != want)).then(pl.lit("borderline")).otherwise(pl.col("why")),
@@ -153,7 +154,7 @@ def run(cfg: DictConfig | Any) -> dict:
         columns = tuple(dict.fromkeys((*columns, scfg.score)))
     segments = tables.scan_segments(columns, SELECT_OPTIONAL_SEGMENT_COLUMNS)
     masks = select_masks(segments, scfg, samples_in if scfg.min_tokens > 0 else None)
-    masks = {k: apply_unconverged(apply_borderline(m, scfg.borderline), unconverged, scfg.unconverged)
+    masks = {k: apply_unconverged(apply_borderline(m, scfg.borderline, scfg.always_keep), unconverged, scfg.unconverged)
              for k, m in masks.items()}
     n_borderline = int(masks["mask"]["borderline"].sum())
     if n_borderline:
