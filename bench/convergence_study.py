@@ -87,9 +87,11 @@ class PointCache:
         return a, np.array([self.points[x][0] for x in a])
 
 
-def traces(n: int, model: str = MODEL, whole: bool = False, max_tokens: int = 0) -> list[tuple[dict, object]]:
+def traces(n: int, model: str = MODEL, whole: bool = False, max_tokens: int = 0,
+           min_tokens: int = 0) -> list[tuple[dict, object]]:
     """The cut traces (the first `n` windows by id) or, with `whole`, the whole traces, no
-    cut, shortest first, those of at most `max_tokens` tokens (0 = all), the first `n`."""
+    cut, shortest first, those of more than `min_tokens` and at most `max_tokens` tokens
+    (0 = no bound), the first `n`."""
     from traces import load_rows, window_rows
 
     from segsft.models import load_tokenizer
@@ -103,7 +105,8 @@ def traces(n: int, model: str = MODEL, whole: bool = False, max_tokens: int = 0)
         return [(r, build_sequence(tok, r["question"], r["solution"], rx, r["answer"])) for r in rows]
     items = [(r, build_sequence(tok, r["question"], r["solution"], rx, r["answer"])) for r in rows]
     items = sorted(items, key=lambda it: len(it[1].input_ids))
-    return [it for it in items if not max_tokens or len(it[1].input_ids) <= max_tokens][:n]
+    return [it for it in items if (not max_tokens or len(it[1].input_ids) <= max_tokens)
+            and len(it[1].input_ids) > min_tokens][:n]
 
 
 def cache_file(cache: Path, tag: str, trace_id: str, baseline: str) -> Path:
@@ -122,7 +125,7 @@ def compute(args: argparse.Namespace) -> None:
     model = freeze(load_model(cfg, device, DTYPES[args.dtype]).eval())
     pad = pad_token_id(tok)
     started = time.time()
-    items = traces(args.traces, args.model, args.whole, args.max_tokens)
+    items = traces(args.traces, args.model, args.whole, args.max_tokens, args.min_tokens)
     print(f"{len(items)} traces: " + ", ".join(f"{r['id']}({len(s.input_ids)} tok, {len(s.segment_tokens)} seg)"
                                                 for r, s in items), flush=True)
     for baseline in args.baselines.split(","):
@@ -198,8 +201,8 @@ class LegacyStop:
 
 
 #: The candidates of the stop test: (target_gap on the bound, max_borderline); stability 1.0.
-BOUNDS = [0.2, 0.1, 0.05, 0.025]
-MAX_BORDERLINE = [0.0, 0.1, 0.2]
+BOUNDS = [2.0, 1.0, 0.5, 0.25, 0.1, 0.05]
+MAX_BORDERLINE = [0.0, 0.2]
 LEGACY = [(0.05, 0.95), (0.025, 0.95)]
 
 
@@ -212,7 +215,7 @@ def analyze(args: argparse.Namespace) -> None:
     select_cfg = SelectConfig()
     per_trace: list[dict] = []
     frontier: list[dict] = []
-    for row, seq in traces(args.traces, args.model, args.whole, args.max_tokens):
+    for row, seq in traces(args.traces, args.model, args.whole, args.max_tokens, args.min_tokens):
         baseline = "pad"
         file = cache_file(args.cache, args.tag, row["id"], baseline)
         if not file.exists():
@@ -307,6 +310,11 @@ def summarize(rows: list[dict]) -> list[dict]:
     reference, how many traces it called converged while agreeing < 95%, and for the bound
     rule the borderline segments and the agreement of the others (pooled over the study)."""
     keys = sorted({r["candidate"] for r in rows}, key=_order)
+    # Per trace, the uniform grids by size: what a grid needs for a candidate's agreement.
+    grids: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        if r["family"] in ("uniform", "reference") and r["candidate"].startswith(("uniform", "reference-uniform")):
+            grids.setdefault(r["trace"], []).append((r["cost"], r["agree_ref"]))
     table = []
     for c in keys:
         rs = [r for r in rows if r["candidate"] == c]
@@ -322,6 +330,10 @@ def summarize(rows: list[dict]) -> list[dict]:
             t["converged_below_95"] = sum(r["agree_ref"] < 0.95 for r in conv)
             t["agree_4x_tighter_mean"] = float(np.mean([r["agree_4x_tighter"] for r in rs]))
             t["agree_4x_tighter_worst_converged"] = float(min((r["agree_4x_tighter"] for r in conv), default=1.0))
+        same = [min((n for n, ag in sorted(grids.get(r["trace"], [])) if ag >= r["agree_ref"]), default=None) for r in rs]
+        same = [n for n in same if n is not None]
+        if same and not c.startswith(("uniform", "reference")):
+            t["uniform_for_same_agreement_median"] = float(np.median(same))
         if "firm" in rs[0]:
             segs = sum(r["n_segments"] for r in rs)
             firm = sum(r["firm"] for r in rs)
@@ -361,6 +373,7 @@ def main() -> None:
     p.add_argument("--traces", type=int, default=16)
     p.add_argument("--whole", action="store_true", help="whole traces, no cut, shortest first")
     p.add_argument("--max-tokens", type=int, default=0, help="--whole: only traces of at most this many tokens")
+    p.add_argument("--min-tokens", type=int, default=0, help="--whole: only traces of more than this many tokens")
     p.add_argument("--baselines", default="pad,zero,mean,pad_trace")
     p.add_argument("--levels", type=int, default=8, help="uniform grids up to 2^levels + 1 points (pad baseline)")
     p.add_argument("--other-levels", type=int, default=6, help="the same for the other baselines")

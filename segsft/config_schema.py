@@ -64,7 +64,7 @@ class AttributeConf:
       kept their value over the whole last doubling of the evaluations (share >=
       target_stability), and at most max_borderline of the segments are borderline (their
       decision could flip within the remaining quadrature error), or max_steps gradient
-      evaluations. Defaults: docs/convergence.md (the study, bench/results/convergence_study_*).
+      evaluations. Defaults: README "Scores that do not depend on the quadrature" (the study).
     - linspace (the paper's; rule=linspace steps=50 reproduces it), trapezoid, gauss_legendre:
       fixed rules of `steps` nodes; on real weights their gaps are > 1 and 10% of their
       decisions differ from a converged run.

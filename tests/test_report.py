@@ -414,3 +414,29 @@ def test_tables_written_before_the_adaptive_rule_still_report(built, tmp_path):
         pq.write_table(t.drop_columns(["steps_used", "decision_stability", "converged"]), p)
     att = load_attribution(run)
     assert att.samples.height == 4 and att.samples["converged"].null_count() == 4
+
+
+def test_borderline_segments_are_marked_and_counted(built, tmp_path, tokenizer):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    run_dir, corpus = make_run(tmp_path, tokenizer)
+    want = {("s0", 1), ("s2", 0), ("s2", 2)}
+    total = 0
+    for p in sorted((run_dir / "attribution").glob("segments-*.parquet")):
+        t = pq.read_table(p)
+        keys = zip(t["sample_id"].to_pylist(), t["segment"].to_pylist())
+        t = t.set_column(t.schema.get_field_index("borderline"), "borderline",
+                         pa.array([k in want for k in keys], pa.bool_()))
+        pq.write_table(t, p)
+        total += t.num_rows
+    cfg = report_cfg(run_dir, corpus, built["model"], *REPORT_SELECT)
+    select_run(cfg)
+    text = run(cfg).read_text(encoding="utf-8")
+    page = Page(text)
+    shown = {(s["data-sample"], int(s["data-segment"])) for s in page.segments if s.get("data-borderline") == "1"}
+    assert shown == want
+    assert all("borderline" in s["cls"] for s in page.segments if s.get("data-borderline") == "1")
+    assert all(any("borderline" in lab for lab in s.get("labels", [])) for s in page.segments if s.get("data-borderline") == "1")
+    # The convergence table counts them over every segment of the run.
+    assert re.search(rf"borderline segments[^<]*</t[dh]><td[^>]*>{len(want)} of {total}</td>", text)

@@ -8,6 +8,8 @@
 # stored as float16) come back through $OUT in 15 MB pieces: on this machine,
 #   cat <files_at>/study.tar.* | tar x -C ~/.cache/segsft/convergence
 #   python bench/convergence_study.py analyze --tag gpu-fp32 --per-round 4 --adaptive-max 512
+#   python bench/convergence_study.py analyze --tag gpu-fp32-whole --whole --min-tokens 5300 --traces 22 \
+#     --per-round 4 --adaptive-max 256 --out bench/results/convergence_study_gpu_fp32_whole.json
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SCALE=${STUDY_SCALE:-1}   # 0 = a smoke run on any machine
@@ -25,10 +27,15 @@ c="--cache /tmp/study --store float16 --per-round 4 --batch 64"
 if [ "$SCALE" = 0 ]; then
   c="--cache /tmp/study --store float16 --per-round 4 --batch 4 --traces 1"
   python3 $s compute $c --tag gpu-fp32 --baselines pad --levels 3 --adaptive-max 12 --no-fixed --budget 60
+  python3 $s compute $c --tag gpu-fp32-whole --whole --traces 1 --baselines pad --levels 2 --adaptive-max 10 --no-fixed --budget 60
 else
   python3 $s compute $c --tag gpu-fp32 --baselines pad --levels 10 --adaptive-max 512 --budget 170
   python3 $s compute $c --tag gpu-bf16 --dtype bfloat16 --baselines pad --levels 6 --adaptive-max 256 --no-fixed --budget 30
   python3 $s compute $c --tag gpu-fp32 --baselines zero,mean,pad_trace --other-levels 8 --adaptive-max 512 --budget 90
+  # Whole traces, no cut, the longer ones (> 5,300 tokens) that the CPU lane cannot afford:
+  # the bound rule's points to 256, then uniform grids to 257 as a reference.
+  python3 $s compute $c --tag gpu-fp32-whole --whole --min-tokens 5300 --traces 22 --no-fixed --baselines pad \
+    --levels 8 --adaptive-max 256 --budget 200
 fi
 tar cf - -C /tmp/study . | split -b 15000000 - "$out/study.tar."
 ls -la "$out"
