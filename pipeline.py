@@ -36,8 +36,17 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from segsft.cli import INTERRUPTED, install
+
+    install(lambda: _ENTERED)
     try:
         main()
+    except KeyboardInterrupt:
+        # Ctrl-C: every stage keeps what it finished (atomic files, markers written last), so the
+        # same command resumes. One line, and the shell's code for SIGINT.
+        logging.getLogger("segsft").warning("%s", INTERRUPTED)
+        print(f"\n{INTERRUPTED}", file=sys.stderr, flush=True)
+        sys.exit(130)
     except SystemExit as e:
         # Hydra exits 1 when the config does not compose (a value of the wrong type, an unknown
         # key: it names the key in its message). That is the user's to fix, like our checks: 2.

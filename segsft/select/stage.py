@@ -168,12 +168,14 @@ def run(cfg: DictConfig | Any) -> dict:
         "paths": paths,
         "seconds": round(time.monotonic() - t0, 3),
     }
+    lay.marker.unlink(missing_ok=True)  # a rerun rewrites the files: unfinished until the marker is back
     write_parquet(lay.masks, mask.to_arrow(), MASKS_SCHEMA)
     write_parquet(lay.per_sample, samples.to_arrow(), PER_SAMPLE_SCHEMA)
     write_json(lay.summary, summary)
     # Written last: a selection directory without config.yaml is unfinished.
     config = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
     write_text(lay.config, OmegaConf.to_yaml(config, resolve=True))
+    write_json(lay.marker, {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
     o = figures["overall"]
     log.info(
         "select: %s of %s segments (%.1f%%), %s of %s tokens (%.1f%%) trained, %d short samples; wrote %s",
