@@ -275,7 +275,8 @@ class GenerationLayout:
 
     @property
     def rejects(self) -> Path:
-        """generate: problems with no kept sample, with the reason."""
+        """generate: problems with no kept sample; evaluate: problems skipped (prompt too long,
+        out of memory even alone); each with the reason."""
         return self.dir / "rejects.parquet"
 
     @property

@@ -57,7 +57,11 @@ def check_config(cfg: Any) -> list[str]:
     """Every problem of the finetune configuration, each saying what to change."""
     from segsft.models import check_model_config
 
+    from segsft.corpus import limit_problem
+
     errs: list[str] = check_model_config(cfg.model)
+    if "data" in cfg and limit_problem("data.limit", cfg.data.get("limit")):
+        errs.append(limit_problem("data.limit", cfg.data.get("limit")))
     ft = cfg.finetune
     known = {f.name for f in fields(FinetuneSettings)}
     unknown = sorted(set(ft) - known)

@@ -19,6 +19,7 @@ from segsft.selection_config import SelectConfig
 from segsft.attribution_tables import open_attribution
 from segsft.rule import SID, attribution_rule
 from segsft.schemas import MASKS_SCHEMA, PER_SAMPLE_SCHEMA, SELECT_SEGMENT_COLUMNS
+from segsft.select.always_keep import warning as always_keep_warning
 from segsft.select.summary import overall, per_sample
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,8 @@ def run(cfg: DictConfig | Any) -> dict:
         log.warning("select: the attribution's stop test judged convergence with other select settings (%s); "
                     "`converged` and decision_stability speak of those, not of this selection", stale)
     mask = masks["mask"]
+    if (unused := always_keep_warning(mask, scfg.always_keep)):
+        log.warning("select: %s", unused)
     samples, figures = _figures(mask)
     methods = {scfg.method: figures["overall"]}
     if "attribution" in masks:  # random, score: the rule's figures they were matched to, side by side
