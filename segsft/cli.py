@@ -14,8 +14,6 @@ import sys
 from dataclasses import fields, is_dataclass
 from typing import Any, Callable, Sequence
 
-INTERRUPTED = "interrupted: rerun the same command to resume"
-
 _TYPES = {"Integer": "an integer (e.g. 3)", "Float": "a number (e.g. 0.7)", "Boolean": "true or false",
           "String": "a string"}
 _CONVERT = re.compile(r"Value '(.*)' of type '\w+' could not be converted to (\w+)")
