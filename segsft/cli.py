@@ -58,6 +58,16 @@ def one_line(ex: BaseException, argv: Sequence[str]) -> str | None:
         key, _, value = bad.partition("=")
         return (f"cannot read the override {bad!r}: a value with spaces, non-ASCII letters or any of ()[]{{}},:'\" "
                 f"must be quoted: '{key}=\"{value}\"'")
+    from hydra.errors import MissingConfigException
+
+    if isinstance(ex, MissingConfigException):
+        m = re.search(r"Could not find '([^']+)/([^']+)'", str(ex))
+        if not m:
+            return None
+        options = [o for o in (getattr(ex, "options", None) or []) if o != "base"]
+        group, name = m.groups()
+        return (f"{group}={name}: there is no such {group} (conf/{group}/{name}.yaml): "
+                f"use one of {', '.join(options) or '(none)'}")
     if not isinstance(ex, ConfigCompositionException):
         return None
     cause = ex.__cause__

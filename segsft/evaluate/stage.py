@@ -132,7 +132,7 @@ def run(cfg: Any, rank: int = 0, world: int = 1) -> Path | None:
                 expected[(m, name)] = [p.problem_id for p in probs if (name, p.problem_id) not in gave_up]
         for r in rejected:
             log.warning("evaluate: %s (%s) skipped: %s", r["sample_id"], r["source"], r["reason"])
-        if rejected and rank == 0:
+        if rank == 0:  # rewritten every run: a problem that fits now is no longer listed
             write_parquet(layout.rejects, rejected, REJECTS_SCHEMA)
     gens = read_generations(layout)
     if expected is not None:

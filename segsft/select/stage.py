@@ -175,7 +175,7 @@ def run(cfg: DictConfig | Any) -> dict:
     write_parquet(lay.masks, mask.to_arrow(), MASKS_SCHEMA)
     write_parquet(lay.per_sample, samples.to_arrow(), PER_SAMPLE_SCHEMA)
     write_json(lay.summary, summary)
-    # Written last: a selection directory without config.yaml is unfinished.
+    # config.yaml, then the completion marker last: without the marker the selection is unfinished.
     config = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
     write_text(lay.config, OmegaConf.to_yaml(config, resolve=True))
     write_json(lay.marker, {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
