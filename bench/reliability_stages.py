@@ -47,14 +47,17 @@ def _last_line(err: str) -> str:
     return lines[-1] if lines else ""
 
 
-def _interrupt(args: list[str], how: str, ready: Callable[[], bool], rnd: random.Random, span: float) -> dict:
-    """Start the command, stop it with `how` (kill | int) once `ready()` or after a random time
-    within `span` s; return what the stop left (code, last stderr line, traceback seen)."""
+def _interrupt(args: list[str], how: str, ready: Callable[[], bool] | None, rnd: random.Random, span: float) -> dict:
+    """Start the command, stop it with `how` (kill | int) once `ready()` (waiting up to twice
+    `span` s), or, without `ready`, after a random time within `span` s; return what the stop
+    left (code, last stderr line, traceback seen)."""
     proc = subprocess.Popen(_cmd(*args), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     # Not before 1.2 s: a SIGINT while the interpreter itself starts is Python's, not ours.
     t_min = 1.2 if how == "int" else 0.3
-    deadline = time.time() + max(t_min, rnd.uniform(t_min, span))
+    deadline = time.time() + (2 * span if ready else max(t_min, rnd.uniform(t_min, span)))
+    ready = ready or (lambda: False)
+    time.sleep(t_min)
     while time.time() < deadline and proc.poll() is None and not ready():
         time.sleep(0.005)
     finished_first = proc.poll() is not None
@@ -114,7 +117,7 @@ def select_cases(ctx: dict, trials: int, rnd: random.Random) -> list[dict]:
         sel = RunLayout(run_dir).selection(ref_sel.dir.name)
         rewrite = sel.marker.exists()
         # A third of the cases stop it inside the write: the masks written (anew), the marker not yet.
-        in_write = (lambda: not sel.marker.exists() and sel.masks.exists()) if i % 3 == 0 else (lambda: False)
+        in_write = (lambda: not sel.marker.exists() and sel.masks.exists()) if i % 3 == 0 else None
         stop = _interrupt(args, how, in_write, rnd, span)
         stopped = _stopped(stop, sel.finished())
         bad = _interrupt_problems(stop, how)
@@ -190,7 +193,7 @@ def finetune_cases(ctx: dict, trials: int, rnd: random.Random) -> list[dict]:
             d = ft / f"checkpoint-{target}"
             return d.is_dir() and (how == "int" or not (d / MARKER).exists())
 
-        stop = _interrupt(_ft_args(ctx, ft), how, saving if i % 2 == 0 else (lambda: False), rnd, span)
+        stop = _interrupt(_ft_args(ctx, ft), how, saving if i % 2 == 0 else None, rnd, span)
         stopped = _stopped(stop, (ft / "model").is_dir())
         bad = _interrupt_problems(stop, how) + _model_whole_or_absent(ft)
         r = _run(_ft_args(ctx, ft))
@@ -280,7 +283,7 @@ def generation_cases(stage: str, ctx: dict, trials: int, rnd: random.Random) -> 
                     bad.append(f"corpus + rejects account for {len(got['accounted'])} of {problems} problems")
                 if got["corpus"] != ref["corpus"]:
                     bad.append("the corpus differs from an uninterrupted run")
-        out.append({"case": f"{stage} {how} after {want} chunk(s) #{i}", "stage": stage, "held": not bad,
+        out.append({"case": f"{stage} {how} after {chunks} of {problems} chunks #{i}", "stage": stage, "held": not bad,
                     "problems": bad, "stopped": stopped})
         shutil.rmtree(run_dir, ignore_errors=True)
     return out
