@@ -155,14 +155,14 @@ def test_ctrl_c_in_any_stage_is_one_line_exit_130(tmp_path, stage):
 
 
 def test_ctrl_c_during_attribution_is_one_line_and_the_rerun_resumes(tmp_path, tiny_model_dir):
-    corpus = write_jsonl(tmp_path / "c.jsonl", make_traces(30, seed=5))
+    corpus = write_jsonl(tmp_path / "c.jsonl", make_traces(12, seed=5))
     args = ["stage=attribute", f"run_dir={tmp_path / 'r'}", f"data.path={corpus}", f"model.name_or_path={tiny_model_dir}",
             "attribute.rule=gauss_legendre", "attribute.steps=4", "attribute.flush_every=1", "attribute.device=cpu"]
     proc = subprocess.Popen([sys.executable, "pipeline.py", *args], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     partial = tmp_path / "r" / "attribution" / "_partial" / "00000-of-00001"
     deadline = time.time() + 240
-    while time.time() < deadline and len(list(partial.glob("samples-*.parquet"))) < 2 and proc.poll() is None:
+    while time.time() < deadline and len(list(partial.glob("samples-*.parquet"))) < 1 and proc.poll() is None:
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -173,7 +173,7 @@ def test_ctrl_c_during_attribution_is_one_line_and_the_rerun_resumes(tmp_path, t
     assert not (tmp_path / "r" / "attribution" / "part-00000-of-00001.done").exists()
     out = _pipeline(*args)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert pl.read_parquet(tmp_path / "r" / "attribution" / "samples-*.parquet")["sample_id"].n_unique() == 30
+    assert pl.read_parquet(tmp_path / "r" / "attribution" / "samples-*.parquet")["sample_id"].n_unique() == 12
 
 
 # ---- 4. lists and dicts where text is due ----------------------------------------------------------
@@ -355,6 +355,7 @@ def test_the_fingerprint_binds_once_something_is_scored(tmp_path):
         check_or_store(lay, {"corpus_sha256": "other", "model": "m"}, tmp_path)
 
 
+@pytest.mark.slow  # end to end; test_the_fingerprint_binds_once_something_is_scored covers the rule
 def test_rerunning_a_run_that_scored_nothing_with_the_fixed_corpus_works(tmp_path, tiny_model_dir):
     csv = tmp_path / "c.csv"
     csv.write_text("id,question,solution,answer\na,q,s,1\n")
