@@ -4,12 +4,28 @@ Under torchrun the same command shards attribution over ranks. See README.md.
 """
 
 import logging
+import os
 import sys
 
-import hydra
-from omegaconf import DictConfig
+#: What Ctrl-C prints: every stage keeps what it finished (atomic files, markers written last),
+#: so the same command resumes.
+INTERRUPTED = "interrupted: rerun the same command to resume"
 
-import segsft  # noqa: F401  (registers the config's resolvers before Hydra composes it)
+
+def _excepthook(kind, value, tb):  # noqa: ANN001
+    """Ctrl-C before main's own handler (while the imports below load): the same one line."""
+    if issubclass(kind, KeyboardInterrupt):
+        print(f"\n{INTERRUPTED}", file=sys.stderr, flush=True)
+        os._exit(130)
+    sys.__excepthook__(kind, value, tb)
+
+
+sys.excepthook = _excepthook
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+import segsft  # noqa: F401,E402  (registers the config's resolvers before Hydra composes it)
 
 
 _ENTERED = False
@@ -36,8 +52,16 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from segsft.cli import install
+
+    install(lambda: _ENTERED)
     try:
         main()
+    except KeyboardInterrupt:
+        # Ctrl-C: one line, and the shell's code for SIGINT.
+        logging.getLogger("segsft").warning("%s", INTERRUPTED)
+        print(f"\n{INTERRUPTED}", file=sys.stderr, flush=True)
+        sys.exit(130)
     except SystemExit as e:
         # Hydra exits 1 when the config does not compose (a value of the wrong type, an unknown
         # key: it names the key in its message). That is the user's to fix, like our checks: 2.

@@ -1,6 +1,9 @@
-"""Reliability campaign: kills, concurrent starts, world-size changes, changed settings, a full disk.
+"""Reliability campaign: kills, concurrent starts, world-size changes, changed settings, a full disk;
+then the other stages (bench/reliability_stages.py: select, finetune, evaluate, generate killed or
+interrupted, then rerun).
 
-    .venv/bin/python bench/reliability.py [--trials 20] [--out bench/results/reliability.json]
+    .venv/bin/python bench/reliability.py [--trials 20] [--stage-trials 6] [--only attribute|stages]
+                                          [--out bench/results/reliability.json]
 
 Runs the real entry point (`python pipeline.py stage=attribute ...`) as subprocesses on the
 embedded sample corpus plus four bad rows (40 rows), with a tiny model built on the fly (no
@@ -235,6 +238,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=20, help="kill trials")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stage-trials", type=int, default=6, help="select trials (finetune, evaluate, generate: fewer)")
+    ap.add_argument("--only", choices=("attribute", "stages"), default=None, help="one half of the campaign")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "reliability.json"))
     args = ap.parse_args()
     rnd = random.Random(args.seed)
@@ -243,24 +248,41 @@ def main() -> None:
     try:
         ctx = setup(root)
         print(f"reference run: {ctx['full_s']:.1f} s for {ctx['n_rows']} rows", flush=True)
-        results = case_kills(ctx, args.trials, rnd)
-        results.append(case_concurrent(ctx))
-        results += case_world_sizes(ctx)
-        results.append(case_settings(ctx))
-        results.append(case_disk_full(ctx))
+        results = []
+        if args.only != "stages":
+            results += case_kills(ctx, args.trials, rnd)
+            results.append(case_concurrent(ctx))
+            results += case_world_sizes(ctx)
+            results.append(case_settings(ctx))
+            results.append(case_disk_full(ctx))
+            for r in results:
+                r.setdefault("stage", "attribute")
+        if args.only != "attribute":
+            from reliability_stages import stage_cases
+
+            results += stage_cases(ctx, args.stage_trials, rnd)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     tried = [r for r in results if r["held"] is not None]
     held = [r for r in tried if r["held"]]
     for r in results:
         mark = {True: "held", False: "FAILED", None: "skipped"}[r["held"]]
-        print(f"{r['case']:<44} {mark:<8} {'; '.join(r['problems'])}")
+        print(f"{r['case']:<44} {mark:<8} {'; '.join(r['problems'])}  {r.get('stopped', '')}")
     print(f"\ncases tried {len(tried)}, held {len(held)}  ({time.monotonic() - t0:.0f} s)")
+    by_stage = {}
+    for r in tried:
+        st = by_stage.setdefault(r.get("stage", "attribute"), {"tried": 0, "held": 0})
+        st["tried"] += 1
+        st["held"] += bool(r["held"])
     report = {"what": "bench/reliability.py: attribution runs killed, started twice, resumed with other world sizes "
                       "and settings, on a full disk; every input row must be in samples or rejects exactly once and "
-                      "the scores equal an uninterrupted run",
-              "machine": _machine(), "date": time.strftime("%Y-%m-%d"), "trials": args.trials, "seed": args.seed,
-              "tried": len(tried), "held": len(held), "cases": results}
+                      "the scores equal an uninterrupted run. Then select, finetune (kills in checkpoint saves), "
+                      "evaluate and generate (kills between chunks) killed or interrupted (Ctrl-C: one line, exit "
+                      "130) and rerun: every row once, results equal to an uninterrupted run, and nothing "
+                      "half-written offered to the next stage",
+              "machine": _machine(), "date": time.strftime("%Y-%m-%d"), "trials": args.trials,
+              "stage_trials": args.stage_trials, "only": args.only, "seed": args.seed,
+              "tried": len(tried), "held": len(held), "by_stage": by_stage, "cases": results}
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
     sys.exit(0 if len(held) == len(tried) else 1)

@@ -186,6 +186,9 @@ class FinetuneConf:
     save_total_limit: Optional[int] = 2
     # Continue from the newest complete checkpoint-N/; false: start over.
     resume: bool = True
+    # The masks' spans index the corpus the attribution scored (its fingerprint's corpus_sha256);
+    # finetune refuses another data.path content unless this is true (then it logs a warning).
+    allow_corpus_change: bool = False
     dataloader_num_workers: int = 0
     # none, or a Trainer integration name (wandb, tensorboard, ...).
     report_to: str = "none"
@@ -229,6 +232,9 @@ class EngineConf:
     gpu_memory_utilization: float = 0.9
     # The model's dtype while generating (auto: bf16 on CUDA, fp32 on CPU).
     dtype: str = "auto"
+    # Prompts longer than this many tokens go to the rejects ("prompt too long"); 0 = the model's
+    # context length (max_position_embeddings).
+    max_prompt_tokens: int = 0
     # Column names of the problems (id, question, answer; optional choices), and the first N
     # problems of each file (null = all).
     fields: dict[str, str] = field(default_factory=lambda: {"id": "id", "question": "question", "answer": "answer"})

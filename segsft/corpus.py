@@ -47,6 +47,74 @@ def _derived_id(*parts: str) -> str:
     return f"h{h[:16]}"
 
 
+#: Suffixes of formats we do not read, and what to do instead.
+_UNSUPPORTED = {".csv": "use JSONL or Parquet", ".tsv": "use JSONL or Parquet", ".xlsx": "use JSONL or Parquet",
+                ".gz": "decompress it first (gunzip)", ".bz2": "decompress it first", ".xz": "decompress it first",
+                ".zst": "decompress it first", ".zip": "unzip it first", ".tar": "unpack it first"}
+#: Magic bytes of compressed files, whatever their name.
+_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"\x28\xb5\x2f\xfd": "zstd", b"PK\x03\x04": "zip"}
+
+
+def format_problem(path: str | Path, key: str = "data.path") -> str | None:
+    """Why `path` is in a format no reader here takes (CSV, a compressed file), or None."""
+    path = Path(path)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return None
+    fix = _UNSUPPORTED.get(path.suffix.lower())
+    if fix:
+        return f"{key}={path}: format {path.suffix} not supported: {fix}, then give a JSONL or Parquet file"
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return None
+    kind = next((k for m, k in _MAGIC.items() if head.startswith(m)), None)
+    if kind:
+        return f"{key}={path} is {kind}-compressed: format not supported: decompress it first, then give the JSONL file"
+    return None
+
+
+def nested_column_problem(path: str | Path, columns: Any, key: str = "data.path") -> str | None:
+    """A Parquet file whose text column (`columns`) holds lists, structs or maps: refused, not stringified."""
+    path = Path(path)
+    if path.suffix.lower() not in (".parquet", ".pq"):
+        return None
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, ValueError):
+        return None  # the reader says it is unreadable
+    for c in columns:
+        if c in schema.names:
+            t = schema.field(c).type
+            if pa.types.is_nested(t):
+                return (f"{key}={path}: column '{c}' holds {t}, not text or numbers: write one value per row "
+                        f"(e.g. the first element), or map {key.split('.')[0]}.fields to another column")
+    return None
+
+
+def nested_value_problem(name: str, v: Any) -> str | None:
+    """A JSON row's list or object where text is due (never graded or trained as its repr)."""
+    if isinstance(v, (list, dict)):
+        return f"field '{name}' is a {'list' if isinstance(v, list) else 'JSON object'}, not text"
+    return None
+
+
+def limit_problem(key: str, limit: Any) -> str | None:
+    """`data.limit` / `*.limit`: null (every row) or at least 1 (0 would read nothing)."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        return f"{key}={limit!r}: use null (every row) or an integer >= 1"
+    return None
+
+
+def _no_json(path: Path, rows: int, first_bad: tuple[int, str] | None, key: str) -> CorpusError:
+    n, why = first_bad or (0, "")
+    return CorpusError(f"{key}={path}: no line is a valid JSON object (first bad line {n + 1}: {why}): give a JSONL file "
+                       "(one JSON object per line) or a Parquet file")
+
+
 def raw_rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any] | None, str]]:
     """(row index, record or None when unparsable, parse error or raw line)."""
     if path.suffix in (".parquet", ".pq"):
@@ -91,7 +159,7 @@ def corpus_path_problem(path: str | Path) -> str | None:
         return f"corpus {path} is a directory, not a file: set data.path to a JSONL or Parquet file"
     if not path.is_file():
         return f"corpus file {path} does not exist: set data.path to a JSONL or Parquet file"
-    return None
+    return format_problem(path)
 
 
 def read_corpus(path: str | Path, fields: Mapping[str, str], limit: int | None = None) -> tuple[list[Sample], list[Reject]]:
@@ -104,20 +172,26 @@ def read_corpus(path: str | Path, fields: Mapping[str, str], limit: int | None =
         raise CorpusError(why)
     names = {k: fields.get(k) or k for k in REQUIRED}
     id_field = fields.get("id")
+    nested = nested_column_problem(path, names.values())
+    if nested:
+        raise CorpusError(nested)
     samples: list[Sample] = []
     rejects: list[Reject] = []
     seen_fields: set[str] = set()
     seen_ids: set[str] = set()
     kept_ids: set[str] = set()
     src = str(path)
-    rows_read = 0
+    rows_read = parsed = 0
+    first_bad: tuple[int, str] | None = None
     floats_made_ints = 0
     for i, rec, err in raw_rows(path):
         rows_read += 1
         if limit is not None and i >= limit:
             break
+        parsed += rec is not None
         if rec is None:
             reason, _, raw = err.partition("|")
+            first_bad = first_bad or (i, reason)
             # From content and row number, never the path as typed: a rerun spelling the same
             # file another way must find the same reject.
             rejects.append(Reject(_derived_id(str(i), raw), f"row {i}: {reason}", src, i))
@@ -157,6 +231,8 @@ def read_corpus(path: str | Path, fields: Mapping[str, str], limit: int | None =
         samples.append(Sample(sid, values["question"], values["solution"], values["answer"], src, i))
     if rows_read == 0:
         raise CorpusError(f"corpus file {path} is empty: it has no rows")
+    if not parsed and first_bad is not None:
+        raise _no_json(path, rows_read, first_bad, "data.path")
     if floats_made_ints:
         log.info("%s: %d answer(s) given as integral floats (e.g. 204.0) were read as integers", path, floats_made_ints)
     missing = [n for n in names.values() if n not in seen_fields]
@@ -191,28 +267,38 @@ def read_problems(path: str | Path, fields: Mapping[str, str], limit: int | None
         raise CorpusError(f"{key}: problems file {path} does not exist: give a JSONL or Parquet file (id, question, answer)")
     names = {k: fields.get(k) or k for k in ("question", "answer")}
     id_field = fields.get("id")
+    bad_format = format_problem(path, key) or nested_column_problem(path, names.values(), key)
+    if bad_format:
+        raise CorpusError(bad_format)
     out: list[ProblemRow] = []
     rejects: list[Reject] = []
     seen: set[str] = set()
     seen_fields: set[str] = set()
-    rows = 0
+    rows = parsed = 0
+    first_bad: tuple[int, str] | None = None
     for i, rec, err in raw_rows(path):
         rows += 1
         if limit is not None and i >= limit:
             break
         if rec is None:
             reason, _, raw = err.partition("|")
+            first_bad = first_bad or (i, reason)
             rejects.append(Reject(_derived_id(str(i), raw), f"row {i}: {reason}", str(path), i))
             continue
+        parsed += 1
         seen_fields.update(rec)
         q, a = rec.get(names["question"]), rec.get(names["answer"])
         rid = rec.get(id_field) if id_field else None
         pid = str(rid) if rid not in (None, "") else _derived_id(str(q), str(a))
         if pid in seen:
+            # Scored as a problem of its own: say so, as the corpus reader does for its duplicates.
+            log.warning("%s: row %d repeats problem id %r: it is scored as a separate problem %r", path, i, pid,
+                        f"{pid}#row{i}")
             pid = f"{pid}#row{i}"
         seen.add(pid)
         problems = [f"missing or empty field '{n}'" for k, n in names.items()
                     if rec.get(n) is None or (isinstance(rec.get(n), str) and not rec.get(n).strip())]
+        problems += [p for p in (nested_value_problem(n, rec.get(n)) for n in names.values()) if p]
         if isinstance(a, float) and a == a and a.is_integer():
             a = int(a)
         if isinstance(a, float) and a != a:
@@ -224,6 +310,8 @@ def read_problems(path: str | Path, fields: Mapping[str, str], limit: int | None
         out.append(ProblemRow(pid, str(q), str(a), tuple(str(c) for c in choices) if choices else None, i))
     if rows == 0:
         raise CorpusError(f"{key}: problems file {path} is empty: it has no rows")
+    if not parsed and first_bad is not None:
+        raise _no_json(path, rows, first_bad, key)
     missing = [n for n in names.values() if n not in seen_fields]
     if missing:
         raise CorpusError(f"{key}: {path} has no field {missing} in any row (its rows have {sorted(seen_fields)}): "

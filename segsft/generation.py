@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
-from segsft.corpus import ProblemRow
+from segsft.corpus import ProblemRow, Reject
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,9 @@ def check_engine(node: Any, prefix: str) -> list[str]:
         errs.append(f"{prefix}.top_p={node.top_p!r}: use a number in (0, 1]")
     if not 0 < node.gpu_memory_utilization <= 1:
         errs.append(f"{prefix}.gpu_memory_utilization={node.gpu_memory_utilization!r}: use a number in (0, 1]")
+    if not 0 <= node.max_prompt_tokens <= 1 << 24:
+        errs.append(f"{prefix}.max_prompt_tokens={node.max_prompt_tokens!r}: use 0 (the model's context length) or "
+                    "an integer >= 1")
     if node.limit is not None and node.limit < 1:
         errs.append(f"{prefix}.limit={node.limit!r}: use null (every problem) or an integer >= 1")
     return errs
@@ -97,38 +100,110 @@ class HFEngine:
         return [encode_prompt(self.tokenizer, p.question).tolist() for p in problems]
 
     def generate(self, problems: Sequence[ProblemRow], k: int, progress: Any = None) -> Iterator[list[Completion]]:
-        """Completions per batch of prompts (k per problem), longest prompts first."""
-        torch = self.torch
+        """Completions per batch of prompts (k per problem), longest prompts first. A batch that
+        runs out of memory is halved and retried; a single prompt that still does is given up
+        (in `self.failed` with the reason), and the others go on."""
         ids = self.prompts(problems)
+        self.failed: list[tuple[str, str]] = []
         order = sorted(range(len(problems)), key=lambda i: (-len(ids[i]), problems[i].problem_id))
         for lo in range(0, len(order), max(1, self.s.batch_size)):
             batch = order[lo:lo + max(1, self.s.batch_size)]
-            width = max(len(ids[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), self.pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):  # left padding: every prompt ends where generation starts
-                input_ids[row, width - len(ids[i]):] = torch.tensor(ids[i])
-                mask[row, width - len(ids[i]):] = 1
-            torch.manual_seed(batch_seed(self.s.seed, problems[batch[0]].problem_id))
-            sample = self.s.temperature > 0
-            with torch.no_grad():
-                out = self.model.generate(
-                    input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
-                    max_new_tokens=self.s.max_new_tokens, do_sample=sample, num_return_sequences=k,
-                    temperature=self.s.temperature if sample else None, top_p=self.s.top_p if sample else None,
-                    top_k=None, pad_token_id=self.pad)
-            new = out[:, width:].cpu()
-            done = []
-            for j in range(new.shape[0]):
-                p = problems[batch[j // k]]
-                toks = new[j].tolist()
-                end = next((t for t, x in enumerate(toks) if x in self.eos), None)
-                n = len(toks) if end is None else end
-                text = self.tokenizer.decode(toks[:n], skip_special_tokens=True)
-                done.append(Completion(p.problem_id, j % k, text, n, "stop" if end is not None else "length"))
+            done = self._fitting(problems, ids, batch, k)
             if progress is not None:
                 progress.update(len(batch), sum(c.tokens for c in done))
             yield done
+
+    def _fitting(self, problems: Sequence[ProblemRow], ids: list[list[int]], batch: list[int], k: int) -> list[Completion]:
+        try:
+            return self._batch(problems, ids, batch, k)
+        except (RuntimeError, MemoryError) as e:
+            if not is_oom(e):
+                raise
+            if self.device.type == "cuda":
+                self.torch.cuda.empty_cache()
+            if len(batch) == 1:
+                p = problems[batch[0]]
+                why = (f"out of memory generating {k} sample(s) of a {len(ids[batch[0]])}-token prompt "
+                       "(lower max_new_tokens or samples)")
+                log.warning("generate: %s: %s", p.problem_id, why)
+                self.failed.append((p.problem_id, why))
+                return []
+            half = len(batch) // 2
+            log.warning("generate: out of memory with %d prompts per batch: retrying in halves", len(batch))
+            return self._fitting(problems, ids, batch[:half], k) + self._fitting(problems, ids, batch[half:], k)
+
+    def _batch(self, problems: Sequence[ProblemRow], ids: list[list[int]], batch: list[int], k: int) -> list[Completion]:
+        torch = self.torch
+        width = max(len(ids[i]) for i in batch)
+        input_ids = torch.full((len(batch), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):  # left padding: every prompt ends where generation starts
+            input_ids[row, width - len(ids[i]):] = torch.tensor(ids[i])
+            mask[row, width - len(ids[i]):] = 1
+        torch.manual_seed(batch_seed(self.s.seed, problems[batch[0]].problem_id))
+        sample = self.s.temperature > 0
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+                max_new_tokens=self.s.max_new_tokens, do_sample=sample, num_return_sequences=k,
+                temperature=self.s.temperature if sample else None, top_p=self.s.top_p if sample else None,
+                top_k=None, pad_token_id=self.pad)
+        new = out[:, width:].cpu()
+        done = []
+        for j in range(new.shape[0]):
+            p = problems[batch[j // k]]
+            toks = new[j].tolist()
+            end = next((t for t, x in enumerate(toks) if x in self.eos), None)
+            n = len(toks) if end is None else end
+            text = self.tokenizer.decode(toks[:n], skip_special_tokens=True)
+            done.append(Completion(p.problem_id, j % k, text, n, "stop" if end is not None else "length"))
+        return done
+
+
+def is_oom(e: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's "can't allocate memory"."""
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e)
+    return "out of memory" in text.lower() or "can't allocate memory" in text
+
+
+def context_length(model_cfg: dict) -> int:
+    """The model's max_position_embeddings (0 when its config does not say)."""
+    from transformers import AutoConfig
+
+    from segsft.models import flag, model_path
+
+    conf = AutoConfig.from_pretrained(model_path(model_cfg), trust_remote_code=flag(model_cfg, "trust_remote_code"))
+    return int(getattr(conf, "max_position_embeddings", 0) or 0)
+
+
+def split_long_prompts(model_cfg: dict, problems: Sequence[ProblemRow], limit: int, key: str
+                       ) -> tuple[list[ProblemRow], list[Reject]]:
+    """(problems whose prompt fits `limit` tokens, rejects "prompt too long (N tokens > limit)").
+    `limit` 0 = the model's context length. A prompt past the character bound is rejected
+    without tokenizing it (segsft.length_guard)."""
+    from segsft.length_guard import surely_too_long
+    from segsft.models import load_tokenizer
+    from segsft.text import encode_prompt
+
+    limit = limit or context_length(model_cfg)
+    if not limit:
+        return list(problems), []
+    tokenizer = load_tokenizer(model_cfg)
+    ok, rejects = [], []
+    for p in problems:
+        if surely_too_long(len(p.question), limit, tokenizer):
+            why = f"prompt too long ({len(p.question):,} characters, more than {limit} tokens can hold)"
+        else:
+            n = len(encode_prompt(tokenizer, p.question))
+            why = f"prompt too long ({n} tokens > {limit})" if n > limit else ""
+        if why:
+            rejects.append(Reject(p.problem_id, f"row {p.row}: {why}: raise {key}.max_prompt_tokens (up to the "
+                                  "model's context) or leave the problem out", str(model_cfg.get("name_or_path")), p.row))
+        else:
+            ok.append(p)
+    return ok, rejects
 
 
 class VLLMEngine:
@@ -244,10 +319,13 @@ def done_keys(layout: Any) -> set[tuple[str, str, str]]:
 
 
 def generate_graded(model_cfg: dict, label: str, sets: Sequence[tuple[str, Sequence[ProblemRow]]], k: int,
-                    settings: Any, layout: Any, rank: int = 0, world: int = 1) -> int:
+                    settings: Any, layout: Any, rank: int = 0, world: int = 1,
+                    failed: list[tuple[str, str, str]] | None = None) -> int:
     """Generate k samples per problem of this rank's shard (rows r, r+world, ... of each set)
     that no chunk holds yet, grade them, and write them chunk by chunk (atomic files). Returns
-    the number of problems generated. The model loads only when there is work."""
+    the number of problems generated. The model loads only when there is work. Problems the
+    engine gave up on (out of memory even alone) are added to `failed` as (set, id, reason);
+    a rerun tries them again."""
     from segsft.grading import grade
     from segsft.io import write_parquet
     from segsft.layout import part_name
@@ -277,6 +355,10 @@ def generate_graded(model_cfg: dict, label: str, sets: Sequence[tuple[str, Seque
                         rows.append({"model": label, "benchmark": name, "problem_id": c.problem_id, "sample": c.sample,
                                      "output": c.text, "output_tokens": c.tokens, "finish_reason": c.finish_reason,
                                      "answer": p.answer, "pred": g.pred, "correct": g.correct, "verdict": g.verdict})
+                if failed is not None:
+                    failed.extend((name, pid, why) for pid, why in getattr(engine, "failed", []))
+                if not rows:
+                    continue  # every problem of the chunk was given up: nothing to write
                 write_parquet(layout.chunk(part, n_chunk), rows, GENERATIONS_SCHEMA)
                 n_chunk += 1
     finally:

@@ -1,7 +1,8 @@
 """Hydra callbacks of conf/config.yaml.
 
 `StorageCheck`: Hydra creates its log directory under run_dir before the pipeline runs; on a
-read-only or full disk that would end in Hydra's traceback. Probe it first and say so in one line.
+read-only or full disk, or with a directory key naming a file, that would end in Hydra's
+traceback. Check the directory keys and probe the disk first, and say so in one line.
 """
 
 from __future__ import annotations
@@ -35,9 +36,24 @@ def _probe(directory: str) -> None:
         sys.exit(2)
 
 
+def _check_path_keys(config: Any) -> None:
+    from segsft.path_keys import path_key_problems
+
+    try:
+        errs = path_key_problems(config)
+    except Exception:  # noqa: BLE001 - an unresolvable key is the stages' checks' to report
+        return
+    if errs:
+        for e in errs:
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 class StorageCheck(Callback):
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        _check_path_keys(config)
         _probe(str(config.hydra.run.dir))
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        _check_path_keys(config)
         _probe(str(config.hydra.sweep.dir))

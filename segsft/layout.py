@@ -4,7 +4,7 @@
       attribution/                     AttributionLayout
         {segments,samples,rejects}-<part>.parquet, part-<part>.done
         _partial/<part>/{segments,rejects,samples}-<chunk>.parquet   (unfinished)
-      selection/<name>/                SelectionLayout: masks, summaries, config.yaml
+      selection/<name>/                SelectionLayout: masks, summaries, config.yaml, selection.done
       sweeps/select/sweep.parquet      the multirun table
       finetune/                        FinetuneLayout: model/, train_tokens.parquet, ...
       report.html
@@ -129,7 +129,8 @@ class AttributionLayout:
 
 @dataclass(frozen=True)
 class SelectionLayout:
-    """One selection directory. `config.yaml` is written last: without it, unfinished."""
+    """One selection directory. `selection.done` is written last (after config.yaml), and removed
+    before a rerun rewrites anything: without it the selection is unfinished, and no reader uses it."""
 
     dir: Path
 
@@ -149,11 +150,26 @@ class SelectionLayout:
     def config(self) -> Path:
         return self.dir / "config.yaml"
 
+    @property
+    def marker(self) -> Path:
+        """The completion marker: written last, as an attribution part's."""
+        return self.dir / "selection.done"
+
     def outputs(self) -> dict[str, Path]:
-        return {p.name: p for p in (self.masks, self.summary, self.per_sample, self.config)}
+        return {p.name: p for p in (self.masks, self.summary, self.per_sample, self.config, self.marker)}
 
     def finished(self) -> bool:
-        return self.masks.is_file() and self.config.is_file()
+        return self.masks.is_file() and self.config.is_file() and self.marker.is_file()
+
+    def unfinished_problem(self, key: str = "selection_dir") -> str | None:
+        """One line when this directory is not a finished selection (for every reader), else None."""
+        if self.finished():
+            return None
+        if not self.masks.is_file():
+            return (f"{key}={self.dir} holds no {self.masks.name}: run stage=select first, "
+                    f"or point {key} to a selection directory")
+        return (f"{key}={self.dir} is an unfinished selection (no {self.marker.name}: its select was interrupted "
+                "or failed): rerun stage=select with the same settings, then this command")
 
 
 @dataclass(frozen=True)
@@ -259,7 +275,8 @@ class GenerationLayout:
 
     @property
     def rejects(self) -> Path:
-        """generate: problems with no kept sample, with the reason."""
+        """generate: problems with no kept sample; evaluate: problems skipped (prompt too long,
+        out of memory even alone); each with the reason."""
         return self.dir / "rejects.parquet"
 
     @property

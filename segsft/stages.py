@@ -25,6 +25,12 @@ def run_stage(cfg: DictConfig) -> Any:
     stage = cfg.stage
     if stage not in STAGES:
         raise ConfigError(f"stage={stage!r}: use one of {list(STAGES)}")
+    from segsft.path_keys import path_key_problems
+
+    # Directory and name keys first, once: every stage writes or reads under them.
+    errors = path_key_problems(cfg)
+    if errors:
+        raise ConfigError(errors[0] if len(errors) == 1 else "invalid configuration:\n  - " + "\n  - ".join(errors))
     stages = [load(n) for n in (ORDER if stage == "all" else [stage])]
     errors = list(dict.fromkeys(e for s in stages for e in s.check(cfg)))  # a shared key is reported once
     if errors:

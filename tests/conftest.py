@@ -147,7 +147,17 @@ def write_masks(path: Path, rows: list[dict], train_of=lambda k, n: k % 3 != 1, 
                         ("char_end", pa.int32()), ("n_tokens", pa.int32()), ("train", pa.bool_()), ("why", pa.string())])
     path.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(out, schema=schema), path / "masks.parquet")
+    mark_selection_finished(path)
     return path
+
+
+def mark_selection_finished(path: Path) -> None:
+    """What a finished select writes after its masks: config.yaml, then the completion marker."""
+    from segsft.layout import SelectionLayout
+
+    lay = SelectionLayout(path)
+    lay.config.write_text("{}\n")
+    lay.marker.write_text("{}\n")
 
 
 class Page(HTMLParser):

@@ -13,7 +13,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 
 from conftest import (REPO, compose_config, SHARED_DATA, hand_segments, make_traces, needs_shared_data, shared_rows, write_jsonl,
-                      write_masks)
+                      mark_selection_finished, write_masks)
 from segsft.corpus import read_corpus
 from segsft.finetune import IGNORE_INDEX, check_config
 from segsft.finetune.checkpoints import MARKER, latest_complete, remove_incomplete
@@ -147,6 +147,7 @@ def test_masks_table_errors_say_what_to_do(tmp_path):
     with pytest.raises(MasksError, match="run the select stage first"):
         read_masks(tmp_path)
     pq.write_table(pa.table({"sample_id": ["a"], "segment": [0]}), tmp_path / "masks.parquet")
+    mark_selection_finished(tmp_path)
     with pytest.raises(MasksError, match=r"lacks columns \['char_start', 'char_end', 'train'\]"):
         read_masks(tmp_path)
 

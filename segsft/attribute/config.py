@@ -41,8 +41,10 @@ def check_attribute(cfg: Any) -> list[str]:
 
         if not torch.cuda.is_available():
             errs.append(f"attribute.device={a.device!r} but no CUDA device is available here: use auto or cpu")
-    if cfg.data.limit is not None and cfg.data.limit < 0:
-        errs.append(f"data.limit={cfg.data.limit!r}: use null (every row) or an integer >= 0")
+    from segsft.corpus import limit_problem
+
+    if limit_problem("data.limit", cfg.data.limit):  # 0 would read no row, as evaluate.limit=0
+        errs.append(limit_problem("data.limit", cfg.data.limit))
     if a.segment_pattern:
         import re
 

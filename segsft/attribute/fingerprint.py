@@ -60,12 +60,25 @@ def check_or_store(layout: AttributionLayout, fp: Mapping[str, Any], run_dir: st
         return
     stored = json.loads(path.read_text())
     diff = sorted(k for k in {*stored, *fp} if stored.get(k) != fp.get(k))
+    if diff and not _holds_scores(layout):
+        # The fingerprint binds the scores, and there are none yet (a run that failed before
+        # scoring anything, e.g. on a wrong data.path): a corrected rerun takes the directory.
+        log.info("%s holds no scores yet: its settings fingerprint is replaced by this run's (%s)",
+                 layout.dir, ", ".join(diff))
+        write_json(path, dict(fp))
+        return
     if diff:
         what = "; ".join(f"{k}: {_short(stored.get(k))} there, {_short(fp.get(k))} now" for k in diff)
         raise SettingsChanged(
             f"{layout.dir} holds scores made with other settings ({what}): set a new run_dir=... to score with "
             f"these settings, or restore them to resume or reuse {run_dir}"
         )
+
+
+def _holds_scores(layout: AttributionLayout) -> bool:
+    """Anything scored or rejected under `layout`: a part file, a marker or a committed chunk."""
+    return (bool(layout.markers()) or any(layout.table_files()[t] for t in layout.table_files())
+            or any(layout.chunks(p) for p in layout.partial_parts()))
 
 
 def _short(v: Any) -> str:

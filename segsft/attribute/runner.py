@@ -35,6 +35,7 @@ from segsft.corpus import Reject, Sample, read_corpus
 from segsft.errors import PipelineError
 from segsft.dist import shard
 from segsft.layout import AttributionLayout, RunLayout, part_name
+from segsft.length_guard import surely_too_long
 from segsft.io import write_json, write_parquet
 from segsft.schemas import REJECTS_SCHEMA, SAMPLES_SCHEMA, SEGMENTS_SCHEMA
 from segsft.text import build_sequence, resolve_pattern
@@ -294,6 +295,12 @@ class AttributeStage:
                 rejects.append(_reject_row(item))
                 continue
             try:
+                n_chars = len(item.question) + len(item.solution) + len(item.answer) + len(suffix)
+                if surely_too_long(n_chars, max_tokens, tokenizer):
+                    raise ValueError(
+                        f"too long: {n_chars:,} characters, more than attribute.max_tokens={max_tokens} tokens can hold "
+                        "(rejected before tokenizing; raise attribute.max_tokens to keep it)"
+                    )
                 seq = build_sequence(tokenizer, item.question, item.solution, pattern, item.answer, suffix)
                 if max_tokens and len(seq.input_ids) > max_tokens:
                     raise ValueError(

@@ -18,10 +18,11 @@ from segsft.config_schema import plain
 from segsft.errors import PipelineError
 from segsft.evaluate.benchmarks import benchmark_name, load_benchmark, source_path, spec_problem
 from segsft.evaluate.results import results, side_by_side
-from segsft.generation import check_engine, check_settings, generate_graded, read_generations, source_hash
+from segsft.generation import (check_engine, check_settings, generate_graded, read_generations, source_hash,
+                               split_long_prompts)
 from segsft.io import write_parquet
 from segsft.layout import FinetuneLayout, GenerationLayout
-from segsft.schemas import GENERATIONS_SCHEMA, RESULTS_SCHEMA
+from segsft.schemas import GENERATIONS_SCHEMA, REJECTS_SCHEMA, RESULTS_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +64,23 @@ def check_config(cfg: Any) -> list[str]:
 def grade_file(cfg: Any, layout: GenerationLayout) -> int:
     """evaluate.generations: grade an existing file (id, answer, output; optional model, benchmark,
     finish_reason) into the generations table, no model loaded."""
-    from segsft.corpus import raw_rows
+    from segsft.corpus import format_problem, nested_column_problem, nested_value_problem, raw_rows
     from segsft.grading import grade
 
     path, f = Path(cfg.evaluate.generations), cfg.evaluate.fields
-    rows, bad = [], 0
+    text_columns = ("output", f.get("answer", "answer"))
+    refused = format_problem(path, "evaluate.generations") or nested_column_problem(path, text_columns, "evaluate.generations")
+    if refused:
+        raise PipelineError(refused)
+    rows, bad, first_why = [], 0, None
     for i, rec, err in raw_rows(path):
-        if rec is None or rec.get("output") is None or rec.get(f.get("answer", "answer")) is None:
+        why = (err.partition("|")[0] if rec is None
+               else "no output or answer" if rec.get("output") is None or rec.get(text_columns[1]) is None
+               else next((p for p in (nested_value_problem(c, rec.get(c)) for c in text_columns) if p), None))
+        if why:
             bad += 1
-            log.warning("evaluate.generations: row %d of %s skipped: %s", i, path,
-                        err.partition("|")[0] if rec is None else "no output or answer")
+            first_why = first_why or f"row {i}: {why}"
+            log.warning("evaluate.generations: row %d of %s skipped: %s", i, path, why)
             continue
         answer = str(rec[f.get("answer", "answer")])
         fin = str(rec.get("finish_reason") or "unknown")
@@ -82,7 +90,8 @@ def grade_file(cfg: Any, layout: GenerationLayout) -> int:
                      "output": str(rec["output"]), "output_tokens": int(rec.get("output_tokens") or 0),
                      "finish_reason": fin, "answer": answer, "pred": g.pred, "correct": g.correct, "verdict": g.verdict})
     if not rows:
-        raise PipelineError(f"evaluate.generations={path}: no row has both an output and an answer")
+        raise PipelineError(f"evaluate.generations={path}: no row has both an output and an answer as text "
+                            f"(first: {first_why}): give id, answer and output columns of text")
     write_parquet(layout.chunk("graded", len(layout.chunks("graded"))), rows, GENERATIONS_SCHEMA)
     print(f"evaluate: graded {len(rows)} outputs of {path} ({bad} skipped)", flush=True)
     return len(rows)
@@ -106,10 +115,25 @@ def run(cfg: Any, rank: int = 0, world: int = 1) -> Path | None:
             for r in rejects:
                 log.warning("evaluate: %s %s skipped: %s", name, r.sample_id, r.reason)
             sets.append((name, probs))
+        rejected: list[dict] = []
         for m in models_of(cfg):
-            generate_graded({**plain(cfg.model), "name_or_path": m}, m, sets, e.samples, e, layout, rank, world)
+            mcfg = {**plain(cfg.model), "name_or_path": m}
+            fitting = []
             for name, probs in sets:
-                expected[(m, name)] = [p.problem_id for p in probs]
+                ok, long_ = split_long_prompts(mcfg, probs, e.max_prompt_tokens, "evaluate")
+                fitting.append((name, ok))
+                rejected += [{"sample_id": f"{name}/{r.sample_id}", "reason": r.reason, "source": m, "row": r.row}
+                             for r in long_]
+            failed: list[tuple[str, str, str]] = []
+            generate_graded(mcfg, m, fitting, e.samples, e, layout, rank, world, failed=failed)
+            gave_up = {(n, pid) for n, pid, _ in failed}
+            rejected += [{"sample_id": f"{n}/{pid}", "reason": why, "source": m, "row": None} for n, pid, why in failed]
+            for name, probs in fitting:
+                expected[(m, name)] = [p.problem_id for p in probs if (name, p.problem_id) not in gave_up]
+        for r in rejected:
+            log.warning("evaluate: %s (%s) skipped: %s", r["sample_id"], r["source"], r["reason"])
+        if rank == 0:  # rewritten every run: a problem that fits now is no longer listed
+            write_parquet(layout.rejects, rejected, REJECTS_SCHEMA)
     gens = read_generations(layout)
     if expected is not None:
         # Exactly the problems asked for now (a larger evaluate.limit earlier left more in eval_dir).

@@ -55,6 +55,9 @@ def read_masks(selection_dir: str | Path) -> dict[str, SampleMask]:
             f"{path} does not exist: run the select stage first, set selection_dir to its "
             "output directory, or use finetune.mode=full"
         )
+    unfinished = SelectionLayout(Path(selection_dir)).unfinished_problem()
+    if unfinished:
+        raise MasksError(unfinished)
     lf = pl.scan_parquet(path)
     missing = [c for c in FINETUNE_MASKS_COLUMNS if c not in lf.collect_schema().names()]
     if missing:

@@ -57,7 +57,11 @@ def check_config(cfg: Any) -> list[str]:
     """Every problem of the finetune configuration, each saying what to change."""
     from segsft.models import check_model_config
 
+    from segsft.corpus import limit_problem
+
     errs: list[str] = check_model_config(cfg.model)
+    if "data" in cfg and limit_problem("data.limit", cfg.data.get("limit")):
+        errs.append(limit_problem("data.limit", cfg.data.get("limit")))
     ft = cfg.finetune
     known = {f.name for f in fields(FinetuneSettings)}
     unknown = sorted(set(ft) - known)
@@ -79,6 +83,8 @@ def check_config(cfg: Any) -> list[str]:
             masks = SelectionLayout(Path(cfg.selection_dir)).masks
             errs.append(f"{masks} does not exist: run stage=select first, set selection_dir "
                         f"to a directory holding {masks.name}, {other}")
+        elif cfg.stage == "finetune" and (why := SelectionLayout(Path(cfg.selection_dir)).unfinished_problem()):
+            errs.append(why)
     ds = deepspeed_config_path(s.deepspeed)
     if ds is not None and not ds.is_file():
         errs.append(f"finetune.deepspeed={s.deepspeed!r}: use one of {list(DEEPSPEED_NAMES)} or a path to a DeepSpeed JSON file")

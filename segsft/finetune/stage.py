@@ -134,6 +134,11 @@ def run(cfg: Any, callbacks: Sequence[Any] = (), checked: bool = False) -> Finet
     out = Path(cfg.finetune_dir)
     out.mkdir(parents=True, exist_ok=True)
     fp = _fingerprint(cfg, s)
+    if uses_masks(s):
+        from segsft.finetune.provenance import check_corpus_matches
+
+        check_corpus_matches(cfg.selection_dir, cfg.run_dir, str(cfg.data.path), fp["data_sha256"],
+                             bool(s.allow_corpus_change))
     _check_resumable(out, fp, s)
 
     tokenizer = load_tokenizer(cfg.model)

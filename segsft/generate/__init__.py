@@ -60,8 +60,8 @@ def run(cfg: Any, rank: int = 0, world: int = 1) -> Path | None:
     import polars as pl
 
     from segsft.config_schema import plain
-    from segsft.corpus import read_problems
-    from segsft.generation import check_settings, generate_graded, read_generations, source_hash
+    from segsft.corpus import Reject, read_problems
+    from segsft.generation import check_settings, generate_graded, read_generations, source_hash, split_long_prompts
     from segsft.io import write_parquet, write_text
     from segsft.schemas import REJECTS_SCHEMA
 
@@ -73,7 +73,13 @@ def run(cfg: Any, rank: int = 0, world: int = 1) -> Path | None:
                    {"problems": source_hash(str(g.problems), g.fields)})
     problems, rejects = read_problems(g.problems, g.fields, g.limit, key="generate.problems")
     label = str(cfg.model.name_or_path)
-    generate_graded(plain(cfg.model), label, [("problems", problems)], g.samples, g, layout, rank, world)
+    problems, too_long = split_long_prompts(plain(cfg.model), problems, g.max_prompt_tokens, "generate")
+    failed: list[tuple[str, str, str]] = []
+    generate_graded(plain(cfg.model), label, [("problems", problems)], g.samples, g, layout, rank, world, failed=failed)
+    gave_up = {pid: why for _, pid, why in failed}
+    rejects = [*rejects, *too_long, *(Reject(p.problem_id, f"row {p.row}: {gave_up[p.problem_id]}", str(g.problems), p.row)
+                                      for p in problems if p.problem_id in gave_up)]
+    problems = [p for p in problems if p.problem_id not in gave_up]
     gens = read_generations(layout).filter(pl.col("model") == label)
     have = set(gens["problem_id"].to_list())
     if any(p.problem_id not in have for p in problems):

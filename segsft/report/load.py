@@ -111,7 +111,7 @@ def read_selection(d: str | Path, run_dir: str | Path) -> Selection:
         raise ReportError(f"{sel.dir} holds no {sel.masks.name}: run `make select RUN_DIR={run_dir}` to make a selection, "
                           "or set report.selection=<a selection directory> (null = every one under run_dir/selection)")
     if not sel.finished() or not sel.summary.is_file():
-        raise ReportError(f"{sel.dir} has no {sel.config.name} or {sel.summary.name}: the selection is unfinished; "
+        raise ReportError(f"{sel.dir} has no {sel.marker.name} or {sel.summary.name}: the selection is unfinished; "
                           f"run `make select RUN_DIR={run_dir}` with its settings again")
     summary = json.loads(sel.summary.read_text())
     o = summary["overall"]
@@ -147,7 +147,8 @@ def find_selections(run_dir: str | Path, explicit: str | None, default_dir: str 
     for sel in layout.selections():
         d = sel.dir
         if not sel.finished():
-            notes.append(f"{d} is skipped: it lacks {sel.masks.name} or {sel.config.name} (an unfinished selection)")
+            notes.append(f"{d} is skipped: it lacks {sel.masks.name}, {sel.config.name} or {sel.marker.name} "
+                         "(an unfinished selection)")
             continue
         try:
             s = read_selection(d, run_dir)

@@ -19,6 +19,7 @@ from segsft.selection_config import SelectConfig
 from segsft.attribution_tables import open_attribution
 from segsft.rule import SID, always_keep, attribution_rule
 from segsft.schemas import MASKS_SCHEMA, PER_SAMPLE_SCHEMA, SELECT_OPTIONAL_SEGMENT_COLUMNS, SELECT_SEGMENT_COLUMNS
+from segsft.select.always_keep import warning as always_keep_warning
 from segsft.select.summary import overall, per_sample
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,8 @@ def run(cfg: DictConfig | Any) -> dict:
         log.warning("select: the attribution's stop test judged convergence with other select settings (%s); "
                     "`converged` and decision_stability speak of those, not of this selection", stale)
     mask = masks["mask"]
+    if (unused := always_keep_warning(mask, scfg.always_keep)):
+        log.warning("select: %s", unused)
     samples, figures = _figures(mask)
     methods = {scfg.method: figures["overall"]}
     if "attribution" in masks:  # random, score: the rule's figures they were matched to, side by side
@@ -189,12 +192,14 @@ def run(cfg: DictConfig | Any) -> dict:
         "paths": paths,
         "seconds": round(time.monotonic() - t0, 3),
     }
+    lay.marker.unlink(missing_ok=True)  # a rerun rewrites the files: unfinished until the marker is back
     write_parquet(lay.masks, mask.to_arrow(), MASKS_SCHEMA)
     write_parquet(lay.per_sample, samples.to_arrow(), PER_SAMPLE_SCHEMA)
     write_json(lay.summary, summary)
-    # Written last: a selection directory without config.yaml is unfinished.
+    # config.yaml, then the completion marker last: without the marker the selection is unfinished.
     config = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
     write_text(lay.config, OmegaConf.to_yaml(config, resolve=True))
+    write_json(lay.marker, {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
     o = figures["overall"]
     log.info(
         "select: %s of %s segments (%.1f%%), %s of %s tokens (%.1f%%) trained, %d short samples; wrote %s",

@@ -1,0 +1,124 @@
+"""The entry point's one-line messages for what Hydra reports in several lines: an override it
+cannot parse, a value of the wrong type, an unknown key. Each names the key and the fix.
+
+Hydra prints these itself (`hydra._internal.utils.run_and_report`) before our code runs;
+`install()` wraps that function so that, for these errors only, our line is printed instead.
+Anything else keeps Hydra's report.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+from dataclasses import fields, is_dataclass
+from typing import Any, Callable, Sequence
+
+_TYPES = {"Integer": "an integer (e.g. 3)", "Float": "a number (e.g. 0.7)", "Boolean": "true or false",
+          "String": "a string"}
+_CONVERT = re.compile(r"Value '(.*)' of type '\w+' could not be converted to (\w+)")
+
+
+def _override_of(key: str, argv: Sequence[str]) -> str:
+    for a in argv:
+        k = a.split("=", 1)[0].lstrip("+~")
+        if k == key:
+            return a
+    return key
+
+
+def _unparsable(argv: Sequence[str]) -> str | None:
+    """The first override of `argv` Hydra's grammar cannot read."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for a in argv:
+        if a.startswith("-") or "=" not in a:
+            continue
+        try:
+            parser.parse_override(a)
+        except Exception:  # noqa: BLE001 - the grammar's errors have no common base worth naming
+            return a
+    return None
+
+
+def _keys_of(obj_type: Any) -> list[str]:
+    return [f.name for f in fields(obj_type)] if is_dataclass(obj_type) else []
+
+
+def one_line(ex: BaseException, argv: Sequence[str]) -> str | None:
+    """Our line for a Hydra config error, or None to leave it to Hydra."""
+    from hydra.errors import ConfigCompositionException, OverrideParseException
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+    if isinstance(ex, OverrideParseException):
+        bad = _unparsable(argv)
+        if bad is None:
+            return None
+        key, _, value = bad.partition("=")
+        return (f"cannot read the override {bad!r}: a value with spaces, non-ASCII letters or any of ()[]{{}},:'\" "
+                f"must be quoted: '{key}=\"{value}\"'")
+    from hydra.errors import MissingConfigException
+
+    if isinstance(ex, MissingConfigException):
+        m = re.search(r"Could not find '([^']+)/([^']+)'", str(ex))
+        if not m:
+            return None
+        options = [o for o in (getattr(ex, "options", None) or []) if o != "base"]
+        group, name = m.groups()
+        return (f"{group}={name}: there is no such {group} (conf/{group}/{name}.yaml): "
+                f"use one of {', '.join(options) or '(none)'}")
+    if not isinstance(ex, ConfigCompositionException):
+        return None
+    cause = ex.__cause__
+    if not isinstance(cause, OmegaConfBaseException):
+        return None
+    full_key = re.sub(r"\[\d+\]$", "", str(getattr(cause, "full_key", "") or ""))
+    first = str(ex).splitlines()[0] if str(ex) else ""
+    if isinstance(cause, ConfigKeyError) or "Could not override" in first:
+        m = re.search(r"Could not override '([^']+)'", first)
+        key = m.group(1) if m else full_key
+        parent, _, leaf = key.rpartition(".")
+        known = _keys_of(getattr(cause, "object_type", None))
+        near = difflib.get_close_matches(leaf, known, n=1)
+        hint = f"did you mean {parent + '.' if parent else ''}{near[0]}? " if near else ""
+        where = f"{parent}.*" if parent else "the config"
+        listed = f" ({where} has: {', '.join(known)})" if known else ""
+        return f"{key} is not a key of {where}: {hint}check the spelling{listed}"
+    if isinstance(cause, ValidationError) and full_key:
+        override = _override_of(full_key, argv)
+        msg = str(cause).splitlines()[0]
+        if "is not a ListConfig" in msg:
+            return f"{override}: {full_key} is a list: use a list like {full_key}=[0,-1]"
+        m = _CONVERT.search(msg)
+        if m:
+            inside = "[" in str(getattr(cause, "full_key", ""))
+            want = _TYPES.get(m.group(2), m.group(2).lower())
+            what = f"a list of {want.split(' (')[0].removeprefix('an ').removeprefix('a ')}s" if inside else want
+            return f"{override}: {full_key} takes {what}, not {m.group(1)!r}"
+        m = re.search(r"Value '(.*)' is not a valid bool", msg)
+        if m:
+            return f"{override}: {full_key} takes true or false, not {m.group(1)!r}"
+        return f"{override}: {msg}"
+    return None
+
+
+def install(entered: Callable[[], bool]) -> None:
+    """Print our line (exit 2) for the config errors Hydra meets before the task runs."""
+    import hydra._internal.utils as hydra_utils
+
+    original = hydra_utils.run_and_report
+
+    def run_and_report(func: Any) -> Any:
+        try:
+            return func()
+        except Exception as ex:  # noqa: BLE001 - re-raised through Hydra's report unless ours
+            msg = None if entered() else one_line(ex, sys.argv[1:])
+            if msg is None:
+                def again() -> Any:
+                    raise ex
+                return original(again)
+            print(f"error: {msg}", file=sys.stderr)
+            sys.exit(2)
+
+    hydra_utils.run_and_report = run_and_report

@@ -1,0 +1,73 @@
+"""Checks of the keys that name places, made once before any stage runs.
+
+- Directory keys (`run_dir`, `selection_dir`, ...): a key naming an existing file (or a path
+  under one) would end in FileExistsError / NotADirectoryError deep in a stage.
+- Name keys (`select.name`): a name becomes one directory under its parent; a separator or `..`
+  would write outside it, where report and compare never look.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+#: Every key of conf/config.yaml that names a directory a stage writes or reads.
+DIR_KEYS = ("run_dir", "selection_dir", "finetune_dir", "eval_dir", "generate_dir")
+#: Keys whose value is one directory name under a parent the pipeline chooses.
+NAME_KEYS = ("select.name",)
+
+
+def _value(cfg: Any, key: str) -> Any:
+    node = cfg
+    for part in key.split("."):
+        if node is None or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def dir_key_problem(key: str, value: Any) -> str | None:
+    """One line when `value` (a directory key's) is a file, or lies under one; else None."""
+    if not value:
+        return None
+    p = Path(str(value))
+    if p.is_file():
+        return f"{key}={value} is a file, not a directory: point {key} elsewhere (or move the file)"
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{key}={value}: {parent} is a file, not a directory: point {key} elsewhere"
+            break
+    return None
+
+
+def name_key_problem(key: str, value: Any) -> str | None:
+    """One line when a name key's value is not a single plain directory name; else None."""
+    if value is None:
+        return None
+    name = str(value)
+    if not name.strip():
+        return f"{key} is empty: give a directory name (e.g. {key}=my-selection)"
+    if "/" in name or "\\" in name or name in (".", "..") or ".." in Path(name).parts or "\x00" in name:
+        return (f"{key}={name!r}: a name is one directory name, without path separators or '..': "
+                f"use a plain name (e.g. {key}=my-selection), or set the directory itself (selection_dir=...)")
+    return None
+
+
+def _blocking_file(value: Any) -> Path | None:
+    p = Path(str(value))
+    return next((q for q in (p, *p.parents) if q.exists() and not q.is_dir()), None) if value else None
+
+
+def path_key_problems(cfg: Any) -> list[str]:
+    """Every problem of the directory and name keys of `cfg`, each one line. One file in the way
+    is named once, by the first key it blocks (run_dir before the directories made from it)."""
+    errs, blocked = [], set()
+    for k in DIR_KEYS:
+        v = _value(cfg, k)
+        why = dir_key_problem(k, v)
+        if why and _blocking_file(v) not in blocked:
+            blocked.add(_blocking_file(v))
+            errs.append(why)
+    errs += [e for e in (name_key_problem(k, _value(cfg, k)) for k in NAME_KEYS) if e]
+    return errs
