@@ -20,7 +20,7 @@ def main(cfg: DictConfig) -> None:
     global _ENTERED
     _ENTERED = True
     from segsft.errors import PipelineError, storage_error
-    from segsft.stages import run_stage
+    from segsft.run.stages import run_stage
 
     try:
         run_stage(cfg)

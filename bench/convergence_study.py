@@ -15,7 +15,7 @@ them to a cache (one .npz per trace and baseline, written atomically after every
 so a killed run resumes where it stopped and no point is ever computed twice:
 - nested uniform grids of 2^k + 1 points (k = 2 .. --levels), f and the per-token integrand;
 - today's rules: linspace 20 and 50 (the paper's), Gauss-Legendre 16, 32 and 64;
-- the adaptive rule (segsft.attribute.adaptive.refine) run to --adaptive-max points.
+- the adaptive rule (segsft.method.adaptive.refine) run to --adaptive-max points.
 `analyze` replays every candidate from the cache (the adaptive rule with its real stop
 test, the select stage's own rule deciding) and compares it with the references: the
 densest uniform grid and the adaptive rule at its largest budget.
@@ -36,8 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from segsft.attribute.adaptive import AdaptivePath, StopTest, refine, spearman, trapezoid_weights  # noqa: E402
-from segsft.attribute.quadrature import quadrature  # noqa: E402
+from segsft.method.adaptive import AdaptivePath, StopTest, refine, spearman, trapezoid_weights  # noqa: E402
+from segsft.method.quadrature import quadrature  # noqa: E402
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 FIXED = [("linspace", 20), ("linspace", 50), ("gauss_legendre", 16), ("gauss_legendre", 32), ("gauss_legendre", 64)]
@@ -89,8 +89,8 @@ def traces(n: int, model: str = MODEL, whole: bool = False, max_tokens: int = 0)
     cut, shortest first, those of at most `max_tokens` tokens (0 = all), the first `n`."""
     from traces import load_rows, window_rows
 
-    from segsft.models import load_tokenizer
-    from segsft.text import build_sequence, resolve_pattern
+    from segsft.run.models import load_tokenizer
+    from segsft.method.text import build_sequence, resolve_pattern
 
     tok = load_tokenizer({"name_or_path": model})
     rx = resolve_pattern("default")
@@ -110,8 +110,8 @@ def cache_file(cache: Path, tag: str, trace_id: str, baseline: str) -> Path:
 def compute(args: argparse.Namespace) -> None:
     import torch
 
-    from segsft.attribute.ig import IGPath, freeze
-    from segsft.models import DTYPES, load_model, load_tokenizer, pad_token_id
+    from segsft.method.ig import IGPath, freeze
+    from segsft.run.models import DTYPES, load_model, load_tokenizer, pad_token_id
 
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg = {"name_or_path": args.model}
@@ -153,7 +153,7 @@ def compute(args: argparse.Namespace) -> None:
 
 def decide_fn(seq, select_cfg):
     """The stop test's decider, memoised by estimate: replays ask for the same ones often."""
-    from segsft.attribute.metrics import segment_decider
+    from segsft.method.metrics import segment_decider
 
     decide = segment_decider(seq.segment_tokens, select_cfg, seq.train_tokens)
     memo: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
@@ -198,7 +198,7 @@ def estimate_of(cache: PointCache, alphas: np.ndarray, weights: np.ndarray) -> n
 def analyze(args: argparse.Namespace) -> None:
     from machine import machine
 
-    from segsft.selection_config import SelectConfig
+    from segsft.method.selection_config import SelectConfig
 
     select_cfg = SelectConfig()
     gaps = [0.2, 0.1, 0.05, 0.025, 0.0125]

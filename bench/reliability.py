@@ -27,11 +27,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "tests"))  # the test yardsticks: tiny_model, reference
 
 from machine import machine as _machine  # noqa: E402
 
-from segsft.attribution_tables import open_attribution  # noqa: E402
-from segsft.layout import RunLayout  # noqa: E402
+from segsft.store.attribution_tables import open_attribution  # noqa: E402
+from segsft.store.layout import RunLayout  # noqa: E402
 
 BAD_ROWS = ['{"id": "broken", ', '{"id": "noanswer", "question": "q", "solution": "s"}',
             json.dumps({"id": "sample-000", "question": "q", "solution": "\n\nWait, a duplicate id.", "answer": "1"}),
@@ -210,7 +211,7 @@ def case_disk_full(ctx: dict) -> dict:
 
 
 def setup(root: Path) -> dict:
-    from segsft.tiny_model import save_tiny, tiny_qwen2, train_tokenizer
+    from tiny_model import save_tiny, tiny_qwen2, train_tokenizer
 
     rows = [json.loads(line) for line in (REPO / "data" / "sample_traces.jsonl").read_text().splitlines() if line.strip()]
     corpus = root / "corpus.jsonl"

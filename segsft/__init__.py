@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 try:  # the config's schemas and ${segsft_selection_name:...}; hydra is absent on a bare GPU image
     from segsft.config_schema import register_configs
-    from segsft.layout import register_resolvers
+    from segsft.store.layout import register_resolvers
 
     register_resolvers()
     register_configs()

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from segsft.layout import REPORT_FILE
+from segsft.store.layout import REPORT_FILE
 
 SELECTION_NAME = ("${segsft_selection_name:${.method},${.top_mass},${.max_consistency},${.min_consistency},"
                   "${.min_tokens},${.seed},${.unconverged},${.score},${.order}}")
@@ -139,7 +139,7 @@ class SelectConf:
     # Seed of select.method=random.
     seed: int = 0
     # The selection directory's name, made from the settings with unset ones left out
-    # (segsft.layout.selection_name), e.g. attribution-top0.7-maxc0.8.
+    # (segsft.store.layout.selection_name), e.g. attribution-top0.7-maxc0.8.
     name: str = SELECTION_NAME
 
 
@@ -200,7 +200,7 @@ class ReportConf:
 
 @dataclass
 class EngineConf:
-    """What the generation engine (segsft.generation) of evaluate and generate shares."""
+    """What the generation engine (segsft.run.generation) of evaluate and generate shares."""
 
     # auto: vLLM where it is installed and CUDA is present, else HF generate; vllm | hf.
     engine: str = "auto"

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 from html.parser import HTMLParser
 from hydra import compose, initialize_config_dir
 
-from segsft.models import load_tokenizer
-from segsft.text import resolve_pattern, split_segments
-from segsft.tiny_model import save_tiny, tiny_qwen2, train_tokenizer
+from segsft.run.models import load_tokenizer
+from segsft.method.text import resolve_pattern, split_segments
+from tiny_model import save_tiny, tiny_qwen2, train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "r1-distill-qwen-7b-aime24.jsonl"

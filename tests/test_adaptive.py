@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from segsft.attribute.adaptive import AdaptiveSettings, StopTest, refine, spearman, trapezoid_weights
-from segsft.attribute.ig import IGPath, adaptive_integrated_gradients, answer_logprob, baseline_embeddings, freeze, path_token_grads
-from segsft.attribute.metrics import segment_metrics
-from segsft.layout import RunLayout
-from segsft.selection_config import SelectConfig
-from segsft.rule import decide
-from segsft.text import build_sequence, resolve_pattern
-from segsft.tiny_model import tiny_qwen2
+from segsft.method.adaptive import AdaptiveSettings, StopTest, refine, spearman, trapezoid_weights
+from segsft.method.ig import IGPath, adaptive_integrated_gradients, answer_logprob, baseline_embeddings, freeze, path_token_grads
+from segsft.method.metrics import segment_metrics
+from segsft.store.layout import RunLayout
+from segsft.method.selection_config import SelectConfig
+from segsft.method.rule import decide
+from segsft.method.text import build_sequence, resolve_pattern
+from tiny_model import tiny_qwen2
 
 SOLUTION = (
     "We need half of one. That is 0.5.\n\nWait, as a fraction it is \\frac{1}{2}."
@@ -123,7 +123,7 @@ def test_stop_test_compares_with_the_estimate_at_half_the_steps():
     def dec(a):
         return np.array(flips[int(a[0])]), np.array([2.0, 1.0])
 
-    from segsft.attribute.adaptive import Estimate
+    from segsft.method.adaptive import Estimate
 
     hist = [Estimate(s, np.array([float(s)]), 0.01, 0.01) for s in (9, 16, 18)]
     t = StopTest(0.05, 0.95, dec)

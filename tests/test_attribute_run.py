@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from conftest import REPO, compose_config, make_traces, write_jsonl
 from segsft.attribute import AttributeStage
 from segsft.schemas import REJECTS_SCHEMA, SAMPLES_SCHEMA, SEGMENTS_SCHEMA
-from segsft.text import build_sequence, resolve_pattern
+from segsft.method.text import build_sequence, resolve_pattern
 
 
 def overrides(run_dir, corpus, model_dir, *extra):
@@ -175,7 +175,7 @@ def test_killed_run_resumes_to_identical_tables(tmp_path, tiny_model_dir):
 
 def test_a_rerun_with_another_world_size_completes_the_run_and_consolidates(tmp_path, corpus, tiny_model_dir, single_run):
     from segsft.attribute import STAGE
-    from segsft.attribution_tables import open_attribution
+    from segsft.store.attribution_tables import open_attribution
 
     run_dir = tmp_path / "w"
     ovr = overrides(run_dir, corpus, tiny_model_dir, "attribute.max_tokens=400")
@@ -214,7 +214,7 @@ def test_a_rerun_with_other_settings_or_corpus_is_refused_naming_them(tmp_path, 
                              env=env1(), capture_output=True, text=True, timeout=300)
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
         assert needle in out.stderr and "set a new run_dir=" in out.stderr, out.stderr[-2000:]
-    from segsft.attribute.fingerprint import SettingsChanged
+    from segsft.store.fingerprint import SettingsChanged
 
     with pytest.raises(SettingsChanged, match="corpus_sha256"):
         run_inprocess(overrides(single_run, other, tiny_model_dir, "attribute.max_tokens=400"))
@@ -263,7 +263,7 @@ def test_a_boolean_key_that_is_not_a_boolean_is_refused_in_one_line(tmp_path, ti
         assert out.returncode == 2 and "Traceback" not in out.stderr, key
         assert f"full_key: {key}" in out.stderr and "'maybe'" in out.stderr and "not a valid bool" in out.stderr, out.stderr
     # A hand-made mapping (not composed by Hydra) is checked as strictly.
-    from segsft.models import check_model_config
+    from segsft.run.models import check_model_config
 
     assert check_model_config({"name_or_path": tiny_model_dir, "trust_remote_code": "no"}) == [
         "model.trust_remote_code='no': use true or false"]
@@ -272,7 +272,7 @@ def test_a_boolean_key_that_is_not_a_boolean_is_refused_in_one_line(tmp_path, ti
 def test_outputs_follow_the_umask(tmp_path):
     import stat
 
-    from segsft.io import write_json
+    from segsft.store.io import write_json
 
     old = os.umask(0o022)
     try:
@@ -289,7 +289,7 @@ def test_a_second_writer_of_a_part_is_refused_naming_the_holder(tmp_path, corpus
     import socket
 
     from segsft.attribute.runner import part_lock
-    from segsft.layout import RunLayout
+    from segsft.store.layout import RunLayout
 
     lay = RunLayout(tmp_path).attribution
     with part_lock(lay, "00000-of-00001"):
@@ -300,7 +300,7 @@ def test_a_second_writer_of_a_part_is_refused_naming_the_holder(tmp_path, corpus
     assert not any(lay.dir.glob("samples-*.parquet"))  # it wrote nothing
     # A holder killed with SIGKILL leaves the lock file, but the OS released the lock.
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
-                               "from segsft.attribute.runner import part_lock; from segsft.layout import RunLayout;"
+                               "from segsft.attribute.runner import part_lock; from segsft.store.layout import RunLayout;"
                                "cm = part_lock(RunLayout(sys.argv[2]).attribution, '00000-of-00001'); cm.__enter__();"
                                "print('held', flush=True); time.sleep(60)", str(REPO), str(tmp_path)],
                               stdout=subprocess.PIPE, text=True, env=env1())

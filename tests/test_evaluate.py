@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from conftest import REPO, compose_config, needs_shared_data, shared_rows, write_jsonl
-from segsft.grading import grade
+from segsft.method.grading import grade
 
 MATCH = [
     ("\\boxed{0.5}", "\\frac{1}{2}"), ("\\boxed{\\frac{1}{2}}", "0.5"), ("\\boxed{27.0}", "27"),
@@ -146,8 +146,8 @@ def test_generate_keeps_the_chosen_sample_and_rejects_the_rest():
 def test_generate_writes_a_corpus_this_pipeline_reads(tmp_path, tiny_model_dir, monkeypatch):
     """With the grader forced to accept, every problem keeps its shortest sample; the corpus is
     read back by the attribution's reader with the ground truth as answer."""
-    import segsft.grading as grading
-    from segsft.corpus import read_corpus
+    import segsft.method.grading as grading
+    from segsft.store.corpus import read_corpus
     from segsft.generate import run
 
     monkeypatch.setattr(grading, "grade", lambda out, ans, fin="stop", ch=None: grading.Grade("x", True, "match"))

@@ -21,7 +21,7 @@ def test_a_failed_write_names_the_file_and_what_to_do(tmp_path, monkeypatch):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from segsft.io import write_parquet
+    from segsft.store.io import write_parquet
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "Error writing bytes to file")  # as pyarrow raises it: no file name

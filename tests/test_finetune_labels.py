@@ -14,13 +14,13 @@ from hydra.errors import ConfigCompositionException
 
 from conftest import (REPO, compose_config, SHARED_DATA, hand_segments, make_traces, needs_shared_data, shared_rows, write_jsonl,
                       write_masks)
-from segsft.corpus import read_corpus
+from segsft.store.corpus import read_corpus
 from segsft.finetune import IGNORE_INDEX, check_config
 from segsft.finetune.checkpoints import MARKER, latest_complete, remove_incomplete
 from segsft.finetune.collate import PaddingCollator
 from segsft.finetune.examples import build_examples, step8_sequence, write_train_tokens
 from segsft.finetune.masks import MasksError, read_masks
-from segsft.text import build_sequence, resolve_pattern
+from segsft.method.text import build_sequence, resolve_pattern
 
 FIELDS = {"id": "id", "question": "question", "solution": "solution", "answer": "answer"}
 PATTERN = resolve_pattern("default")

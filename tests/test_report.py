@@ -10,14 +10,14 @@ import polars as pl
 import pytest
 
 from conftest import REPORT_SELECT, Page, report_cfg, write_jsonl
-from segsft.attribute.metrics import segment_metrics
-from segsft.layout import SWEEP_FILE
+from segsft.method.metrics import segment_metrics
+from segsft.store.layout import SWEEP_FILE
 from segsft.report import ReportError, check_config, run
 from segsft.report.view import pick_traces
 from segsft.report.tokens import TokenMismatch, token_starts
 from segsft.select import run as select_run
 from segsft.select.synthetic import write_attribution
-from segsft.text import ANSWER_SUFFIX_DEFAULT, build_sequence, resolve_pattern
+from segsft.method.text import ANSWER_SUFFIX_DEFAULT, build_sequence, resolve_pattern
 
 PATTERN = resolve_pattern("default")
 
@@ -293,7 +293,7 @@ def test_agreement_table_and_the_cheap_signals_figure(built, tmp_path):
     assert "Agreement between selections" in text and "stage=compare" in text  # says how to get it
     assert "no token statistics in this run" in text  # these hand-made tables have none
     # Give the tables a signal, select by it, compare.
-    from segsft.io import write_parquet
+    from segsft.store.io import write_parquet
     from segsft.schemas import SEGMENTS_SCHEMA
 
     for f in (run_dir / "attribution").glob("segments-*.parquet"):
@@ -313,7 +313,7 @@ def test_evaluation_section_shows_the_results_side_by_side(built, tmp_path):
     import shutil
 
     from segsft.evaluate.results import results
-    from segsft.io import write_parquet
+    from segsft.store.io import write_parquet
     from segsft.schemas import RESULTS_SCHEMA
 
     run_dir = tmp_path / "run"
@@ -404,7 +404,7 @@ def test_tables_written_before_the_adaptive_rule_still_report(built, tmp_path):
 
     import pyarrow.parquet as pq
 
-    from segsft.layout import RunLayout
+    from segsft.store.layout import RunLayout
     from segsft.report.load import load_attribution
 
     run = tmp_path / "old"

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from conftest import compose_config
-from segsft.io import write_parquet
+from segsft.store.io import write_parquet
 from segsft.schemas import SEGMENTS_SCHEMA
 from segsft.select import (MASKS_SCHEMA, PER_SAMPLE_SCHEMA, SWEEP_SCHEMA, AttributionNotReady, SelectionDirTaken,
                            check_config, open_attribution, run)
@@ -137,7 +137,7 @@ def test_unconverged_full_keeps_the_reason_of_samples_trained_in_full_anyway():
 def test_select_warns_when_the_stop_test_used_other_settings(tmp_path, caplog):
     rows = _rows()
     adir = write_attribution(tmp_path / "r", rows)
-    from segsft.layout import AttributionLayout
+    from segsft.store.layout import AttributionLayout
 
     lay = AttributionLayout(adir)
     for part in lay.finished_parts():
@@ -175,7 +175,7 @@ def test_check_config_lists_every_problem(run_dir):
         with pytest.raises(ConfigCompositionException, match=bad.split("=")[0].replace(".", r"\.")):
             _cfg(run_dir, bad)
     # A hand-made mapping (an older selection's saved settings) is checked as strictly.
-    from segsft.selection_config import check_settings
+    from segsft.method.selection_config import check_settings
 
     assert any("select.always_keep=" in e for e in check_settings({**cfg.select, "always_keep": [0, "x"]}))
 

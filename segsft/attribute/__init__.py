@@ -3,17 +3,17 @@
 from pathlib import Path
 from typing import Any
 
-from segsft.attribute.ig import IGResult, integrated_gradients
-from segsft.attribute.metrics import segment_metrics
-from segsft.attribute.quadrature import RULES, quadrature
+from segsft.method.ig import IGResult, integrated_gradients
+from segsft.method.metrics import segment_metrics
+from segsft.method.quadrature import RULES, quadrature
 from segsft.attribute.runner import AttributeStage, attribution_dir
-from segsft.layout import RunLayout
+from segsft.store.layout import RunLayout
 
 __all__ = ["STAGE", "AttributeStage", "IGResult", "RULES", "attribution_dir", "integrated_gradients", "quadrature", "segment_metrics"]
 
 
 class _AttributeStage:
-    """segsft.stage_api.Stage for DESIGN steps 1-6 (this rank's shard)."""
+    """segsft.run.stage_api.Stage for DESIGN steps 1-6 (this rank's shard)."""
 
     name = "attribute"
 

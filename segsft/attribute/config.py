@@ -6,9 +6,9 @@ from typing import Any
 
 
 def check_attribute(cfg: Any) -> list[str]:
-    from segsft.attribute.ig import BASELINES
-    from segsft.attribute.quadrature import RULES
-    from segsft.text import KEYWORD_PRESETS
+    from segsft.method.ig import BASELINES
+    from segsft.method.quadrature import RULES
+    from segsft.method.text import KEYWORD_PRESETS
 
     a, errs = cfg.attribute, []
     if a.rule not in RULES:
@@ -18,7 +18,7 @@ def check_attribute(cfg: Any) -> list[str]:
     errs += check_adaptive(a)
     if a.rule == "adaptive":
         # The stop test decides with the select rule: its settings must be valid before any model loads.
-        from segsft.selection_config import check_settings
+        from segsft.method.selection_config import check_settings
 
         errs += [f"{e} (the adaptive rule's stop test uses the select settings)" for e in check_settings(cfg.select)]
     mbt = a.max_batch_tokens
@@ -57,10 +57,10 @@ def check_attribute(cfg: Any) -> list[str]:
     if not cfg.data.path:
         errs.append("data.path is empty: point it to a JSONL or Parquet corpus")
     else:
-        from segsft.corpus import corpus_path_problem
+        from segsft.store.corpus import corpus_path_problem
 
         errs += [p for p in [corpus_path_problem(cfg.data.path)] if p]
-    from segsft.models import check_model_config
+    from segsft.run.models import check_model_config
 
     errs += check_model_config(cfg.model)
     if not cfg.model.name_or_path:
@@ -71,7 +71,7 @@ def check_attribute(cfg: Any) -> list[str]:
 def check_adaptive(a: Any) -> list[str]:
     """The adaptive rule's keys (checked whatever the rule, so a sweep fails early)."""
     from segsft.config_schema import AttributeConf
-    from segsft.models import DTYPES
+    from segsft.run.models import DTYPES
 
     d, errs = AttributeConf(), []
 

@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from segsft.attribution_tables import AttributionNotReady, open_attribution
-from segsft.io import write_json, write_parquet
-from segsft.layout import ATTRIBUTION_TABLES, RunLayout, part_name
+from segsft.store.attribution_tables import AttributionNotReady, open_attribution
+from segsft.store.io import write_json, write_parquet
+from segsft.store.layout import ATTRIBUTION_TABLES, RunLayout, part_name
 from segsft.schemas import REJECTS_SCHEMA, SAMPLES_SCHEMA, SEGMENTS_SCHEMA, SID
 
 log = logging.getLogger(__name__)

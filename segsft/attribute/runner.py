@@ -1,6 +1,6 @@
 """The attribution stage over a corpus: one rank's deterministic shard, resumable.
 
-Protocol (names in segsft.layout): flushed chunks of a part go to its partial directory;
+Protocol (names in segsft.store.layout): flushed chunks of a part go to its partial directory;
 a chunk counts only once its samples file exists (written last), so a kill between the
 three writes leaves an orphan that the rerun removes. After the last flush the chunks are
 merged into the part's tables, then its marker is written, then the chunks are removed.
@@ -26,18 +26,18 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from segsft.attribute.adaptive import AdaptiveSettings
-from segsft.attribute.batching import attribute_sequence, resolve_budget
-from segsft.attribute.ig import check_supports_logits_to_keep, freeze
-from segsft.attribute.metrics import segment_decider, segment_metrics
-from segsft.attribute.token_stats import segment_token_stats, token_stats
-from segsft.corpus import Reject, Sample, read_corpus
+from segsft.method.adaptive import AdaptiveSettings
+from segsft.method.batching import attribute_sequence, resolve_budget
+from segsft.method.ig import check_supports_logits_to_keep, freeze
+from segsft.method.metrics import segment_decider, segment_metrics
+from segsft.method.token_stats import segment_token_stats, token_stats
+from segsft.store.corpus import Reject, Sample, read_corpus
 from segsft.errors import PipelineError
-from segsft.dist import shard
-from segsft.layout import AttributionLayout, RunLayout, part_name
-from segsft.io import write_json, write_parquet
+from segsft.run.dist import shard
+from segsft.store.layout import AttributionLayout, RunLayout, part_name
+from segsft.store.io import write_json, write_parquet
 from segsft.schemas import REJECTS_SCHEMA, SAMPLES_SCHEMA, SEGMENTS_SCHEMA
-from segsft.text import build_sequence, resolve_pattern
+from segsft.method.text import build_sequence, resolve_pattern
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class _Buffer:
 
 
 class PartWriter:
-    """Chunked, atomic, resumable output of one rank (the file names: segsft.layout)."""
+    """Chunked, atomic, resumable output of one rank (the file names: segsft.store.layout)."""
 
     def __init__(self, out_dir: Path, rank: int, world: int):
         self.layout = AttributionLayout(out_dir)
@@ -220,9 +220,9 @@ class AttributeStage:
             return self._run_locked(writer, rank, world, model, tokenizer)
 
     def _run_locked(self, writer: "PartWriter", rank: int, world: int, model: Any, tokenizer: Any) -> dict:
-        from segsft.attribute.fingerprint import check_or_store, fingerprint
-        from segsft.dist import local_rank
-        from segsft.models import pick_device, pick_dtype
+        from segsft.store.fingerprint import check_or_store, fingerprint
+        from segsft.run.dist import local_rank
+        from segsft.run.models import pick_device, pick_dtype
 
         a = self.acfg
         if model is not None:
@@ -251,7 +251,7 @@ class AttributeStage:
         )
         if todo:
             if model is None or tokenizer is None:
-                from segsft.models import load_model, load_tokenizer
+                from segsft.run.models import load_model, load_tokenizer
 
                 tokenizer = load_tokenizer(self.cfg["model"])
                 model = load_model(self.cfg["model"], device, dtype)
@@ -314,7 +314,7 @@ class AttributeStage:
         return ready, rejects
 
     def _process(self, todo: list[Sample | Reject], writer: PartWriter, model: Any, tokenizer: Any, rank: int) -> None:
-        from segsft.models import pad_token_id
+        from segsft.run.models import pad_token_id
 
         a = self.acfg
         model_name = str(self.cfg["model"]["name_or_path"])
@@ -376,7 +376,7 @@ class AttributeStage:
                 adaptive.target_gap, adaptive.target_stability, ", ".join(unconverged))
 
     def _select_config(self) -> Any:
-        from segsft.selection_config import SelectConfig
+        from segsft.method.selection_config import SelectConfig
 
         return SelectConfig.from_cfg(self.cfg["select"] or {})
 

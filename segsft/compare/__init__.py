@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from segsft.errors import PipelineError
-from segsft.layout import RunLayout
+from segsft.store.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 def run(cfg: Any) -> Path:
     import polars as pl
 
-    from segsft.attribution_tables import open_attribution
+    from segsft.store.attribution_tables import open_attribution
     from segsft.compare.agreement import agreement, describe, show
-    from segsft.io import write_parquet
+    from segsft.store.io import write_parquet
     from segsft.schemas import AGREEMENT_SCHEMA
 
     run = RunLayout(cfg.run_dir)
@@ -42,7 +42,7 @@ def run(cfg: Any) -> Path:
 
 
 class _CompareStage:
-    """segsft.stage_api.Stage: one process; ranks > 0 do nothing."""
+    """segsft.run.stage_api.Stage: one process; ranks > 0 do nothing."""
 
     name = "compare"
 

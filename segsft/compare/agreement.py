@@ -12,8 +12,8 @@ from typing import Any
 
 import polars as pl
 
-from segsft.attribution_tables import AttributionTables
-from segsft.layout import SelectionLayout
+from segsft.store.attribution_tables import AttributionTables
+from segsft.store.layout import SelectionLayout
 from segsft.schemas import AGREEMENT_SCHEMA, SID
 
 

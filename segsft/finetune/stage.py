@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from segsft.config_schema import plain
-from segsft.corpus import read_corpus
+from segsft.store.corpus import read_corpus
 from segsft.finetune.checkpoints import checkpoints, latest_complete
 from segsft.finetune.examples import build_examples, log_report, write_train_tokens
 from segsft.finetune.masks import read_masks
 from segsft.finetune.settings import FinetuneError, FinetuneSettings, check_config, deepspeed_config_path
-from segsft.dist import is_main as _is_main
-from segsft.io import file_sha256, write_json
-from segsft.layout import FinetuneLayout, SelectionLayout
+from segsft.run.dist import is_main as _is_main
+from segsft.store.io import file_sha256, write_json
+from segsft.store.layout import FinetuneLayout, SelectionLayout
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def run(cfg: Any, callbacks: Sequence[Any] = (), checked: bool = False) -> Finet
     import torch
 
     from segsft.finetune.train import train
-    from segsft.models import load_tokenizer
+    from segsft.run.models import load_tokenizer
 
     errors = [] if checked else check_config(cfg)
     if errors:

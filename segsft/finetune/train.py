@@ -10,12 +10,12 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from segsft.dist import barrier, is_main, local_rank
+from segsft.run.dist import barrier, is_main, local_rank
 from segsft.finetune.checkpoints import CompleteMarker, StepCounter, latest_complete, remove_incomplete
 from segsft.finetune.collate import ExampleDataset, PaddingCollator, packing_collator
 from segsft.finetune.examples import Example
 from segsft.finetune.settings import FinetuneSettings, deepspeed_config_path
-from segsft.models import flag, model_path, pad_or_eos, pick_attn_implementation, pick_device
+from segsft.run.models import flag, model_path, pad_or_eos, pick_attn_implementation, pick_device
 
 log = logging.getLogger(__name__)
 

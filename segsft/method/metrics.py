@@ -11,8 +11,8 @@ import numpy as np
 def segment_decider(segment_tokens: Sequence[tuple[int, int]], select_cfg: Any, train_tokens: int | None = None
                     ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """token_attr -> (train decision per segment, strength per segment): the select stage's own
-    rule (`segsft.rule.decide`) on one sample, as the adaptive rule's stop test needs it."""
-    from segsft.rule import decide
+    rule (`segsft.method.rule.decide`) on one sample, as the adaptive rule's stop test needs it."""
+    from segsft.method.rule import decide
 
     def fn(token_attr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         seg = segment_metrics(token_attr, segment_tokens)

@@ -16,7 +16,7 @@ __all__ = ["STAGE", "ReportConfig", "ReportError", "check_config", "run"]
 
 
 class _ReportStage:
-    """segsft.stage_api.Stage for the HTML report (one page per run: rank 0 writes it)."""
+    """segsft.run.stage_api.Stage for the HTML report (one page per run: rank 0 writes it)."""
 
     name = "report"
 

@@ -13,11 +13,11 @@ from typing import Iterable
 import polars as pl
 import pyarrow.parquet as pq
 
-from segsft.layout import RunLayout, SelectionLayout
+from segsft.store.layout import RunLayout, SelectionLayout
 from segsft.report.config import ReportError
 from segsft.schemas import (ADAPTIVE_SAMPLE_COLUMNS, REPORT_SAMPLE_COLUMNS, REPORT_SEGMENT_COLUMNS, SID,
                             TOKEN_STAT_COLUMNS)
-from segsft.attribution_tables import AttributionNotReady, AttributionTables, open_attribution
+from segsft.store.attribution_tables import AttributionNotReady, AttributionTables, open_attribution
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ def load_agreement(run_dir: str | Path) -> pl.DataFrame | None:
 
 def load_results(eval_dir: str | Path) -> pl.DataFrame | None:
     """stage=evaluate's results table, or None before it ran."""
-    from segsft.layout import GenerationLayout
+    from segsft.store.layout import GenerationLayout
 
     path = GenerationLayout(Path(eval_dir)).results
     return pl.read_parquet(path) if path.is_file() else None

@@ -5,7 +5,7 @@
 - HF `generate` otherwise (`engine=hf`, the CPU path): prompts sorted by length and batched
   (`batch_size`, left padding), `num_return_sequences` samples each, a progress bar with tokens/s.
 
-Prompts are the attribution's (segsft.text.encode_prompt: the chat template and the same user
+Prompts are the attribution's (segsft.method.text.encode_prompt: the chat template and the same user
 message), so a model is asked exactly what it was trained on. Sampling is seeded per batch from
 (seed, the batch's first problem id), so a rerun of the same problems gives the same outputs.
 """
@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
-from segsft.corpus import ProblemRow
+from segsft.store.corpus import ProblemRow
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,8 @@ class HFEngine:
     def __init__(self, model_cfg: dict, settings: Any, device: Any = None):
         import torch
 
-        from segsft.dist import local_rank
-        from segsft.models import load_model, load_tokenizer, pick_device, pick_dtype
+        from segsft.run.dist import local_rank
+        from segsft.run.models import load_model, load_tokenizer, pick_device, pick_dtype
 
         self.s = settings
         self.device = device or pick_device("auto", local_rank())
@@ -92,7 +92,7 @@ class HFEngine:
         self.torch = torch
 
     def prompts(self, problems: Sequence[ProblemRow]) -> list[list[int]]:
-        from segsft.text import encode_prompt
+        from segsft.method.text import encode_prompt
 
         return [encode_prompt(self.tokenizer, p.question).tolist() for p in problems]
 
@@ -137,7 +137,7 @@ class VLLMEngine:
     def __init__(self, model_cfg: dict, settings: Any):
         from vllm import LLM
 
-        from segsft.models import flag, load_tokenizer, model_path
+        from segsft.run.models import flag, load_tokenizer, model_path
 
         self.s = settings
         self.tokenizer = load_tokenizer(model_cfg)
@@ -151,7 +151,7 @@ class VLLMEngine:
     def generate(self, problems: Sequence[ProblemRow], k: int, progress: Any = None) -> Iterator[list[Completion]]:
         from vllm import SamplingParams
 
-        from segsft.text import encode_prompt
+        from segsft.method.text import encode_prompt
 
         params = SamplingParams(n=k, temperature=self.s.temperature, top_p=self.s.top_p,
                                 max_tokens=self.s.max_new_tokens,
@@ -203,7 +203,7 @@ def check_settings(layout: Any, settings: dict, what: str, sources: dict[str, st
     import json
 
     from segsft.errors import PipelineError
-    from segsft.io import write_json
+    from segsft.store.io import write_json
 
     if not layout.settings.is_file():
         write_json(layout.settings, {**settings, "sources": sources})
@@ -224,7 +224,7 @@ def source_hash(path_or_spec: str, fields: Any) -> str:
     import hashlib
     from pathlib import Path
 
-    from segsft.io import file_sha256
+    from segsft.store.io import file_sha256
 
     base = file_sha256(path_or_spec) if Path(path_or_spec).is_file() else path_or_spec
     mapping = ",".join(f"{k}={fields[k]}" for k in sorted(fields))
@@ -248,9 +248,9 @@ def generate_graded(model_cfg: dict, label: str, sets: Sequence[tuple[str, Seque
     """Generate k samples per problem of this rank's shard (rows r, r+world, ... of each set)
     that no chunk holds yet, grade them, and write them chunk by chunk (atomic files). Returns
     the number of problems generated. The model loads only when there is work."""
-    from segsft.grading import grade
-    from segsft.io import write_parquet
-    from segsft.layout import part_name
+    from segsft.method.grading import grade
+    from segsft.store.io import write_parquet
+    from segsft.store.layout import part_name
     from segsft.schemas import GENERATIONS_SCHEMA
 
     part = part_name(rank, world)

@@ -58,7 +58,7 @@ _resolved: dict[str, str] = {}
 
 def model_path(cfg: Mapping[str, Any]) -> str:
     """The configured id or directory, or the offline copy of a known model (resolved once)."""
-    from segsft.model_source import resolve_name_or_path
+    from segsft.run.model_source import resolve_name_or_path
 
     name = str(cfg["name_or_path"])
     if name not in _resolved:

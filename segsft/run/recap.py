@@ -8,10 +8,10 @@ from typing import Any
 
 import polars as pl
 
-from segsft.attribution_tables import open_attribution
-from segsft.corpus import read_corpus
+from segsft.store.attribution_tables import open_attribution
+from segsft.store.corpus import read_corpus
 from segsft.schemas import ADAPTIVE_SAMPLE_COLUMNS, REPORT_SAMPLE_COLUMNS, REPORT_SEGMENT_COLUMNS
-from segsft.layout import FinetuneLayout, GenerationLayout, RunLayout, SelectionLayout
+from segsft.store.layout import FinetuneLayout, GenerationLayout, RunLayout, SelectionLayout
 
 
 def _short(text: str, width: int = 90) -> str:
@@ -56,7 +56,7 @@ def summarize(cfg: Any) -> str:
     sel = SelectionLayout(Path(cfg.selection_dir))
     ft = FinetuneLayout(Path(cfg.finetune_dir))
     lines: list[str] = []
-    # Finished parts only, each sample once (segsft.attribution_tables).
+    # Finished parts only, each sample once (segsft.store.attribution_tables).
     tables = open_attribution(cfg.run_dir)
     seg = tables.scan_segments(REPORT_SEGMENT_COLUMNS).collect()
     smp = tables.scan_samples(REPORT_SAMPLE_COLUMNS, ADAPTIVE_SAMPLE_COLUMNS).collect()

@@ -7,10 +7,10 @@ lists every problem of `select.*`. The rule itself is `rule.attribution_rule`.
 from pathlib import Path
 from typing import Any
 
-from segsft.layout import SelectionLayout
-from segsft.selection_config import METHODS, SelectConfig, check_config
-from segsft.attribution_tables import AttributionNotReady, open_attribution
-from segsft.rule import attribution_rule
+from segsft.store.layout import SelectionLayout
+from segsft.method.selection_config import METHODS, SelectConfig, check_config
+from segsft.store.attribution_tables import AttributionNotReady, open_attribution
+from segsft.method.rule import attribution_rule
 from segsft.schemas import MASKS_SCHEMA, PER_SAMPLE_SCHEMA, SWEEP_SCHEMA
 from segsft.select.stage import SelectionDirTaken, run, select_masks
 
@@ -21,7 +21,7 @@ __all__ = [
 
 
 class _SelectStage:
-    """segsft.stage_api.Stage for DESIGN step 7 (one process; ranks > 0 do nothing)."""
+    """segsft.run.stage_api.Stage for DESIGN step 7 (one process; ranks > 0 do nothing)."""
 
     name = "select"
 

@@ -2,7 +2,7 @@
 select stage and the report).
 
 The attribution stage writes each part's tables, then its marker; an unfinished part leaves
-chunks in its partial directory (names: segsft.layout). A run is complete when every part of
+chunks in its partial directory (names: segsft.store.layout). A run is complete when every part of
 at least one world size is finished. Reruns with another world size skip the samples that
 finished parts hold, so the finished parts of every world size together hold each sample;
 where two hold the same sample (a consolidation cut short, two launches at once) the first part
@@ -20,7 +20,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from segsft.errors import PipelineError
-from segsft.layout import ATTRIBUTION_TABLES, RunLayout, parse_part
+from segsft.store.layout import ATTRIBUTION_TABLES, RunLayout, parse_part
 from segsft.schemas import (REJECTS_SCHEMA, REQUIRED, SAMPLES_SCHEMA, SEGMENTS_SCHEMA, SELECT_OPTIONAL_SAMPLE_COLUMNS,
                             SELECT_SAMPLE_COLUMNS, SELECT_SEGMENT_COLUMNS, SID)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from segsft.errors import PipelineError
-from segsft.io import file_sha256, write_json
-from segsft.layout import AttributionLayout
+from segsft.store.io import file_sha256, write_json
+from segsft.store.layout import AttributionLayout
 
 log = logging.getLogger(__name__)
 

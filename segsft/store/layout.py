@@ -54,7 +54,7 @@ class AttributionLayout:
 
     @property
     def fingerprint(self) -> Path:
-        """The settings the scores were made with (segsft.attribute.fingerprint)."""
+        """The settings the scores were made with (segsft.store.fingerprint)."""
         return self.dir / "fingerprint.json"
 
     @property
