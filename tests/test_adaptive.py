@@ -157,7 +157,7 @@ def test_adaptive_run_killed_after_a_flush_resumes_to_the_same_tables(tmp_path, 
 
     from conftest import compose_config, make_traces, write_jsonl
     from segsft.attribute import AttributeStage
-    from segsft.attribute.runner import PartWriter
+    from segsft.store.parts import PartWriter
 
     corpus = write_jsonl(tmp_path / "t.jsonl", make_traces(4))
 

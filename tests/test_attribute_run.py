@@ -205,6 +205,26 @@ def test_a_rerun_with_another_world_size_completes_the_run_and_consolidates(tmp_
         assert x.equals(y)
 
 
+def test_after_a_complete_run_the_users_glob_sees_each_sample_once(tmp_path, corpus, tiny_model_dir, single_run):
+    # World size 2, rank 1 killed after writing its tables but before its marker; then one
+    # process finishes the run. The README's glob must not see rank 1's samples twice.
+    from segsft.attribute import STAGE
+
+    run_dir = tmp_path / "g"
+    cfg = compose_config(*overrides(run_dir, corpus, tiny_model_dir, "attribute.max_tokens=400"))
+    STAGE.run(cfg, 0, 2)
+    STAGE.run(cfg, 1, 2)
+    (run_dir / "attribution" / "part-00001-of-00002.done").unlink()
+    assert (run_dir / "attribution" / "segments-00001-of-00002.parquet").is_file()
+    STAGE.run(cfg, 0, 1)
+    seg = pl.scan_parquet(str(run_dir / "attribution" / "segments-*.parquet")).collect().sort("sample_id", "segment")
+    smp = pl.scan_parquet(str(run_dir / "attribution" / "samples-*.parquet")).collect().sort("sample_id")
+    seg1, smp1, _ = sorted_tables(single_run)
+    assert smp["sample_id"].to_list() == smp1["sample_id"].to_list()
+    assert seg.select("sample_id", "segment").equals(seg1.select("sample_id", "segment"))
+    assert np.allclose(seg["attr_sum"], seg1["attr_sum"], rtol=1e-4, atol=1e-6)
+
+
 def test_a_rerun_with_other_settings_or_corpus_is_refused_naming_them(tmp_path, corpus, tiny_model_dir, single_run):
     before = sorted_tables(single_run)
     other = write_jsonl(tmp_path / "other.jsonl", make_traces(3, seed=9))
@@ -288,7 +308,7 @@ def test_outputs_follow_the_umask(tmp_path):
 def test_a_second_writer_of_a_part_is_refused_naming_the_holder(tmp_path, corpus, tiny_model_dir):
     import socket
 
-    from segsft.attribute.runner import part_lock
+    from segsft.store.parts import part_lock
     from segsft.store.layout import RunLayout
 
     lay = RunLayout(tmp_path).attribution
@@ -300,7 +320,7 @@ def test_a_second_writer_of_a_part_is_refused_naming_the_holder(tmp_path, corpus
     assert not any(lay.dir.glob("samples-*.parquet"))  # it wrote nothing
     # A holder killed with SIGKILL leaves the lock file, but the OS released the lock.
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
-                               "from segsft.attribute.runner import part_lock; from segsft.store.layout import RunLayout;"
+                               "from segsft.store.parts import part_lock; from segsft.store.layout import RunLayout;"
                                "cm = part_lock(RunLayout(sys.argv[2]).attribution, '00000-of-00001'); cm.__enter__();"
                                "print('held', flush=True); time.sleep(60)", str(REPO), str(tmp_path)],
                               stdout=subprocess.PIPE, text=True, env=env1())

@@ -39,8 +39,8 @@ def test_grader_rejects_different_answers(output, answer):
 
 
 def test_grader_says_why_nothing_was_graded():
-    assert grade("I am still thinking about", "5", "stop") == grade("I am still thinking about", "5", "stop")
-    assert grade("I am still thinking about", "5", "stop").verdict == "no_answer"
+    g = grade("I am still thinking about", "5", "stop")
+    assert (g.pred, g.correct, g.verdict) == (None, False, "no_answer")
     g = grade("I am still thinking about", "5", "length")
     assert (g.pred, g.correct, g.verdict) == (None, False, "truncated")
     assert grade("thinking \\boxed{7} ... </think> no box after", "7").pred == "7"  # falls back to the whole output

@@ -4,6 +4,7 @@ spells the run layout, imports point one way."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,7 @@ STAGES = ("attribute", "select", "finetune", "evaluate", "report", "compare", "g
 #: (the config's keys and the tables' schemas: declarations, no I/O).
 PLACES = ("method", "store", "run")
 CONTRACT = {"segsft.config_schema", "segsft.schemas", "segsft.errors"}
-LAYOUT_NAMES = ("segments-", "samples-", "rejects-", "part-", "_partial", "masks.parquet", "summary_per_sample",
-                "summary.json", "train_tokens.parquet", "loss_history", "sweep.parquet", "sweep_row", "report.html",
-                "model.partial", ".done")
+
 
 
 def modules() -> dict[str, ast.Module]:
@@ -55,6 +54,17 @@ def imports(tree: ast.Module) -> set[str]:
     return out
 
 
+def layout_names() -> list[str]:
+    """Every file or directory name the layout module spells: its literals that look like one
+    (a dot, a dash or a leading underscore), less bare extensions and globs."""
+    generic = {".parquet", "*.parquet", "-*.parquet", "-", "*"}
+    return sorted(s for s in set(string_literals(modules()["segsft.store.layout"]))
+                  if re.fullmatch(r"[\w.*-]+", s) and ("." in s or "-" in s or s.startswith("_")) and s not in generic)
+
+
+LAYOUT_NAMES = layout_names()
+
+
 @pytest.mark.parametrize("name", LAYOUT_NAMES)
 def test_layout_names_are_spelled_in_one_module(name):
     spelled = sorted(m for m, tree in modules().items() if any(name in s for s in string_literals(tree)))
@@ -89,6 +99,9 @@ def test_imports_point_one_way():
 def test_the_checks_see_real_literals_and_imports():
     # The scanners themselves: the layout's own names and a stage's import of it are found.
     assert any("masks.parquet" in s for s in string_literals(modules()["segsft.store.layout"]))
+    names = set(LAYOUT_NAMES)
+    assert {"masks.parquet", "part-", "-of-", ".done", "_partial", "generations-", "run_config.json", ".lock-",
+            "report.html", "agreement.parquet", "corpus.jsonl", "sweep.parquet"} <= names
     assert "segsft.store.layout" in imports(modules()["segsft.attribute.runner"])
     assert place_of("segsft.select.stage") == "select" and place_of("segsft.store.layout") == "store"
     assert place_of("segsft.schemas") == "contract" and place_of("segsft.method.rule") == "method"

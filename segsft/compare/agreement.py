@@ -18,7 +18,9 @@ from segsft.schemas import AGREEMENT_SCHEMA, SID
 
 
 @dataclass(frozen=True)
-class Selection:
+class SelectionRanking:
+    """A finished selection as compare sees it: its method and the score column it ranks by."""
+
     name: str
     method: str
     score: str | None  # the column it ranks by (None: random, full)
@@ -26,15 +28,15 @@ class Selection:
     masks: Path
 
 
-def describe(lay: SelectionLayout) -> Selection:
+def describe(lay: SelectionLayout) -> SelectionRanking:
     """A finished selection's method and the score it ranks by, from its summary."""
     s = json.loads(lay.summary.read_text())["settings"]
     method = s["method"]
     score = {"attribution": "strength", "score": s.get("score")}.get(method)
-    return Selection(lay.dir.name, method, score, s.get("order", "high") == "high", lay.masks)
+    return SelectionRanking(lay.dir.name, method, score, s.get("order", "high") == "high", lay.masks)
 
 
-def jaccard(a: Selection, b: Selection) -> pl.DataFrame:
+def jaccard(a: SelectionRanking, b: SelectionRanking) -> pl.DataFrame:
     """sample_id, jaccard over the samples both selections cover."""
     ma = pl.scan_parquet(a.masks).select(SID, "segment", pl.col("train").alias("ta"))
     mb = pl.scan_parquet(b.masks).select(SID, "segment", pl.col("train").alias("tb"))
@@ -46,7 +48,7 @@ def jaccard(a: Selection, b: Selection) -> pl.DataFrame:
             .collect())
 
 
-def spearman(a: Selection, b: Selection, tables: AttributionTables) -> pl.DataFrame:
+def spearman(a: SelectionRanking, b: SelectionRanking, tables: AttributionTables) -> pl.DataFrame:
     """sample_id, spearman of the two scores over the sample's segments (average ranks for ties;
     null for fewer than two segments or a constant score)."""
     cols = tuple(dict.fromkeys((a.score, b.score)))
@@ -59,7 +61,7 @@ def spearman(a: Selection, b: Selection, tables: AttributionTables) -> pl.DataFr
             .filter(pl.col("_n") >= 2).select(SID, pl.col("rho").fill_nan(None)).collect())
 
 
-def agreement(selections: list[Selection], tables: AttributionTables) -> pl.DataFrame:
+def agreement(selections: list[SelectionRanking], tables: AttributionTables) -> pl.DataFrame:
     """One row per pair (AGREEMENT_SCHEMA)."""
     rows: list[dict[str, Any]] = []
     for a, b in itertools.combinations(sorted(selections, key=lambda s: s.name), 2):

@@ -27,7 +27,7 @@ class _EvaluateStage:
 
     def outputs(self, cfg: Any) -> dict[str, Path]:
         lay = GenerationLayout(Path(cfg.eval_dir))
-        return {"generations": lay.dir / "generations-*.parquet", "results": lay.results}
+        return {"generations": lay.pattern, "results": lay.results}
 
 
 STAGE = _EvaluateStage()

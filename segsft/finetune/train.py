@@ -15,7 +15,7 @@ from segsft.finetune.checkpoints import CompleteMarker, StepCounter, latest_comp
 from segsft.finetune.collate import ExampleDataset, PaddingCollator, packing_collator
 from segsft.finetune.examples import Example
 from segsft.finetune.settings import FinetuneSettings, deepspeed_config_path
-from segsft.run.models import flag, model_path, pad_or_eos, pick_attn_implementation, pick_device
+from segsft.run.models import flag, model_path, pad_token_id, pick_attn_implementation, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def train(
     model = load_for_training(model_cfg, s.packing, half_precision=bool(args.bf16 or args.fp16))
     if checkpointing:
         model.config.use_cache = False  # the cache is useless in training and clashes with checkpointing
-    collator = packing_collator() if s.packing else PaddingCollator(pad_or_eos(tokenizer))
+    collator = packing_collator() if s.packing else PaddingCollator(pad_token_id(tokenizer, required=True))
     counter = StepCounter()
     trainer = Trainer(
         model=model,

@@ -114,7 +114,7 @@ class _GenerateStage:
 
     def outputs(self, cfg: Any) -> dict[str, Path]:
         lay = GenerationLayout(Path(cfg.generate_dir))
-        return {"corpus": lay.corpus, "rejects": lay.rejects, "generations": lay.dir / "generations-*.parquet"}
+        return {"corpus": lay.corpus, "rejects": lay.rejects, "generations": lay.pattern}
 
 
 STAGE = _GenerateStage()

@@ -80,13 +80,13 @@ class HFEngine:
         import torch
 
         from segsft.run.dist import local_rank
-        from segsft.run.models import load_model, load_tokenizer, pick_device, pick_dtype
+        from segsft.run.models import load_model, load_tokenizer, pad_token_id, pick_device, pick_dtype
 
         self.s = settings
         self.device = device or pick_device("auto", local_rank())
         self.tokenizer = load_tokenizer(model_cfg)
         self.model = load_model(model_cfg, self.device, pick_dtype(settings.dtype, self.device)).eval()
-        self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.pad = pad_token_id(self.tokenizer, required=True)
         eos = self.model.generation_config.eos_token_id
         self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos if eos is not None else self.tokenizer.eos_token_id])
         self.torch = torch
@@ -202,19 +202,19 @@ def check_settings(layout: Any, settings: dict, what: str, sources: dict[str, st
     changed under the same name (its finished problems would be paired with other questions)."""
     import json
 
-    from segsft.errors import PipelineError
+    from segsft.store.fingerprint import SettingsChanged, settings_diff
     from segsft.store.io import write_json
 
     if not layout.settings.is_file():
         write_json(layout.settings, {**settings, "sources": sources})
         return
     stored = json.loads(layout.settings.read_text())
-    diff = [f"{k}: {stored.get(k)!r} there, {settings.get(k)!r} now" for k in SETTING_KEYS if stored.get(k) != settings.get(k)]
+    diff = settings_diff(stored, settings, SETTING_KEYS)
     old = stored.get("sources") or {}
     diff += [f"the problems of {n!r} changed" for n, h in sources.items() if n in old and old[n] != h]
     if diff:
-        raise PipelineError(f"{layout.dir} holds generations made with other settings ({'; '.join(diff)}): set a new "
-                            f"{what}=... for these settings, or restore them to resume")
+        raise SettingsChanged(f"{layout.dir} holds generations made with other settings ({'; '.join(diff)}): set a new "
+                              f"{what}=... for these settings, or restore them to resume")
     if any(n not in old for n in sources):
         write_json(layout.settings, {**stored, "sources": {**old, **sources}})
 
@@ -231,16 +231,15 @@ def source_hash(path_or_spec: str, fields: Any) -> str:
     return hashlib.sha256(f"{base}\x00{mapping}".encode()).hexdigest()
 
 
-def done_keys(layout: Any) -> set[tuple[str, str, str]]:
-    """(model, benchmark, problem_id) of every problem whose samples a chunk holds (a chunk holds
-    all k samples of each of its problems)."""
-    import pyarrow.parquet as pq
+#: A generated sample's key; a chunk holds all k samples of each of its problems.
+SAMPLE_KEY = ("model", "benchmark", "problem_id", "sample")
 
-    keys: set[tuple[str, str, str]] = set()
-    for p in layout.chunks():
-        t = pq.read_table(p, columns=["model", "benchmark", "problem_id"])
-        keys.update(zip(*(t.column(c).to_pylist() for c in ("model", "benchmark", "problem_id"))))
-    return keys
+
+def done_keys(layout: Any) -> set[tuple[str, str, str]]:
+    """(model, benchmark, problem_id) of every problem whose samples a chunk holds."""
+    from segsft.store.parts import chunk_keys
+
+    return chunk_keys(layout.chunks(), SAMPLE_KEY[:3])
 
 
 def generate_graded(model_cfg: dict, label: str, sets: Sequence[tuple[str, Sequence[ProblemRow]]], k: int,
@@ -249,8 +248,8 @@ def generate_graded(model_cfg: dict, label: str, sets: Sequence[tuple[str, Seque
     that no chunk holds yet, grade them, and write them chunk by chunk (atomic files). Returns
     the number of problems generated. The model loads only when there is work."""
     from segsft.method.grading import grade
-    from segsft.store.io import write_parquet
     from segsft.store.layout import part_name
+    from segsft.store.parts import ChunkWriter
     from segsft.schemas import GENERATIONS_SCHEMA
 
     part = part_name(rank, world)
@@ -263,7 +262,7 @@ def generate_graded(model_cfg: dict, label: str, sets: Sequence[tuple[str, Seque
         return 0
     engine = load_engine(model_cfg, settings)
     progress = Progress(total, f"generate {label[-40:]}", disable=rank != 0)
-    n_chunk = len(layout.chunks(part))
+    chunks = ChunkWriter(lambda n: layout.chunk(part, n), len(layout.chunks(part)))
     try:
         for name, probs in todo:
             by_id = {p.problem_id: p for p in probs}
@@ -277,8 +276,7 @@ def generate_graded(model_cfg: dict, label: str, sets: Sequence[tuple[str, Seque
                         rows.append({"model": label, "benchmark": name, "problem_id": c.problem_id, "sample": c.sample,
                                      "output": c.text, "output_tokens": c.tokens, "finish_reason": c.finish_reason,
                                      "answer": p.answer, "pred": g.pred, "correct": g.correct, "verdict": g.verdict})
-                write_parquet(layout.chunk(part, n_chunk), rows, GENERATIONS_SCHEMA)
-                n_chunk += 1
+                chunks.write(rows, GENERATIONS_SCHEMA)
     finally:
         progress.close()
     return total
@@ -286,12 +284,7 @@ def generate_graded(model_cfg: dict, label: str, sets: Sequence[tuple[str, Seque
 
 def read_generations(layout: Any) -> "Any":
     """Every chunk's rows, each (model, benchmark, problem_id, sample) once (a Polars frame)."""
-    import polars as pl
-
     from segsft.schemas import GENERATIONS_SCHEMA
+    from segsft.store.parts import read_chunks
 
-    paths = layout.chunks()
-    if not paths:
-        return pl.from_arrow(GENERATIONS_SCHEMA.empty_table())
-    return (pl.concat([pl.read_parquet(p) for p in paths], how="vertical_relaxed")
-            .unique(["model", "benchmark", "problem_id", "sample"], keep="first", maintain_order=True))
+    return read_chunks(layout.chunks(), GENERATIONS_SCHEMA, SAMPLE_KEY)

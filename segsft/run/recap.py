@@ -95,9 +95,9 @@ def summarize(cfg: Any) -> str:
         lines.append(f"  masks    {masks_path}")
     if ft.model.exists():
         lines.append(f"  model    {ft.model}")
-    results = GenerationLayout(Path(cfg.eval_dir)).results
-    if results.exists():
-        lines.append(f"  eval     {results} (and generations-*.parquet beside it)")
+    gens = GenerationLayout(Path(cfg.eval_dir))
+    if gens.results.exists():
+        lines.append(f"  eval     {gens.results} (and {gens.pattern.name} beside it)")
     report = Path(cfg.report.path)
     if report.exists():
         lines.append(f"  report   {report}")

@@ -20,7 +20,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from segsft.errors import PipelineError
-from segsft.store.layout import ATTRIBUTION_TABLES, RunLayout, parse_part
+from segsft.store.layout import ATTRIBUTION_TABLES, RunLayout, parse_part, part_name
 from segsft.schemas import (REJECTS_SCHEMA, REQUIRED, SAMPLES_SCHEMA, SEGMENTS_SCHEMA, SELECT_OPTIONAL_SAMPLE_COLUMNS,
                             SELECT_SAMPLE_COLUMNS, SELECT_SEGMENT_COLUMNS, SID)
 
@@ -137,13 +137,13 @@ def open_attribution(run_dir: str | Path) -> AttributionTables:
     for p in parts:
         by_world.setdefault(_split(p)[1], []).append(p)
     complete = [w for w, ps in by_world.items()
-                if all(f"{r:05d}-of-{w:05d}" in finished for r in range(w))]
+                if all(part_name(r, w) in finished for r in range(w))]
     problems, notes = [], []
     for p in sorted(finished & set(partial)):
         # Killed while removing the chunks of a finished part: they are all in its tables.
         notes.append(f"{lay.partial(p)} is left over from finished part {p} (its chunks are in its tables): delete it")
     for w, ps in sorted(by_world.items()):
-        missing = [f"{r:05d}-of-{w:05d}" for r in range(w) if f"{r:05d}-of-{w:05d}" not in parts]
+        missing = [part_name(r, w) for r in range(w) if part_name(r, w) not in parts]
         unfinished = [p for p in ps if p not in finished]
         if w in complete:
             continue

@@ -1,4 +1,5 @@
-"""What the scores of a run depend on, stored once per run dir and compared on every rerun.
+"""What stored output depends on, stored once and compared on every rerun: the one
+"stored settings differ -> refuse" check of attribution, generation and fine-tuning.
 
 A rerun that resumes or reuses `run_dir/attribution` with another model, rule, baseline,
 pattern, suffix, corpus or dtype would mix two kinds of scores in one table (or say "nothing
@@ -8,15 +9,11 @@ is refused in one line naming the keys.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from segsft.errors import PipelineError
 from segsft.store.io import file_sha256, write_json
-from segsft.store.layout import AttributionLayout
-
-log = logging.getLogger(__name__)
 
 #: Keys of the adaptive rule (they move the nodes); a fixed rule depends on `steps` instead.
 ADAPTIVE_KEYS = ("target_gap", "target_stability", "max_steps", "init_points", "stable_ranks", "per_round")
@@ -43,25 +40,23 @@ def fingerprint(cfg: Mapping[str, Any], dtype: str, pattern: str) -> dict[str, A
     return fp
 
 
-def check_or_store(layout: AttributionLayout, fp: Mapping[str, Any], run_dir: str | Path) -> None:
-    """Store `fp` for a new run dir; refuse a rerun whose settings differ from the stored ones."""
+def settings_diff(stored: Mapping[str, Any], now: Mapping[str, Any], keys: Iterable[str] | None = None) -> list[str]:
+    """`key: <stored> there, <now> now` for every key (all of both by default) whose value changed."""
+    keys = sorted({*stored, *now}) if keys is None else list(keys)
+    return [f"{k}: {_short(stored.get(k))} there, {_short(now.get(k))} now" for k in keys if stored.get(k) != now.get(k)]
+
+
+def check_or_store(path: Path, fp: Mapping[str, Any], holds: str, remedy: str) -> None:
+    """Store `fp` at `path` the first time; refuse (one line: the changed keys, then `remedy`)
+    a rerun whose settings differ from the stored ones, whatever `path.parent` `holds`."""
     import json
 
-    path = layout.fingerprint
     if not path.is_file():
-        if layout.finished_parts() or layout.partial_parts():
-            log.warning("%s holds attribution without a settings fingerprint (an older version made it): "
-                        "taking this run's settings as its own", layout.dir)
         write_json(path, dict(fp))
         return
-    stored = json.loads(path.read_text())
-    diff = sorted(k for k in {*stored, *fp} if stored.get(k) != fp.get(k))
+    diff = settings_diff(json.loads(path.read_text()), fp)
     if diff:
-        what = "; ".join(f"{k}: {_short(stored.get(k))} there, {_short(fp.get(k))} now" for k in diff)
-        raise SettingsChanged(
-            f"{layout.dir} holds scores made with other settings ({what}): set a new run_dir=... to score with "
-            f"these settings, or restore them to resume or reuse {run_dir}"
-        )
+        raise SettingsChanged(f"{path.parent} holds {holds} made with other settings ({'; '.join(diff)}): {remedy}")
 
 
 def _short(v: Any) -> str:

@@ -248,6 +248,11 @@ class GenerationLayout:
         return sorted(self.dir.glob(f"generations-{part or '*'}-*.parquet")) if self.dir.is_dir() else []
 
     @property
+    def pattern(self) -> Path:
+        """The glob of every chunk (for messages and Polars scans)."""
+        return self.dir / "generations-*.parquet"
+
+    @property
     def results(self) -> Path:
         """evaluate: one row per (model, benchmark)."""
         return self.dir / "results.parquet"
