@@ -117,7 +117,24 @@ def test_every_stage_has_check_run_and_outputs(tmp_path):
         stage = load(name)
         assert stage.name == name
         assert all(callable(getattr(stage, m)) for m in ("check", "run", "outputs"))
+        assert stage.rank0_only is (name in ("select", "report", "compare"))
         outs = stage.outputs(cfg)
         assert outs and all(str(p).startswith(str(tmp_path)) for p in outs.values()), (name, outs)
     with pytest.raises(ValueError):
         load("nonexistent")
+
+
+@pytest.mark.parametrize("rank, ran", [("1", []), ("0", ["select"])])
+def test_the_dispatcher_runs_rank0_only_stages_on_rank_0_only(tmp_path, monkeypatch, rank, ran):
+    from conftest import compose_config
+    from segsft.run import stages
+    from segsft.run.stage_api import load
+
+    calls = []
+    select = load("select")
+    monkeypatch.setattr(type(select), "check", lambda self, cfg: [])
+    monkeypatch.setattr(type(select), "run", lambda self, cfg, r, w: calls.append(self.name))
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    stages.run_stage(compose_config("stage=select", f"run_dir={tmp_path}"))
+    assert calls == ran

@@ -42,15 +42,16 @@ def run(cfg: Any) -> Path:
 
 
 class _CompareStage:
-    """segsft.run.stage_api.Stage: one process; ranks > 0 do nothing."""
+    """segsft.run.stage_api.Stage: one process: rank 0."""
 
     name = "compare"
+    rank0_only = True
 
     def check(self, cfg: Any) -> list[str]:
         return [] if cfg.run_dir else ["run_dir is empty: set run_dir=<the run whose selections to compare>"]
 
     def run(self, cfg: Any, rank: int, world: int) -> Path | None:
-        return run(cfg) if rank == 0 else None
+        return run(cfg)
 
     def outputs(self, cfg: Any) -> dict[str, Path]:
         return {"agreement": RunLayout(cfg.run_dir).agreement}

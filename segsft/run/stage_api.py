@@ -20,6 +20,8 @@ EXTRA = ("compare", "generate")
 
 class Stage(Protocol):
     name: str
+    #: Only rank 0 runs it (the dispatcher skips it on other ranks); the others run on every rank.
+    rank0_only: bool
 
     def check(self, cfg: Any) -> list[str]: ...
 

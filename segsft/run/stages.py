@@ -39,6 +39,8 @@ def run_stage(cfg: DictConfig) -> Any:
     result = None
     for s in stages:
         log.info("stage %s: outputs %s", s.name, {k: str(v) for k, v in s.outputs(cfg).items()})
+        if s.rank0_only and rank != 0:
+            continue
         result = s.run(cfg, rank, world)
     if stage == "all" and is_main():
         from segsft.run.recap import summarize

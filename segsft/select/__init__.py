@@ -21,15 +21,16 @@ __all__ = [
 
 
 class _SelectStage:
-    """segsft.run.stage_api.Stage for DESIGN step 7 (one process; ranks > 0 do nothing)."""
+    """segsft.run.stage_api.Stage for DESIGN step 7 (one process: rank 0)."""
 
     name = "select"
+    rank0_only = True
 
     def check(self, cfg: Any) -> list[str]:
         return check_config(cfg)
 
     def run(self, cfg: Any, rank: int, world: int) -> dict | None:
-        return run(cfg) if rank == 0 else None
+        return run(cfg)
 
     def outputs(self, cfg: Any) -> dict[str, Path]:
         return SelectionLayout(Path(str(cfg.selection_dir))).outputs()
