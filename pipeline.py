@@ -20,6 +20,7 @@ def main(cfg: DictConfig) -> None:
     global _ENTERED
     _ENTERED = True
     from segsft.errors import PipelineError, storage_error
+    from segsft.run.hints import make_hints
     from segsft.run.stages import run_stage
 
     try:
@@ -27,7 +28,7 @@ def main(cfg: DictConfig) -> None:
     except (PipelineError, OSError) as e:
         # The user's to fix (or the machine's: a full disk, a read-only directory): say what,
         # without a traceback. Any other OSError is a bug and keeps its traceback.
-        msg = str(e) if isinstance(e, PipelineError) else storage_error(e)
+        msg = make_hints(str(e)) if isinstance(e, PipelineError) else storage_error(e)
         if msg is None:
             raise
         logging.getLogger("segsft").error("%s", msg)

@@ -133,6 +133,17 @@ def test_stop_test_compares_with_the_estimate_at_half_the_steps():
     assert spearman(np.array([1.0, 2, 3]), np.array([3.0, 2, 1])) == pytest.approx(-1.0)
 
 
+def test_one_spearman_undefined_is_none_and_the_stop_test_reads_it_as_order_kept():
+    assert spearman(np.array([1.0, 2, 2, 5]), np.array([0.1, 0.3, 0.3, 0.2])) == pytest.approx(
+        np.corrcoef([0, 1.5, 1.5, 3], [0, 2.5, 2.5, 1])[0, 1])  # ties share their mean rank
+    assert spearman(np.array([1.0]), np.array([2.0])) is None
+    assert spearman(np.array([1.0, 1.0]), np.array([1.0, 2.0])) is None  # a constant side
+    est = lambda steps, s: type("E", (), {"steps": steps, "token_attr": s, "gap": 0.0})()  # noqa: E731
+    for now, half, rho in (([2.0, 2.0], [3.0, 3.0], 1.0), ([2.0, 2.0], [1.0, 3.0], 0.0), ([4.0], [1.0], 1.0)):
+        t = StopTest(0.05, 0.95, lambda a: (np.zeros(len(a), bool), np.asarray(a)), ranks=True)
+        assert t.stability([est(8, np.array(half)), est(16, np.array(now))]) == (1.0, rho)
+
+
 def test_attribute_stage_writes_the_adaptive_columns(tmp_path, tiny_model_dir):
     import polars as pl
     from omegaconf import OmegaConf

@@ -335,17 +335,17 @@ def test_without_selection_segments_are_unmarked(tmp_path, tokenizer, tiny_model
     text = run(report_cfg(run_dir, corpus, tiny_model_dir)).read_text()
     page = Page(text)
     assert len(page.traces) == 2 and all(s["data-train"] == "" and s["data-why"] == "" for s in page.segments)
-    assert "make select RUN_DIR=" in text
+    assert f"`python pipeline.py stage=select run_dir={run_dir}`" in text
     assert "no kept-token share histogram" in text
 
 
 def test_missing_inputs_say_what_to_run(tmp_path, built):
     cfg = report_cfg(tmp_path / "none", built["corpus"], built["model"])
-    with pytest.raises(ReportError, match=r"does not exist.*make attribute RUN_DIR="):
+    with pytest.raises(ReportError, match=r"does not exist.*`python pipeline.py stage=attribute run_dir="):
         run(cfg)
     cfg = report_cfg(built["run_dir"], built["corpus"], built["model"], f"report.selection={tmp_path / 'nosel'}",
                       f"report.path={tmp_path / 'x.html'}")
-    with pytest.raises(ReportError, match=r"holds no masks.parquet: run `make select RUN_DIR="):
+    with pytest.raises(ReportError, match=r"holds no masks.parquet: run `python pipeline.py stage=select run_dir="):
         run(cfg)
     cfg = report_cfg(built["run_dir"], tmp_path / "gone.jsonl", built["model"], f"report.path={tmp_path / 'y.html'}")
     with pytest.raises(Exception, match=r"data.path"):

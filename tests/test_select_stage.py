@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from conftest import compose_config
+from segsft.run.hints import make_hints
 from segsft.store.io import write_parquet
 from segsft.schemas import SEGMENTS_SCHEMA
 from segsft.select import (MASKS_SCHEMA, PER_SAMPLE_SCHEMA, SWEEP_SCHEMA, AttributionNotReady, SelectionDirTaken,
@@ -182,11 +183,11 @@ def test_check_config_lists_every_problem(run_dir):
 
 # ---- errors about the attribution directory ---------------------------------------------------
 
-def test_missing_attribution_says_run_make_attribute(tmp_path):
-    with pytest.raises(AttributionNotReady, match=r"does not exist.*make attribute RUN_DIR="):
+def test_missing_attribution_says_run_the_attribute_stage(tmp_path):
+    with pytest.raises(AttributionNotReady, match=r"does not exist.*`python pipeline.py stage=attribute run_dir="):
         open_attribution(tmp_path / "nothing")
     (tmp_path / "empty" / "attribution").mkdir(parents=True)
-    with pytest.raises(AttributionNotReady, match=r"holds no segments-\*\.parquet.*make attribute"):
+    with pytest.raises(AttributionNotReady, match=r"holds no segments-\*\.parquet.*stage=attribute"):
         open_attribution(tmp_path / "empty")
 
 
@@ -202,7 +203,10 @@ def test_incomplete_parts_are_named_and_resume_is_suggested(tmp_path):
     assert "part 00001-of-00003 has no completion marker part-00001-of-00003.done" in msg
     assert "part 00002-of-00003 has unfinished chunks" in msg
     assert "part 00000-of-00003" not in msg  # the complete part is not reported
-    assert "make attribute RUN_DIR=" in msg and "NPROC=3" in msg and "resumes" in msg
+    run_dir = tmp_path / "r"
+    assert f"`python pipeline.py stage=attribute run_dir={run_dir}` under torchrun --nproc_per_node 3 again" in msg
+    assert "resumes" in msg and "make" not in msg  # the library names the pipeline command; the CLI says make:
+    assert f"`make attribute RUN_DIR={run_dir} NPROC=3` again" in make_hints(msg)
 
 
 def test_missing_ranks_and_mixed_world_sizes(tmp_path):
@@ -356,3 +360,11 @@ def test_compare_table_equals_a_recount(tmp_path):
             assert r["spearman_mean"] is None and r["spearman_samples"] == 0
     same = table.filter(pl.col("a").str.starts_with("attribution") & pl.col("b").str.starts_with("random"))
     assert same["spearman_mean"][0] is None  # random ranks by nothing
+
+
+def test_the_cli_names_make_targets_for_pipeline_commands():
+    msg = ("x: run `python pipeline.py --multirun stage=select run_dir=runs/a +select/grid=default "
+           "select.method=attribution,random` first; or `python pipeline.py stage=select run_dir=runs/a`; "
+           "`python pipeline.py stage=attribute run_dir=runs/a` under torchrun --nproc_per_node 4 again")
+    assert make_hints(msg) == ('x: run `make sweep RUN_DIR=runs/a ARGS="select.method=attribution,random"` first; or '
+                               "`make select RUN_DIR=runs/a`; `make attribute RUN_DIR=runs/a NPROC=4` again")

@@ -31,8 +31,9 @@ def run(cfg: Any) -> Path:
     done = [s for s in run.selections() if s.finished()]
     if len(done) < 2:
         raise PipelineError(f"{run.selection_root} holds {len(done)} finished selection(s); compare needs two or more: "
-                            f"run `make sweep RUN_DIR={cfg.run_dir} ARGS=\"select.method=attribution,random,score "
-                            "select.score=nll_mean\"` (or stage=select with other settings) first")
+                            f"run `python pipeline.py --multirun stage=select run_dir={cfg.run_dir} +select/grid=default "
+                            "select.method=attribution,random,score select.score=nll_mean` (or stage=select with other "
+                            "settings) first")
     table = agreement([describe(s) for s in done], open_attribution(cfg.run_dir))
     write_parquet(run.agreement, table.to_arrow(), AGREEMENT_SCHEMA)
     with pl.Config(tbl_rows=-1):

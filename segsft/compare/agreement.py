@@ -14,6 +14,7 @@ import polars as pl
 
 from segsft.store.attribution_tables import AttributionTables
 from segsft.store.layout import SelectionLayout
+from segsft.method.adaptive import spearman
 from segsft.schemas import AGREEMENT_SCHEMA, SID
 
 
@@ -48,17 +49,19 @@ def jaccard(a: SelectionRanking, b: SelectionRanking) -> pl.DataFrame:
             .collect())
 
 
-def spearman(a: SelectionRanking, b: SelectionRanking, tables: AttributionTables) -> pl.DataFrame:
-    """sample_id, spearman of the two scores over the sample's segments (average ranks for ties;
-    null for fewer than two segments or a constant score)."""
+def rank_correlation(a: SelectionRanking, b: SelectionRanking, tables: AttributionTables) -> pl.DataFrame:
+    """sample_id, rho: the package's one spearman (segsft.method.adaptive) of the two scores over
+    the segments of each sample both score; null where it is undefined (fewer than two segments
+    or a constant score)."""
     cols = tuple(dict.fromkeys((a.score, b.score)))
-    seg = tables.scan_segments((SID, "segment", *cols))
-    seg = (seg.with_columns(_sa=pl.col(a.score).fill_nan(None) * (1 if a.high else -1),
-                            _sb=pl.col(b.score).fill_nan(None) * (1 if b.high else -1))
-           .drop_nulls(["_sa", "_sb"]))  # segments both score, then ranks among them
-    seg = seg.with_columns(_ra=pl.col("_sa").rank("average").over(SID), _rb=pl.col("_sb").rank("average").over(SID))
-    return (seg.group_by(SID).agg(_n=pl.len(), rho=pl.corr("_ra", "_rb"))
-            .filter(pl.col("_n") >= 2).select(SID, pl.col("rho").fill_nan(None)).collect())
+    seg = (tables.scan_segments((SID, "segment", *cols))
+           .select(SID, _sa=pl.col(a.score).fill_nan(None) * (1 if a.high else -1),
+                   _sb=pl.col(b.score).fill_nan(None) * (1 if b.high else -1))
+           .drop_nulls(["_sa", "_sb"])  # segments both score, then ranks among them
+           .collect())
+    rows = [{SID: key[0], "rho": spearman(g["_sa"].to_numpy(), g["_sb"].to_numpy())}
+            for key, g in seg.group_by(SID, maintain_order=True)]
+    return pl.DataFrame(rows, schema={SID: pl.String, "rho": pl.Float64})
 
 
 def agreement(selections: list[SelectionRanking], tables: AttributionTables) -> pl.DataFrame:
@@ -70,7 +73,7 @@ def agreement(selections: list[SelectionRanking], tables: AttributionTables) -> 
                "score_b": b.score, "samples": len(j), "jaccard_mean": j.mean(), "jaccard_median": j.median(),
                "spearman_samples": 0, "spearman_mean": None, "spearman_median": None}
         if a.score and b.score:
-            rho = spearman(a, b, tables)["rho"].drop_nulls()
+            rho = rank_correlation(a, b, tables)["rho"].drop_nulls()
             row.update(spearman_samples=len(rho), spearman_mean=rho.mean(), spearman_median=rho.median())
         rows.append(row)
     return pl.DataFrame(rows, schema=pl.from_arrow(AGREEMENT_SCHEMA.empty_table()).schema)

@@ -124,22 +124,25 @@ def refine(
         path.token_grads = np.concatenate([path.token_grads, np.asarray(gm, dtype=np.float64)])[order]
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Rank correlation (average ranks for ties); 1.0 for fewer than two items or a constant side."""
+def ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks from 0, ties sharing their mean rank."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x))
+    r[order] = np.arange(len(x), dtype=np.float64)
+    for v in np.unique(x):
+        r[x == v] = r[x == v].mean()
+    return r
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """The one rank correlation of the package (average ranks for ties); None where it is
+    undefined: fewer than two items or a constant side (each caller says what that means)."""
     if len(a) < 2:
-        return 1.0
-
-    def ranks(x: np.ndarray) -> np.ndarray:
-        order = np.argsort(x, kind="stable")
-        r = np.empty(len(x))
-        r[order] = np.arange(len(x), dtype=np.float64)
-        for v in np.unique(x):  # ties share their mean rank
-            r[x == v] = r[x == v].mean()
-        return r
-
-    ra, rb = ranks(np.asarray(a, dtype=np.float64)), ranks(np.asarray(b, dtype=np.float64))
+        return None
+    ra, rb = ranks(a), ranks(b)
     if ra.std() == 0 or rb.std() == 0:
-        return 1.0 if np.array_equal(ra, rb) else 0.0
+        return None
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
@@ -175,7 +178,10 @@ class StopTest:
             return None, None
         (t_now, s_now), (t_half, s_half) = self.decisions(now), self.decisions(half[-1])
         share = float((t_now == t_half).mean()) if len(t_now) else 1.0
-        return share, spearman(s_now, s_half)
+        rho = spearman(s_now, s_half)
+        if rho is None:  # too few segments or a constant side: stable only when the order is the same
+            rho = 1.0 if np.array_equal(ranks(s_now), ranks(s_half)) else 0.0
+        return share, rho
 
     def __call__(self, history: Sequence[Estimate]) -> bool:
         if history[-1].gap > self.target_gap:

@@ -108,9 +108,9 @@ def scan_samples(paths: Iterable[Path], required: Iterable[str], optional: Itera
 
 
 def _resume_hint(run_dir: Path, world: int | None) -> str:
-    nproc = f" NPROC={world}" if world and world > 1 else ""
-    return (f"run `make attribute RUN_DIR={run_dir}{nproc}` (or `python pipeline.py stage=attribute "
-            f"run_dir={run_dir}` under the same launcher) again: it resumes the unfinished parts and marks them done")
+    launcher = f" under torchrun --nproc_per_node {world}" if world and world > 1 else ""
+    return (f"run `python pipeline.py stage=attribute run_dir={run_dir}`{launcher} again: it resumes the unfinished "
+            "parts and marks them done")
 
 
 def _split(name: str) -> tuple[int, int]:
@@ -125,7 +125,7 @@ def open_attribution(run_dir: str | Path) -> AttributionTables:
     if not lay.exists():
         what = "does not exist" if not adir.is_dir() else f"holds no {Path(lay.pattern('segments')).name}"
         raise AttributionNotReady(
-            f"{adir} {what}: selection reads the attribution tables. Run `make attribute RUN_DIR={run_dir}` "
+            f"{adir} {what}: selection reads the attribution tables. Run `python pipeline.py stage=attribute run_dir={run_dir}` "
             f"first (or point run_dir=... to a run that has them)."
         )
     all_files = lay.table_files()
@@ -187,7 +187,7 @@ def open_attribution(run_dir: str | Path) -> AttributionTables:
         raise AttributionNotReady(
             "attribution tables without the columns selection reads:\n  - " + "\n  - ".join(bad)
             + f"\nThey were not written by this version of the attribution stage: move them away and run "
-            f"`make attribute RUN_DIR={run_dir}` again."
+            f"`python pipeline.py stage=attribute run_dir={run_dir}` again."
         )
     return AttributionTables(adir, *(tuple(p for _, p in sorted(files[t].items())) for t in ATTRIBUTION_TABLES),
                              notes=tuple(notes))
