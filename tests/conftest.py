@@ -116,12 +116,6 @@ def compose_config(*overrides: str):
 REPORT_SELECT = ("select.always_keep=[0]", "select.max_consistency=0.6")
 
 
-def report_cfg(run_dir: Path, corpus: Path, model: str, *overrides: str):
-    """The composed config of a report test: stage=select on `run_dir`."""
-    return compose_config("stage=select", f"run_dir={run_dir}", f"data.path={corpus}", f"model.name_or_path={model}",
-                          *overrides)
-
-
 def hand_segments(text: str, split_mid: bool) -> list[tuple[int, int]]:
     """The keyword segments, each also cut at its middle character when `split_mid`: such
     cuts fall inside words, so some tokens straddle them and the first-character rule matters."""

@@ -26,12 +26,8 @@ def overrides(run_dir, corpus, model_dir, *extra):
             "attribute.rule=gauss_legendre", "attribute.steps=4", "attribute.batch_alphas=2", "attribute.flush_every=2", *extra]
 
 
-def compose_cfg(ovr):
-    return compose_config(*ovr)
-
-
 def run_inprocess(ovr, rank=0, world=1):
-    cfg = OmegaConf.to_container(compose_cfg(ovr), resolve=True)
+    cfg = OmegaConf.to_container(compose_config(*ovr), resolve=True)
     return AttributeStage(cfg).run(rank, world)
 
 

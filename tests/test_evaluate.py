@@ -53,19 +53,19 @@ def test_grader_agrees_with_the_papers_on_aime24():
     assert same >= 29 and len(rows) == 30
 
 
-def _eval_cfg(tmp_path, model, *extra):
-    return compose_config("stage=evaluate", f"run_dir={tmp_path}", f"model.name_or_path={model}", "evaluate.engine=hf",
-                          "evaluate.benchmarks=[tiny]", "evaluate.max_new_tokens=6", "evaluate.batch_size=3", *extra)
+#: stage=evaluate on the tiny benchmark with HF generate, a few tokens each.
+EVALUATE = ("stage=evaluate", "evaluate.engine=hf", "evaluate.benchmarks=[tiny]", "evaluate.max_new_tokens=6",
+            "evaluate.batch_size=3")
 
 
 def test_k_samples_deterministic_and_results_equal_a_recount(tmp_path, tiny_model_dir):
     from segsft.evaluate import run
 
-    out = run(_eval_cfg(tmp_path / "a", tiny_model_dir, "evaluate.samples=3", "evaluate.limit=5"))
+    out = run(compose_config(*EVALUATE, f'run_dir={tmp_path / "a"}', f"model.name_or_path={tiny_model_dir}", "evaluate.samples=3", "evaluate.limit=5"))
     gens = pl.read_parquet(tmp_path / "a" / "eval" / "generations-*.parquet")
     assert gens.height == 15 and gens.select("problem_id", "sample").is_unique().all()
     assert sorted(gens.group_by("problem_id").len()["len"].to_list()) == [3] * 5
-    run(_eval_cfg(tmp_path / "b", tiny_model_dir, "evaluate.samples=3", "evaluate.limit=5"))
+    run(compose_config(*EVALUATE, f'run_dir={tmp_path / "b"}', f"model.name_or_path={tiny_model_dir}", "evaluate.samples=3", "evaluate.limit=5"))
     again = pl.read_parquet(tmp_path / "b" / "eval" / "generations-*.parquet")
     key = ["problem_id", "sample"]
     assert gens.sort(key).select("output", "output_tokens").equals(again.sort(key).select("output", "output_tokens"))
