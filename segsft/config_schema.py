@@ -16,10 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from segsft.store.layout import REPORT_FILE
+import inspect
 
-SELECTION_NAME = ("${segsft_selection_name:${.method},${.top_mass},${.max_consistency},${.min_consistency},"
-                  "${.min_tokens},${.seed},${.unconverged},${.score},${.order}}")
+from segsft.store.layout import REPORT_FILE, selection_name
+
+#: `select.name`: selection_name of the select keys it takes, by their names.
+SELECTION_NAME = ("${segsft_selection_name:"
+                  + ",".join(f"${{.{k}}}" for k in inspect.signature(selection_name).parameters) + "}")
 
 
 @dataclass
