@@ -61,11 +61,13 @@ EVALUATE = ("stage=evaluate", "evaluate.engine=hf", "evaluate.benchmarks=[tiny]"
 def test_k_samples_deterministic_and_results_equal_a_recount(tmp_path, tiny_model_dir):
     from segsft.evaluate import run
 
-    out = run(compose_config(*EVALUATE, f'run_dir={tmp_path / "a"}', f"model.name_or_path={tiny_model_dir}", "evaluate.samples=3", "evaluate.limit=5"))
+    out = run(compose_config(*EVALUATE, f'run_dir={tmp_path / "a"}', f"model.name_or_path={tiny_model_dir}",
+                             "evaluate.samples=3", "evaluate.limit=5"))
     gens = pl.read_parquet(tmp_path / "a" / "eval" / "generations-*.parquet")
     assert gens.height == 15 and gens.select("problem_id", "sample").is_unique().all()
     assert sorted(gens.group_by("problem_id").len()["len"].to_list()) == [3] * 5
-    run(compose_config(*EVALUATE, f'run_dir={tmp_path / "b"}', f"model.name_or_path={tiny_model_dir}", "evaluate.samples=3", "evaluate.limit=5"))
+    run(compose_config(*EVALUATE, f'run_dir={tmp_path / "b"}', f"model.name_or_path={tiny_model_dir}",
+                       "evaluate.samples=3", "evaluate.limit=5"))
     again = pl.read_parquet(tmp_path / "b" / "eval" / "generations-*.parquet")
     key = ["problem_id", "sample"]
     assert gens.sort(key).select("output", "output_tokens").equals(again.sort(key).select("output", "output_tokens"))
@@ -188,7 +190,8 @@ def test_config_errors_of_evaluate_are_listed_together(tmp_path):
     for needle in ("evaluate.samples=0: use an integer in [1, 1024]", "evaluate.models='/no/such/model' does not exist",
                    "evaluate.top_p=0.0: use a number in (0, 1]", "evaluate.engine='fast'"):
         assert needle in text, text
-    errs = check_config(compose_config("stage=evaluate", f"run_dir={tmp_path}", "evaluate.temperature=0", "evaluate.samples=4"))
+    errs = check_config(compose_config("stage=evaluate", f"run_dir={tmp_path}", "evaluate.temperature=0",
+                                       "evaluate.samples=4"))
     assert any("greedy decoding gives one output per problem" in e for e in errs)
 
 
