@@ -1,4 +1,4 @@
-"""The one entry point: `python pipeline.py stage=attribute|select|finetune|all [overrides]`.
+"""The one entry point: `python pipeline.py stage=attribute|select|finetune|evaluate|report|all|compare|generate`.
 
 Under torchrun the same command shards attribution over ranks. See README.md.
 """

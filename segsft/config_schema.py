@@ -1,7 +1,7 @@
 """Every config key, its type and its default: the one source of defaults.
 
 Registered in Hydra's ConfigStore (`register_configs`) as the `default` option of the
-attribute, select, finetune and report groups and as the `base` schema that every
+attribute, select, finetune, evaluate, generate and report groups and as the `base` schema that every
 conf/model/*.yaml and conf/data/*.yaml extends: YAML files only set values, these dataclasses
 declare them. Hydra checks every override against the types here (`attribute.steps=abc` fails
 before anything loads, `model.trust_remote_code=no` is the boolean false, an unknown key is
