@@ -204,3 +204,15 @@ def test_vllm_engine_generates_k_samples(tmp_path):
                          "evaluate.samples=2", "evaluate.max_new_tokens=64", "evaluate.gpu_memory_utilization=0.5")
     gens = pl.read_parquet(Path(run(cfg)).parent / "generations-*.parquet")
     assert gens.height == 20 and gens.select("problem_id", "sample").is_unique().all()
+
+
+def test_results_do_not_depend_on_the_order_of_the_generations():
+    from segsft.evaluate.results import results
+
+    # Problems of distinct accuracies (0, 1/3, 2/3, 1) and a handful of resamples: any other
+    # order of the problems would draw other ones.
+    rows = [{"model": "m", "benchmark": "b", "problem_id": f"p{i:02d}", "sample": k, "output_tokens": 10 + i,
+             "finish_reason": "stop", "correct": k < i % 4} for i in range(12) for k in range(3)]
+    a = results(pl.DataFrame(rows), bootstrap=5)
+    b = results(pl.DataFrame(rows[::-1]), bootstrap=5)
+    assert a.equals(b) and a["accuracy_ci_low"][0] < a["accuracy"][0] < a["accuracy_ci_high"][0]
