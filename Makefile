@@ -6,6 +6,10 @@ NPROC ?= 1
 RUN_DIR ?= runs/default
 ARGS ?=
 export OMP_NUM_THREADS ?= $(shell [ $(NPROC) -gt 1 ] && echo 1 || nproc)
+# The one launch rule: torchrun over NNODES x NPROC processes when that is more than one, else python.
+LAUNCH = $(if $(filter-out 1,$(shell echo $$(( $(NPROC) * $(or $(NNODES),1) )))),$(VENV)/bin/torchrun --nnodes $(or $(NNODES),1) \
+  --node_rank $(or $(NODE_RANK),0) --nproc_per_node $(NPROC) --master_addr $(or $(MASTER_ADDR),127.0.0.1) \
+  --master_port $(or $(MASTER_PORT),29500),$(PY))
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-all attribute select finetune evaluate generate sweep compare report bench clean
@@ -33,8 +37,7 @@ test-all: install ## run every test, slow ones included
 	$(PY) -m pytest -q
 
 attribute: install ## integrated-gradients attribution (NPROC=8 for torchrun over 8 GPUs); ARGS=overrides
-	@if [ $(NPROC) -gt 1 ]; then $(VENV)/bin/torchrun --nproc_per_node $(NPROC) pipeline.py stage=attribute run_dir=$(RUN_DIR) $(ARGS); \
-	else $(PY) pipeline.py stage=attribute run_dir=$(RUN_DIR) $(ARGS); fi
+	$(LAUNCH) pipeline.py stage=attribute run_dir=$(RUN_DIR) $(ARGS)
 
 select: install ## threshold selection -> <selection dir>/masks.parquet; ARGS="select.top_mass=0.6 select.method=random ..."
 	$(PY) pipeline.py stage=select run_dir=$(RUN_DIR) $(ARGS)
@@ -43,12 +46,10 @@ sweep: install ## multirun over a threshold grid (conf/select/grid) -> a dir per
 	$(PY) pipeline.py --multirun stage=select run_dir=$(RUN_DIR) +select/grid=default $(ARGS)
 
 evaluate: install ## accuracy and output length of the base and fine-tuned models (RUN_DIR; NPROC ranks; ARGS="evaluate.benchmarks=[aime24] evaluate.samples=8")
-	@if [ $(NPROC) -gt 1 ]; then $(VENV)/bin/torchrun --nproc_per_node $(NPROC) pipeline.py stage=evaluate run_dir=$(RUN_DIR) $(ARGS); \
-	else $(PY) pipeline.py stage=evaluate run_dir=$(RUN_DIR) $(ARGS); fi
+	$(LAUNCH) pipeline.py stage=evaluate run_dir=$(RUN_DIR) $(ARGS)
 
 generate: install ## a training corpus from problems (ARGS="generate.problems=<file> model.name_or_path=<model> generate.samples=32")
-	@if [ $(NPROC) -gt 1 ]; then $(VENV)/bin/torchrun --nproc_per_node $(NPROC) pipeline.py stage=generate run_dir=$(RUN_DIR) $(ARGS); \
-	else $(PY) pipeline.py stage=generate run_dir=$(RUN_DIR) $(ARGS); fi
+	$(LAUNCH) pipeline.py stage=generate run_dir=$(RUN_DIR) $(ARGS)
 
 compare: install ## pairwise agreement of every selection under RUN_DIR/selection -> RUN_DIR/compare/agreement.parquet
 	$(PY) pipeline.py stage=compare run_dir=$(RUN_DIR) $(ARGS)
@@ -57,11 +58,7 @@ finetune: install ## selective SFT (SELECTION=<selection dir> NPROC=<procs per n
 	@# One node, 8 GPUs:  make finetune SELECTION=runs/default/selection/<name> NPROC=8
 	@# N nodes: run on every node with NNODES=N NODE_RANK=<0..N-1> MASTER_ADDR=<address of node 0> MASTER_PORT=29500,
 	@# finetune_dir on a filesystem all nodes share. ARGS="finetune.mode=full finetune.deepspeed=zero3 ..."
-	@if [ $$(( $(NPROC) * $(or $(NNODES),1) )) -gt 1 ]; then \
-	  $(VENV)/bin/torchrun --nnodes $(or $(NNODES),1) --node_rank $(or $(NODE_RANK),0) --nproc_per_node $(NPROC) \
-	    --master_addr $(or $(MASTER_ADDR),127.0.0.1) --master_port $(or $(MASTER_PORT),29500) \
-	    pipeline.py stage=finetune run_dir=$(RUN_DIR) $(if $(SELECTION),selection_dir=$(SELECTION)) $(ARGS); \
-	else $(PY) pipeline.py stage=finetune run_dir=$(RUN_DIR) $(if $(SELECTION),selection_dir=$(SELECTION)) $(ARGS); fi
+	$(LAUNCH) pipeline.py stage=finetune run_dir=$(RUN_DIR) $(if $(SELECTION),selection_dir=$(SELECTION)) $(ARGS)
 
 report: install ## one self-contained HTML page of a run: RUN=<run_dir> [SELECTION=<selection dir>] [ARGS="report.max_traces=20 ..."]
 	$(PY) pipeline.py stage=report run_dir=$(or $(RUN),$(RUN_DIR)) $(if $(SELECTION),report.selection=$(SELECTION)) $(ARGS)

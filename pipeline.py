@@ -1,4 +1,4 @@
-"""The one entry point: `python pipeline.py stage=attribute|select|finetune|all [overrides]`.
+"""The one entry point: `python pipeline.py stage=attribute|select|finetune|evaluate|report|all|compare|generate`.
 
 Under torchrun the same command shards attribution over ranks. See README.md.
 """
@@ -36,14 +36,15 @@ def main(cfg: DictConfig) -> None:
     global _ENTERED
     _ENTERED = True
     from segsft.errors import PipelineError, storage_error
-    from segsft.stages import run_stage
+    from segsft.run.hints import make_hints
+    from segsft.run.stages import run_stage
 
     try:
         run_stage(cfg)
     except (PipelineError, OSError) as e:
         # The user's to fix (or the machine's: a full disk, a read-only directory): say what,
         # without a traceback. Any other OSError is a bug and keeps its traceback.
-        msg = str(e) if isinstance(e, PipelineError) else storage_error(e)
+        msg = make_hints(str(e)) if isinstance(e, PipelineError) else storage_error(e)
         if msg is None:
             raise
         logging.getLogger("segsft").error("%s", msg)

@@ -22,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "tests"))  # the test yardsticks: tiny_model, reference
 
 from machine import machine as _machine  # noqa: E402
 from traces import cut_sequence, load_rows  # noqa: E402
@@ -49,8 +50,8 @@ def prepare(n_samples: int, n_tokens: int) -> Path:
     """Build (once) the model directory and the cut inputs; returns the cache dir."""
     import torch
 
-    from segsft.text import resolve_pattern
-    from segsft.tiny_model import save_tiny, tiny_qwen2, train_tokenizer
+    from segsft.method.text import resolve_pattern
+    from tiny_model import save_tiny, tiny_qwen2, train_tokenizer
 
     d = CACHE / f"cpu20m-{n_samples}x{n_tokens}"
     if (d / "inputs.pt").exists():
@@ -81,8 +82,8 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from segsft.attribute.ig import freeze, integrated_gradients
-    from segsft.attribute.reference import reference_ig
+    from segsft.method.ig import freeze, integrated_gradients
+    from reference import reference_ig
 
     d = Path(args.cache)
     inputs = torch.load(d / "inputs.pt")

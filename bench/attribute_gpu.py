@@ -23,6 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "tests"))  # the test yardsticks: tiny_model, reference
 
 from machine import machine  # noqa: E402
 from traces import cut_sequence, load_rows  # noqa: E402
@@ -63,7 +64,7 @@ def build_model(arch: Path, device, attn: str):
 def inputs_for(tok, length: int, count: int):
     import torch
 
-    from segsft.text import resolve_pattern
+    from segsft.method.text import resolve_pattern
 
     rows = sorted(load_rows(), key=lambda r: -len(r["solution"]))
     rx = resolve_pattern("default")
@@ -110,9 +111,9 @@ def main() -> None:
     args = p.parse_args()
     import torch
 
-    from segsft.attribute.batching import attribute_sequence
-    from segsft.attribute.ig import freeze
-    from segsft.attribute.reference import reference_ig
+    from segsft.method.batching import attribute_sequence
+    from segsft.method.ig import freeze
+    from reference import reference_ig
     from qwen_tok import qwen_tokenizer
 
     device = torch.device(args.device)

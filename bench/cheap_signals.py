@@ -48,8 +48,8 @@ def pipeline(*args: str) -> subprocess.CompletedProcess:
 def corpus(path: Path, n: int) -> int:
     from traces import load_rows, window_rows
 
-    from segsft.models import load_tokenizer
-    from segsft.text import resolve_pattern
+    from segsft.run.models import load_tokenizer
+    from segsft.method.text import resolve_pattern
 
     tok = load_tokenizer({"name_or_path": MODEL})
     rows = window_rows(tok, sorted(load_rows(), key=lambda r: r["id"]), resolve_pattern("default"))[:n]
@@ -63,15 +63,15 @@ def cost_in_process(corpus_path: Path, n: int) -> dict:
     import numpy as np
     import torch
 
-    from segsft.attribute.adaptive import AdaptiveSettings
-    from segsft.attribute.batching import attribute_sequence
-    from segsft.attribute.ig import freeze
-    from segsft.attribute.metrics import segment_decider
-    from segsft.attribute.token_stats import token_stats
-    from segsft.corpus import read_corpus
-    from segsft.models import load_model, load_tokenizer, pad_token_id
-    from segsft.selection_config import SelectConfig
-    from segsft.text import build_sequence, resolve_pattern
+    from segsft.method.adaptive import AdaptiveSettings
+    from segsft.method.batching import attribute_sequence
+    from segsft.method.ig import freeze
+    from segsft.method.metrics import segment_decider
+    from segsft.method.token_stats import token_stats
+    from segsft.store.corpus import read_corpus
+    from segsft.run.models import load_model, load_tokenizer, pad_token_id
+    from segsft.method.selection_config import SelectConfig
+    from segsft.method.text import build_sequence, resolve_pattern
 
     torch.set_num_threads(os.cpu_count() or 1)
     tok = load_tokenizer({"name_or_path": MODEL})
@@ -101,7 +101,7 @@ def cost_in_process(corpus_path: Path, n: int) -> dict:
 
 
 def sweep_speed(root: Path, samples: int = 10_000, segments: int = 50) -> dict:
-    from segsft.layout import RunLayout
+    from segsft.store.layout import RunLayout
     from segsft.select.synthetic import random_tables, write_part
 
     run_dir = root / "sweep"

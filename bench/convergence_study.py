@@ -15,7 +15,7 @@ them to a cache (one .npz per trace and baseline, written atomically after every
 so a killed run resumes where it stopped and no point is ever computed twice:
 - nested uniform grids of 2^k + 1 points (k = 2 .. --levels), f and the per-token integrand;
 - today's rules: linspace 20 and 50 (the paper's), Gauss-Legendre 16, 32 and 64;
-- the adaptive rule (segsft.attribute.adaptive.refine) run to --adaptive-max points.
+- the adaptive rule (segsft.method.adaptive.refine) run to --adaptive-max points.
 `analyze` replays every candidate from the cache (the adaptive rule with its real stop
 test, the select stage's own rule deciding) and compares it with the reference, the
 densest uniform grid cached (independent of the rule under test), and with a run of the
@@ -39,9 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from segsft.attribute.adaptive import (AdaptivePath, StopTest, local_errors, refine, spearman,  # noqa: E402
+from segsft.method.adaptive import (AdaptivePath, StopTest, local_errors, refine, spearman,  # noqa: E402
                                       trapezoid_weights)
-from segsft.attribute.quadrature import quadrature  # noqa: E402
+from segsft.method.quadrature import quadrature  # noqa: E402
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 FIXED = [("linspace", 20), ("linspace", 50), ("gauss_legendre", 16), ("gauss_legendre", 32), ("gauss_legendre", 64)]
@@ -95,8 +95,8 @@ def traces(n: int, model: str = MODEL, whole: bool = False, max_tokens: int = 0,
     (0 = no bound), the first `n`."""
     from traces import load_rows, window_rows
 
-    from segsft.models import load_tokenizer
-    from segsft.text import build_sequence, resolve_pattern
+    from segsft.run.models import load_tokenizer
+    from segsft.method.text import build_sequence, resolve_pattern
 
     tok = load_tokenizer({"name_or_path": model})
     rx = resolve_pattern("default")
@@ -117,8 +117,8 @@ def cache_file(cache: Path, tag: str, trace_id: str, baseline: str) -> Path:
 def compute(args: argparse.Namespace) -> None:
     import torch
 
-    from segsft.attribute.ig import IGPath, freeze
-    from segsft.models import DTYPES, load_model, load_tokenizer, pad_token_id
+    from segsft.method.ig import IGPath, freeze
+    from segsft.run.models import DTYPES, load_model, load_tokenizer, pad_token_id
 
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg = {"name_or_path": args.model}
@@ -210,8 +210,8 @@ LEGACY = [(0.05, 0.95), (0.025, 0.95)]
 def analyze(args: argparse.Namespace) -> None:
     from machine import machine
 
-    from segsft.attribute.metrics import SegmentRule
-    from segsft.selection_config import SelectConfig
+    from segsft.method.metrics import SegmentRule
+    from segsft.method.selection_config import SelectConfig
 
     select_cfg = SelectConfig()
     per_trace: list[dict] = []
@@ -331,7 +331,9 @@ def summarize(rows: list[dict]) -> list[dict]:
                    "gap_median": float(np.median([r["gap"] for r in rs])),
                    "agree_ref_mean": float(np.mean([r["agree_ref"] for r in rs])),
                    "agree_ref_worst": float(min(r["agree_ref"] for r in rs)),
-                   "spearman_ref_median": float(np.median([r["spearman_ref"] for r in rs]))}
+                   # Spearman is undefined (None) for fewer than two segments or a constant side.
+                   "spearman_ref_median": (float(np.median(sp)) if (sp := [r["spearman_ref"] for r in rs
+                                                                         if r["spearman_ref"] is not None]) else None)}
         if "converged" in rs[0]:
             conv = [r for r in rs if r["converged"]]
             t["converged_share"] = len(conv) / len(rs)

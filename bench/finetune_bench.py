@@ -25,6 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "tests"))  # the test yardsticks: tiny_model, reference
 
 from machine import machine as _machine  # noqa: E402
 
@@ -41,10 +42,10 @@ def write_inputs(d: Path, n: int, seed: int) -> tuple[Path, Path, str]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from segsft.layout import SelectionLayout
+    from segsft.store.layout import SelectionLayout
     from segsft.schemas import MASKS_SCHEMA
-    from segsft.text import resolve_pattern, split_segments
-    from segsft.tiny_model import save_tiny, tiny_qwen2, train_tokenizer
+    from segsft.method.text import resolve_pattern, split_segments
+    from tiny_model import save_tiny, tiny_qwen2, train_tokenizer
 
     src = SHARED if SHARED.is_file() else SAMPLE
     rows = [json.loads(line) for line in src.read_text().splitlines() if line.strip()][:n]

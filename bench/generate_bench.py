@@ -1,4 +1,4 @@
-"""Generation throughput of segsft.generation: batched HF generate against one prompt at a time,
+"""Generation throughput of segsft.run.generation: batched HF generate against one prompt at a time,
 and (on a GPU with vLLM installed) vLLM on the R1-Distill-Qwen-1.5B architecture.
 
     .venv/bin/python bench/generate_bench.py                       # CPU: tiny Qwen2, HF batch 1 vs 16
@@ -24,6 +24,7 @@ from types import SimpleNamespace
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "tests"))  # the test yardsticks: tiny_model, reference
 
 from machine import machine as _machine  # noqa: E402
 
@@ -32,7 +33,7 @@ def build_model(arch: str | None, root: Path) -> str:
     """A model directory with random weights: a tiny Qwen2 (CPU) or the given architecture."""
     import torch
 
-    from segsft.tiny_model import save_tiny, tiny_qwen2, train_tokenizer
+    from tiny_model import save_tiny, tiny_qwen2, train_tokenizer
 
     rows = [json.loads(x) for x in (REPO / "data" / "benchmarks" / "math500.jsonl").read_text().splitlines()]
     if arch is None:
@@ -57,7 +58,7 @@ def build_model(arch: str | None, root: Path) -> str:
 
 
 def run(engine: str, model_dir: str, problems: list, k: int, settings: SimpleNamespace) -> dict:
-    from segsft.generation import HFEngine, VLLMEngine
+    from segsft.run.generation import HFEngine, VLLMEngine
 
     eng = (VLLMEngine if engine == "vllm" else HFEngine)({"name_or_path": model_dir}, settings)
     if engine == "hf":
@@ -80,7 +81,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16, help="the batched HF run's batch size (the other is 1)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "generate_cpu.json"))
     args = ap.parse_args()
-    from segsft.corpus import read_problems
+    from segsft.store.corpus import read_problems
 
     problems, _ = read_problems(REPO / "data" / "benchmarks" / "math500.jsonl", {"id": "id"}, args.problems)
     rows = []
@@ -102,7 +103,7 @@ def main() -> None:
     speedup = round(many["tokens_per_s"] / one["tokens_per_s"], 2) if one and many else None
     if speedup:
         print(f"HF batched / one at a time: {speedup}x (target >= 2x)")
-    report = {"what": "tokens/s of segsft.generation, batched HF vs one prompt at a time (and vLLM where run)",
+    report = {"what": "tokens/s of segsft.run.generation, batched HF vs one prompt at a time (and vLLM where run)",
               "machine": _machine("torch", "transformers"), "date": time.strftime("%Y-%m-%d"),
               "arch": args.arch or "tiny Qwen2 (hidden 256, 4 layers, vocab 2000)",
               "max_new_tokens": args.max_new_tokens, "rows": rows, "hf_batched_speedup": speedup,

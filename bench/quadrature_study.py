@@ -45,8 +45,8 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 def selection(seg_rows: list[dict], n_tokens_seq: int) -> np.ndarray:
     import polars as pl
 
-    from segsft.selection_config import SelectConfig
-    from segsft.rule import attribution_rule
+    from segsft.method.selection_config import SelectConfig
+    from segsft.method.rule import attribution_rule
 
     lf = pl.LazyFrame([{**r, "sample_id": "s", "char_start": 0, "char_end": 0} for r in seg_rows])
     mask = attribution_rule(lf.drop("token_attr"), SelectConfig()).collect()
@@ -63,11 +63,11 @@ def main() -> None:
     args = p.parse_args()
     import torch
 
-    from segsft.attribute.ig import freeze, path_token_grads
-    from segsft.attribute.metrics import segment_metrics
-    from segsft.attribute.quadrature import quadrature
-    from segsft.models import load_model, load_tokenizer, pad_token_id
-    from segsft.text import resolve_pattern
+    from segsft.method.ig import freeze, path_token_grads
+    from segsft.method.metrics import segment_metrics
+    from segsft.method.quadrature import quadrature
+    from segsft.run.models import load_model, load_tokenizer, pad_token_id
+    from segsft.method.text import resolve_pattern
 
     cfg = {"name_or_path": args.model}
     tok = load_tokenizer(cfg)

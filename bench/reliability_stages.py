@@ -94,7 +94,7 @@ def _masks(sel: Path) -> pl.DataFrame:
 
 def select_cases(ctx: dict, trials: int, rnd: random.Random) -> list[dict]:
     from segsft.finetune.masks import MasksError, read_masks
-    from segsft.layout import RunLayout
+    from segsft.store.layout import RunLayout
 
     ref_run = ctx["root"] / "ref"
     r = _run(["stage=select", f"run_dir={ref_run}"])

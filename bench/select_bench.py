@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from machine import machine as _machine  # noqa: E402
 
-from segsft.layout import RunLayout  # noqa: E402
+from segsft.store.layout import RunLayout  # noqa: E402
 from segsft.select.synthetic import random_tables, write_part  # noqa: E402
 
 TARGET_S, TARGET_GIB = 60.0, 4.0

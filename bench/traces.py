@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from segsft.text import TraceSequence, build_sequence
+from segsft.method.text import TraceSequence, build_sequence
 
 import os
 
@@ -39,7 +39,7 @@ def excerpt_sequence(tok: Any, row: dict, n_tokens: int, pattern: re.Pattern[str
     """A short trace that keeps the segment structure: the first `seg_tokens` tokens of each
     segment, segments in order, as many as fit `n_tokens`. (Cutting a long trace at its
     start keeps only its first one or two segments, too few to compare selections.)"""
-    from segsft.text import split_segments
+    from segsft.method.text import split_segments
 
     text = row["solution"]
     pieces: list[str] = []
@@ -62,7 +62,7 @@ def window_rows(tok: Any, rows: list[dict], pattern: re.Pattern[str], lo: int = 
     suffix) has `lo`..`hi` tokens. Real contiguous text, never stitched excerpts. (No
     trace's segment 0 alone fits 400 SmolLM2 tokens, so a prefix cannot be used.) Rows
     with no such window are left out; `window` records the segment range."""
-    from segsft.text import split_segments
+    from segsft.method.text import split_segments
 
     out = []
     for row in rows:

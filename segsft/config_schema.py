@@ -1,7 +1,7 @@
 """Every config key, its type and its default: the one source of defaults.
 
 Registered in Hydra's ConfigStore (`register_configs`) as the `default` option of the
-attribute, select, finetune and report groups and as the `base` schema that every
+attribute, select, finetune, evaluate, generate and report groups and as the `base` schema that every
 conf/model/*.yaml and conf/data/*.yaml extends: YAML files only set values, these dataclasses
 declare them. Hydra checks every override against the types here (`attribute.steps=abc` fails
 before anything loads, `model.trust_remote_code=no` is the boolean false, an unknown key is
@@ -16,10 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from segsft.layout import REPORT_FILE
+import inspect
 
-SELECTION_NAME = ("${segsft_selection_name:${.method},${.top_mass},${.max_consistency},${.min_consistency},"
-                  "${.min_tokens},${.seed},${.unconverged},${.score},${.order},${.borderline}}")
+from segsft.store.layout import REPORT_FILE, selection_name
+
+#: `select.name`: selection_name of the select keys it takes, by their names.
+SELECTION_NAME = ("${segsft_selection_name:"
+                  + ",".join(f"${{.{k}}}" for k in inspect.signature(selection_name).parameters) + "}")
 
 
 @dataclass
@@ -149,7 +152,7 @@ class SelectConf:
     # Seed of select.method=random.
     seed: int = 0
     # The selection directory's name, made from the settings with unset ones left out
-    # (segsft.layout.selection_name), e.g. attribution-top0.7-maxc0.8.
+    # (segsft.store.layout.selection_name), e.g. attribution-top0.7-maxc0.8.
     name: str = SELECTION_NAME
 
 
@@ -213,7 +216,7 @@ class ReportConf:
 
 @dataclass
 class EngineConf:
-    """What the generation engine (segsft.generation) of evaluate and generate shares."""
+    """What the generation engine (segsft.run.generation) of evaluate and generate shares."""
 
     # auto: vLLM where it is installed and CUDA is present, else HF generate; vllm | hf.
     engine: str = "auto"

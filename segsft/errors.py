@@ -24,6 +24,15 @@ def storage_error(e: BaseException) -> str | None:
     if not isinstance(e, OSError) or e.errno is None:
         return None
     name = errno.errorcode.get(e.errno, "")
+    if name in ("ENOTDIR", "EEXIST") and e.filename:
+        # A directory of the run (run_dir or one below it) is taken by a file.
+        from pathlib import Path
+
+        path = Path(e.filename)
+        blocking = next((p for p in (path, *path.parents) if p.is_file()), None)
+        if blocking is not None:
+            return (f"{blocking} is a file, where the run needs a directory: point run_dir (or the key naming "
+                    "that path) elsewhere, or move the file away")
     if name not in _STORAGE:
         return None
     where = e.filename or "the run directory"

@@ -22,7 +22,7 @@ SEGMENTS_SCHEMA = pa.schema(
         ("strength", pa.float64()),
         pa.field("consistency", pa.float64(), nullable=True),
         ("token_attr", pa.list_(pa.float32())),
-        # Cheap signals (segsft.attribute.token_stats; null where not computed): the mean
+        # Cheap signals (segsft.method.token_stats; null where not computed): the mean
         # -log p and the mean predictive entropy over the segment's tokens (one forward pass,
         # attribute.token_stats), and gradient x input at alpha = 1 summed / abs-summed (when
         # 1 is one of the rule's nodes: adaptive, linspace, trapezoid, gradient_x_input).
@@ -231,7 +231,7 @@ FINETUNE_MASKS_COLUMNS = ("sample_id", "segment", "char_start", "char_end", "tra
 #: What the report reads of the attribution tables (segments without token_attr, read lazily).
 REPORT_SEGMENT_COLUMNS = ("sample_id", "segment", "char_start", "char_end", "token_start", "token_end", "n_tokens",
                           "strength", "consistency")
-#: The cheap per-segment signals (segsft.attribute.token_stats); null in tables written before them.
+#: The cheap per-segment signals (segsft.method.token_stats); null in tables written before them.
 TOKEN_STAT_COLUMNS = ("nll_mean", "entropy_mean", "gxi_sum", "gxi_abs_sum")
 REPORT_SAMPLE_COLUMNS = ("sample_id", "n_tokens", "n_segments", "completeness_gap", "rule", "steps", "model")
 #: Samples columns that tables written before the adaptive rule lack; readers fill them with null.

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 from html.parser import HTMLParser
 from hydra import compose, initialize_config_dir
 
-from segsft.models import load_tokenizer
-from segsft.text import resolve_pattern, split_segments
-from segsft.tiny_model import save_tiny, tiny_qwen2, train_tokenizer
+from segsft.run.models import load_tokenizer
+from segsft.method.text import resolve_pattern, split_segments
+from tiny_model import save_tiny, tiny_qwen2, train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "r1-distill-qwen-7b-aime24.jsonl"
@@ -116,12 +116,6 @@ def compose_config(*overrides: str):
 REPORT_SELECT = ("select.always_keep=[0]", "select.max_consistency=0.6")
 
 
-def report_cfg(run_dir: Path, corpus: Path, model: str, *overrides: str):
-    """The composed config of a report test: stage=select on `run_dir`."""
-    return compose_config("stage=select", f"run_dir={run_dir}", f"data.path={corpus}", f"model.name_or_path={model}",
-                          *overrides)
-
-
 def hand_segments(text: str, split_mid: bool) -> list[tuple[int, int]]:
     """The keyword segments, each also cut at its middle character when `split_mid`: such
     cuts fall inside words, so some tokens straddle them and the first-character rule matters."""
@@ -153,7 +147,7 @@ def write_masks(path: Path, rows: list[dict], train_of=lambda k, n: k % 3 != 1, 
 
 def mark_selection_finished(path: Path) -> None:
     """What a finished select writes after its masks: config.yaml, then the completion marker."""
-    from segsft.layout import SelectionLayout
+    from segsft.store.layout import SelectionLayout
 
     lay = SelectionLayout(path)
     lay.config.write_text("{}\n")
@@ -172,13 +166,30 @@ class Page(HTMLParser):
         self.refs: list[str] = []
         self.inputs: list[dict] = []
         self.tags_in_segments: set[str] = set()
+        #: Every table row's cells (td and th text), in page order; headings by id.
+        self.rows: list[list[str]] = []
+        self.row_classes: list[str] = []
+        self.headings: dict[str, str] = {}
+        self._cell: list[str] | None = None
+        self._heading: str | None = None
         self._spans: list[dict] = []
         self._in_nav_a = False
         self.feed(text)
         self.close()
 
+    def row(self, first: str) -> list[str]:
+        """The other cells of the first table row whose first cell is `first` (stripped)."""
+        return next(r[1:] for r in self.rows if r and r[0].strip() == first)
+
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
+        if tag == "tr":
+            self.rows.append([])
+            self.row_classes.append(a.get("class", ""))
+        if tag in ("td", "th") and self.rows:
+            self._cell = []
+        if tag in ("h2", "h3") and a.get("id"):
+            self._heading, self.headings[a["id"]] = a["id"], ""
         for key in ("src", "href", "action", "poster", "data"):
             if a.get(key):
                 self.refs.append(a[key])
@@ -205,6 +216,11 @@ class Page(HTMLParser):
             self._spans.append(rec)
 
     def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.rows[-1].append("".join(self._cell).strip())
+            self._cell = None
+        if tag in ("h2", "h3"):
+            self._heading = None
         if tag == "span":
             rec = self._spans.pop()
             seg = next((s for s in reversed(self._spans) if "seg" in s["cls"]), None)
@@ -214,6 +230,10 @@ class Page(HTMLParser):
             self._in_nav_a = False
 
     def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._heading is not None:
+            self.headings[self._heading] += data
         for s in self._spans:
             s["text"] += data
 

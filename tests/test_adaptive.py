@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from segsft.attribute.adaptive import AdaptiveSettings, StopTest, refine, spearman, trapezoid_weights
-from segsft.attribute.ig import IGPath, adaptive_integrated_gradients, answer_logprob, baseline_embeddings, freeze, path_token_grads
-from segsft.attribute.metrics import SegmentRule, segment_metrics
-from segsft.layout import RunLayout
-from segsft.selection_config import SelectConfig
-from segsft.rule import decide
-from segsft.text import build_sequence, resolve_pattern
-from segsft.tiny_model import tiny_qwen2
+from segsft.method.adaptive import AdaptiveSettings, StopTest, refine, spearman, trapezoid_weights
+from segsft.method.ig import IGPath, adaptive_integrated_gradients, answer_logprob, baseline_embeddings, freeze, path_token_grads
+from segsft.method.metrics import SegmentRule, segment_metrics
+from segsft.store.layout import RunLayout
+from segsft.method.selection_config import SelectConfig
+from segsft.method.rule import decide
+from segsft.method.text import build_sequence, resolve_pattern
+from tiny_model import tiny_qwen2
 
 SOLUTION = (
     "We need half of one. That is 0.5.\n\nWait, as a fraction it is \\frac{1}{2}."
@@ -125,7 +125,7 @@ class _Rule:
 
 
 def _est(steps, attr, gap=0.01, bound=0.01):
-    from segsft.attribute.adaptive import Estimate
+    from segsft.method.adaptive import Estimate
 
     return Estimate(steps, np.asarray(attr, dtype=np.float64), gap, bound)
 
@@ -182,7 +182,7 @@ def test_borderline_from_the_real_rule_flips_within_the_errors():
     # Three segments, top_mass 0.7: strengths 0.5, 0.3, 0.2 put segments 0 and 1 in the prefix
     # (0.5/1.0 < 0.7, the crossing one included). With 0.05 of error, segment 1 can drop out
     # (0.5 + 0.05 over 1.0 - 0.05 + ... reaches 0.7 before it) or stay; segment 2 cannot enter.
-    from segsft.attribute.adaptive import StopTest as T
+    from segsft.method.adaptive import StopTest as T
 
     rule = SegmentRule([(0, 1), (1, 2), (2, 3)], SelectConfig(always_keep=(), max_consistency=None))
     hist = [_est(9, [0.55, 0.3, 0.15]), _est(18, [0.5, 0.3, 0.2])]
@@ -206,6 +206,17 @@ def test_stop_test_compares_with_the_estimate_at_half_the_steps():
     assert share == pytest.approx(0.5) and rho == pytest.approx(1.0)
     assert not t(hist)
     assert spearman(np.array([1.0, 2, 3]), np.array([3.0, 2, 1])) == pytest.approx(-1.0)
+
+
+def test_one_spearman_undefined_is_none_and_the_stop_test_reads_it_as_order_kept():
+    assert spearman(np.array([1.0, 2, 2, 5]), np.array([0.1, 0.3, 0.3, 0.2])) == pytest.approx(
+        np.corrcoef([0, 1.5, 1.5, 3], [0, 2.5, 2.5, 1])[0, 1])  # ties share their mean rank
+    assert spearman(np.array([1.0]), np.array([2.0])) is None
+    assert spearman(np.array([1.0, 1.0]), np.array([1.0, 2.0])) is None  # a constant side
+    est = lambda steps, s: type("E", (), {"steps": steps, "token_attr": s, "gap": 0.0})()  # noqa: E731
+    for now, half, rho in (([2.0, 2.0], [3.0, 3.0], 1.0), ([2.0, 2.0], [1.0, 3.0], 0.0), ([4.0], [1.0], 1.0)):
+        t = StopTest(0.05, 0.95, lambda a: (np.zeros(len(a), bool), np.asarray(a)), ranks=True)
+        assert t.stability([est(8, np.array(half)), est(16, np.array(now))]) == (1.0, rho)
 
 
 def test_attribute_stage_writes_the_adaptive_columns(tmp_path, tiny_model_dir):
@@ -237,7 +248,7 @@ def test_adaptive_run_killed_after_a_flush_resumes_to_the_same_tables(tmp_path, 
 
     from conftest import compose_config, make_traces, write_jsonl
     from segsft.attribute import AttributeStage
-    from segsft.attribute.runner import PartWriter
+    from segsft.store.parts import PartWriter
 
     corpus = write_jsonl(tmp_path / "t.jsonl", make_traces(4))
 

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from conftest import REPO, compose_config, make_traces, write_jsonl
 from segsft.attribute import AttributeStage
 from segsft.schemas import REJECTS_SCHEMA, SAMPLES_SCHEMA, SEGMENTS_SCHEMA
-from segsft.text import build_sequence, resolve_pattern
+from segsft.method.text import build_sequence, resolve_pattern
 
 
 def overrides(run_dir, corpus, model_dir, *extra):
@@ -26,12 +26,8 @@ def overrides(run_dir, corpus, model_dir, *extra):
             "attribute.rule=gauss_legendre", "attribute.steps=4", "attribute.batch_alphas=2", "attribute.flush_every=2", *extra]
 
 
-def compose_cfg(ovr):
-    return compose_config(*ovr)
-
-
 def run_inprocess(ovr, rank=0, world=1):
-    cfg = OmegaConf.to_container(compose_cfg(ovr), resolve=True)
+    cfg = OmegaConf.to_container(compose_config(*ovr), resolve=True)
     return AttributeStage(cfg).run(rank, world)
 
 
@@ -175,7 +171,7 @@ def test_killed_run_resumes_to_identical_tables(tmp_path, tiny_model_dir):
 
 def test_a_rerun_with_another_world_size_completes_the_run_and_consolidates(tmp_path, corpus, tiny_model_dir, single_run):
     from segsft.attribute import STAGE
-    from segsft.attribution_tables import open_attribution
+    from segsft.store.attribution_tables import open_attribution
 
     run_dir = tmp_path / "w"
     ovr = overrides(run_dir, corpus, tiny_model_dir, "attribute.max_tokens=400")
@@ -205,6 +201,26 @@ def test_a_rerun_with_another_world_size_completes_the_run_and_consolidates(tmp_
         assert x.equals(y)
 
 
+def test_after_a_complete_run_the_users_glob_sees_each_sample_once(tmp_path, corpus, tiny_model_dir, single_run):
+    # World size 2, rank 1 killed after writing its tables but before its marker; then one
+    # process finishes the run. The README's glob must not see rank 1's samples twice.
+    from segsft.attribute import STAGE
+
+    run_dir = tmp_path / "g"
+    cfg = compose_config(*overrides(run_dir, corpus, tiny_model_dir, "attribute.max_tokens=400"))
+    STAGE.run(cfg, 0, 2)
+    STAGE.run(cfg, 1, 2)
+    (run_dir / "attribution" / "part-00001-of-00002.done").unlink()
+    assert (run_dir / "attribution" / "segments-00001-of-00002.parquet").is_file()
+    STAGE.run(cfg, 0, 1)
+    seg = pl.scan_parquet(str(run_dir / "attribution" / "segments-*.parquet")).collect().sort("sample_id", "segment")
+    smp = pl.scan_parquet(str(run_dir / "attribution" / "samples-*.parquet")).collect().sort("sample_id")
+    seg1, smp1, _ = sorted_tables(single_run)
+    assert smp["sample_id"].to_list() == smp1["sample_id"].to_list()
+    assert seg.select("sample_id", "segment").equals(seg1.select("sample_id", "segment"))
+    assert np.allclose(seg["attr_sum"], seg1["attr_sum"], rtol=1e-4, atol=1e-6)
+
+
 def test_a_rerun_with_other_settings_or_corpus_is_refused_naming_them(tmp_path, corpus, tiny_model_dir, single_run):
     before = sorted_tables(single_run)
     other = write_jsonl(tmp_path / "other.jsonl", make_traces(3, seed=9))
@@ -214,7 +230,7 @@ def test_a_rerun_with_other_settings_or_corpus_is_refused_naming_them(tmp_path, 
                              env=env1(), capture_output=True, text=True, timeout=300)
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
         assert needle in out.stderr and "set a new run_dir=" in out.stderr, out.stderr[-2000:]
-    from segsft.attribute.fingerprint import SettingsChanged
+    from segsft.store.fingerprint import SettingsChanged
 
     with pytest.raises(SettingsChanged, match="corpus_sha256"):
         run_inprocess(overrides(single_run, other, tiny_model_dir, "attribute.max_tokens=400"))
@@ -263,7 +279,7 @@ def test_a_boolean_key_that_is_not_a_boolean_is_refused_in_one_line(tmp_path, ti
         assert out.returncode == 2 and "Traceback" not in out.stderr, key
         assert out.stderr == f"error: {key}=maybe: {key} takes true or false, not 'maybe'\n", out.stderr
     # A hand-made mapping (not composed by Hydra) is checked as strictly.
-    from segsft.models import check_model_config
+    from segsft.run.models import check_model_config
 
     assert check_model_config({"name_or_path": tiny_model_dir, "trust_remote_code": "no"}) == [
         "model.trust_remote_code='no': use true or false"]
@@ -272,7 +288,7 @@ def test_a_boolean_key_that_is_not_a_boolean_is_refused_in_one_line(tmp_path, ti
 def test_outputs_follow_the_umask(tmp_path):
     import stat
 
-    from segsft.io import write_json
+    from segsft.store.io import write_json
 
     old = os.umask(0o022)
     try:
@@ -288,8 +304,8 @@ def test_outputs_follow_the_umask(tmp_path):
 def test_a_second_writer_of_a_part_is_refused_naming_the_holder(tmp_path, corpus, tiny_model_dir):
     import socket
 
-    from segsft.attribute.runner import part_lock
-    from segsft.layout import RunLayout
+    from segsft.store.parts import part_lock
+    from segsft.store.layout import RunLayout
 
     lay = RunLayout(tmp_path).attribution
     with part_lock(lay, "00000-of-00001"):
@@ -300,7 +316,7 @@ def test_a_second_writer_of_a_part_is_refused_naming_the_holder(tmp_path, corpus
     assert not any(lay.dir.glob("samples-*.parquet"))  # it wrote nothing
     # A holder killed with SIGKILL leaves the lock file, but the OS released the lock.
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
-                               "from segsft.attribute.runner import part_lock; from segsft.layout import RunLayout;"
+                               "from segsft.store.parts import part_lock; from segsft.store.layout import RunLayout;"
                                "cm = part_lock(RunLayout(sys.argv[2]).attribution, '00000-of-00001'); cm.__enter__();"
                                "print('held', flush=True); time.sleep(60)", str(REPO), str(tmp_path)],
                               stdout=subprocess.PIPE, text=True, env=env1())

@@ -89,9 +89,9 @@ def test_a_prompt_too_long_for_the_model_is_rejected_and_the_rest_run(tmp_path, 
 
 
 def test_an_explicit_prompt_limit_rejects_with_the_token_count(tiny_model_dir, tokenizer):
-    from segsft.corpus import ProblemRow
-    from segsft.generation import split_long_prompts
-    from segsft.text import encode_prompt
+    from segsft.store.corpus import ProblemRow
+    from segsft.run.generation import split_long_prompts
+    from segsft.method.text import encode_prompt
 
     probs = [ProblemRow("a", "short?", "1", None, 0), ProblemRow("b", "a longer question " * 20, "1", None, 1)]
     limit = len(encode_prompt(tokenizer, "short?")) + 5
@@ -103,8 +103,8 @@ def test_an_explicit_prompt_limit_rejects_with_the_token_count(tiny_model_dir, t
 
 
 def test_out_of_memory_halves_the_batch_and_gives_up_on_one_row_only(tiny_model_dir):
-    from segsft.corpus import ProblemRow
-    from segsft.generation import HFEngine
+    from segsft.store.corpus import ProblemRow
+    from segsft.run.generation import HFEngine
 
     settings = compose_config("stage=evaluate").evaluate
     settings.batch_size, settings.max_new_tokens, settings.engine = 4, 3, "hf"
@@ -131,7 +131,7 @@ def test_out_of_memory_halves_the_batch_and_gives_up_on_one_row_only(tiny_model_
 
 HOLD = """
 import sys, time
-import segsft.stages as stages
+import segsft.run.stages as stages
 def run_stage(cfg):
     print("READY", flush=True)
     time.sleep(60)
@@ -192,7 +192,7 @@ def test_a_generations_file_with_list_columns_is_refused_naming_the_column(tmp_p
 
 
 def test_corpus_and_problem_files_with_nested_values_are_refused(tmp_path):
-    from segsft.corpus import CorpusError, read_corpus, read_problems
+    from segsft.store.corpus import CorpusError, read_corpus, read_problems
 
     path = tmp_path / "c.parquet"
     pq.write_table(pa.table({"id": ["a"], "question": ["q"], "solution": ["s"], "answer": [[1.0]]}), path)
@@ -213,7 +213,7 @@ def test_select_writes_its_marker_last_and_every_reader_refuses_a_selection_with
     import segsft.select.stage as select_stage
     from segsft.finetune import check_config as finetune_check
     from segsft.finetune.masks import MasksError, read_masks
-    from segsft.layout import RunLayout
+    from segsft.store.layout import RunLayout
     from segsft.report.load import ReportError, find_selections, read_selection
 
     run_dir = _synthetic_run(tmp_path / "r")
@@ -252,15 +252,16 @@ def test_select_writes_its_marker_last_and_every_reader_refuses_a_selection_with
 # ---- 6. masks of an edited corpus ----------------------------------------------------------------------
 
 def test_finetune_refuses_a_corpus_edited_since_attribution_unless_told(tmp_path, tiny_model_dir, caplog):
-    from segsft.attribute.fingerprint import check_or_store
     from segsft.finetune.stage import run
     from segsft.finetune.settings import FinetuneError
-    from segsft.layout import RunLayout
+    from segsft.store.fingerprint import check_or_store
+    from segsft.store.io import file_sha256
+    from segsft.store.layout import RunLayout
 
     rows = make_traces(3, seed=1)
     corpus = write_jsonl(tmp_path / "c.jsonl", rows)
     run_dir = tmp_path / "r"
-    check_or_store(RunLayout(run_dir).attribution, {"corpus_sha256": __import__("segsft.io").io.file_sha256(corpus)}, run_dir)
+    check_or_store(RunLayout(run_dir).attribution.fingerprint, {"corpus_sha256": file_sha256(corpus)}, "scores", "")
     sel = write_masks(tmp_path / "sel", rows, split_mid=False)
     # The same length, another number: the masks' spans still tile every trace.
     text = corpus.read_text()
@@ -302,7 +303,7 @@ def test_select_with_an_escaping_name_writes_nothing_outside(tmp_path):
 # ---- 8, 9. formats we do not read; data.limit=0 ------------------------------------------------------------
 
 def test_csv_gzip_and_garbage_say_what_is_wrong(tmp_path):
-    from segsft.corpus import CorpusError, corpus_path_problem, read_corpus
+    from segsft.store.corpus import CorpusError, corpus_path_problem, read_corpus
 
     fields = {"id": "id", "question": "question", "solution": "solution", "answer": "answer"}
     csv = tmp_path / "c.csv"
@@ -343,16 +344,21 @@ def test_data_limit_zero_is_refused_up_front_like_evaluate_limit(tmp_path):
 # ---- 10. a failed run does not block its fix -------------------------------------------------------------
 
 def test_the_fingerprint_binds_once_something_is_scored(tmp_path):
-    from segsft.attribute.fingerprint import SettingsChanged, check_or_store
-    from segsft.layout import RunLayout
+    from segsft.store.fingerprint import SettingsChanged, check_or_store, holds_scores
+    from segsft.store.layout import RunLayout
 
     lay = RunLayout(tmp_path).attribution
-    check_or_store(lay, {"corpus_sha256": "csv", "model": "m"}, tmp_path)  # the failed run: nothing scored
-    check_or_store(lay, {"corpus_sha256": "jsonl", "model": "m"}, tmp_path)  # its fix takes the directory
+
+    def check(fp):
+        check_or_store(lay.fingerprint, fp, "scores", f"set a new run_dir=... or reuse {tmp_path}",
+                       bound=lambda: holds_scores(lay))
+
+    check({"corpus_sha256": "csv", "model": "m"})  # the failed run: nothing scored
+    check({"corpus_sha256": "jsonl", "model": "m"})  # its fix takes the directory
     assert json.loads(lay.fingerprint.read_text())["corpus_sha256"] == "jsonl"
     pq.write_table(pa.table({"sample_id": ["a"]}), lay.table("samples", "00000-of-00001"))
     with pytest.raises(SettingsChanged, match="holds scores made with other settings"):
-        check_or_store(lay, {"corpus_sha256": "other", "model": "m"}, tmp_path)
+        check({"corpus_sha256": "other", "model": "m"})
 
 
 @pytest.mark.slow  # end to end; test_the_fingerprint_binds_once_something_is_scored covers the rule
@@ -404,7 +410,7 @@ def test_an_always_keep_index_out_of_range_is_warned_with_the_count(tmp_path, ca
 
 
 def test_a_duplicate_problem_id_is_logged(tmp_path, caplog):
-    from segsft.corpus import read_problems
+    from segsft.store.corpus import read_problems
 
     path = write_jsonl(tmp_path / "p.jsonl", [{"id": "t1", "question": "q", "answer": "1"},
                                               {"id": "t1", "question": "q2", "answer": "2"}])
@@ -420,7 +426,7 @@ def test_a_huge_trace_is_rejected_without_tokenizing_it(tmp_path, tokenizer, mon
     import segsft.attribute.runner as runner
     from omegaconf import OmegaConf
 
-    from segsft.corpus import Sample
+    from segsft.store.corpus import Sample
 
     cfg = OmegaConf.to_container(compose_config("stage=attribute", f"run_dir={tmp_path}", "attribute.max_tokens=512"),
                                  resolve=True)

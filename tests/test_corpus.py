@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import write_jsonl
-from segsft.corpus import CorpusError, read_corpus
+from segsft.store.corpus import CorpusError, read_corpus
 
 FIELDS = {"id": "id", "question": "question", "solution": "solution", "answer": "answer"}
 

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from conftest import REPO
-from segsft.layout import RunLayout
+from segsft.store.layout import RunLayout
 
 
 @pytest.mark.slow

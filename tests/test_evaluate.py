@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from conftest import REPO, compose_config, needs_shared_data, shared_rows, write_jsonl
-from segsft.grading import grade
+from segsft.method.grading import grade
 
 MATCH = [
     ("\\boxed{0.5}", "\\frac{1}{2}"), ("\\boxed{\\frac{1}{2}}", "0.5"), ("\\boxed{27.0}", "27"),
@@ -39,8 +39,8 @@ def test_grader_rejects_different_answers(output, answer):
 
 
 def test_grader_says_why_nothing_was_graded():
-    assert grade("I am still thinking about", "5", "stop") == grade("I am still thinking about", "5", "stop")
-    assert grade("I am still thinking about", "5", "stop").verdict == "no_answer"
+    g = grade("I am still thinking about", "5", "stop")
+    assert (g.pred, g.correct, g.verdict) == (None, False, "no_answer")
     g = grade("I am still thinking about", "5", "length")
     assert (g.pred, g.correct, g.verdict) == (None, False, "truncated")
     assert grade("thinking \\boxed{7} ... </think> no box after", "7").pred == "7"  # falls back to the whole output
@@ -53,19 +53,21 @@ def test_grader_agrees_with_the_papers_on_aime24():
     assert same >= 29 and len(rows) == 30
 
 
-def _eval_cfg(tmp_path, model, *extra):
-    return compose_config("stage=evaluate", f"run_dir={tmp_path}", f"model.name_or_path={model}", "evaluate.engine=hf",
-                          "evaluate.benchmarks=[tiny]", "evaluate.max_new_tokens=6", "evaluate.batch_size=3", *extra)
+#: stage=evaluate on the tiny benchmark with HF generate, a few tokens each.
+EVALUATE = ("stage=evaluate", "evaluate.engine=hf", "evaluate.benchmarks=[tiny]", "evaluate.max_new_tokens=6",
+            "evaluate.batch_size=3")
 
 
 def test_k_samples_deterministic_and_results_equal_a_recount(tmp_path, tiny_model_dir):
     from segsft.evaluate import run
 
-    out = run(_eval_cfg(tmp_path / "a", tiny_model_dir, "evaluate.samples=3", "evaluate.limit=5"))
+    out = run(compose_config(*EVALUATE, f'run_dir={tmp_path / "a"}', f"model.name_or_path={tiny_model_dir}",
+                             "evaluate.samples=3", "evaluate.limit=5"))
     gens = pl.read_parquet(tmp_path / "a" / "eval" / "generations-*.parquet")
     assert gens.height == 15 and gens.select("problem_id", "sample").is_unique().all()
     assert sorted(gens.group_by("problem_id").len()["len"].to_list()) == [3] * 5
-    run(_eval_cfg(tmp_path / "b", tiny_model_dir, "evaluate.samples=3", "evaluate.limit=5"))
+    run(compose_config(*EVALUATE, f'run_dir={tmp_path / "b"}', f"model.name_or_path={tiny_model_dir}",
+                       "evaluate.samples=3", "evaluate.limit=5"))
     again = pl.read_parquet(tmp_path / "b" / "eval" / "generations-*.parquet")
     key = ["problem_id", "sample"]
     assert gens.sort(key).select("output", "output_tokens").equals(again.sort(key).select("output", "output_tokens"))
@@ -146,8 +148,8 @@ def test_generate_keeps_the_chosen_sample_and_rejects_the_rest():
 def test_generate_writes_a_corpus_this_pipeline_reads(tmp_path, tiny_model_dir, monkeypatch):
     """With the grader forced to accept, every problem keeps its shortest sample; the corpus is
     read back by the attribution's reader with the ground truth as answer."""
-    import segsft.grading as grading
-    from segsft.corpus import read_corpus
+    import segsft.method.grading as grading
+    from segsft.store.corpus import read_corpus
     from segsft.generate import run
 
     monkeypatch.setattr(grading, "grade", lambda out, ans, fin="stop", ch=None: grading.Grade("x", True, "match"))
@@ -188,7 +190,8 @@ def test_config_errors_of_evaluate_are_listed_together(tmp_path):
     for needle in ("evaluate.samples=0: use an integer in [1, 1024]", "evaluate.models='/no/such/model' does not exist",
                    "evaluate.top_p=0.0: use a number in (0, 1]", "evaluate.engine='fast'"):
         assert needle in text, text
-    errs = check_config(compose_config("stage=evaluate", f"run_dir={tmp_path}", "evaluate.temperature=0", "evaluate.samples=4"))
+    errs = check_config(compose_config("stage=evaluate", f"run_dir={tmp_path}", "evaluate.temperature=0",
+                                       "evaluate.samples=4"))
     assert any("greedy decoding gives one output per problem" in e for e in errs)
 
 
@@ -201,3 +204,15 @@ def test_vllm_engine_generates_k_samples(tmp_path):
                          "evaluate.samples=2", "evaluate.max_new_tokens=64", "evaluate.gpu_memory_utilization=0.5")
     gens = pl.read_parquet(Path(run(cfg)).parent / "generations-*.parquet")
     assert gens.height == 20 and gens.select("problem_id", "sample").is_unique().all()
+
+
+def test_results_do_not_depend_on_the_order_of_the_generations():
+    from segsft.evaluate.results import results
+
+    # Problems of distinct accuracies (0, 1/3, 2/3, 1) and a handful of resamples: any other
+    # order of the problems would draw other ones.
+    rows = [{"model": "m", "benchmark": "b", "problem_id": f"p{i:02d}", "sample": k, "output_tokens": 10 + i,
+             "finish_reason": "stop", "correct": k < i % 4} for i in range(12) for k in range(3)]
+    a = results(pl.DataFrame(rows), bootstrap=5)
+    b = results(pl.DataFrame(rows[::-1]), bootstrap=5)
+    assert a.equals(b) and a["accuracy_ci_low"][0] < a["accuracy"][0] < a["accuracy_ci_high"][0]

@@ -21,7 +21,7 @@ def test_a_failed_write_names_the_file_and_what_to_do(tmp_path, monkeypatch):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from segsft.io import write_parquet
+    from segsft.store.io import write_parquet
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "Error writing bytes to file")  # as pyarrow raises it: no file name
@@ -89,3 +89,35 @@ def test_full_disk_and_read_only_run_dir_are_one_line_and_a_rerun_finishes(small
                          cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
     assert "the filesystem is read-only" in out.stderr
+
+
+def _pipeline(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "pipeline.py", *args], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **env})
+
+
+@pytest.mark.parametrize("where", ["run_dir", "attribution"])
+def test_a_run_dir_that_is_a_file_is_one_line_naming_it(tmp_path, where):
+    run_dir = tmp_path / "run"
+    if where == "run_dir":
+        run_dir.write_text("not a directory")
+        blocking = run_dir
+    else:  # the run dir exists, but the stage's own directory under it is a file
+        write_part(run_dir / "attribution", *random_tables(4, 3, seed=1))
+        blocking = run_dir / "selection"
+        blocking.write_text("not a directory")
+    out = _pipeline("stage=select", f"run_dir={run_dir}")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    line = next(x for x in out.stderr.splitlines() if x.startswith("error: "))
+    assert line == (f"error: {blocking} is a file, where the run needs a directory: point run_dir (or the key naming "
+                    "that path) elsewhere, or move the file away")
+
+
+@pytest.mark.parametrize("rank, world", [("2", "2"), ("-1", "1"), ("x", "1")])
+def test_an_out_of_range_rank_is_one_line(tmp_path, rank, world):
+    run_dir = tmp_path / "run"
+    write_part(run_dir / "attribution", *random_tables(4, 3, seed=1))
+    out = _pipeline("stage=select", f"run_dir={run_dir}", RANK=rank, WORLD_SIZE=world)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    errors = [x for x in out.stderr.splitlines() if x.startswith("error: ")]
+    assert len(errors) == 1 and f"RANK={rank if rank != 'x' else repr(rank)}" in errors[0] and "torchrun" in errors[0]

@@ -14,13 +14,13 @@ from hydra.errors import ConfigCompositionException
 
 from conftest import (REPO, compose_config, SHARED_DATA, hand_segments, make_traces, needs_shared_data, shared_rows, write_jsonl,
                       mark_selection_finished, write_masks)
-from segsft.corpus import read_corpus
+from segsft.store.corpus import read_corpus
 from segsft.finetune import IGNORE_INDEX, check_config
 from segsft.finetune.checkpoints import MARKER, latest_complete, remove_incomplete
 from segsft.finetune.collate import PaddingCollator
 from segsft.finetune.examples import build_examples, step8_sequence, write_train_tokens
 from segsft.finetune.masks import MasksError, read_masks
-from segsft.text import build_sequence, resolve_pattern
+from segsft.method.text import build_sequence, resolve_pattern
 
 FIELDS = {"id": "id", "question": "question", "solution": "solution", "answer": "answer"}
 PATTERN = resolve_pattern("default")
@@ -160,23 +160,19 @@ def test_padding_collator_pads_labels_with_ignore_index():
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
-def _cfg(**finetune):
-    """The real config (conf/ + segsft.config_schema) with finetune.* overrides."""
-    def value(v):
-        return {True: "true", False: "false", None: "null"}.get(v, v) if isinstance(v, (bool, type(None))) else v
-
-    return compose_config("stage=finetune", f"data.path={REPO / 'data' / 'sample_traces.jsonl'}", "model.name_or_path=m", "selection_dir=/nonexistent",
-                          "finetune_dir=out", *(f"finetune.{k}={value(v)}" for k, v in finetune.items()))
+#: stage=finetune on the sample corpus (nothing is loaded: the tests check the config).
+FINETUNE = ("stage=finetune", f"data.path={REPO / 'data' / 'sample_traces.jsonl'}", "model.name_or_path=m",
+            "selection_dir=/nonexistent", "finetune_dir=out")
 
 
 def test_default_config_is_the_papers_and_valid(tmp_path):
-    ft = _cfg().finetune
+    ft = compose_config(*FINETUNE).finetune
     assert (ft.num_train_epochs, ft.learning_rate, ft.lr_scheduler_type, ft.warmup_ratio) == (10, 3e-5, "cosine", 0.05)
     assert (ft.per_device_train_batch_size, ft.max_length, ft.max_grad_norm) == (2, 16384, 1.0)
     assert (ft.bf16, ft.gradient_checkpointing, ft.packing, ft.liger, ft.report_to) == ("auto", "auto", False, False, "none")
-    assert check_config(_cfg(mode="full", full_scope="corpus")) == []
+    assert check_config(compose_config(*FINETUNE, "finetune.mode=full", "finetune.full_scope=corpus")) == []
     # By default full mode trains the selection's samples (a fair ablation): it needs the masks too.
-    errs = check_config(_cfg(mode="full"))
+    errs = check_config(compose_config(*FINETUNE, "finetune.mode=full"))
     assert len(errs) == 1 and "masks.parquet does not exist" in errs[0] and "finetune.full_scope=corpus" in errs[0]
     for name in ("zero2", "zero3"):
         ds = json.loads((REPO / "conf" / "deepspeed" / f"{name}.json").read_text())
@@ -186,8 +182,9 @@ def test_default_config_is_the_papers_and_valid(tmp_path):
 
 
 def test_config_errors_are_reported_all_at_once():
-    errs = check_config(_cfg(mode="half", deepspeed="zero9", max_steps=0, save_total_limit=1,
-                             bf16="maybe", warmup_ratio=1.5, per_device_train_batch_size=0, full_scope="all"))
+    errs = check_config(compose_config(*FINETUNE, "finetune.mode=half", "finetune.deepspeed=zero9", "finetune.max_steps=0",
+                                       "finetune.save_total_limit=1", "finetune.bf16=maybe", "finetune.warmup_ratio=1.5",
+                                       "finetune.per_device_train_batch_size=0", "finetune.full_scope=all"))
     text = "\n".join(errs)
     for needle in ("finetune.mode='half'", "finetune.deepspeed='zero9'", "finetune.max_steps=0",
                    "finetune.save_total_limit=1", "finetune.bf16='maybe'", "finetune.warmup_ratio=1.5",
@@ -195,15 +192,16 @@ def test_config_errors_are_reported_all_at_once():
         assert needle in text, needle
     assert len(errs) == 8
     with pytest.raises(ConfigCompositionException, match="typo_key"):  # Hydra refuses an unknown key
-        _cfg(typo_key=1)
-    errs = check_config(_cfg(mode="selected"))
+        compose_config(*FINETUNE, "finetune.typo_key=1")
+    errs = check_config(compose_config(*FINETUNE, "finetune.mode=selected"))
     assert len(errs) == 1 and "masks.parquet does not exist" in errs[0] and "finetune.mode=full" in errs[0]
 
 
 def test_packing_and_liger_need_their_packages():
     import importlib.util
 
-    errs = check_config(_cfg(mode="full", full_scope="corpus", packing=True, liger=True))
+    errs = check_config(compose_config(*FINETUNE, "finetune.mode=full", "finetune.full_scope=corpus", "finetune.packing=true",
+                                       "finetune.liger=true"))
     if importlib.util.find_spec("flash_attn") is None:
         assert any("finetune.packing=true needs flash-attention" in e for e in errs)
     if importlib.util.find_spec("liger_kernel") is None:

@@ -133,7 +133,7 @@ def reference_first_loss(ft_setup, tmp_path_factory):
 
 @pytest.mark.usefixtures("cpu_env")
 def test_untrained_text_carries_no_gradient(ft_setup, tmp_path):
-    from segsft.text import split_segments, resolve_pattern
+    from segsft.method.text import split_segments, resolve_pattern
 
     rows = ft_setup["rows"]
     pattern = resolve_pattern("default")

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from segsft.attribute.ig import freeze, integrated_gradients
-from segsft.attribute.quadrature import quadrature
-from segsft.attribute.reference import reference_ig
-from segsft.text import build_sequence, resolve_pattern
-from segsft.tiny_model import tiny_qwen2
+from segsft.method.ig import freeze, integrated_gradients
+from segsft.method.quadrature import quadrature
+from reference import reference_ig
+from segsft.method.text import build_sequence, resolve_pattern
+from tiny_model import tiny_qwen2
 
 SOLUTION = (
     "We need half of one. That is 0.5.\n\nWait, as a fraction it is \\frac{1}{2}."
@@ -125,7 +125,7 @@ def test_quadrature_rules():
 
 
 def test_batch_plan_follows_the_token_budget():
-    from segsft.attribute.batching import BatchPlan, plan
+    from segsft.method.batching import BatchPlan, plan
 
     assert plan(1000, 16, 8, 4096) == BatchPlan(4, False)
     assert plan(1000, 16, 2, 4096) == BatchPlan(2, False)
@@ -135,7 +135,7 @@ def test_batch_plan_follows_the_token_budget():
 
 
 def test_checkpointing_gives_the_same_scores(model, tokenizer, sample):
-    from segsft.attribute.batching import attribute_sequence
+    from segsft.method.batching import attribute_sequence
 
     ids, pos = sample
     kw = dict(rule="gauss_legendre", steps=6, baseline="pad", pad_id=tokenizer.pad_token_id, batch_alphas=8)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from segsft.attribute.metrics import segment_metrics
+from segsft.method.metrics import segment_metrics
 
 
 def test_strength_and_consistency_by_hand():

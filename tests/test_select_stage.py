@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from conftest import compose_config
-from segsft.io import write_parquet
+from segsft.run.hints import make_hints
+from segsft.store.io import write_parquet
 from segsft.schemas import SEGMENTS_SCHEMA
 from segsft.select import (MASKS_SCHEMA, PER_SAMPLE_SCHEMA, SWEEP_SCHEMA, AttributionNotReady, SelectionDirTaken,
                            check_config, open_attribution, run)
@@ -31,10 +32,6 @@ def _rows() -> list[dict]:
             + segment_rows("c", [1.0], [0.99], [8]))
 
 
-def _cfg(run_dir: Path, *overrides: str):
-    return compose_config("stage=select", f"run_dir={run_dir}", *overrides)
-
-
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     write_attribution(tmp_path / "run", _rows(), world=2)
@@ -42,7 +39,7 @@ def run_dir(tmp_path: Path) -> Path:
 
 
 def test_run_writes_masks_summaries_and_config(run_dir):
-    cfg = _cfg(run_dir)
+    cfg = compose_config("stage=select", f"run_dir={run_dir}")
     assert check_config(cfg) == []
     summary = run(cfg)
     out = Path(cfg.selection_dir)
@@ -76,16 +73,16 @@ def test_run_writes_masks_summaries_and_config(run_dir):
 
 
 def test_rerun_into_a_dir_of_other_settings_is_refused(run_dir):
-    run(_cfg(run_dir))
-    run(_cfg(run_dir))  # same settings: fine
+    run(compose_config("stage=select", f"run_dir={run_dir}"))
+    run(compose_config("stage=select", f"run_dir={run_dir}"))  # same settings: fine
     with pytest.raises(SelectionDirTaken, match=r"always_keep: \[0, -2, -1\] there, \[0\] here.*selection_dir="):
-        run(_cfg(run_dir, "select.always_keep=[0]"))
+        run(compose_config("stage=select", f"run_dir={run_dir}", "select.always_keep=[0]"))
 
 
 def test_min_tokens_reads_the_samples_table(tmp_path):
     rows = _rows()
     write_attribution(tmp_path / "r", rows, sample_rows(rows, {"a": 100, "b": 99, "c": 500}))
-    summary = run(_cfg(tmp_path / "r", "select.min_tokens=100"))
+    summary = run(compose_config("stage=select", f'run_dir={tmp_path / "r"}', "select.min_tokens=100"))
     masks = pl.read_parquet(Path(summary["paths"]["masks.parquet"]))
     assert masks.filter(pl.col("sample_id") == "b")["why"].to_list() == ["short_sample"] * 3
     assert "short_sample" not in masks.filter(pl.col("sample_id") != "b")["why"].to_list()
@@ -98,7 +95,8 @@ def test_min_tokens_compares_the_training_length_not_the_attribution_length(tmp_
     for s in samples:  # b's training sequence (no answer suffix) is shorter than min_tokens
         s["train_tokens"] = 90 if s["sample_id"] == "b" else 105
     write_attribution(tmp_path / "r", rows, samples)
-    masks = pl.read_parquet(Path(run(_cfg(tmp_path / "r", "select.min_tokens=100"))["paths"]["masks.parquet"]))
+    masks = pl.read_parquet(Path(run(compose_config("stage=select", f'run_dir={tmp_path / "r"}',
+                                                    "select.min_tokens=100"))["paths"]["masks.parquet"]))
     assert masks.filter(pl.col("sample_id") == "b")["why"].to_list() == ["short_sample"] * 3
     assert "short_sample" not in masks.filter(pl.col("sample_id") != "b")["why"].to_list()
 
@@ -110,8 +108,9 @@ def test_unconverged_samples_are_kept_trained_in_full_or_dropped(tmp_path, polic
     for s in samples:
         s.update(rule="adaptive", converged=s["sample_id"] != "a", decision_stability=0.8 if s["sample_id"] == "a" else 1.0)
     write_attribution(tmp_path / "r", rows, samples)
-    keep = pl.read_parquet(Path(run(_cfg(tmp_path / "r"))["paths"]["masks.parquet"]))
-    summary = run(_cfg(tmp_path / "r", f"select.unconverged={policy}", f"selection_dir={tmp_path / policy}"))
+    keep = pl.read_parquet(Path(run(compose_config("stage=select", f'run_dir={tmp_path / "r"}'))["paths"]["masks.parquet"]))
+    summary = run(compose_config("stage=select", f'run_dir={tmp_path / "r"}', f"select.unconverged={policy}",
+                                 f"selection_dir={tmp_path / policy}"))
     masks = pl.read_parquet(Path(summary["paths"]["masks.parquet"]))
     assert summary["unconverged"] == {"samples": 1, "policy": policy, "ids": ["a"]}
     others = pl.col("sample_id") != "a"
@@ -170,7 +169,7 @@ def test_unconverged_full_keeps_the_reason_of_samples_trained_in_full_anyway():
 def test_select_warns_when_the_stop_test_used_other_settings(tmp_path, caplog):
     rows = _rows()
     adir = write_attribution(tmp_path / "r", rows)
-    from segsft.layout import AttributionLayout
+    from segsft.store.layout import AttributionLayout
 
     lay = AttributionLayout(adir)
     for part in lay.finished_parts():
@@ -178,24 +177,26 @@ def test_select_warns_when_the_stop_test_used_other_settings(tmp_path, caplog):
                                                                                     "min_consistency": None, "always_keep": [0, -2, -1],
                                                                                     "min_tokens": 0}}))
     with caplog.at_level("WARNING"):
-        run(_cfg(tmp_path / "r"))
+        run(compose_config("stage=select", f'run_dir={tmp_path / "r"}'))
     assert "top_mass: 0.5 there, 0.7 here" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):
-        run(_cfg(tmp_path / "r", "select.top_mass=0.5", f"selection_dir={tmp_path / 'same'}"))
+        run(compose_config("stage=select", f'run_dir={tmp_path / "r"}', "select.top_mass=0.5",
+                           f"selection_dir={tmp_path / 'same'}"))
     assert "stop test judged convergence" not in caplog.text
 
 
 def test_random_method_summary_reports_the_rule_it_matched(run_dir):
-    summary = run(_cfg(run_dir, "select.method=random", "select.seed=3"))
+    summary = run(compose_config("stage=select", f"run_dir={run_dir}", "select.method=random", "select.seed=3"))
     assert Path(summary["paths"]["masks.parquet"]).parent.name.startswith("random-")
     assert set(summary["methods"]) == {"random", "attribution", "full"}
     assert summary["methods"]["attribution"]["tokens_kept"] == 32
 
 
 def test_check_config_lists_every_problem(run_dir):
-    cfg = _cfg(run_dir, "select.method=best", "select.top_mass=1.5", "select.max_consistency=0.3",
-               "select.min_consistency=0.6", "select.min_tokens=-1", "select.seed=-2")
+    cfg = compose_config("stage=select", f"run_dir={run_dir}", "select.method=best", "select.top_mass=1.5",
+                         "select.max_consistency=0.3", "select.min_consistency=0.6", "select.min_tokens=-1",
+                         "select.seed=-2")
     errs = check_config(cfg)
     for needle in ("select.method='best'", "select.top_mass=1.5", "select.min_consistency=0.6 > select.max_consistency",
                    "select.min_tokens=-1", "select.seed=-2"):
@@ -206,20 +207,20 @@ def test_check_config_lists_every_problem(run_dir):
 
     for bad in ("select.always_keep=[0,x]", "select.top_mass=most", "select.unknown_key=1"):
         with pytest.raises(ConfigCompositionException, match=bad.split("=")[0].replace(".", r"\.")):
-            _cfg(run_dir, bad)
+            compose_config("stage=select", f"run_dir={run_dir}", bad)
     # A hand-made mapping (an older selection's saved settings) is checked as strictly.
-    from segsft.selection_config import check_settings
+    from segsft.method.selection_config import check_settings
 
     assert any("select.always_keep=" in e for e in check_settings({**cfg.select, "always_keep": [0, "x"]}))
 
 
 # ---- errors about the attribution directory ---------------------------------------------------
 
-def test_missing_attribution_says_run_make_attribute(tmp_path):
-    with pytest.raises(AttributionNotReady, match=r"does not exist.*make attribute RUN_DIR="):
+def test_missing_attribution_says_run_the_attribute_stage(tmp_path):
+    with pytest.raises(AttributionNotReady, match=r"does not exist.*`python pipeline.py stage=attribute run_dir="):
         open_attribution(tmp_path / "nothing")
     (tmp_path / "empty" / "attribution").mkdir(parents=True)
-    with pytest.raises(AttributionNotReady, match=r"holds no segments-\*\.parquet.*make attribute"):
+    with pytest.raises(AttributionNotReady, match=r"holds no segments-\*\.parquet.*stage=attribute"):
         open_attribution(tmp_path / "empty")
 
 
@@ -235,7 +236,10 @@ def test_incomplete_parts_are_named_and_resume_is_suggested(tmp_path):
     assert "part 00001-of-00003 has no completion marker part-00001-of-00003.done" in msg
     assert "part 00002-of-00003 has unfinished chunks" in msg
     assert "part 00000-of-00003" not in msg  # the complete part is not reported
-    assert "make attribute RUN_DIR=" in msg and "NPROC=3" in msg and "resumes" in msg
+    run_dir = tmp_path / "r"
+    assert f"`python pipeline.py stage=attribute run_dir={run_dir}` under torchrun --nproc_per_node 3 again" in msg
+    assert "resumes" in msg and "make" not in msg  # the library names the pipeline command; the CLI says make:
+    assert f"`make attribute RUN_DIR={run_dir} NPROC=3` again" in make_hints(msg)
 
 
 def test_missing_ranks_and_mixed_world_sizes(tmp_path):
@@ -269,10 +273,11 @@ def test_parts_of_several_world_sizes_are_read_each_sample_once(tmp_path):
     assert seg.filter(pl.col("sample_id") == "b")["strength"].to_list() == [0.2, 0.3, 0.5]
     # A reject is read once, and not where a part scored the id (c was scored by the rerun).
     assert tables.scan_rejects().collect()["sample_id"].to_list() == ["r1"]
-    out = run(_cfg(tmp_path / "r"))
+    out = run(compose_config("stage=select", f'run_dir={tmp_path / "r"}'))
     masks = pl.read_parquet(out["paths"]["masks.parquet"])
     assert masks.height == 6 and masks.select("sample_id", "segment").is_unique().all()
-    out = run(_cfg(tmp_path / "r", "select.method=score", "select.score=strength"))  # ranks read across world sizes too
+    out = run(compose_config("stage=select", f'run_dir={tmp_path / "r"}', "select.method=score",
+                             "select.score=strength"))  # ranks read across world sizes too
     masks = pl.read_parquet(out["paths"]["masks.parquet"])
     assert masks.height == 6 and set(masks["why"]) <= {"score_rank", "always_keep"}
 
@@ -361,8 +366,8 @@ def test_compare_table_equals_a_recount(tmp_path):
     for ovr in (("select.method=attribution",), ("select.method=random",),
                 ("select.method=score", "select.score=nll_mean"), ("select.method=score", "select.score=entropy_mean",
                                                                    "select.order=low")):
-        run(_cfg(tmp_path / "r", *ovr))
-    table = pl.read_parquet(compare(_cfg(tmp_path / "r")))
+        run(compose_config("stage=select", f'run_dir={tmp_path / "r"}', *ovr))
+    table = pl.read_parquet(compare(compose_config("stage=select", f'run_dir={tmp_path / "r"}')))
     names = sorted(p.name for p in (tmp_path / "r" / "selection").iterdir() if p.is_dir())
     assert table.height == 6 and sorted(set(table["a"]) | set(table["b"])) == names
     segs = pl.from_arrow(seg)
@@ -389,3 +394,11 @@ def test_compare_table_equals_a_recount(tmp_path):
             assert r["spearman_mean"] is None and r["spearman_samples"] == 0
     same = table.filter(pl.col("a").str.starts_with("attribution") & pl.col("b").str.starts_with("random"))
     assert same["spearman_mean"][0] is None  # random ranks by nothing
+
+
+def test_the_cli_names_make_targets_for_pipeline_commands():
+    msg = ("x: run `python pipeline.py --multirun stage=select run_dir=runs/a +select/grid=default "
+           "select.method=attribution,random` first; or `python pipeline.py stage=select run_dir=runs/a`; "
+           "`python pipeline.py stage=attribute run_dir=runs/a` under torchrun --nproc_per_node 4 again")
+    assert make_hints(msg) == ('x: run `make sweep RUN_DIR=runs/a ARGS="select.method=attribution,random"` first; or '
+                               "`make select RUN_DIR=runs/a`; `make attribute RUN_DIR=runs/a NPROC=4` again")

@@ -1,19 +1,21 @@
-"""The package's structure: one module spells the run layout, imports point one way."""
+"""The package's structure: three places (method, store, run) beside the stages, one module
+spells the run layout, imports point one way."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "segsft"
 STAGES = ("attribute", "select", "finetune", "evaluate", "report", "compare", "generate")
-# The dispatcher may import every stage; nothing else that is shared may.
-DISPATCH = {"segsft.stages"}
-LAYOUT_NAMES = ("segments-", "samples-", "rejects-", "part-", "_partial", "masks.parquet", "summary_per_sample",
-                "summary.json", "train_tokens.parquet", "loss_history", "sweep.parquet", "sweep_row", "report.html",
-                "model.partial", ".done")
+#: The three places beside the stages, and the contract every one of them may read
+#: (the config's keys and the tables' schemas: declarations, no I/O).
+PLACES = ("method", "store", "run")
+CONTRACT = {"segsft.config_schema", "segsft.schemas", "segsft.errors"}
+
 
 
 def modules() -> dict[str, ast.Module]:
@@ -52,39 +54,62 @@ def imports(tree: ast.Module) -> set[str]:
     return out
 
 
-def stage_of(module: str) -> str | None:
-    parts = module.split(".")
-    return parts[1] if len(parts) > 1 and parts[1] in STAGES else None
+def layout_names() -> list[str]:
+    """Every file or directory name the layout module spells: its literals that look like one
+    (a dot, a dash or a leading underscore), less bare extensions and globs."""
+    generic = {".parquet", "*.parquet", "-*.parquet", "-", "*"}
+    return sorted(s for s in set(string_literals(modules()["segsft.store.layout"]))
+                  if re.fullmatch(r"[\w.*-]+", s) and ("." in s or "-" in s or s.startswith("_")) and s not in generic)
+
+
+LAYOUT_NAMES = layout_names()
 
 
 @pytest.mark.parametrize("name", LAYOUT_NAMES)
 def test_layout_names_are_spelled_in_one_module(name):
     spelled = sorted(m for m, tree in modules().items() if any(name in s for s in string_literals(tree)))
-    assert set(spelled) <= {"segsft.layout"}, f"{name!r} is spelled outside segsft/layout.py: {spelled}"
+    assert set(spelled) <= {"segsft.store.layout"}, f"{name!r} is spelled outside segsft/store/layout.py: {spelled}"
 
 
-def test_stages_import_shared_modules_never_each_other():
-    bad = []
-    for m, tree in modules().items():
-        mine = stage_of(m)
-        for target in imports(tree):
-            theirs = stage_of(target)
-            if theirs is None or theirs == mine or m in DISPATCH or m == "segsft":
-                continue
-            bad.append(f"{m} imports {target}" + ("" if mine else " (a shared module importing a stage)"))
+def place_of(module: str) -> str:
+    """method, store, run, a stage's name, contract, or segsft (the package's __init__)."""
+    if module in CONTRACT:
+        return "contract"
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "segsft"
+
+
+#: What each place may import besides itself (a stage: method, store, run and the contract).
+MAY_IMPORT = {"method": {"contract"}, "store": {"contract"}, "contract": {"contract", "store"},
+              "run": {"contract", "method", "store"}, "segsft": {"contract", "store"},
+              **{s: {"contract", "method", "store", "run"} for s in STAGES}}
+
+
+def test_every_module_is_in_a_place_or_a_stage():
+    assert {place_of(m) for m in modules()} <= set(MAY_IMPORT)
+
+
+def test_imports_point_one_way():
+    # method imports nothing from store or run; the store nothing from run; stages never each other.
+    bad = [f"{m} imports {t}" for m, tree in modules().items() for t in sorted(imports(tree))
+           if place_of(t) != place_of(m) and place_of(t) not in MAY_IMPORT[place_of(m)]]
     assert bad == []
 
 
 def test_the_checks_see_real_literals_and_imports():
     # The scanners themselves: the layout's own names and a stage's import of it are found.
-    assert any("masks.parquet" in s for s in string_literals(modules()["segsft.layout"]))
-    assert "segsft.layout" in imports(modules()["segsft.attribute.runner"])
-    assert stage_of("segsft.select.stage") == "select" and stage_of("segsft.layout") is None
+    assert any("masks.parquet" in s for s in string_literals(modules()["segsft.store.layout"]))
+    names = set(LAYOUT_NAMES)
+    assert {"masks.parquet", "part-", "-of-", ".done", "_partial", "generations-", "run_config.json", ".lock-",
+            "report.html", "agreement.parquet", "corpus.jsonl", "sweep.parquet"} <= names
+    assert "segsft.store.layout" in imports(modules()["segsft.attribute.runner"])
+    assert place_of("segsft.select.stage") == "select" and place_of("segsft.store.layout") == "store"
+    assert place_of("segsft.schemas") == "contract" and place_of("segsft.method.rule") == "method"
 
 
 def test_every_stage_has_check_run_and_outputs(tmp_path):
     from conftest import compose_config
-    from segsft.stage_api import EXTRA, ORDER, load
+    from segsft.run.stage_api import EXTRA, ORDER, load
 
     cfg = compose_config(f"run_dir={tmp_path}")
     assert set(ORDER + EXTRA) == set(STAGES)
@@ -92,7 +117,41 @@ def test_every_stage_has_check_run_and_outputs(tmp_path):
         stage = load(name)
         assert stage.name == name
         assert all(callable(getattr(stage, m)) for m in ("check", "run", "outputs"))
+        assert getattr(stage, "rank0_only", False) is (name in ("select", "report", "compare"))
         outs = stage.outputs(cfg)
         assert outs and all(str(p).startswith(str(tmp_path)) for p in outs.values()), (name, outs)
     with pytest.raises(ValueError):
         load("nonexistent")
+
+
+@pytest.mark.parametrize("rank, ran", [("1", []), ("0", ["select"])])
+def test_the_dispatcher_runs_rank0_only_stages_on_rank_0_only(tmp_path, monkeypatch, rank, ran):
+    from conftest import compose_config
+    from segsft.run import stages
+    from segsft.run.stage_api import load
+
+    calls = []
+    select = load("select")
+    monkeypatch.setattr(type(select), "check", lambda self, cfg: [])
+    monkeypatch.setattr(type(select), "run", lambda self, cfg, r, w: calls.append(self.name))
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    stages.run_stage(compose_config("stage=select", f"run_dir={tmp_path}"))
+    assert calls == ran
+
+
+def test_the_select_keys_are_declared_once():
+    # SelectConf declares them; the typed view, the recorded settings and the selection's name follow.
+    import dataclasses
+    import inspect
+
+    from segsft.config_schema import SELECTION_NAME, SelectConf
+    from segsft.method.selection_config import KEYS, SelectConfig
+    from segsft.store.layout import selection_name
+
+    declared = [f.name for f in dataclasses.fields(SelectConf) if f.name != "name"]
+    assert list(KEYS) == declared and sorted(f.name for f in dataclasses.fields(SelectConfig)) == sorted(declared)
+    defaults = {k: v for k, v in dataclasses.asdict(SelectConf()).items() if k != "name"}
+    assert SelectConfig().settings() == defaults  # every key recorded, with the schema's defaults
+    assert set(inspect.signature(selection_name).parameters) <= set(declared)
+    assert all(f"${{.{k}}}" in SELECTION_NAME for k in inspect.signature(selection_name).parameters)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import needs_shared_data, shared_rows
-from segsft.text import (
+from segsft.method.text import (
     Encoded,
     answer_token_positions,
     KEYWORDS_BROAD,
@@ -118,7 +118,7 @@ def test_answer_falls_back_to_overlapping_tokens():
     ("x\\\\", "x\\\\"),
 ])
 def test_boxed_span_matches_braces_as_tex_does(answer, content):
-    from segsft.text import boxed_span
+    from segsft.method.text import boxed_span
 
     text = f"</think> So, the final answer is \\boxed{{{answer}}} done"
     a, b = boxed_span(text)

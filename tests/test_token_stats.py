@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from segsft.attribute.ig import freeze, integrated_gradients
-from segsft.attribute.token_stats import segment_token_stats, token_stats
-from segsft.text import build_sequence, resolve_pattern
-from segsft.tiny_model import tiny_qwen2
+from segsft.method.ig import freeze, integrated_gradients
+from segsft.method.token_stats import segment_token_stats, token_stats
+from segsft.method.text import build_sequence, resolve_pattern
+from tiny_model import tiny_qwen2
 
 SOLUTION = ("We need half of one. That is 0.5.\n\nWait, as a fraction it is \\frac{1}{2}."
             "\n\nAlternatively, 1 divided by 2 gives the same. So the result is \\frac{1}{2}.")
@@ -44,7 +44,7 @@ def test_nll_and_entropy_equal_a_plain_forward_with_full_logits(model, seq):
 
 
 def test_gradient_x_input_is_ig_with_the_single_node_one(model, seq, tokenizer):
-    from segsft.models import pad_token_id
+    from segsft.run.models import pad_token_id
 
     pad_id = pad_token_id(tokenizer)
     n = int(seq.answer_positions[-1]) + 1
@@ -62,8 +62,8 @@ def test_gradient_x_input_is_ig_with_the_single_node_one(model, seq, tokenizer):
     # Rules with the node 1 record it for free; Gauss-Legendre has no node at 1.
     for rule in ("linspace", "trapezoid", "adaptive_like"):
         if rule == "adaptive_like":
-            from segsft.attribute.adaptive import AdaptiveSettings
-            from segsft.attribute.ig import adaptive_integrated_gradients
+            from segsft.method.adaptive import AdaptiveSettings
+            from segsft.method.ig import adaptive_integrated_gradients
 
             res = adaptive_integrated_gradients(model, ids, pos, AdaptiveSettings(max_steps=20, init_points=5), pad_id=pad_id)
         else:

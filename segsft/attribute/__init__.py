@@ -1,19 +1,23 @@
 """Stage 1: integrated-gradients attribution of every trace's tokens to its answer."""
 
+import logging
 from pathlib import Path
 from typing import Any
 
-from segsft.attribute.ig import IGResult, integrated_gradients
-from segsft.attribute.metrics import segment_metrics
-from segsft.attribute.quadrature import RULES, quadrature
+from segsft.method.ig import IGResult, integrated_gradients
+from segsft.method.metrics import segment_metrics
+from segsft.method.quadrature import RULES, quadrature
 from segsft.attribute.runner import AttributeStage, attribution_dir
-from segsft.layout import RunLayout
+from segsft.errors import PipelineError
+from segsft.store.layout import RunLayout
+
+log = logging.getLogger(__name__)
 
 __all__ = ["STAGE", "AttributeStage", "IGResult", "RULES", "attribution_dir", "integrated_gradients", "quadrature", "segment_metrics"]
 
 
 class _AttributeStage:
-    """segsft.stage_api.Stage for DESIGN steps 1-6 (this rank's shard)."""
+    """segsft.run.stage_api.Stage for DESIGN steps 1-6 (this rank's shard)."""
 
     name = "attribute"
 
@@ -27,10 +31,16 @@ class _AttributeStage:
 
         resolved = plain(cfg)
         result = AttributeStage(resolved).run(rank, world)
-        if resolved["attribute"]["consolidate"]:
-            from segsft.attribute.consolidate import consolidate
+        from segsft.store.consolidate import consolidate, mixed_world_sizes
 
+        if resolved["attribute"]["consolidate"]:
             consolidate(resolved["run_dir"])
+        elif mixed_world_sizes(resolved["run_dir"]):
+            # Once the run is complete its parts become one (the last rank to finish does it).
+            try:
+                consolidate(resolved["run_dir"])
+            except PipelineError as e:  # another writer is still at work: the stages read each sample once anyway
+                log.warning("%s", e)
         return result
 
     def outputs(self, cfg: Any) -> dict[str, Path]:

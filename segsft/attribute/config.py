@@ -6,9 +6,9 @@ from typing import Any
 
 
 def check_attribute(cfg: Any) -> list[str]:
-    from segsft.attribute.ig import BASELINES
-    from segsft.attribute.quadrature import RULES
-    from segsft.text import KEYWORD_PRESETS
+    from segsft.method.ig import BASELINES
+    from segsft.method.quadrature import RULES
+    from segsft.method.text import KEYWORD_PRESETS
 
     a, errs = cfg.attribute, []
     if a.rule not in RULES:
@@ -18,7 +18,7 @@ def check_attribute(cfg: Any) -> list[str]:
     errs += check_adaptive(a)
     if a.rule == "adaptive":
         # The stop test decides with the select rule: its settings must be valid before any model loads.
-        from segsft.selection_config import check_settings
+        from segsft.method.selection_config import check_settings
 
         errs += [f"{e} (the adaptive rule's stop test uses the select settings)" for e in check_settings(cfg.select)]
     mbt = a.max_batch_tokens
@@ -41,7 +41,7 @@ def check_attribute(cfg: Any) -> list[str]:
 
         if not torch.cuda.is_available():
             errs.append(f"attribute.device={a.device!r} but no CUDA device is available here: use auto or cpu")
-    from segsft.corpus import limit_problem
+    from segsft.store.corpus import limit_problem
 
     if limit_problem("data.limit", cfg.data.limit):  # 0 would read no row, as evaluate.limit=0
         errs.append(limit_problem("data.limit", cfg.data.limit))
@@ -59,10 +59,10 @@ def check_attribute(cfg: Any) -> list[str]:
     if not cfg.data.path:
         errs.append("data.path is empty: point it to a JSONL or Parquet corpus")
     else:
-        from segsft.corpus import corpus_path_problem
+        from segsft.store.corpus import corpus_path_problem
 
         errs += [p for p in [corpus_path_problem(cfg.data.path)] if p]
-    from segsft.models import check_model_config
+    from segsft.run.models import check_model_config
 
     errs += check_model_config(cfg.model)
     if not cfg.model.name_or_path:
@@ -75,7 +75,7 @@ def rounding_floor(dtype: Any) -> tuple[str, float] | None:
     rounding of its mantissa. None when the dtype is chosen at run time (auto) or unknown."""
     import torch
 
-    from segsft.models import DTYPES
+    from segsft.run.models import DTYPES
 
     if dtype is None or dtype not in DTYPES:
         return None
@@ -85,7 +85,7 @@ def rounding_floor(dtype: Any) -> tuple[str, float] | None:
 def check_adaptive(a: Any) -> list[str]:
     """The adaptive rule's keys (checked whatever the rule, so a sweep fails early)."""
     from segsft.config_schema import AttributeConf
-    from segsft.models import DTYPES
+    from segsft.run.models import DTYPES
 
     d, errs = AttributeConf(), []
 

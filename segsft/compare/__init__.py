@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from segsft.errors import PipelineError
-from segsft.layout import RunLayout
+from segsft.store.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -22,17 +22,18 @@ log = logging.getLogger(__name__)
 def run(cfg: Any) -> Path:
     import polars as pl
 
-    from segsft.attribution_tables import open_attribution
+    from segsft.store.attribution_tables import open_attribution
     from segsft.compare.agreement import agreement, describe, show
-    from segsft.io import write_parquet
+    from segsft.store.io import write_parquet
     from segsft.schemas import AGREEMENT_SCHEMA
 
     run = RunLayout(cfg.run_dir)
     done = [s for s in run.selections() if s.finished()]
     if len(done) < 2:
         raise PipelineError(f"{run.selection_root} holds {len(done)} finished selection(s); compare needs two or more: "
-                            f"run `make sweep RUN_DIR={cfg.run_dir} ARGS=\"select.method=attribution,random,score "
-                            "select.score=nll_mean\"` (or stage=select with other settings) first")
+                            f"run `python pipeline.py --multirun stage=select run_dir={cfg.run_dir} +select/grid=default "
+                            "select.method=attribution,random,score select.score=nll_mean` (or stage=select with other "
+                            "settings) first")
     table = agreement([describe(s) for s in done], open_attribution(cfg.run_dir))
     write_parquet(run.agreement, table.to_arrow(), AGREEMENT_SCHEMA)
     with pl.Config(tbl_rows=-1):
@@ -42,15 +43,16 @@ def run(cfg: Any) -> Path:
 
 
 class _CompareStage:
-    """segsft.stage_api.Stage: one process; ranks > 0 do nothing."""
+    """segsft.run.stage_api.Stage: one process: rank 0."""
 
     name = "compare"
+    rank0_only = True
 
     def check(self, cfg: Any) -> list[str]:
         return [] if cfg.run_dir else ["run_dir is empty: set run_dir=<the run whose selections to compare>"]
 
     def run(self, cfg: Any, rank: int, world: int) -> Path | None:
-        return run(cfg) if rank == 0 else None
+        return run(cfg)
 
     def outputs(self, cfg: Any) -> dict[str, Path]:
         return {"agreement": RunLayout(cfg.run_dir).agreement}

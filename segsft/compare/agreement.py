@@ -12,13 +12,16 @@ from typing import Any
 
 import polars as pl
 
-from segsft.attribution_tables import AttributionTables
-from segsft.layout import SelectionLayout
+from segsft.store.attribution_tables import AttributionTables
+from segsft.store.layout import SelectionLayout
+from segsft.method.adaptive import spearman
 from segsft.schemas import AGREEMENT_SCHEMA, SID
 
 
 @dataclass(frozen=True)
-class Selection:
+class SelectionRanking:
+    """A finished selection as compare sees it: its method and the score column it ranks by."""
+
     name: str
     method: str
     score: str | None  # the column it ranks by (None: random, full)
@@ -26,15 +29,15 @@ class Selection:
     masks: Path
 
 
-def describe(lay: SelectionLayout) -> Selection:
+def describe(lay: SelectionLayout) -> SelectionRanking:
     """A finished selection's method and the score it ranks by, from its summary."""
     s = json.loads(lay.summary.read_text())["settings"]
     method = s["method"]
     score = {"attribution": "strength", "score": s.get("score")}.get(method)
-    return Selection(lay.dir.name, method, score, s.get("order", "high") == "high", lay.masks)
+    return SelectionRanking(lay.dir.name, method, score, s.get("order", "high") == "high", lay.masks)
 
 
-def jaccard(a: Selection, b: Selection) -> pl.DataFrame:
+def jaccard(a: SelectionRanking, b: SelectionRanking) -> pl.DataFrame:
     """sample_id, jaccard over the samples both selections cover."""
     ma = pl.scan_parquet(a.masks).select(SID, "segment", pl.col("train").alias("ta"))
     mb = pl.scan_parquet(b.masks).select(SID, "segment", pl.col("train").alias("tb"))
@@ -46,20 +49,22 @@ def jaccard(a: Selection, b: Selection) -> pl.DataFrame:
             .collect())
 
 
-def spearman(a: Selection, b: Selection, tables: AttributionTables) -> pl.DataFrame:
-    """sample_id, spearman of the two scores over the sample's segments (average ranks for ties;
-    null for fewer than two segments or a constant score)."""
+def rank_correlation(a: SelectionRanking, b: SelectionRanking, tables: AttributionTables) -> pl.DataFrame:
+    """sample_id, rho: the package's one spearman (segsft.method.adaptive) of the two scores over
+    the segments of each sample both score; null where it is undefined (fewer than two segments
+    or a constant score)."""
     cols = tuple(dict.fromkeys((a.score, b.score)))
-    seg = tables.scan_segments((SID, "segment", *cols))
-    seg = (seg.with_columns(_sa=pl.col(a.score).fill_nan(None) * (1 if a.high else -1),
-                            _sb=pl.col(b.score).fill_nan(None) * (1 if b.high else -1))
-           .drop_nulls(["_sa", "_sb"]))  # segments both score, then ranks among them
-    seg = seg.with_columns(_ra=pl.col("_sa").rank("average").over(SID), _rb=pl.col("_sb").rank("average").over(SID))
-    return (seg.group_by(SID).agg(_n=pl.len(), rho=pl.corr("_ra", "_rb"))
-            .filter(pl.col("_n") >= 2).select(SID, pl.col("rho").fill_nan(None)).collect())
+    seg = (tables.scan_segments((SID, "segment", *cols))
+           .select(SID, _sa=pl.col(a.score).fill_nan(None) * (1 if a.high else -1),
+                   _sb=pl.col(b.score).fill_nan(None) * (1 if b.high else -1))
+           .drop_nulls(["_sa", "_sb"])  # segments both score, then ranks among them
+           .collect())
+    rows = [{SID: key[0], "rho": spearman(g["_sa"].to_numpy(), g["_sb"].to_numpy())}
+            for key, g in seg.group_by(SID, maintain_order=True)]
+    return pl.DataFrame(rows, schema={SID: pl.String, "rho": pl.Float64})
 
 
-def agreement(selections: list[Selection], tables: AttributionTables) -> pl.DataFrame:
+def agreement(selections: list[SelectionRanking], tables: AttributionTables) -> pl.DataFrame:
     """One row per pair (AGREEMENT_SCHEMA)."""
     rows: list[dict[str, Any]] = []
     for a, b in itertools.combinations(sorted(selections, key=lambda s: s.name), 2):
@@ -68,7 +73,7 @@ def agreement(selections: list[Selection], tables: AttributionTables) -> pl.Data
                "score_b": b.score, "samples": len(j), "jaccard_mean": j.mean(), "jaccard_median": j.median(),
                "spearman_samples": 0, "spearman_mean": None, "spearman_median": None}
         if a.score and b.score:
-            rho = spearman(a, b, tables)["rho"].drop_nulls()
+            rho = rank_correlation(a, b, tables)["rho"].drop_nulls()
             row.update(spearman_samples=len(rho), spearman_mean=rho.mean(), spearman_median=rho.median())
         rows.append(row)
     return pl.DataFrame(rows, schema=pl.from_arrow(AGREEMENT_SCHEMA.empty_table()).schema)

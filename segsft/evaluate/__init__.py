@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from segsft.evaluate.stage import check_config, models_of, run
-from segsft.layout import GenerationLayout
+from segsft.store.layout import GenerationLayout
 
 __all__ = ["STAGE", "check_config", "models_of", "run"]
 
 
 class _EvaluateStage:
-    """segsft.stage_api.Stage: every rank generates its shard; the last to finish tabulates."""
+    """segsft.run.stage_api.Stage: every rank generates its shard; the last to finish tabulates."""
 
     name = "evaluate"
 
@@ -27,7 +27,7 @@ class _EvaluateStage:
 
     def outputs(self, cfg: Any) -> dict[str, Path]:
         lay = GenerationLayout(Path(cfg.eval_dir))
-        return {"generations": lay.dir / "generations-*.parquet", "results": lay.results}
+        return {"generations": lay.pattern, "results": lay.results}
 
 
 STAGE = _EvaluateStage()

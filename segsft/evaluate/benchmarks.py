@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from segsft.corpus import CorpusError, ProblemRow, Reject, read_problems
+from segsft.store.corpus import CorpusError, ProblemRow, Reject, read_problems
 
 #: The paper's sets, shipped with the repo (see data/benchmarks/README.md for provenance).
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "data" / "benchmarks"

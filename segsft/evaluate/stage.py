@@ -1,7 +1,7 @@
 """stage=evaluate: generate k samples per problem of every benchmark with every model, grade
-them with math-verify, and tabulate accuracy and output length (segsft.generation, segsft.grading).
+them with math-verify, and tabulate accuracy and output length (segsft.run.generation, segsft.method.grading).
 
-Outputs under `eval_dir` (segsft.layout.GenerationLayout): `generations-*.parquet` (one row per
+Outputs under `eval_dir` (segsft.store.layout.GenerationLayout): `generations-*.parquet` (one row per
 model, benchmark, problem and sample; resumable chunks) and `results.parquet` (one row per model
 and benchmark). `evaluate.generations=<file>` grades an existing file without any model.
 """
@@ -18,10 +18,10 @@ from segsft.config_schema import plain
 from segsft.errors import PipelineError
 from segsft.evaluate.benchmarks import benchmark_name, load_benchmark, source_path, spec_problem
 from segsft.evaluate.results import results, side_by_side
-from segsft.generation import (check_engine, check_settings, generate_graded, read_generations, source_hash,
-                               split_long_prompts)
-from segsft.io import write_parquet
-from segsft.layout import FinetuneLayout, GenerationLayout
+from segsft.run.generation import (check_engine, check_settings, generate_graded, read_generations, source_hash,
+                                   split_long_prompts)
+from segsft.store.io import write_parquet
+from segsft.store.layout import FinetuneLayout, GenerationLayout
 from segsft.schemas import GENERATIONS_SCHEMA, REJECTS_SCHEMA, RESULTS_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def models_of(cfg: Any) -> list[str]:
 
 def check_config(cfg: Any) -> list[str]:
     """Every problem of evaluate.* at once."""
-    from segsft.models import check_model_location
+    from segsft.run.models import check_model_location
 
     e = cfg.evaluate
     errs = check_engine(e, "evaluate")
@@ -64,8 +64,8 @@ def check_config(cfg: Any) -> list[str]:
 def grade_file(cfg: Any, layout: GenerationLayout) -> int:
     """evaluate.generations: grade an existing file (id, answer, output; optional model, benchmark,
     finish_reason) into the generations table, no model loaded."""
-    from segsft.corpus import format_problem, nested_column_problem, nested_value_problem, raw_rows
-    from segsft.grading import grade
+    from segsft.store.corpus import format_problem, nested_column_problem, nested_value_problem, raw_rows
+    from segsft.method.grading import grade
 
     path, f = Path(cfg.evaluate.generations), cfg.evaluate.fields
     text_columns = ("output", f.get("answer", "answer"))

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from segsft.finetune.labels import IGNORE_INDEX, label_tokens
 from segsft.finetune.settings import FinetuneSettings, check_config
-from segsft.layout import FinetuneLayout
+from segsft.store.layout import FinetuneLayout
 
 
 def run(cfg: Any, callbacks: Sequence[Any] = ()) -> Any:
@@ -23,7 +23,7 @@ __all__ = ["STAGE", "IGNORE_INDEX", "FinetuneSettings", "check_config", "label_t
 
 
 class _FinetuneStage:
-    """segsft.stage_api.Stage for DESIGN step 8 (the same call on every rank under torchrun)."""
+    """segsft.run.stage_api.Stage for DESIGN step 8 (the same call on every rank under torchrun)."""
 
     name = "finetune"
 

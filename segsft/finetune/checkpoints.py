@@ -17,8 +17,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from segsft.dist import barrier, is_main
-from segsft.io import write_text
+from segsft.run.dist import barrier, is_main
+from segsft.store.io import write_text
 
 log = logging.getLogger(__name__)
 

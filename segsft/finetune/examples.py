@@ -14,13 +14,13 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from segsft.corpus import Reject, Sample
+from segsft.store.corpus import Reject, Sample
 from segsft.finetune.labels import label_tokens, n_learned, truncate
 from segsft.finetune.masks import SampleMask
 from segsft.finetune.modes import MODES
-from segsft.io import write_parquet
+from segsft.store.io import write_parquet
 from segsft.schemas import TRAIN_TOKENS_SCHEMA
-from segsft.text import build_sequence
+from segsft.method.text import build_sequence
 
 log = logging.getLogger(__name__)
 

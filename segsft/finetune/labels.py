@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from segsft.text import token_spans
+from segsft.method.text import token_spans
 
 #: Label of a token that carries no loss (PyTorch's cross-entropy `ignore_index`).
 IGNORE_INDEX = -100

@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from segsft.errors import PipelineError
-from segsft.layout import SelectionLayout
+from segsft.store.layout import SelectionLayout
 from segsft.schemas import FINETUNE_MASKS_COLUMNS
 
 

@@ -1,5 +1,5 @@
 """Do the masks belong to this corpus? The attribution that made them recorded the corpus's
-SHA-256 (segsft.attribute.fingerprint); an edit that keeps every trace's length (`= 100` ->
+SHA-256 (segsft.store.fingerprint); an edit that keeps every trace's length (`= 100` ->
 `= 999`) passes the masks' span check, so the hashes are compared before training."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from segsft.finetune.settings import FinetuneError
-from segsft.layout import RunLayout, SelectionLayout
+from segsft.store.layout import RunLayout, SelectionLayout
 
 log = logging.getLogger(__name__)
 

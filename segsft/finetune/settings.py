@@ -10,7 +10,7 @@ from typing import Any, Mapping
 from segsft.config_schema import FinetuneConf
 from segsft.errors import PipelineError
 from segsft.finetune.modes import MODES
-from segsft.layout import SelectionLayout
+from segsft.store.layout import SelectionLayout
 
 #: conf/deepspeed beside the package: `finetune.deepspeed=zero2` -> conf/deepspeed/zero2.json
 DEEPSPEED_DIR = Path(__file__).resolve().parents[2] / "conf" / "deepspeed"
@@ -55,9 +55,9 @@ def _int_at_least(errs: list[str], key: str, v: Any, lo: int, hint: str = "") ->
 
 def check_config(cfg: Any) -> list[str]:
     """Every problem of the finetune configuration, each saying what to change."""
-    from segsft.models import check_model_config
+    from segsft.run.models import check_model_config
 
-    from segsft.corpus import limit_problem
+    from segsft.store.corpus import limit_problem
 
     errs: list[str] = check_model_config(cfg.model)
     if "data" in cfg and limit_problem("data.limit", cfg.data.get("limit")):
@@ -130,7 +130,7 @@ def check_config(cfg: Any) -> list[str]:
     if not cfg.data.path:
         errs.append("data.path is empty: point it to the JSONL or Parquet corpus the masks were made from")
     elif cfg.stage == "finetune":  # under stage=all the attribute stage's check says it once
-        from segsft.corpus import corpus_path_problem
+        from segsft.store.corpus import corpus_path_problem
 
         errs += [p for p in [corpus_path_problem(cfg.data.path)] if p]
     if not cfg.model.name_or_path:

@@ -20,14 +20,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from segsft.config_schema import plain
-from segsft.corpus import read_corpus
+from segsft.store.corpus import read_corpus
 from segsft.finetune.checkpoints import checkpoints, latest_complete
 from segsft.finetune.examples import build_examples, log_report, write_train_tokens
 from segsft.finetune.masks import read_masks
 from segsft.finetune.settings import FinetuneError, FinetuneSettings, check_config, deepspeed_config_path
-from segsft.dist import is_main as _is_main
-from segsft.io import file_sha256, write_json
-from segsft.layout import FinetuneLayout, SelectionLayout
+from segsft.run.dist import is_main as _is_main
+from segsft.run.dist import rank_and_world
+from segsft.store.fingerprint import settings_diff
+from segsft.store.io import file_sha256, write_json
+from segsft.store.layout import FinetuneLayout, SelectionLayout
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ def _fingerprint(cfg: Any, s: FinetuneSettings) -> dict[str, Any]:
         "per_device_train_batch_size": s.per_device_train_batch_size,
         "gradient_accumulation_steps": s.gradient_accumulation_steps,
         # DeepSpeed's ZeRO checkpoints are partitioned per rank: same world size to resume.
-        "world_size": int(os.environ.get("WORLD_SIZE", "1")) if s.deepspeed != "none" else None,
+        "world_size": rank_and_world()[1] if s.deepspeed != "none" else None,
     }
 
 
@@ -86,14 +88,14 @@ def _check_resumable(out: Path, fp: dict[str, Any], s: FinetuneSettings) -> None
             for _, p, _ in checkpoints(out):
                 shutil.rmtree(p, ignore_errors=True)
         return
-    prev_path = out / "run_config.json"
+    prev_path = FinetuneLayout(out).run_config
     if latest_complete(out) is None or not prev_path.is_file():
         return
     prev = json.loads(prev_path.read_text()).get("resume_fingerprint", {})
-    diff = {k: (prev.get(k), fp[k]) for k in RESUME_KEYS if prev.get(k) != fp[k]}
+    diff = settings_diff(prev, fp, RESUME_KEYS)
     if diff:
         raise FinetuneError(
-            f"{out} holds checkpoints of a run with other settings {diff} (was, now): use a new "
+            f"{out} holds checkpoints of a run with other settings ({'; '.join(diff)}): use a new "
             "finetune_dir, restore those settings, or set finetune.resume=false to start over"
         )
 
@@ -125,7 +127,7 @@ def run(cfg: Any, callbacks: Sequence[Any] = (), checked: bool = False) -> Finet
     import torch
 
     from segsft.finetune.train import train
-    from segsft.models import load_tokenizer
+    from segsft.run.models import load_tokenizer
 
     errors = [] if checked else check_config(cfg)
     if errors:

@@ -4,7 +4,7 @@
     python pipeline.py stage=generate generate.problems=problems.jsonl model.name_or_path=<model> \
         generate.samples=32 generate.keep=shortest_correct
 
-Outputs under `generate_dir` (segsft.layout.GenerationLayout): `generations-*.parquet` (every
+Outputs under `generate_dir` (segsft.store.layout.GenerationLayout): `generations-*.parquet` (every
 sample with its grade; resumable chunks), `corpus.jsonl` (this pipeline's input: id, question,
 solution = the text before `</think>`, answer = the ground truth) and `rejects.parquet`
 (problems with no kept sample, and unreadable rows, with the reason).
@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from segsft.layout import GenerationLayout
+from segsft.store.layout import GenerationLayout
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +24,8 @@ KEEP = ("shortest_correct", "all_correct", "first_correct")
 
 
 def check_config(cfg: Any) -> list[str]:
-    from segsft.generation import check_engine
-    from segsft.models import check_model_location
+    from segsft.run.generation import check_engine
+    from segsft.run.models import check_model_location
 
     g, errs = cfg.generate, []
     if not g.problems:
@@ -60,9 +60,9 @@ def run(cfg: Any, rank: int = 0, world: int = 1) -> Path | None:
     import polars as pl
 
     from segsft.config_schema import plain
-    from segsft.corpus import Reject, read_problems
-    from segsft.generation import check_settings, generate_graded, read_generations, source_hash, split_long_prompts
-    from segsft.io import write_parquet, write_text
+    from segsft.store.corpus import Reject, read_problems
+    from segsft.run.generation import check_settings, generate_graded, read_generations, source_hash, split_long_prompts
+    from segsft.store.io import write_parquet, write_text
     from segsft.schemas import REJECTS_SCHEMA
 
     g = cfg.generate
@@ -120,7 +120,7 @@ class _GenerateStage:
 
     def outputs(self, cfg: Any) -> dict[str, Path]:
         lay = GenerationLayout(Path(cfg.generate_dir))
-        return {"corpus": lay.corpus, "rejects": lay.rejects, "generations": lay.dir / "generations-*.parquet"}
+        return {"corpus": lay.corpus, "rejects": lay.rejects, "generations": lay.pattern}
 
 
 STAGE = _GenerateStage()

@@ -16,16 +16,15 @@ __all__ = ["STAGE", "ReportConfig", "ReportError", "check_config", "run"]
 
 
 class _ReportStage:
-    """segsft.stage_api.Stage for the HTML report (one page per run: rank 0 writes it)."""
+    """segsft.run.stage_api.Stage for the HTML report (one page per run: rank 0 writes it)."""
 
     name = "report"
+    rank0_only = True
 
     def check(self, cfg: Any) -> list[str]:
         return check_config(cfg)
 
     def run(self, cfg: Any, rank: int, world: int) -> Path | None:
-        if rank != 0:
-            return None
         path = run(cfg, checked=True)
         print(f"report: {path}", flush=True)
         return path

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from segsft.errors import PipelineError
-from segsft.layout import RunLayout
+from segsft.store.layout import RunLayout
 
 
 class ReportError(PipelineError):
@@ -57,7 +57,7 @@ def check_config(cfg: Any) -> list[str]:
     if ts is True and not cfg.model.name_or_path:
         errs.append("model.name_or_path is empty: set it to the run's model (its tokenizer places the tokens) "
                     "or pass report.token_shading=false")
-    from segsft.text import resolve_pattern
+    from segsft.method.text import resolve_pattern
 
     try:
         resolve_pattern(cfg.attribute.segment_preset, cfg.attribute.segment_pattern)

@@ -13,11 +13,11 @@ from typing import Iterable
 import polars as pl
 import pyarrow.parquet as pq
 
-from segsft.layout import RunLayout, SelectionLayout
+from segsft.store.layout import RunLayout, SelectionLayout
 from segsft.report.config import ReportError
 from segsft.schemas import (ADAPTIVE_SAMPLE_COLUMNS, ADAPTIVE_SEGMENT_COLUMNS, REPORT_SAMPLE_COLUMNS, REPORT_SEGMENT_COLUMNS, SID,
                             TOKEN_STAT_COLUMNS)
-from segsft.attribution_tables import AttributionNotReady, AttributionTables, open_attribution
+from segsft.store.attribution_tables import AttributionNotReady, AttributionTables, open_attribution
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,6 @@ def load_attribution(run_dir: str | Path) -> Attribution:
     run_dir = Path(run_dir)
     lay = RunLayout(run_dir).attribution
     adir = lay.dir
-    if not lay.exists():
-        raise ReportError(
-            f"{adir} {'does not exist' if not adir.is_dir() else 'holds no ' + Path(lay.pattern('segments')).name}: the report shows "
-            f"a run's attribution. Run `make attribute RUN_DIR={run_dir}` first, or point run_dir=... to a run that has one."
-        )
     try:
         tables = open_attribution(run_dir)
     except AttributionNotReady as e:
@@ -65,7 +60,7 @@ def load_attribution(run_dir: str | Path) -> Attribution:
            + _lacking(tables.rejects, (SID, "reason")))
     if bad:
         raise ReportError("attribution tables without the columns the report reads:\n  - " + "\n  - ".join(bad)
-                          + f"\nRerun `make attribute RUN_DIR={run_dir}` with this version into a fresh run_dir.")
+                          + f"\nRerun `python pipeline.py stage=attribute run_dir={run_dir}` with this version into a fresh run_dir.")
     segments = tables.scan_segments(REPORT_SEGMENT_COLUMNS, (*TOKEN_STAT_COLUMNS, *ADAPTIVE_SEGMENT_COLUMNS)).sort(SID, "segment").collect()
     samples = tables.scan_samples(REPORT_SAMPLE_COLUMNS, ADAPTIVE_SAMPLE_COLUMNS).sort(SID).collect()
     rej = tables.scan_rejects((SID, "reason")).collect()
@@ -108,11 +103,11 @@ def read_selection(d: str | Path, run_dir: str | Path) -> Selection:
     included) and its counts, from its summary; nothing is recounted."""
     sel = SelectionLayout(Path(d))
     if not sel.masks.is_file():
-        raise ReportError(f"{sel.dir} holds no {sel.masks.name}: run `make select RUN_DIR={run_dir}` to make a selection, "
+        raise ReportError(f"{sel.dir} holds no {sel.masks.name}: run `python pipeline.py stage=select run_dir={run_dir}` to make a selection, "
                           "or set report.selection=<a selection directory> (null = every one under run_dir/selection)")
     if not sel.finished() or not sel.summary.is_file():
         raise ReportError(f"{sel.dir} has no {sel.marker.name} or {sel.summary.name}: the selection is unfinished; "
-                          f"run `make select RUN_DIR={run_dir}` with its settings again")
+                          f"run `python pipeline.py stage=select run_dir={run_dir}` with its settings again")
     summary = json.loads(sel.summary.read_text())
     o = summary["overall"]
     return Selection(sel.dir, dict(summary["settings"]), summary.get("run_dir"),
@@ -158,7 +153,7 @@ def find_selections(run_dir: str | Path, explicit: str | None, default_dir: str 
         found.append(replace(s, job=jobs.get(d.resolve())))
     if not found:
         notes.append(f"no selection under {root}: segments are shown without trained/masked marks. "
-                     f"Run `make select RUN_DIR={run_dir}` (or `make sweep`) to make one.")
+                     f"Run `python pipeline.py stage=select run_dir={run_dir}` to make one.")
         return [], None, notes
     found.sort(key=lambda s: (s.job is None, s.job or 0, s.name))
     chosen = next((s for s in found if default_dir and _same(s.dir, default_dir)), None)
@@ -181,7 +176,7 @@ def load_agreement(run_dir: str | Path) -> pl.DataFrame | None:
 
 def load_results(eval_dir: str | Path) -> pl.DataFrame | None:
     """stage=evaluate's results table, or None before it ran."""
-    from segsft.layout import GenerationLayout
+    from segsft.store.layout import GenerationLayout
 
     path = GenerationLayout(Path(eval_dir)).results
     return pl.read_parquet(path) if path.is_file() else None

@@ -9,14 +9,14 @@ from typing import Any
 
 import polars as pl
 
-from segsft.corpus import read_corpus
-from segsft.io import write_text
+from segsft.store.corpus import read_corpus
+from segsft.store.io import write_text
 from segsft.report import plots, tokens
 from segsft.report.config import ReportConfig, ReportError, check_config
 from segsft.report.load import find_selections, load_agreement, load_attribution, load_results
 from segsft.report.view import build_traces, join_masks, overview, pick_traces, sample_table
 from segsft.report.html import Page, render
-from segsft.text import resolve_pattern
+from segsft.method.text import resolve_pattern
 
 log = logging.getLogger(__name__)
 

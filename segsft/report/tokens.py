@@ -1,6 +1,6 @@
 """Where each attributed token lies in the trace text, for token shading.
 
-`segsft.text.build_sequence`, the attribution's own tokenization, gives each token's first
+`segsft.method.text.build_sequence`, the attribution's own tokenization, gives each token's first
 character. The segment token spans in the table are the check: a sample whose sequence
 disagrees (another tokenizer, another suffix) gets segment-level shading only, never
 misplaced token colours.
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from segsft.text import build_sequence, token_spans
+from segsft.method.text import build_sequence, token_spans
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def token_starts(tokenizer: Any, question: str, solution: str, answer: str, answ
 def load(model_cfg: Any) -> tuple[Any | None, str | None]:
     """(the run's tokenizer, None) or (None, why it could not be loaded)."""
     try:
-        from segsft.models import load_tokenizer
+        from segsft.run.models import load_tokenizer
 
         return load_tokenizer(model_cfg), None
     except Exception as e:  # any loading failure means: segment-level shading only

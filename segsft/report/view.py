@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from segsft.layout import SelectionLayout
-from segsft.summary import convergence
+from segsft.store.layout import SelectionLayout
+from segsft.run.recap import convergence
 from segsft.report.load import SID, Attribution, Selection
 
 

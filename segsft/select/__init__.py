@@ -7,10 +7,10 @@ lists every problem of `select.*`. The rule itself is `rule.attribution_rule`.
 from pathlib import Path
 from typing import Any
 
-from segsft.layout import SelectionLayout
-from segsft.selection_config import METHODS, SelectConfig, check_config
-from segsft.attribution_tables import AttributionNotReady, open_attribution
-from segsft.rule import attribution_rule
+from segsft.store.layout import SelectionLayout
+from segsft.method.selection_config import METHODS, SelectConfig, check_config
+from segsft.store.attribution_tables import AttributionNotReady, open_attribution
+from segsft.method.rule import attribution_rule
 from segsft.schemas import MASKS_SCHEMA, PER_SAMPLE_SCHEMA, SWEEP_SCHEMA
 from segsft.select.stage import SelectionDirTaken, run, select_masks
 
@@ -21,15 +21,16 @@ __all__ = [
 
 
 class _SelectStage:
-    """segsft.stage_api.Stage for DESIGN step 7 (one process; ranks > 0 do nothing)."""
+    """segsft.run.stage_api.Stage for DESIGN step 7 (one process: rank 0)."""
 
     name = "select"
+    rank0_only = True
 
     def check(self, cfg: Any) -> list[str]:
         return check_config(cfg)
 
     def run(self, cfg: Any, rank: int, world: int) -> dict | None:
-        return run(cfg) if rank == 0 else None
+        return run(cfg)
 
     def outputs(self, cfg: Any) -> dict[str, Path]:
         return SelectionLayout(Path(str(cfg.selection_dir))).outputs()

@@ -24,7 +24,7 @@ import hashlib
 import polars as pl
 
 from segsft.schemas import MASKS_COLUMNS
-from segsft.rule import SID, always_keep
+from segsft.method.rule import SID, always_keep
 
 _U64 = pl.UInt64
 _GOLDEN = 0x9E3779B97F4A7C15

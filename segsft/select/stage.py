@@ -12,12 +12,12 @@ import polars as pl
 from omegaconf import DictConfig, OmegaConf
 
 from segsft.errors import PipelineError
-from segsft.io import write_json, write_parquet, write_text
-from segsft.layout import AttributionLayout, SelectionLayout
+from segsft.store.io import write_json, write_parquet, write_text
+from segsft.store.layout import AttributionLayout, SelectionLayout
 from segsft.select.baselines import full_mask, random_mask, sample_keys, score_mask
-from segsft.selection_config import SelectConfig
-from segsft.attribution_tables import open_attribution
-from segsft.rule import SID, always_keep, attribution_rule
+from segsft.method.selection_config import SelectConfig
+from segsft.store.attribution_tables import open_attribution
+from segsft.method.rule import SID, always_keep, attribution_rule
 from segsft.schemas import MASKS_SCHEMA, PER_SAMPLE_SCHEMA, SELECT_OPTIONAL_SEGMENT_COLUMNS, SELECT_SEGMENT_COLUMNS
 from segsft.select.always_keep import warning as always_keep_warning
 from segsft.select.summary import overall, per_sample

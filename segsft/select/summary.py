@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from segsft.rule import SID
+from segsft.method.rule import SID
 
 
 def _share(num: str, den: str) -> pl.Expr:

@@ -17,10 +17,10 @@ from typing import Any
 import polars as pl
 from omegaconf import DictConfig
 
-from segsft.io import write_parquet
-from segsft.layout import SWEEP_FILE as TABLE_FILE
-from segsft.layout import SWEEP_ROW_FILE as ROW_FILE
-from segsft.layout import SelectionLayout
+from segsft.store.io import write_parquet
+from segsft.store.layout import SWEEP_FILE as TABLE_FILE
+from segsft.store.layout import SWEEP_ROW_FILE as ROW_FILE
+from segsft.store.layout import SelectionLayout
 from segsft.schemas import SWEEP_SCHEMA
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pyarrow as pa
 
-from segsft.layout import AttributionLayout, RunLayout, part_name
-from segsft.io import write_json, write_parquet
+from segsft.store.layout import AttributionLayout, RunLayout, part_name
+from segsft.store.io import write_json, write_parquet
 from segsft.schemas import REJECTS_SCHEMA, SAMPLES_SCHEMA, SEGMENTS_SCHEMA
 
 _SAMPLE_DEFAULTS = {"n_segments": 0, "answer_logprob": -1.0, "baseline_logprob": -5.0, "attr_total": 4.0,

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from segsft.selection_config import SelectConfig
+from segsft.method.selection_config import SelectConfig
 from segsft.schemas import MASKS_COLUMNS, SID
 
 

@@ -13,8 +13,8 @@ from typing import Any, Iterator
 
 import torch
 
-from segsft.attribute.adaptive import AdaptiveSettings, Decide
-from segsft.attribute.ig import IGResult, adaptive_integrated_gradients, integrated_gradients
+from segsft.method.adaptive import AdaptiveSettings, Decide
+from segsft.method.ig import IGResult, adaptive_integrated_gradients, integrated_gradients
 
 log = logging.getLogger(__name__)
 

@@ -317,3 +317,8 @@ def read_problems(path: str | Path, fields: Mapping[str, str], limit: int | None
         raise CorpusError(f"{key}: {path} has no field {missing} in any row (its rows have {sorted(seen_fields)}): "
                           f"problems need a question and an answer; map the columns with {key.split('.')[0]}.fields")
     return out, rejects
+
+
+def reject_row(r: Reject) -> dict:
+    """A row of a rejects table (schemas.REJECTS_SCHEMA)."""
+    return {"sample_id": r.sample_id, "reason": r.reason, "source": r.source, "row": r.row}

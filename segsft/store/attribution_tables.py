@@ -2,7 +2,7 @@
 select stage and the report).
 
 The attribution stage writes each part's tables, then its marker; an unfinished part leaves
-chunks in its partial directory (names: segsft.layout). A run is complete when every part of
+chunks in its partial directory (names: segsft.store.layout). A run is complete when every part of
 at least one world size is finished. Reruns with another world size skip the samples that
 finished parts hold, so the finished parts of every world size together hold each sample;
 where two hold the same sample (a consolidation cut short, two launches at once) the first part
@@ -20,7 +20,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from segsft.errors import PipelineError
-from segsft.layout import ATTRIBUTION_TABLES, RunLayout, parse_part
+from segsft.store.layout import ATTRIBUTION_TABLES, RunLayout, parse_part, part_name
 from segsft.schemas import (REJECTS_SCHEMA, REQUIRED, SAMPLES_SCHEMA, SEGMENTS_SCHEMA, SELECT_OPTIONAL_SAMPLE_COLUMNS,
                             SELECT_SAMPLE_COLUMNS, SELECT_SEGMENT_COLUMNS, SID)
 
@@ -108,9 +108,9 @@ def scan_samples(paths: Iterable[Path], required: Iterable[str], optional: Itera
 
 
 def _resume_hint(run_dir: Path, world: int | None) -> str:
-    nproc = f" NPROC={world}" if world and world > 1 else ""
-    return (f"run `make attribute RUN_DIR={run_dir}{nproc}` (or `python pipeline.py stage=attribute "
-            f"run_dir={run_dir}` under the same launcher) again: it resumes the unfinished parts and marks them done")
+    launcher = f" under torchrun --nproc_per_node {world}" if world and world > 1 else ""
+    return (f"run `python pipeline.py stage=attribute run_dir={run_dir}`{launcher} again: it resumes the unfinished "
+            "parts and marks them done")
 
 
 def _split(name: str) -> tuple[int, int]:
@@ -125,8 +125,8 @@ def open_attribution(run_dir: str | Path) -> AttributionTables:
     if not lay.exists():
         what = "does not exist" if not adir.is_dir() else f"holds no {Path(lay.pattern('segments')).name}"
         raise AttributionNotReady(
-            f"{adir} {what}: selection reads the attribution tables. Run `make attribute RUN_DIR={run_dir}` "
-            f"first (or point run_dir=... to a run that has them)."
+            f"{adir} {what}: run `python pipeline.py stage=attribute run_dir={run_dir}` first (or point "
+            "run_dir=... to a run that has the attribution tables)."
         )
     all_files = lay.table_files()
     markers = lay.markers()
@@ -137,13 +137,13 @@ def open_attribution(run_dir: str | Path) -> AttributionTables:
     for p in parts:
         by_world.setdefault(_split(p)[1], []).append(p)
     complete = [w for w, ps in by_world.items()
-                if all(f"{r:05d}-of-{w:05d}" in finished for r in range(w))]
+                if all(part_name(r, w) in finished for r in range(w))]
     problems, notes = [], []
     for p in sorted(finished & set(partial)):
         # Killed while removing the chunks of a finished part: they are all in its tables.
         notes.append(f"{lay.partial(p)} is left over from finished part {p} (its chunks are in its tables): delete it")
     for w, ps in sorted(by_world.items()):
-        missing = [f"{r:05d}-of-{w:05d}" for r in range(w) if f"{r:05d}-of-{w:05d}" not in parts]
+        missing = [part_name(r, w) for r in range(w) if part_name(r, w) not in parts]
         unfinished = [p for p in ps if p not in finished]
         if w in complete:
             continue
@@ -187,7 +187,7 @@ def open_attribution(run_dir: str | Path) -> AttributionTables:
         raise AttributionNotReady(
             "attribution tables without the columns selection reads:\n  - " + "\n  - ".join(bad)
             + f"\nThey were not written by this version of the attribution stage: move them away and run "
-            f"`make attribute RUN_DIR={run_dir}` again."
+            f"`python pipeline.py stage=attribute run_dir={run_dir}` again."
         )
     return AttributionTables(adir, *(tuple(p for _, p in sorted(files[t].items())) for t in ATTRIBUTION_TABLES),
                              notes=tuple(notes))

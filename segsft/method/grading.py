@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from segsft.text import boxed_span
+from segsft.method.text import boxed_span
 
 THINK_END = "</think>"
 _PERCENT = re.compile(r"\\?%")

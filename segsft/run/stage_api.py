@@ -3,7 +3,7 @@
 As datatrove's `PipelineStep.run(data, rank, world_size)` and torchtune's recipes: each stage
 package exposes `STAGE`, an object with these three methods, and gets the composed config.
 `check` lists every problem at once and runs once, before anything runs; `run` does not
-check again; `outputs` names what the stage writes (through segsft.layout).
+check again; `outputs` names what the stage writes (through segsft.store.layout).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ EXTRA = ("compare", "generate")
 
 class Stage(Protocol):
     name: str
+    #: Only rank 0 runs it (the dispatcher skips it on other ranks); a stage without it runs on every rank.
+    rank0_only: bool
 
     def check(self, cfg: Any) -> list[str]: ...
 

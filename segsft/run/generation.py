@@ -5,7 +5,7 @@
 - HF `generate` otherwise (`engine=hf`, the CPU path): prompts sorted by length and batched
   (`batch_size`, left padding), `num_return_sequences` samples each, a progress bar with tokens/s.
 
-Prompts are the attribution's (segsft.text.encode_prompt: the chat template and the same user
+Prompts are the attribution's (segsft.method.text.encode_prompt: the chat template and the same user
 message), so a model is asked exactly what it was trained on. Sampling is seeded per batch from
 (seed, the batch's first problem id), so a rerun of the same problems gives the same outputs.
 """
@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
-from segsft.corpus import ProblemRow, Reject
+from segsft.store.corpus import ProblemRow, Reject
 
 log = logging.getLogger(__name__)
 
@@ -82,20 +82,20 @@ class HFEngine:
     def __init__(self, model_cfg: dict, settings: Any, device: Any = None):
         import torch
 
-        from segsft.dist import local_rank
-        from segsft.models import load_model, load_tokenizer, pick_device, pick_dtype
+        from segsft.run.dist import local_rank
+        from segsft.run.models import load_model, load_tokenizer, pad_token_id, pick_device, pick_dtype
 
         self.s = settings
         self.device = device or pick_device("auto", local_rank())
         self.tokenizer = load_tokenizer(model_cfg)
         self.model = load_model(model_cfg, self.device, pick_dtype(settings.dtype, self.device)).eval()
-        self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.pad = pad_token_id(self.tokenizer, required=True)
         eos = self.model.generation_config.eos_token_id
         self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos if eos is not None else self.tokenizer.eos_token_id])
         self.torch = torch
 
     def prompts(self, problems: Sequence[ProblemRow]) -> list[list[int]]:
-        from segsft.text import encode_prompt
+        from segsft.method.text import encode_prompt
 
         return [encode_prompt(self.tokenizer, p.question).tolist() for p in problems]
 
@@ -172,7 +172,7 @@ def context_length(model_cfg: dict) -> int:
     """The model's max_position_embeddings (0 when its config does not say)."""
     from transformers import AutoConfig
 
-    from segsft.models import flag, model_path
+    from segsft.run.models import flag, model_path
 
     conf = AutoConfig.from_pretrained(model_path(model_cfg), trust_remote_code=flag(model_cfg, "trust_remote_code"))
     return int(getattr(conf, "max_position_embeddings", 0) or 0)
@@ -184,8 +184,8 @@ def split_long_prompts(model_cfg: dict, problems: Sequence[ProblemRow], limit: i
     `limit` 0 = the model's context length. A prompt past the character bound is rejected
     without tokenizing it (segsft.length_guard)."""
     from segsft.length_guard import surely_too_long
-    from segsft.models import load_tokenizer
-    from segsft.text import encode_prompt
+    from segsft.run.models import load_tokenizer
+    from segsft.method.text import encode_prompt
 
     limit = limit or context_length(model_cfg)
     if not limit:
@@ -212,7 +212,7 @@ class VLLMEngine:
     def __init__(self, model_cfg: dict, settings: Any):
         from vllm import LLM
 
-        from segsft.models import flag, load_tokenizer, model_path
+        from segsft.run.models import flag, load_tokenizer, model_path
 
         self.s = settings
         self.tokenizer = load_tokenizer(model_cfg)
@@ -226,7 +226,7 @@ class VLLMEngine:
     def generate(self, problems: Sequence[ProblemRow], k: int, progress: Any = None) -> Iterator[list[Completion]]:
         from vllm import SamplingParams
 
-        from segsft.text import encode_prompt
+        from segsft.method.text import encode_prompt
 
         params = SamplingParams(n=k, temperature=self.s.temperature, top_p=self.s.top_p,
                                 max_tokens=self.s.max_new_tokens,
@@ -277,19 +277,19 @@ def check_settings(layout: Any, settings: dict, what: str, sources: dict[str, st
     changed under the same name (its finished problems would be paired with other questions)."""
     import json
 
-    from segsft.errors import PipelineError
-    from segsft.io import write_json
+    from segsft.store.fingerprint import SettingsChanged, settings_diff
+    from segsft.store.io import write_json
 
     if not layout.settings.is_file():
         write_json(layout.settings, {**settings, "sources": sources})
         return
     stored = json.loads(layout.settings.read_text())
-    diff = [f"{k}: {stored.get(k)!r} there, {settings.get(k)!r} now" for k in SETTING_KEYS if stored.get(k) != settings.get(k)]
+    diff = settings_diff(stored, settings, SETTING_KEYS)
     old = stored.get("sources") or {}
     diff += [f"the problems of {n!r} changed" for n, h in sources.items() if n in old and old[n] != h]
     if diff:
-        raise PipelineError(f"{layout.dir} holds generations made with other settings ({'; '.join(diff)}): set a new "
-                            f"{what}=... for these settings, or restore them to resume")
+        raise SettingsChanged(f"{layout.dir} holds generations made with other settings ({'; '.join(diff)}): set a new "
+                              f"{what}=... for these settings, or restore them to resume")
     if any(n not in old for n in sources):
         write_json(layout.settings, {**stored, "sources": {**old, **sources}})
 
@@ -299,23 +299,22 @@ def source_hash(path_or_spec: str, fields: Any) -> str:
     import hashlib
     from pathlib import Path
 
-    from segsft.io import file_sha256
+    from segsft.store.io import file_sha256
 
     base = file_sha256(path_or_spec) if Path(path_or_spec).is_file() else path_or_spec
     mapping = ",".join(f"{k}={fields[k]}" for k in sorted(fields))
     return hashlib.sha256(f"{base}\x00{mapping}".encode()).hexdigest()
 
 
-def done_keys(layout: Any) -> set[tuple[str, str, str]]:
-    """(model, benchmark, problem_id) of every problem whose samples a chunk holds (a chunk holds
-    all k samples of each of its problems)."""
-    import pyarrow.parquet as pq
+#: A generated sample's key; a chunk holds all k samples of each of its problems.
+SAMPLE_KEY = ("model", "benchmark", "problem_id", "sample")
 
-    keys: set[tuple[str, str, str]] = set()
-    for p in layout.chunks():
-        t = pq.read_table(p, columns=["model", "benchmark", "problem_id"])
-        keys.update(zip(*(t.column(c).to_pylist() for c in ("model", "benchmark", "problem_id"))))
-    return keys
+
+def done_keys(layout: Any) -> set[tuple[str, str, str]]:
+    """(model, benchmark, problem_id) of every problem whose samples a chunk holds."""
+    from segsft.store.parts import chunk_keys
+
+    return chunk_keys(layout.chunks(), SAMPLE_KEY[:3])
 
 
 def generate_graded(model_cfg: dict, label: str, sets: Sequence[tuple[str, Sequence[ProblemRow]]], k: int,
@@ -326,9 +325,9 @@ def generate_graded(model_cfg: dict, label: str, sets: Sequence[tuple[str, Seque
     the number of problems generated. The model loads only when there is work. Problems the
     engine gave up on (out of memory even alone) are added to `failed` as (set, id, reason);
     a rerun tries them again."""
-    from segsft.grading import grade
-    from segsft.io import write_parquet
-    from segsft.layout import part_name
+    from segsft.method.grading import grade
+    from segsft.store.layout import part_name
+    from segsft.store.parts import ChunkWriter
     from segsft.schemas import GENERATIONS_SCHEMA
 
     part = part_name(rank, world)
@@ -341,7 +340,7 @@ def generate_graded(model_cfg: dict, label: str, sets: Sequence[tuple[str, Seque
         return 0
     engine = load_engine(model_cfg, settings)
     progress = Progress(total, f"generate {label[-40:]}", disable=rank != 0)
-    n_chunk = len(layout.chunks(part))
+    chunks = ChunkWriter(lambda n: layout.chunk(part, n), len(layout.chunks(part)))
     try:
         for name, probs in todo:
             by_id = {p.problem_id: p for p in probs}
@@ -359,8 +358,7 @@ def generate_graded(model_cfg: dict, label: str, sets: Sequence[tuple[str, Seque
                     failed.extend((name, pid, why) for pid, why in getattr(engine, "failed", []))
                 if not rows:
                     continue  # every problem of the chunk was given up: nothing to write
-                write_parquet(layout.chunk(part, n_chunk), rows, GENERATIONS_SCHEMA)
-                n_chunk += 1
+                chunks.write(rows, GENERATIONS_SCHEMA)
     finally:
         progress.close()
     return total
@@ -368,12 +366,7 @@ def generate_graded(model_cfg: dict, label: str, sets: Sequence[tuple[str, Seque
 
 def read_generations(layout: Any) -> "Any":
     """Every chunk's rows, each (model, benchmark, problem_id, sample) once (a Polars frame)."""
-    import polars as pl
-
     from segsft.schemas import GENERATIONS_SCHEMA
+    from segsft.store.parts import read_chunks
 
-    paths = layout.chunks()
-    if not paths:
-        return pl.from_arrow(GENERATIONS_SCHEMA.empty_table())
-    return (pl.concat([pl.read_parquet(p) for p in paths], how="vertical_relaxed")
-            .unique(["model", "benchmark", "problem_id", "sample"], keep="first", maintain_order=True))
+    return read_chunks(layout.chunks(), GENERATIONS_SCHEMA, SAMPLE_KEY)

@@ -9,7 +9,7 @@ import numpy as np
 
 
 class SegmentRule:
-    """The select stage's own rule (`segsft.rule`) on one sample, as the adaptive rule's stop
+    """The select stage's own rule (`segsft.method.rule`) on one sample, as the adaptive rule's stop
     test needs it: token_attr -> (train decision, strength) per segment, and the decisions of
     many variants of the sample's strengths and consistencies at once (its error margins)."""
 
@@ -35,7 +35,7 @@ class SegmentRule:
 
     def decide(self, strength: np.ndarray, consistency: np.ndarray) -> np.ndarray:
         """[S, n] variants -> [S, n] train decisions (one query)."""
-        from segsft.rule import decide_many
+        from segsft.method.rule import decide_many
 
         return decide_many(strength, consistency, self.select_cfg, self.train_tokens)
 
@@ -47,7 +47,7 @@ class SegmentRule:
 def segment_decider(segment_tokens: Sequence[tuple[int, int]], select_cfg: Any, train_tokens: int | None = None
                     ) -> SegmentRule:
     """token_attr -> (train decision per segment, strength per segment): the select stage's own
-    rule (`segsft.rule.decide`) on one sample, as the adaptive rule's stop test needs it."""
+    rule (`segsft.method.rule.decide`) on one sample, as the adaptive rule's stop test needs it."""
     return SegmentRule(segment_tokens, select_cfg, train_tokens)
 
 

@@ -54,7 +54,7 @@ class AttributionLayout:
 
     @property
     def fingerprint(self) -> Path:
-        """The settings the scores were made with (segsft.attribute.fingerprint)."""
+        """The settings the scores were made with (segsft.store.fingerprint)."""
         return self.dir / "fingerprint.json"
 
     @property
@@ -262,6 +262,11 @@ class GenerationLayout:
 
     def chunks(self, part: str | None = None) -> list[Path]:
         return sorted(self.dir.glob(f"generations-{part or '*'}-*.parquet")) if self.dir.is_dir() else []
+
+    @property
+    def pattern(self) -> Path:
+        """The glob of every chunk (for messages and Polars scans)."""
+        return self.dir / "generations-*.parquet"
 
     @property
     def results(self) -> Path:

@@ -1,4 +1,5 @@
-"""What the scores of a run depend on, stored once per run dir and compared on every rerun.
+"""What stored output depends on, stored once and compared on every rerun: the one
+"stored settings differ -> refuse" check of attribution, generation and fine-tuning.
 
 A rerun that resumes or reuses `run_dir/attribution` with another model, rule, baseline,
 pattern, suffix, corpus or dtype would mix two kinds of scores in one table (or say "nothing
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from segsft.errors import PipelineError
-from segsft.io import file_sha256, write_json
-from segsft.layout import AttributionLayout
+from segsft.store.io import file_sha256, write_json
+
+if TYPE_CHECKING:
+    from segsft.store.layout import AttributionLayout
 
 log = logging.getLogger(__name__)
 
@@ -47,37 +50,39 @@ def fingerprint(cfg: Mapping[str, Any], dtype: str, pattern: str) -> dict[str, A
     return fp
 
 
-def check_or_store(layout: AttributionLayout, fp: Mapping[str, Any], run_dir: str | Path) -> None:
-    """Store `fp` for a new run dir; refuse a rerun whose settings differ from the stored ones."""
+def settings_diff(stored: Mapping[str, Any], now: Mapping[str, Any], keys: Iterable[str] | None = None) -> list[str]:
+    """`key: <stored> there, <now> now` for every key (all of both by default) whose value changed."""
+    keys = sorted({*stored, *now}) if keys is None else list(keys)
+    return [f"{k}: {_short(stored.get(k))} there, {_short(now.get(k))} now" for k in keys if stored.get(k) != now.get(k)]
+
+
+def check_or_store(path: Path, fp: Mapping[str, Any], holds: str, remedy: str,
+                   bound: Callable[[], bool] | None = None) -> None:
+    """Store `fp` at `path` the first time; refuse (one line: the changed keys, then `remedy`)
+    a rerun whose settings differ from the stored ones, whatever `path.parent` `holds`.
+
+    `bound()` says whether `path.parent` holds anything made under the stored fingerprint yet
+    (None: always); while it holds nothing, a rerun with other settings replaces the fingerprint."""
     import json
 
-    path = layout.fingerprint
     if not path.is_file():
-        if layout.finished_parts() or layout.partial_parts():
-            log.warning("%s holds attribution without a settings fingerprint (an older version made it): "
-                        "taking this run's settings as its own", layout.dir)
         write_json(path, dict(fp))
         return
-    stored = json.loads(path.read_text())
-    diff = sorted(k for k in {*stored, *fp} if stored.get(k) != fp.get(k))
-    if diff and not _holds_scores(layout):
-        # The fingerprint binds the scores, and there are none yet (a run that failed before
-        # scoring anything, e.g. on a wrong data.path): a corrected rerun takes the directory.
-        log.info("%s holds no scores yet: its settings fingerprint is replaced by this run's (%s)",
-                 layout.dir, ", ".join(diff))
+    diff = settings_diff(json.loads(path.read_text()), fp)
+    if diff and bound is not None and not bound():
+        # The fingerprint binds what was made under it, and nothing is yet (a run that failed
+        # before scoring anything, e.g. on a wrong data.path): a corrected rerun takes the directory.
+        log.info("%s holds no %s yet: its settings fingerprint is replaced by this run's (%s)",
+                 path.parent, holds, "; ".join(diff))
         write_json(path, dict(fp))
         return
     if diff:
-        what = "; ".join(f"{k}: {_short(stored.get(k))} there, {_short(fp.get(k))} now" for k in diff)
-        raise SettingsChanged(
-            f"{layout.dir} holds scores made with other settings ({what}): set a new run_dir=... to score with "
-            f"these settings, or restore them to resume or reuse {run_dir}"
-        )
+        raise SettingsChanged(f"{path.parent} holds {holds} made with other settings ({'; '.join(diff)}): {remedy}")
 
 
-def _holds_scores(layout: AttributionLayout) -> bool:
+def holds_scores(layout: AttributionLayout) -> bool:
     """Anything scored or rejected under `layout`: a part file, a marker or a committed chunk."""
-    return (bool(layout.markers()) or any(layout.table_files()[t] for t in layout.table_files())
+    return (bool(layout.markers()) or any(layout.table_files().values())
             or any(layout.chunks(p) for p in layout.partial_parts()))
 
 

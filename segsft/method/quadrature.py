@@ -6,7 +6,7 @@ import numpy as np
 
 #: Fixed rules: nodes and weights known up front.
 FIXED_RULES = ("linspace", "trapezoid", "gauss_legendre", "gradient_x_input")
-#: adaptive: nodes chosen while integrating (segsft.attribute.adaptive).
+#: adaptive: nodes chosen while integrating (segsft.method.adaptive).
 RULES = ("adaptive", *FIXED_RULES)
 
 

@@ -8,6 +8,8 @@ from typing import Any, Mapping
 
 import torch
 
+from segsft.errors import PipelineError
+
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -58,7 +60,7 @@ _resolved: dict[str, str] = {}
 
 def model_path(cfg: Mapping[str, Any]) -> str:
     """The configured id or directory, or the offline copy of a known model (resolved once)."""
-    from segsft.model_source import resolve_name_or_path
+    from segsft.run.model_source import resolve_name_or_path
 
     name = str(cfg["name_or_path"])
     if name not in _resolved:
@@ -120,19 +122,14 @@ def load_model(cfg: Mapping[str, Any], device: torch.device, dtype: torch.dtype)
     return model.to(device)
 
 
-def pad_or_eos(tokenizer: Any) -> int:
-    """`pad_token_id`, for callers that cannot go on without one (padding a batch)."""
-    pad = pad_token_id(tokenizer)
-    if pad is None:
-        raise ValueError("the tokenizer has neither a pad nor an eos token: set tokenizer.pad_token")
-    return pad
-
-
-def pad_token_id(tokenizer: Any) -> int | None:
-    """The pad id, or eos when the tokenizer has no pad token (as many chat models)."""
+def pad_token_id(tokenizer: Any, required: bool = False) -> int | None:
+    """The pad id, or eos when the tokenizer has no pad token (as many chat models): the one
+    pad fallback of every stage. `required`: a caller that pads a batch cannot go on without one."""
     if tokenizer.pad_token_id is not None:
         return int(tokenizer.pad_token_id)
     if tokenizer.eos_token_id is not None:
-        log.info("tokenizer has no pad token: the IG baseline uses eos (%s)", tokenizer.eos_token)
+        log.info("tokenizer has no pad token: padding and the IG baseline use eos (%s)", tokenizer.eos_token)
         return int(tokenizer.eos_token_id)
+    if required:
+        raise PipelineError("the tokenizer has neither a pad nor an eos token: use a model whose tokenizer has one")
     return None

@@ -5,14 +5,22 @@ from __future__ import annotations
 import os
 from typing import Sequence, TypeVar
 
+from segsft.errors import PipelineError
+
 T = TypeVar("T")
 
 
 def rank_and_world() -> tuple[int, int]:
-    rank = int(os.environ.get("RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    """(RANK, WORLD_SIZE) of the launcher; (0, 1) without one. Bad values are one line each."""
+    raw = {k: os.environ.get(k, d) for k, d in (("RANK", "0"), ("WORLD_SIZE", "1"))}
+    try:
+        rank, world = int(raw["RANK"]), int(raw["WORLD_SIZE"])
+    except ValueError:
+        raise PipelineError(f"RANK={raw['RANK']!r} WORLD_SIZE={raw['WORLD_SIZE']!r} are not integers: unset them, "
+                            "or launch with torchrun, which sets both") from None
     if not 0 <= rank < world:
-        raise ValueError(f"RANK={rank} is outside WORLD_SIZE={world}")
+        raise PipelineError(f"RANK={rank} is outside WORLD_SIZE={world} (ranks are 0..{world - 1}): unset RANK and "
+                            "WORLD_SIZE, or launch with torchrun, which sets both")
     return rank, world
 
 

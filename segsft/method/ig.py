@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 import torch
 
-from segsft.attribute.quadrature import quadrature
+from segsft.method.quadrature import quadrature
 
 if TYPE_CHECKING:
-    from segsft.attribute.adaptive import AdaptiveSettings, Decide
+    from segsft.method.adaptive import AdaptiveSettings, Decide
 
 BASELINES = ("pad", "zero", "mean", "pad_trace")
 
@@ -249,7 +249,7 @@ def adaptive_integrated_gradients(
     (`decide`, the select stage's rule as a `SegmentRule`; None = the bound only) meet their
     targets, or max_steps. `batch_alphas` subintervals are bisected per round, their
     midpoints in one pass."""
-    from segsft.attribute.adaptive import refine
+    from segsft.method.adaptive import refine
 
     path = IGPath(model, input_ids, answer_positions, baseline=baseline, pad_id=pad_id,
                   trace_tokens=trace_tokens, batch_alphas=batch_alphas)

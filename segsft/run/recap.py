@@ -8,11 +8,10 @@ from typing import Any
 
 import polars as pl
 
-from segsft.attribution_tables import open_attribution
-from segsft.corpus import read_corpus
-from segsft.schemas import (ADAPTIVE_SAMPLE_COLUMNS, ADAPTIVE_SEGMENT_COLUMNS, REPORT_SAMPLE_COLUMNS,
-                            REPORT_SEGMENT_COLUMNS)
-from segsft.layout import FinetuneLayout, GenerationLayout, RunLayout, SelectionLayout
+from segsft.store.attribution_tables import open_attribution
+from segsft.store.corpus import read_corpus
+from segsft.schemas import ADAPTIVE_SAMPLE_COLUMNS, ADAPTIVE_SEGMENT_COLUMNS, REPORT_SAMPLE_COLUMNS, REPORT_SEGMENT_COLUMNS
+from segsft.store.layout import FinetuneLayout, GenerationLayout, RunLayout, SelectionLayout
 
 
 def _short(text: str, width: int = 90) -> str:
@@ -67,7 +66,7 @@ def summarize(cfg: Any) -> str:
     sel = SelectionLayout(Path(cfg.selection_dir))
     ft = FinetuneLayout(Path(cfg.finetune_dir))
     lines: list[str] = []
-    # Finished parts only, each sample once (segsft.attribution_tables).
+    # Finished parts only, each sample once (segsft.store.attribution_tables).
     tables = open_attribution(cfg.run_dir)
     seg = tables.scan_segments(REPORT_SEGMENT_COLUMNS, ADAPTIVE_SEGMENT_COLUMNS).collect()
     smp = tables.scan_samples(REPORT_SAMPLE_COLUMNS, ADAPTIVE_SAMPLE_COLUMNS).collect()
@@ -106,9 +105,9 @@ def summarize(cfg: Any) -> str:
         lines.append(f"  masks    {masks_path}")
     if ft.model.exists():
         lines.append(f"  model    {ft.model}")
-    results = GenerationLayout(Path(cfg.eval_dir)).results
-    if results.exists():
-        lines.append(f"  eval     {results} (and generations-*.parquet beside it)")
+    gens = GenerationLayout(Path(cfg.eval_dir))
+    if gens.results.exists():
+        lines.append(f"  eval     {gens.results} (and {gens.pattern.name} beside it)")
     report = Path(cfg.report.path)
     if report.exists():
         lines.append(f"  report   {report}")

@@ -7,9 +7,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from segsft.dist import is_main, rank_and_world
+from segsft.run.dist import is_main, rank_and_world
 from segsft.errors import PipelineError
-from segsft.stage_api import EXTRA, ORDER, load
+from segsft.run.stage_api import EXTRA, ORDER, load
 
 log = logging.getLogger("segsft")
 
@@ -45,9 +45,11 @@ def run_stage(cfg: DictConfig) -> Any:
     result = None
     for s in stages:
         log.info("stage %s: outputs %s", s.name, {k: str(v) for k, v in s.outputs(cfg).items()})
+        if getattr(s, "rank0_only", False) and rank != 0:
+            continue
         result = s.run(cfg, rank, world)
     if stage == "all" and is_main():
-        from segsft.summary import summarize
+        from segsft.run.recap import summarize
 
         text = summarize(cfg)
         print("\n" + text, flush=True)

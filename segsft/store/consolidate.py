@@ -1,4 +1,6 @@
-"""`attribute.consolidate=true`: merge the finished parts of every world size into one part.
+"""Merge the finished parts of every world size into one part: at the end of a complete run
+whose dir holds parts of several world sizes (so the glob users type sees each sample once),
+and always with `attribute.consolidate=true`.
 
 After reruns with other world sizes a run dir holds parts of several world sizes (selection
 reads them all, each sample once). Consolidation rewrites them as the one part `00000-of-00001`
@@ -20,29 +22,32 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from segsft.attribution_tables import AttributionNotReady, open_attribution
-from segsft.io import write_json, write_parquet
-from segsft.layout import ATTRIBUTION_TABLES, RunLayout, part_name
-from segsft.schemas import REJECTS_SCHEMA, SAMPLES_SCHEMA, SEGMENTS_SCHEMA, SID
+from segsft.store.attribution_tables import AttributionNotReady, open_attribution
+from segsft.store.io import write_json, write_parquet
+from segsft.store.layout import ATTRIBUTION_TABLES, RunLayout, parse_part, part_name
+from segsft.store.parts import TABLES as SCHEMAS
+from segsft.store.parts import PartBusy
+from segsft.schemas import REJECTS_SCHEMA, SID
 
 log = logging.getLogger(__name__)
 
-SCHEMAS = {"segments": SEGMENTS_SCHEMA, "samples": SAMPLES_SCHEMA, "rejects": REJECTS_SCHEMA}
-
 
 def _read(path: Path, schema: pa.Schema) -> pa.Table:
-    """A part file in `schema` (a column an older file lacks is null)."""
-    t = pq.read_table(path)
-    cols = [t.column(f.name).cast(f.type) if f.name in t.column_names else pa.nulls(t.num_rows, f.type) for f in schema]
-    return pa.Table.from_arrays(cols, schema=schema)
+    return pq.read_table(path, schema=schema)
+
+
+def mixed_world_sizes(run_dir: str | Path) -> bool:
+    """Parts of more than one world size lie side by side (finished or not): a user's glob
+    over the part files would see some samples twice."""
+    lay = RunLayout(run_dir).attribution
+    parts = {p for t in lay.table_files().values() for p in t} | lay.markers() | set(lay.partial_parts())
+    return len({parse_part(p)[1] for p in parts}) > 1
 
 
 def consolidate(run_dir: str | Path) -> dict[str, Any] | None:
     """Merge every finished part into part 00000-of-00001; None when there is nothing to do
     (one part already) or the run is not complete yet (the last rank to finish does it)."""
     from filelock import FileLock, Timeout
-
-    from segsft.attribute.runner import PartBusy
 
     lay = RunLayout(run_dir).attribution
     try:
@@ -75,7 +80,7 @@ def consolidate(run_dir: str | Path) -> dict[str, Any] | None:
         try:
             if busy:
                 raise PartBusy(f"cannot consolidate {lay.dir}: parts {busy} are being written by another process "
-                               "(see their .lock-*.holder files); run again once it has finished")
+                               f"(see their {lay.lock_holder('*').name} files); run again once it has finished")
             merged = _merge(tables)
             for t in ATTRIBUTION_TABLES:
                 write_parquet(lay.table(t, target), merged[t], SCHEMAS[t])

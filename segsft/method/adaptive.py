@@ -131,22 +131,25 @@ def refine(
         path.token_grads = np.concatenate([path.token_grads, np.asarray(gm, dtype=np.float64)])[order]
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Rank correlation (average ranks for ties); 1.0 for fewer than two items or a constant side."""
+def ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks from 0, ties sharing their mean rank."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x))
+    r[order] = np.arange(len(x), dtype=np.float64)
+    for v in np.unique(x):
+        r[x == v] = r[x == v].mean()
+    return r
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """The one rank correlation of the package (average ranks for ties); None where it is
+    undefined: fewer than two items or a constant side (each caller says what that means)."""
     if len(a) < 2:
-        return 1.0
-
-    def ranks(x: np.ndarray) -> np.ndarray:
-        order = np.argsort(x, kind="stable")
-        r = np.empty(len(x))
-        r[order] = np.arange(len(x), dtype=np.float64)
-        for v in np.unique(x):  # ties share their mean rank
-            r[x == v] = r[x == v].mean()
-        return r
-
-    ra, rb = ranks(np.asarray(a, dtype=np.float64)), ranks(np.asarray(b, dtype=np.float64))
+        return None
+    ra, rb = ranks(a), ranks(b)
     if ra.std() == 0 or rb.std() == 0:
-        return 1.0 if np.array_equal(ra, rb) else 0.0
+        return None
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
@@ -198,7 +201,7 @@ class StopTest:
        correlate >= target_stability with the half-budget estimate);
     3. at most `allowed_borderline(max_borderline, n)` segments are borderline.
 
-    `rule` is the select stage's rule on the sample (`segsft.attribute.metrics.SegmentRule`).
+    `rule` is the select stage's rule on the sample (`segsft.method.metrics.SegmentRule`).
     Metrics and decisions are memoised by step count, so replaying a history (the study
     does) costs nothing twice.
     """
@@ -238,8 +241,12 @@ class StopTest:
             err = np.maximum(err, np.abs(s_e - strength))
             c_err = np.maximum(c_err, np.nan_to_num(np.abs(c_e - consistency), nan=0.0))
             settled &= t_e == train
+        s_half = self.decisions(half[-1])[1]
+        rho = spearman(strength, s_half)
+        if rho is None:  # too few segments or a constant side: stable only when the order is the same
+            rho = 1.0 if np.array_equal(ranks(strength), ranks(s_half)) else 0.0
         v = Verdict(now.steps, train, strength, err, self._borderline(train, strength, consistency, err, c_err),
-                    settled, spearman(strength, self.decisions(half[-1])[1]))
+                    settled, rho)
         self._verdicts[now.steps] = v
         return v
 
