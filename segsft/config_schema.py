@@ -257,9 +257,17 @@ class GenerateConf(EngineConf):
     keep: str = "shortest_correct"
 
 
+@dataclass
+class ExportConf:
+    """`export.*`: the selection's training tokens as a dataset for TRL or axolotl (stage=export)."""
+
+    # Output directory; null = <finetune_dir>/export (segsft.store.layout.FinetuneLayout.export).
+    dir: Optional[str] = None
+
+
 #: group -> schema. The groups whose `default` option is the schema itself.
 GROUP_DEFAULTS = {"attribute": AttributeConf, "select": SelectConf, "finetune": FinetuneConf, "report": ReportConf,
-                  "evaluate": EvaluateConf, "generate": GenerateConf}
+                  "evaluate": EvaluateConf, "generate": GenerateConf, "export": ExportConf}
 #: group -> schema that the group's YAML files extend (`defaults: [base, _self_]`).
 GROUP_BASES = {"model": ModelConf, "data": DataConf}
 

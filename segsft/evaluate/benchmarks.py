@@ -28,7 +28,7 @@ def spec_problem(spec: str) -> str | None:
         import importlib.util
 
         return None if importlib.util.find_spec("datasets") else (
-            f"evaluate.benchmarks: {spec} needs the `datasets` package: pip install -e '.[hub]'")
+            f"evaluate.benchmarks: {spec} needs the `datasets` package (a default dependency): pip install datasets")
     if (SHIPPED_DIR / f"{spec}.jsonl").is_file() or Path(spec).is_file():
         return None
     return (f"evaluate.benchmarks: {spec!r} is neither a shipped benchmark ({', '.join(shipped())}) nor an existing "
