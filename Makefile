@@ -42,7 +42,7 @@ attribute: install ## integrated-gradients attribution (NPROC=8 for torchrun ove
 select: install ## threshold selection -> <selection dir>/masks.parquet; ARGS="select.top_mass=0.6 select.method=random ..."
 	$(PY) pipeline.py stage=select run_dir=$(RUN_DIR) $(ARGS)
 
-sweep: install ## multirun over a threshold grid (conf/select/grid) -> a dir per job + sweeps/select/sweep.parquet; ARGS="select.top_mass=0.6,0.7"
+sweep: install ## multirun over a threshold grid (segsft/conf/select/grid) -> a dir per job + sweeps/select/sweep.parquet; ARGS="select.top_mass=0.6,0.7"
 	$(PY) pipeline.py --multirun stage=select run_dir=$(RUN_DIR) +select/grid=default $(ARGS)
 
 evaluate: install ## accuracy and output length of the base and fine-tuned models (RUN_DIR; NPROC ranks; ARGS="evaluate.benchmarks=[aime24] evaluate.samples=8")

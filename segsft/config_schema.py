@@ -2,7 +2,7 @@
 
 Registered in Hydra's ConfigStore (`register_configs`) as the `default` option of the
 attribute, select, finetune and report groups and as the `base` schema that every
-conf/model/*.yaml and conf/data/*.yaml extends: YAML files only set values, these dataclasses
+segsft/conf/model/*.yaml and segsft/conf/data/*.yaml extends: YAML files only set values, these dataclasses
 declare them. Hydra checks every override against the types here (`attribute.steps=abc` fails
 before anything loads, `model.trust_remote_code=no` is the boolean false, an unknown key is
 refused); the stages' `check` functions then bound the values.
@@ -24,7 +24,7 @@ SELECTION_NAME = ("${segsft_selection_name:${.method},${.top_mass},${.max_consis
 
 @dataclass
 class ModelConf:
-    """`model.*` (conf/model/<name>.yaml sets name_or_path)."""
+    """`model.*` (segsft/conf/model/<name>.yaml sets name_or_path)."""
 
     name_or_path: Optional[str] = None
     revision: Optional[str] = None
@@ -152,7 +152,7 @@ class FinetuneConf:
     # finetune.mode=full trains the samples the selection covers (the same set as selected, a
     # fair ablation): selection; or every sample of the corpus: corpus.
     full_scope: str = "selection"
-    # zero2 | zero3 (conf/deepspeed/<name>.json), none (plain Trainer / DDP), or a JSON path.
+    # zero2 | zero3 (segsft/conf/deepspeed/<name>.json), none (plain Trainer / DDP), or a JSON path.
     deepspeed: str = "zero2"
     num_train_epochs: float = 10.0
     # > 0: stop after this many optimizer steps (overrides num_train_epochs).
@@ -232,7 +232,7 @@ class EvaluateConf(EngineConf):
     # Model dirs or hub ids; empty = the base model (model.name_or_path) and the run's
     # finetune_dir/model when it exists.
     models: list[str] = field(default_factory=list)
-    # Shipped names (data/benchmarks/<name>.jsonl: math500, aime24, amc23, minerva, olympiad),
+    # Shipped names (segsft/data/benchmarks/<name>.jsonl: math500, aime24, amc23, minerva, olympiad),
     # JSONL/Parquet paths with id, question, answer (and optional choices), or
     # hub:<dataset id>[:<config>[:<split>]] (loaded with `datasets`; fields in evaluate.fields).
     benchmarks: list[str] = field(default_factory=lambda: ["math500", "aime24", "amc23", "minerva", "olympiad"])

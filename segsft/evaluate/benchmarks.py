@@ -1,4 +1,4 @@
-"""Benchmark specs -> problems: a shipped name (data/benchmarks/<name>.jsonl), a JSONL/Parquet
+"""Benchmark specs -> problems: a shipped name (segsft/data/benchmarks/<name>.jsonl), a JSONL/Parquet
 path, or hub:<dataset id>[:<config>[:<split>]] loaded with `datasets`."""
 
 from __future__ import annotations
@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from segsft.store.corpus import CorpusError, ProblemRow, Reject, read_problems
+from segsft.store.shipped import benchmarks_dir
 
-#: The paper's sets, shipped with the repo (see data/benchmarks/README.md for provenance).
-SHIPPED_DIR = Path(__file__).resolve().parents[2] / "data" / "benchmarks"
+#: The paper's sets, shipped with the package (see its README.md there for provenance).
+SHIPPED_DIR = benchmarks_dir()
 
 
 def shipped() -> list[str]:

@@ -11,9 +11,10 @@ from segsft.config_schema import FinetuneConf
 from segsft.errors import PipelineError
 from segsft.finetune.modes import MODES
 from segsft.store.layout import SelectionLayout
+from segsft.store.shipped import deepspeed_dir
 
-#: conf/deepspeed beside the package: `finetune.deepspeed=zero2` -> conf/deepspeed/zero2.json
-DEEPSPEED_DIR = Path(__file__).resolve().parents[2] / "conf" / "deepspeed"
+#: The shipped presets: `finetune.deepspeed=zero2` -> segsft/conf/deepspeed/zero2.json
+DEEPSPEED_DIR = deepspeed_dir()
 DEEPSPEED_NAMES = ("zero2", "zero3", "none")
 AUTO_BOOL = ("auto", True, False)
 #: Which samples finetune.mode=full trains: the selection's (a fair ablation) or the whole corpus.
@@ -36,7 +37,7 @@ class FinetuneSettings(FinetuneConf):
 
 
 def deepspeed_config_path(name: str) -> Path | None:
-    """None for `none`; conf/deepspeed/<name>.json for a preset; else `name` as a JSON path."""
+    """None for `none`; segsft/conf/deepspeed/<name>.json for a preset; else `name` as a JSON path."""
     if name in (None, "none"):
         return None
     if name in DEEPSPEED_NAMES:

@@ -331,7 +331,7 @@ def selection_name(method: Any, top_mass: Any, max_consistency: Any = None, min_
 
 
 def register_resolvers() -> None:
-    """`${segsft_selection_name:...}` for conf/select/default.yaml (idempotent)."""
+    """`${segsft_selection_name:...}` for segsft/conf/select/default.yaml (idempotent)."""
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("segsft_selection_name"):
