@@ -43,9 +43,13 @@ class ModelConf:
 
 @dataclass
 class DataConf:
-    """`data.*`: the corpus (JSONL or Parquet, a file or a directory of them)."""
+    """`data.*`: the corpus: a JSONL or Parquet file, a dataset directory (save_to_disk or the
+    hub's layout), or hub:<id>[@<revision>][:<config>][:<split>] (segsft.store.hub)."""
 
     path: Optional[str] = None
+    # How a dataset's columns become question / solution / answer / id before data.fields maps
+    # them: null, or openr1 (the trace inside `messages` / `generations`; segsft.store.hub).
+    adapter: Optional[str] = None
     # Column names in the file; an empty id derives a stable id from the row's content.
     fields: dict[str, Optional[str]] = field(default_factory=lambda: {
         "id": "id", "question": "question", "solution": "solution", "answer": "answer"})

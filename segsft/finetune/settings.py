@@ -126,8 +126,9 @@ def check_config(cfg: Any) -> list[str]:
         errs.append("data.path is empty: point it to the JSONL or Parquet corpus the masks were made from")
     elif cfg.stage == "finetune":  # under stage=all the attribute stage's check says it once
         from segsft.store.corpus import corpus_path_problem
+        from segsft.store.hub import adapter_problem
 
-        errs += [p for p in [corpus_path_problem(cfg.data.path)] if p]
+        errs += [p for p in [corpus_path_problem(cfg.data.path), adapter_problem(cfg.data.get("adapter"))] if p]
     if not cfg.model.name_or_path:
         errs.append("model.name_or_path is empty: give a hub id or a local model directory to fine-tune")
     return errs
