@@ -237,8 +237,8 @@ class EvaluateConf(EngineConf):
     # finetune_dir/model when it exists.
     models: list[str] = field(default_factory=list)
     # Shipped names (segsft/data/benchmarks/<name>.jsonl: math500, aime24, amc23, minerva, olympiad),
-    # JSONL/Parquet paths with id, question, answer (and optional choices), or
-    # hub:<dataset id>[:<config>[:<split>]] (loaded with `datasets`; fields in evaluate.fields).
+    # JSONL/Parquet paths with id, question, answer (and optional choices), dataset directories, or
+    # hub:<id>[@<revision>][:<config>][:<split>] (split test unless named; fields in evaluate.fields).
     benchmarks: list[str] = field(default_factory=lambda: ["math500", "aime24", "amc23", "minerva", "olympiad"])
     # Samples per problem (k): accuracy is their mean (pass@1 averaged over k).
     samples: int = 1
@@ -254,7 +254,8 @@ class GenerateConf(EngineConf):
     """`generate.*`: build a training corpus from problems (stage=generate), as the paper's
     authors built theirs (32 samples per problem, the shortest correct one kept)."""
 
-    # JSONL/Parquet with id, question, answer.
+    # JSONL/Parquet with id, question, answer, a dataset directory, or
+    # hub:<id>[@<revision>][:<config>][:<split>] (split train unless named; fields in generate.fields).
     problems: Optional[str] = None
     samples: int = 32
     # shortest_correct | all_correct | first_correct

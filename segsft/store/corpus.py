@@ -240,7 +240,7 @@ def _read_dataset(path: str, names: Mapping[str, str], id_field: str | None, lim
         sid = ids[i] if first[ids[i]] == i else f"{ids[i]}#row{i}"
         item = _check_row(i, rec, names, sid, path, counts)
         if first[ids[i]] != i:
-            reason = f"duplicate sample_id {ids[i]!r} (row {first[ids[i]]} has it)"
+            reason = f"duplicate sample_id {ids[i]!r} (an earlier row has it)"
             item = Reject(sid, item.reason + "; " + reason if isinstance(item, Reject) else f"row {i}: {reason}", path, i)
         (samples if isinstance(item, Sample) else rejects).append(item)
     return samples, rejects
@@ -256,23 +256,41 @@ class ProblemRow:
 
 
 def read_problems(path: str | Path, fields: Mapping[str, str], limit: int | None = None,
-                  key: str = "data") -> tuple[list[ProblemRow], list[Reject]]:
-    """Problems (`id`, `question`, `answer`, optional `choices`) of a JSONL or Parquet file:
-    each row a problem or a reject with its reason. `key` names the config key in messages
+                  key: str = "data", default_split: str = "train") -> tuple[list[ProblemRow], list[Reject]]:
+    """Problems (`id`, `question`, `answer`, optional `choices`) of a JSONL or Parquet file or a
+    dataset (segsft.store.hub; its split `default_split` unless the spec names one): each row a
+    problem or a reject with its reason. `key` names the config key in messages
     (evaluate.benchmarks, generate.problems)."""
-    path = Path(path)
-    if path.is_dir():
-        raise CorpusError(f"{key}: {path} is a directory, not a file: give a JSONL or Parquet file of problems")
-    if not path.is_file():
-        raise CorpusError(f"{key}: problems file {path} does not exist: give a JSONL or Parquet file (id, question, answer)")
+    from segsft.store import hub
+
     names = {k: fields.get(k) or k for k in ("question", "answer")}
     id_field = fields.get("id")
+    if hub.is_dataset(path):
+        why = hub.spec_problem(path, key)
+        if why:
+            raise CorpusError(why)
+        have = hub.column_names(path, default_split=default_split)
+        missing = [n for n in names.values() if n not in have]
+        if missing:
+            raise CorpusError(f"{key}: dataset {path} has no field {missing} (its columns: {have}): map the columns "
+                              f"with {key.split('.')[0]}.fields.question / .answer")
+        cols = [*names.values(), *([id_field] if id_field else []), "choices"]
+        records: Iterator[tuple[int, Mapping[str, Any] | None, str]] = (
+            (i, rec, "") for i, rec in hub.rows(path, cols, limit, default_split=default_split))
+    else:
+        path = Path(path)
+        if path.is_dir():
+            raise CorpusError(f"{key}: {path} is a directory, not a file: give a JSONL or Parquet file of problems")
+        if not path.is_file():
+            raise CorpusError(f"{key}: problems file {path} does not exist: give a JSONL or Parquet file (id, question, "
+                              "answer), a dataset directory or hub:<dataset id>")
+        records = raw_rows(path)
     out: list[ProblemRow] = []
     rejects: list[Reject] = []
     seen: set[str] = set()
     seen_fields: set[str] = set()
     rows = 0
-    for i, rec, err in raw_rows(path):
+    for i, rec, err in records:
         rows += 1
         if limit is not None and i >= limit:
             break
