@@ -1,12 +1,16 @@
-"""Reliability campaign: kills, concurrent starts, world-size changes, changed settings, a full disk.
+"""Reliability campaign: kills, concurrent starts, world-size changes, changed settings, a full disk;
+and the store's other writer, evaluate's generation chunks, killed and rerun.
 
-    .venv/bin/python bench/reliability.py [--trials 20] [--out bench/results/reliability.json]
+    .venv/bin/python bench/reliability.py [--trials 20] [--eval-trials 5] [--out bench/results/reliability.json]
 
 Runs the real entry point (`python pipeline.py stage=attribute ...`) as subprocesses on the
 embedded sample corpus plus four bad rows (40 rows), with a tiny model built on the fly (no
 download). After every trial it checks that every input row is in exactly one of the samples
 and rejects tables (by source row), that each sample id is read once, and that the scores equal
-an uninterrupted reference run. Prints cases tried / held and writes JSON with the machine named.
+an uninterrupted reference run, and that the glob users type (`attribution/samples-*.parquet`)
+sees each sample once. Evaluate runs (one problem per chunk) are killed at random points and
+rerun: every generated row must be in the chunk files once and the generations and results
+equal an uninterrupted run. Prints cases tried / held and writes JSON with the machine named.
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ sys.path.insert(0, str(REPO / "tests"))  # the test yardsticks: tiny_model, refe
 
 from machine import machine as _machine  # noqa: E402
 
+import polars as pl  # noqa: E402
+
 from segsft.store.attribution_tables import open_attribution  # noqa: E402
-from segsft.store.layout import RunLayout  # noqa: E402
+from segsft.store.layout import GenerationLayout, RunLayout  # noqa: E402
 
 BAD_ROWS = ['{"id": "broken", ', '{"id": "noanswer", "question": "q", "solution": "s"}',
             json.dumps({"id": "sample-000", "question": "q", "solution": "\n\nWait, a duplicate id.", "answer": "1"}),
@@ -75,6 +81,9 @@ def problems(run_dir: Path, n_rows: int, ref: dict | None) -> list[str]:
     ids = [*got["samples"]["sample_id"], *got["rejects"]["sample_id"]]
     if len(ids) != len(set(ids)):
         out.append("an id is in the tables twice")
+    globbed = pl.read_parquet(RunLayout(run_dir).attribution.pattern("samples"))["sample_id"]
+    if globbed.len() != globbed.n_unique():
+        out.append(f"the glob samples-*.parquet sees {globbed.len() - globbed.n_unique()} sample(s) twice")
     if ref is not None:
         for k in ("samples", "rejects"):
             if not got[k].equals(ref[k]):
@@ -210,6 +219,60 @@ def case_disk_full(ctx: dict) -> dict:
         mnt.rmdir()
 
 
+GEN_KEY = ["model", "benchmark", "problem_id", "sample"]
+
+
+def evaluate_cmd(run_dir: Path, model: str) -> list[str]:
+    # One problem per chunk and per batch: a kill can fall between any two chunks.
+    return [sys.executable, str(REPO / "pipeline.py"), "stage=evaluate", f"run_dir={run_dir}", f"model.name_or_path={model}",
+            f"evaluate.models=[{model}]", "evaluate.engine=hf", "evaluate.benchmarks=[tiny]", "evaluate.samples=2",
+            "evaluate.max_new_tokens=8", "evaluate.chunk_problems=1", "evaluate.batch_size=1", "evaluate.bootstrap=20"]
+
+
+def generation_rows(run_dir: Path) -> pl.DataFrame | None:
+    """Every row of every chunk file, as written (not deduplicated), sorted by key."""
+    paths = GenerationLayout(run_dir / "eval").chunks()
+    return pl.concat([pl.read_parquet(p) for p in paths], how="vertical_relaxed").sort(GEN_KEY) if paths else None
+
+
+def case_evaluate_kills(ctx: dict, trials: int, rnd: random.Random) -> list[dict]:
+    """Kill stage=evaluate at a random point (by time or after some chunks), then rerun."""
+    ref_dir = ctx["root"] / "eval-ref"
+    t0 = time.monotonic()
+    r = run(evaluate_cmd(ref_dir, ctx["model"]))
+    full_s = time.monotonic() - t0
+    if r.returncode:
+        return [{"case": "evaluate reference", "held": False, "problems": [f"exit {r.returncode}: {r.stderr[-300:]}"]}]
+    ref, ref_results = generation_rows(ref_dir), pl.read_parquet(ref_dir / "eval" / "results.parquet")
+    out = []
+    for i in range(trials):
+        run_dir = ctx["root"] / f"eval-kill{i}"
+        proc = subprocess.Popen(evaluate_cmd(run_dir, ctx["model"]), cwd=REPO, env=env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        when = rnd.choice(["time", "chunks"])
+        if when == "time":
+            time.sleep(rnd.uniform(0.5, full_s))
+        else:
+            lay, n, deadline = GenerationLayout(run_dir / "eval"), rnd.randint(1, 4), time.time() + 120
+            while time.time() < deadline and proc.poll() is None and len(lay.chunks()) < n:
+                time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        r = run(evaluate_cmd(run_dir, ctx["model"]))
+        bad = [] if r.returncode == 0 else [f"rerun exit {r.returncode}: {r.stderr.strip().splitlines()[-1:]}"]
+        got = generation_rows(run_dir)
+        if got is None or not got.select(GEN_KEY).is_unique().all():
+            bad.append("a generated row is missing from the chunks or in them twice")
+        elif not got.select(*GEN_KEY, "output", "correct").equals(ref.select(*GEN_KEY, "output", "correct")):
+            bad.append("generations differ from the uninterrupted run")
+        res = run_dir / "eval" / "results.parquet"
+        if not res.is_file() or not pl.read_parquet(res).drop("model").equals(ref_results.drop("model")):
+            bad.append("results differ from the uninterrupted run")
+        out.append({"case": f"evaluate kill {when} #{i}", "held": not bad, "problems": bad})
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return out
+
+
 def setup(root: Path) -> dict:
     from tiny_model import save_tiny, tiny_qwen2, train_tokenizer
 
@@ -235,6 +298,7 @@ def setup(root: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=20, help="kill trials")
+    ap.add_argument("--eval-trials", type=int, default=5, help="kill trials of stage=evaluate")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "reliability.json"))
     args = ap.parse_args()
@@ -249,6 +313,7 @@ def main() -> None:
         results += case_world_sizes(ctx)
         results.append(case_settings(ctx))
         results.append(case_disk_full(ctx))
+        results += case_evaluate_kills(ctx, args.eval_trials, rnd)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     tried = [r for r in results if r["held"] is not None]
@@ -258,9 +323,11 @@ def main() -> None:
         print(f"{r['case']:<44} {mark:<8} {'; '.join(r['problems'])}")
     print(f"\ncases tried {len(tried)}, held {len(held)}  ({time.monotonic() - t0:.0f} s)")
     report = {"what": "bench/reliability.py: attribution runs killed, started twice, resumed with other world sizes "
-                      "and settings, on a full disk; every input row must be in samples or rejects exactly once and "
-                      "the scores equal an uninterrupted run",
-              "machine": _machine(), "date": time.strftime("%Y-%m-%d"), "trials": args.trials, "seed": args.seed,
+                      "and settings, on a full disk; every input row must be in samples or rejects exactly once, the "
+                      "glob of the part files must see each sample once and the scores equal an uninterrupted run; "
+                      "evaluate runs killed and rerun must hold every generation once and equal an uninterrupted run",
+              "machine": _machine(), "date": time.strftime("%Y-%m-%d"), "trials": args.trials,
+              "eval_trials": args.eval_trials, "seed": args.seed,
               "tried": len(tried), "held": len(held), "cases": results}
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

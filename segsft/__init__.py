@@ -1,9 +1,11 @@
 """Segment-level attribution for selective SFT of long reasoning traces.
 
-Stages: `segsft.attribute` (integrated gradients per segment), `segsft.select`
-(threshold rules -> masks), `segsft.finetune` (loss on the selected segments only).
-The package is `segsft` rather than top-level folders because a top-level `select`
-package would shadow Python's standard `select` module.
+Three places beside the stages: `segsft.method` (the method, pure), `segsft.store` (every
+file of a run), `segsft.run` (dispatch and launching). The stages of `stage=all`:
+`attribute` (integrated gradients per segment), `select` (threshold rules -> masks),
+`finetune` (loss on the selected segments only), `evaluate`, `report`; on their own:
+`compare`, `generate`. The package is `segsft` rather than top-level folders because a
+top-level `select` package would shadow Python's standard `select` module.
 """
 
 __version__ = "0.1.0"

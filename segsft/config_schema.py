@@ -1,8 +1,8 @@
 """Every config key, its type and its default: the one source of defaults.
 
 Registered in Hydra's ConfigStore (`register_configs`) as the `default` option of the
-attribute, select, finetune and report groups and as the `base` schema that every
-segsft/conf/model/*.yaml and segsft/conf/data/*.yaml extends: YAML files only set values, these dataclasses
+attribute, select, finetune, evaluate, generate, report and export groups and as the `base` schema that
+every segsft/conf/model/*.yaml and segsft/conf/data/*.yaml extends: YAML files only set values, these dataclasses
 declare them. Hydra checks every override against the types here (`attribute.steps=abc` fails
 before anything loads, `model.trust_remote_code=no` is the boolean false, an unknown key is
 refused); the stages' `check` functions then bound the values.
@@ -16,10 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from segsft.store.layout import REPORT_FILE
+import inspect
 
-SELECTION_NAME = ("${segsft_selection_name:${.method},${.top_mass},${.max_consistency},${.min_consistency},"
-                  "${.min_tokens},${.seed},${.unconverged},${.score},${.order}}")
+from segsft.store.layout import REPORT_FILE, selection_name
+
+#: `select.name`: selection_name of the select keys it takes, by their names.
+SELECTION_NAME = ("${segsft_selection_name:"
+                  + ",".join(f"${{.{k}}}" for k in inspect.signature(selection_name).parameters) + "}")
 
 
 @dataclass

@@ -157,13 +157,30 @@ class Page(HTMLParser):
         self.refs: list[str] = []
         self.inputs: list[dict] = []
         self.tags_in_segments: set[str] = set()
+        #: Every table row's cells (td and th text), in page order; headings by id.
+        self.rows: list[list[str]] = []
+        self.row_classes: list[str] = []
+        self.headings: dict[str, str] = {}
+        self._cell: list[str] | None = None
+        self._heading: str | None = None
         self._spans: list[dict] = []
         self._in_nav_a = False
         self.feed(text)
         self.close()
 
+    def row(self, first: str) -> list[str]:
+        """The other cells of the first table row whose first cell is `first` (stripped)."""
+        return next(r[1:] for r in self.rows if r and r[0].strip() == first)
+
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
+        if tag == "tr":
+            self.rows.append([])
+            self.row_classes.append(a.get("class", ""))
+        if tag in ("td", "th") and self.rows:
+            self._cell = []
+        if tag in ("h2", "h3") and a.get("id"):
+            self._heading, self.headings[a["id"]] = a["id"], ""
         for key in ("src", "href", "action", "poster", "data"):
             if a.get(key):
                 self.refs.append(a[key])
@@ -190,6 +207,11 @@ class Page(HTMLParser):
             self._spans.append(rec)
 
     def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.rows[-1].append("".join(self._cell).strip())
+            self._cell = None
+        if tag in ("h2", "h3"):
+            self._heading = None
         if tag == "span":
             rec = self._spans.pop()
             seg = next((s for s in reversed(self._spans) if "seg" in s["cls"]), None)
@@ -199,6 +221,10 @@ class Page(HTMLParser):
             self._in_nav_a = False
 
     def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._heading is not None:
+            self.headings[self._heading] += data
         for s in self._spans:
             s["text"] += data
 

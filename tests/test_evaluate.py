@@ -61,11 +61,13 @@ EVALUATE = ("stage=evaluate", "evaluate.engine=hf", "evaluate.benchmarks=[tiny]"
 def test_k_samples_deterministic_and_results_equal_a_recount(tmp_path, tiny_model_dir):
     from segsft.evaluate import run
 
-    out = run(compose_config(*EVALUATE, f'run_dir={tmp_path / "a"}', f"model.name_or_path={tiny_model_dir}", "evaluate.samples=3", "evaluate.limit=5"))
+    out = run(compose_config(*EVALUATE, f'run_dir={tmp_path / "a"}', f"model.name_or_path={tiny_model_dir}",
+                             "evaluate.samples=3", "evaluate.limit=5"))
     gens = pl.read_parquet(tmp_path / "a" / "eval" / "generations-*.parquet")
     assert gens.height == 15 and gens.select("problem_id", "sample").is_unique().all()
     assert sorted(gens.group_by("problem_id").len()["len"].to_list()) == [3] * 5
-    run(compose_config(*EVALUATE, f'run_dir={tmp_path / "b"}', f"model.name_or_path={tiny_model_dir}", "evaluate.samples=3", "evaluate.limit=5"))
+    run(compose_config(*EVALUATE, f'run_dir={tmp_path / "b"}', f"model.name_or_path={tiny_model_dir}",
+                       "evaluate.samples=3", "evaluate.limit=5"))
     again = pl.read_parquet(tmp_path / "b" / "eval" / "generations-*.parquet")
     key = ["problem_id", "sample"]
     assert gens.sort(key).select("output", "output_tokens").equals(again.sort(key).select("output", "output_tokens"))
@@ -188,7 +190,8 @@ def test_config_errors_of_evaluate_are_listed_together(tmp_path):
     for needle in ("evaluate.samples=0: use an integer in [1, 1024]", "evaluate.models='/no/such/model' does not exist",
                    "evaluate.top_p=0.0: use a number in (0, 1]", "evaluate.engine='fast'"):
         assert needle in text, text
-    errs = check_config(compose_config("stage=evaluate", f"run_dir={tmp_path}", "evaluate.temperature=0", "evaluate.samples=4"))
+    errs = check_config(compose_config("stage=evaluate", f"run_dir={tmp_path}", "evaluate.temperature=0",
+                                       "evaluate.samples=4"))
     assert any("greedy decoding gives one output per problem" in e for e in errs)
 
 
@@ -201,3 +204,15 @@ def test_vllm_engine_generates_k_samples(tmp_path):
                          "evaluate.samples=2", "evaluate.max_new_tokens=64", "evaluate.gpu_memory_utilization=0.5")
     gens = pl.read_parquet(Path(run(cfg)).parent / "generations-*.parquet")
     assert gens.height == 20 and gens.select("problem_id", "sample").is_unique().all()
+
+
+def test_results_do_not_depend_on_the_order_of_the_generations():
+    from segsft.evaluate.results import results
+
+    # Problems of distinct accuracies (0, 1/3, 2/3, 1) and a handful of resamples: any other
+    # order of the problems would draw other ones.
+    rows = [{"model": "m", "benchmark": "b", "problem_id": f"p{i:02d}", "sample": k, "output_tokens": 10 + i,
+             "finish_reason": "stop", "correct": k < i % 4} for i in range(12) for k in range(3)]
+    a = results(pl.DataFrame(rows), bootstrap=5)
+    b = results(pl.DataFrame(rows[::-1]), bootstrap=5)
+    assert a.equals(b) and a["accuracy_ci_low"][0] < a["accuracy"][0] < a["accuracy_ci_high"][0]

@@ -66,12 +66,13 @@ def built(tmp_path_factory, tokenizer, tiny_model_dir):
     root = tmp_path_factory.mktemp("report")
     run_dir, corpus = make_run(root, tokenizer)
     # Few always-kept segments and a tight bound: both trained and masked segments occur.
-    select_run(compose_config("stage=select", f"run_dir={run_dir}", f"data.path={corpus}", f"model.name_or_path={tiny_model_dir}", *REPORT_SELECT))
-    cfg = compose_config("stage=select", f"run_dir={run_dir}", f"data.path={corpus}", f"model.name_or_path={tiny_model_dir}", *REPORT_SELECT)
+    select = ("stage=select", f"data.path={corpus}", f"model.name_or_path={tiny_model_dir}")  # then run_dir=...
+    select_run(compose_config(*select, f"run_dir={run_dir}", *REPORT_SELECT))
+    cfg = compose_config(*select, f"run_dir={run_dir}", *REPORT_SELECT)
     path = run(cfg)
     text = path.read_text(encoding="utf-8")
     return {"cfg": cfg, "path": path, "text": text, "page": Page(text), "run_dir": run_dir, "corpus": corpus,
-            "model": tiny_model_dir, "root": root}
+            "model": tiny_model_dir, "root": root, "select": select}
 
 
 def _segments_table(run_dir: Path) -> pl.DataFrame:
@@ -182,15 +183,15 @@ def test_overview_figures_and_selection_shares(built):
     tok_share = masks.filter(pl.col("train"))["n_tokens"].sum() / masks["n_tokens"].sum()
     assert f"{100 * seg_share:.1f}% ({int(masks['train'].sum())}/{masks.height})" in text
     assert f"{100 * tok_share:.1f}% (" in text
-    assert "<td class=\"l\">samples scored</td><td class=\"\">4</td>" in text
-    assert "<td class=\"l\">rejected rows</td><td class=\"\">1</td>" in text
+    page = built["page"]
+    assert page.row("samples scored") == ["4"] and page.row("rejected rows") == ["1"]
     assert "invalid JSON (x)" in text  # rejects by reason, row number stripped
     smp = pl.read_parquet(run_dir / "attribution" / "samples-*.parquet")
     n_seg = masks.group_by("sample_id").len()["len"]
     assert f"{n_seg.mean():.1f} / {n_seg.min()} / {n_seg.max()}" in text
     gaps = smp["completeness_gap"]
-    cells = "".join(f'<td class="">{gaps.quantile(q, "nearest"):.2e}</td>' for q in (0.0, 0.1, 0.5, 0.9, 1.0))
-    assert cells in text  # min, p10, median, p90, max
+    cells = [f'{gaps.quantile(q, "nearest"):.2e}' for q in (0.0, 0.1, 0.5, 0.9, 1.0)]
+    assert any(r[-5:] == cells for r in page.rows)  # min, p10, median, p90, max
 
 
 def test_convergence_shows_steps_stability_and_the_unconverged(built):
@@ -198,8 +199,9 @@ def test_convergence_shows_steps_stability_and_the_unconverged(built):
     smp = pl.read_parquet(run_dir / "attribution" / "samples-*.parquet")
     steps = smp["steps_used"]
     assert f"{steps.median():.0f} / {steps.max()}" in text
-    assert f"{smp['decision_stability'].median():.2f}</td>" in text
-    assert "1 of 4: s1</td>" in text  # the one sample that did not converge, by id
+    cells = [c for r in built["page"].rows for c in r]
+    assert f"{smp['decision_stability'].median():.2f}" in cells
+    assert "1 of 4: s1" in cells  # the one sample that did not converge, by id
     assert "21 gradient evaluations · decision stability 0.75 · NOT converged" in text
     assert "20 gradient evaluations · decision stability 1.00 · converged" in text
 
@@ -212,7 +214,8 @@ def test_jump_list_is_sorted_by_kept_share(built):
 
 
 def test_max_traces_spreads_over_the_order_and_overview_keeps_all(built):
-    cfg = compose_config("stage=select", f'run_dir={built["run_dir"]}', f'data.path={built["corpus"]}', f'model.name_or_path={built["model"]}', "report.max_traces=2", f"report.path={built['root'] / 'two.html'}")
+    cfg = compose_config(*built["select"], f'run_dir={built["run_dir"]}', "report.max_traces=2",
+                         f"report.path={built['root'] / 'two.html'}")
     page = Page(run(cfg).read_text())
     per = pl.DataFrame({"sample_id": ["a", "b", "c", "d", "e"], "share_tokens_kept": [0.5, 0.1, None, 0.9, 0.3]})
     assert pick_traces(per, 2) == ["b", "c"]  # lowest and last (null shares go last)
@@ -225,13 +228,15 @@ def test_max_traces_spreads_over_the_order_and_overview_keeps_all(built):
 
 
 def test_without_a_tokenizer_segments_only_and_the_page_says_so(built, tmp_path):
-    cfg = compose_config("stage=select", f'run_dir={built["run_dir"]}', f'data.path={built["corpus"]}', f'model.name_or_path={str(tmp_path / "no-model")}', f"report.path={tmp_path / 'r.html'}")
+    cfg = compose_config("stage=select", f'run_dir={built["run_dir"]}', f'data.path={built["corpus"]}',
+                         f'model.name_or_path={str(tmp_path / "no-model")}', f"report.path={tmp_path / 'r.html'}")
     text = run(cfg).read_text()
     page = Page(text)
     assert not page.pieces and not [i for i in page.inputs if i.get("id") == "tok-toggle"]
     assert "token shading off: the tokenizer of model.name_or_path=" in text
     assert len(page.segments) == len(built["page"].segments)
-    cfg = compose_config("stage=select", f'run_dir={built["run_dir"]}', f'data.path={built["corpus"]}', f'model.name_or_path={built["model"]}', "report.token_shading=false", f"report.path={tmp_path / 'r2.html'}")
+    cfg = compose_config(*built["select"], f'run_dir={built["run_dir"]}', "report.token_shading=false",
+                         f"report.path={tmp_path / 'r2.html'}")
     assert "token shading off: report.token_shading=false" in run(cfg).read_text()
 
 
@@ -258,21 +263,23 @@ def test_sweep_jobs_and_every_selection_are_listed(built, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(built["run_dir"], run_dir)
     (run_dir / "report.html").unlink()
-    first = select_run(compose_config("stage=select", f"run_dir={run_dir}", f'data.path={built["corpus"]}', f'model.name_or_path={built["model"]}', "select.top_mass=0.3"))
+    first = select_run(compose_config(*built["select"], f"run_dir={run_dir}", "select.top_mass=0.3"))
     sel_dir = Path(first["paths"]["masks.parquet"]).parent
     sweep = run_dir / "sweeps" / "select"
     sweep.mkdir(parents=True)
     pl.DataFrame({"job": [7], "selection_dir": [str(sel_dir)]}).write_parquet(sweep / SWEEP_FILE)
     (run_dir / "selection" / "unfinished").mkdir()
-    cfg = compose_config("stage=select", f"run_dir={run_dir}", f'data.path={built["corpus"]}', f'model.name_or_path={built["model"]}', *REPORT_SELECT)  # its selection_dir is shown, not the newest
+    cfg = compose_config(*built["select"], f"run_dir={run_dir}", *REPORT_SELECT)  # its selection_dir is shown, not the newest
     text = run(cfg).read_text()
     names = sorted(p.name for p in (run_dir / "selection").iterdir() if (p / "config.yaml").is_file())
     assert len(names) == 2 and all(n in text for n in names)
-    assert re.search(rf"{re.escape(sel_dir.name)}</td><td class=\"\">7</td>", text)  # its sweep job
-    assert re.search(rf"<tr class=\"chosen\"><td class=\"l\">{re.escape(Path(cfg.selection_dir).name)} ★", text)
+    assert Page(text).row(sel_dir.name)[0] == "7"  # its sweep job
+    page = Page(text)
+    chosen = [r for r, c in zip(page.rows, page.row_classes) if c == "chosen"]
+    assert len(chosen) == 1 and chosen[0][0].startswith(f"{Path(cfg.selection_dir).name} ★")
     assert "unfinished is skipped" in text
     # an explicit selection: only it is listed, its masks colour the traces
-    cfg = compose_config("stage=select", f"run_dir={run_dir}", f'data.path={built["corpus"]}', f'model.name_or_path={built["model"]}', *REPORT_SELECT, f"report.selection={sel_dir}")
+    cfg = compose_config(*built["select"], f"run_dir={run_dir}", *REPORT_SELECT, f"report.selection={sel_dir}")
     text = run(cfg).read_text()
     assert sel_dir.name in text and Path(cfg.selection_dir).name not in text
     masks = pl.read_parquet(sel_dir / "masks.parquet")
@@ -287,7 +294,7 @@ def test_agreement_table_and_the_cheap_signals_figure(built, tmp_path):
 
     run_dir = tmp_path / "run"
     shutil.copytree(built["run_dir"], run_dir)
-    text = run(compose_config("stage=select", f"run_dir={run_dir}", f'data.path={built["corpus"]}', f'model.name_or_path={built["model"]}', *REPORT_SELECT)).read_text()
+    text = run(compose_config(*built["select"], f"run_dir={run_dir}", *REPORT_SELECT)).read_text()
     assert "Agreement between selections" in text and "stage=compare" in text  # says how to get it
     assert "no token statistics in this run" in text  # these hand-made tables have none
     # Give the tables a signal, select by it, compare.
@@ -297,12 +304,13 @@ def test_agreement_table_and_the_cheap_signals_figure(built, tmp_path):
     for f in (run_dir / "attribution").glob("segments-*.parquet"):
         t = pl.read_parquet(f).with_columns(nll_mean=pl.col("strength") * 2 + 1)
         write_parquet(f, t.to_arrow(), SEGMENTS_SCHEMA)
-    select_run(compose_config("stage=select", f"run_dir={run_dir}", f'data.path={built["corpus"]}', f'model.name_or_path={built["model"]}', *REPORT_SELECT, "select.method=score", "select.score=nll_mean"))
-    table = pl.read_parquet(compare(compose_config("stage=select", f"run_dir={run_dir}", f'data.path={built["corpus"]}', f'model.name_or_path={built["model"]}')))
+    select_run(compose_config(*built["select"], f"run_dir={run_dir}", *REPORT_SELECT, "select.method=score",
+                              "select.score=nll_mean"))
+    table = pl.read_parquet(compare(compose_config(*built["select"], f"run_dir={run_dir}")))
     assert table.height == 1 and table["spearman_mean"][0] == pytest.approx(1.0)  # a monotone signal ranks as IG does
-    text = run(compose_config("stage=select", f"run_dir={run_dir}", f'data.path={built["corpus"]}', f'model.name_or_path={built["model"]}', *REPORT_SELECT)).read_text()
+    text = run(compose_config(*built["select"], f"run_dir={run_dir}", *REPORT_SELECT)).read_text()
     r = table.row(0, named=True)
-    assert f'{r["a"]}</td><td class="l">{r["b"]}</td><td class="">{r["samples"]}</td><td class="">{r["jaccard_mean"]:.3f}' in text
+    assert Page(text).row(r["a"])[:3] == [r["b"], str(r["samples"]), f'{r["jaccard_mean"]:.3f}']
     assert "IG strength against the cheap per-segment signals" in text and "nll_mean +1.00" in text
 
 
@@ -320,8 +328,8 @@ def test_evaluation_section_shows_the_results_side_by_side(built, tmp_path):
             for m, t, c in (("base", 100, 1), ("tuned", 80, 3)) for b in ("aime24", "math500") for i in range(4)]
     table = results(pl.DataFrame(rows), bootstrap=100)
     write_parquet(run_dir / "eval" / "results.parquet", table.to_arrow(), RESULTS_SCHEMA)
-    text = run(compose_config("stage=select", f"run_dir={run_dir}", f'data.path={built["corpus"]}', f'model.name_or_path={built["model"]}', *REPORT_SELECT)).read_text()
-    assert '<h3 id="evaluation">Evaluation</h3>' in text and "accuracy vs mean output length" in text
+    text = run(compose_config(*built["select"], f"run_dir={run_dir}", *REPORT_SELECT)).read_text()
+    assert Page(text).headings["evaluation"] == "Evaluation" and "accuracy vs mean output length" in text
     t = table.filter((pl.col("model") == "tuned") & (pl.col("benchmark") == "aime24")).row(0, named=True)
     assert f"{100 * t['accuracy']:.1f}% ({100 * t['accuracy_ci_low']:.1f}-{100 * t['accuracy_ci_high']:.1f}) / 82" in text
     assert "+50.0 pts, -20% tokens" in text  # 75% vs 25%, 81.5 vs 101.5 mean tokens
@@ -329,7 +337,8 @@ def test_evaluation_section_shows_the_results_side_by_side(built, tmp_path):
 
 def test_without_selection_segments_are_unmarked(tmp_path, tokenizer, tiny_model_dir):
     run_dir, corpus = make_run(tmp_path, tokenizer, ROWS[:2], world=1)
-    text = run(compose_config("stage=select", f"run_dir={run_dir}", f"data.path={corpus}", f"model.name_or_path={tiny_model_dir}")).read_text()
+    text = run(compose_config("stage=select", f"run_dir={run_dir}", f"data.path={corpus}",
+                              f"model.name_or_path={tiny_model_dir}")).read_text()
     page = Page(text)
     assert len(page.traces) == 2 and all(s["data-train"] == "" and s["data-why"] == "" for s in page.segments)
     assert f"`python pipeline.py stage=select run_dir={run_dir}`" in text
@@ -337,20 +346,23 @@ def test_without_selection_segments_are_unmarked(tmp_path, tokenizer, tiny_model
 
 
 def test_missing_inputs_say_what_to_run(tmp_path, built):
-    cfg = compose_config("stage=select", f'run_dir={tmp_path / "none"}', f'data.path={built["corpus"]}', f'model.name_or_path={built["model"]}')
+    cfg = compose_config(*built["select"], f'run_dir={tmp_path / "none"}')
     with pytest.raises(ReportError, match=r"does not exist.*`python pipeline.py stage=attribute run_dir="):
         run(cfg)
-    cfg = compose_config("stage=select", f'run_dir={built["run_dir"]}', f'data.path={built["corpus"]}', f'model.name_or_path={built["model"]}', f"report.selection={tmp_path / 'nosel'}", f"report.path={tmp_path / 'x.html'}")
+    cfg = compose_config(*built["select"], f'run_dir={built["run_dir"]}', f"report.selection={tmp_path / 'nosel'}",
+                         f"report.path={tmp_path / 'x.html'}")
     with pytest.raises(ReportError, match=r"holds no masks.parquet: run `python pipeline.py stage=select run_dir="):
         run(cfg)
-    cfg = compose_config("stage=select", f'run_dir={built["run_dir"]}', f'data.path={tmp_path / "gone.jsonl"}', f'model.name_or_path={built["model"]}', f"report.path={tmp_path / 'y.html'}")
+    cfg = compose_config("stage=select", f'run_dir={built["run_dir"]}', f'data.path={tmp_path / "gone.jsonl"}',
+                         f'model.name_or_path={built["model"]}', f"report.path={tmp_path / 'y.html'}")
     with pytest.raises(Exception, match=r"data.path"):
         run(cfg)
     assert not (tmp_path / "x.html").exists() and not (tmp_path / "y.html").exists()
 
 
 def test_check_config_lists_every_problem(built):
-    cfg = compose_config("stage=select", f'run_dir={built["run_dir"]}', f'data.path={built["corpus"]}', f'model.name_or_path={built["model"]}', "report.path=out.txt", "report.max_traces=-1", "attribute.segment_pattern='\\n(Wait'")
+    cfg = compose_config(*built["select"], f'run_dir={built["run_dir"]}', "report.path=out.txt",
+                         "report.max_traces=-1", "attribute.segment_pattern='\\n(Wait'")
     errs = check_config(cfg)
     for needle in ("report.path='out.txt'", "report.max_traces=-1", "attribute.segment_preset/segment_pattern"):
         assert any(needle in e for e in errs), (needle, errs)
@@ -360,7 +372,7 @@ def test_check_config_lists_every_problem(built):
 
     for bad in ("report.token_shading=maybe", "report.selection=[1]", "report.max_traces=many"):
         with pytest.raises(ConfigCompositionException, match=bad.split("=")[0].replace(".", r"\.")):
-            compose_config("stage=select", f'run_dir={built["run_dir"]}', f'data.path={built["corpus"]}', f'model.name_or_path={built["model"]}', bad)
+            compose_config(*built["select"], f'run_dir={built["run_dir"]}', bad)
     assert check_config(built["cfg"]) == []
     with pytest.raises(ReportError, match="invalid report configuration"):
         run(cfg)

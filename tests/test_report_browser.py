@@ -52,7 +52,9 @@ def small_run(tmp_path_factory, tiny_model_dir):
     """attribute (tiny model, 5 traces) -> select -> report."""
     root = tmp_path_factory.mktemp("browser")
     corpus = write_jsonl(root / "traces.jsonl", make_traces(5, seed=1))
-    cfg = compose_config("stage=select", f'run_dir={root / "run"}', f"data.path={corpus}", f"model.name_or_path={tiny_model_dir}", "attribute.steps=4", "attribute.batch_alphas=2", "attribute.device=cpu", *REPORT_SELECT)
+    cfg = compose_config("stage=select", f'run_dir={root / "run"}', f"data.path={corpus}",
+                         f"model.name_or_path={tiny_model_dir}", "attribute.steps=4", "attribute.batch_alphas=2",
+                         "attribute.device=cpu", *REPORT_SELECT)
     AttributeStage(OmegaConf.to_container(cfg, resolve=True)).run(0, 1)
     select_run(cfg)
     return {"cfg": cfg, "path": report_run(cfg), "root": root}

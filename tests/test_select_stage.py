@@ -96,7 +96,8 @@ def test_min_tokens_compares_the_training_length_not_the_attribution_length(tmp_
     for s in samples:  # b's training sequence (no answer suffix) is shorter than min_tokens
         s["train_tokens"] = 90 if s["sample_id"] == "b" else 105
     write_attribution(tmp_path / "r", rows, samples)
-    masks = pl.read_parquet(Path(run(compose_config("stage=select", f'run_dir={tmp_path / "r"}', "select.min_tokens=100"))["paths"]["masks.parquet"]))
+    masks = pl.read_parquet(Path(run(compose_config("stage=select", f'run_dir={tmp_path / "r"}',
+                                                    "select.min_tokens=100"))["paths"]["masks.parquet"]))
     assert masks.filter(pl.col("sample_id") == "b")["why"].to_list() == ["short_sample"] * 3
     assert "short_sample" not in masks.filter(pl.col("sample_id") != "b")["why"].to_list()
 
@@ -109,7 +110,8 @@ def test_unconverged_samples_are_kept_trained_in_full_or_dropped(tmp_path, polic
         s.update(rule="adaptive", converged=s["sample_id"] != "a", decision_stability=0.8 if s["sample_id"] == "a" else 1.0)
     write_attribution(tmp_path / "r", rows, samples)
     keep = pl.read_parquet(Path(run(compose_config("stage=select", f'run_dir={tmp_path / "r"}'))["paths"]["masks.parquet"]))
-    summary = run(compose_config("stage=select", f'run_dir={tmp_path / "r"}', f"select.unconverged={policy}", f"selection_dir={tmp_path / policy}"))
+    summary = run(compose_config("stage=select", f'run_dir={tmp_path / "r"}', f"select.unconverged={policy}",
+                                 f"selection_dir={tmp_path / policy}"))
     masks = pl.read_parquet(Path(summary["paths"]["masks.parquet"]))
     assert summary["unconverged"] == {"samples": 1, "policy": policy, "ids": ["a"]}
     others = pl.col("sample_id") != "a"
@@ -147,7 +149,8 @@ def test_select_warns_when_the_stop_test_used_other_settings(tmp_path, caplog):
     assert "top_mass: 0.5 there, 0.7 here" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):
-        run(compose_config("stage=select", f'run_dir={tmp_path / "r"}', "select.top_mass=0.5", f"selection_dir={tmp_path / 'same'}"))
+        run(compose_config("stage=select", f'run_dir={tmp_path / "r"}', "select.top_mass=0.5",
+                           f"selection_dir={tmp_path / 'same'}"))
     assert "stop test judged convergence" not in caplog.text
 
 
@@ -159,7 +162,9 @@ def test_random_method_summary_reports_the_rule_it_matched(run_dir):
 
 
 def test_check_config_lists_every_problem(run_dir):
-    cfg = compose_config("stage=select", f"run_dir={run_dir}", "select.method=best", "select.top_mass=1.5", "select.max_consistency=0.3", "select.min_consistency=0.6", "select.min_tokens=-1", "select.seed=-2")
+    cfg = compose_config("stage=select", f"run_dir={run_dir}", "select.method=best", "select.top_mass=1.5",
+                         "select.max_consistency=0.3", "select.min_consistency=0.6", "select.min_tokens=-1",
+                         "select.seed=-2")
     errs = check_config(cfg)
     for needle in ("select.method='best'", "select.top_mass=1.5", "select.min_consistency=0.6 > select.max_consistency",
                    "select.min_tokens=-1", "select.seed=-2"):
@@ -239,7 +244,8 @@ def test_parts_of_several_world_sizes_are_read_each_sample_once(tmp_path):
     out = run(compose_config("stage=select", f'run_dir={tmp_path / "r"}'))
     masks = pl.read_parquet(out["paths"]["masks.parquet"])
     assert masks.height == 6 and masks.select("sample_id", "segment").is_unique().all()
-    out = run(compose_config("stage=select", f'run_dir={tmp_path / "r"}', "select.method=score", "select.score=strength"))  # ranks read across world sizes too
+    out = run(compose_config("stage=select", f'run_dir={tmp_path / "r"}', "select.method=score",
+                             "select.score=strength"))  # ranks read across world sizes too
     masks = pl.read_parquet(out["paths"]["masks.parquet"])
     assert masks.height == 6 and set(masks["why"]) <= {"score_rank", "always_keep"}
 

@@ -117,7 +117,7 @@ def test_every_stage_has_check_run_and_outputs(tmp_path):
         stage = load(name)
         assert stage.name == name
         assert all(callable(getattr(stage, m)) for m in ("check", "run", "outputs"))
-        assert stage.rank0_only is (name in ("select", "report", "compare", "export"))
+        assert getattr(stage, "rank0_only", False) is (name in ("select", "report", "compare", "export"))
         outs = stage.outputs(cfg)
         assert outs and all(str(p).startswith(str(tmp_path)) for p in outs.values()), (name, outs)
     with pytest.raises(ValueError):
@@ -138,3 +138,20 @@ def test_the_dispatcher_runs_rank0_only_stages_on_rank_0_only(tmp_path, monkeypa
     monkeypatch.setenv("WORLD_SIZE", "2")
     stages.run_stage(compose_config("stage=select", f"run_dir={tmp_path}"))
     assert calls == ran
+
+
+def test_the_select_keys_are_declared_once():
+    # SelectConf declares them; the typed view, the recorded settings and the selection's name follow.
+    import dataclasses
+    import inspect
+
+    from segsft.config_schema import SELECTION_NAME, SelectConf
+    from segsft.method.selection_config import KEYS, SelectConfig
+    from segsft.store.layout import selection_name
+
+    declared = [f.name for f in dataclasses.fields(SelectConf) if f.name != "name"]
+    assert list(KEYS) == declared and sorted(f.name for f in dataclasses.fields(SelectConfig)) == sorted(declared)
+    defaults = {k: v for k, v in dataclasses.asdict(SelectConf()).items() if k != "name"}
+    assert SelectConfig().settings() == defaults  # every key recorded, with the schema's defaults
+    assert set(inspect.signature(selection_name).parameters) <= set(declared)
+    assert all(f"${{.{k}}}" in SELECTION_NAME for k in inspect.signature(selection_name).parameters)

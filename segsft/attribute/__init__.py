@@ -20,7 +20,6 @@ class _AttributeStage:
     """segsft.run.stage_api.Stage for DESIGN steps 1-6 (this rank's shard)."""
 
     name = "attribute"
-    rank0_only = False
 
     def check(self, cfg: Any) -> list[str]:
         from segsft.attribute.config import check_attribute

@@ -18,7 +18,6 @@ class _EvaluateStage:
     """segsft.run.stage_api.Stage: every rank generates its shard; the last to finish tabulates."""
 
     name = "evaluate"
-    rank0_only = False
 
     def check(self, cfg: Any) -> list[str]:
         return check_config(cfg)

@@ -26,7 +26,9 @@ def results(gens: pl.DataFrame, bootstrap: int = 1000, seed: int = 0) -> pl.Data
     """RESULTS_SCHEMA rows from graded generations."""
     rows = []
     for (model, bench), g in gens.group_by(["model", "benchmark"], maintain_order=True):
-        per = g.group_by("problem_id").agg(pl.col("correct").cast(pl.Float64).mean())["correct"].to_numpy()
+        # Sorted by problem: the seeded bootstrap then draws the same problems whatever order the chunks hold them in.
+        per = (g.group_by("problem_id").agg(pl.col("correct").cast(pl.Float64).mean())
+               .sort("problem_id")["correct"].to_numpy())
         lo, hi = bootstrap_ci(per, bootstrap, seed)
         toks = g["output_tokens"].cast(pl.Float64)
         rows.append({"model": model, "benchmark": bench, "n_problems": g["problem_id"].n_unique(),

@@ -26,7 +26,6 @@ class _FinetuneStage:
     """segsft.run.stage_api.Stage for DESIGN step 8 (the same call on every rank under torchrun)."""
 
     name = "finetune"
-    rank0_only = False
 
     def check(self, cfg: Any) -> list[str]:
         return check_config(cfg)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
-from segsft.run.dist import barrier, is_main, local_rank
+from segsft.run.dist import barrier, is_main, local_rank, rank_and_world
+from segsft.run.launch import single_process_env, start_cpu_deepspeed_group
 from segsft.finetune.checkpoints import CompleteMarker, StepCounter, latest_complete, remove_incomplete
 from segsft.finetune.collate import ExampleDataset, PaddingCollator, packing_collator
 from segsft.finetune.examples import Example
@@ -67,43 +67,14 @@ def training_arguments(s: FinetuneSettings, output_dir: str | Path, on_cuda: boo
     kw[ckpt_key] = _auto(s.gradient_checkpointing, on_cuda)
     if not on_cuda and ds is None:
         kw["use_cpu"] = True
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if rank_and_world()[1] > 1:
             kw["ddp_backend"] = "gloo"
     if ds is not None:
-        _single_process_env()
+        single_process_env()
         if not on_cuda:
             kw["accelerator_config"] = {"use_configured_state": True}
-            _start_cpu_deepspeed_group()
+            start_cpu_deepspeed_group()
     return TrainingArguments(**kw)
-
-
-def _single_process_env() -> None:
-    """DeepSpeed without a launcher (plain `python pipeline.py`) would look for MPI; give
-    it the environment of a one-process torchrun instead."""
-    if "RANK" in os.environ:
-        return
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                      MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"),
-                      MASTER_PORT=os.environ.get("MASTER_PORT", str(port)))
-    log.info("DeepSpeed without a launcher: running as a single process (RANK=0, WORLD_SIZE=1)")
-
-
-def _start_cpu_deepspeed_group() -> None:
-    """DeepSpeed on CPU ranks (tests, CPU clusters): accelerate starts DeepSpeed's process
-    group only for accelerator backends and would otherwise treat each CPU rank as a world
-    of one. Start it with gloo here; TrainingArguments then reuses this state."""
-    from accelerate import PartialState
-
-    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
-    try:
-        PartialState(backend="gloo")
-    finally:
-        del os.environ["ACCELERATE_USE_DEEPSPEED"]
 
 
 def load_for_training(model_cfg: Mapping[str, Any], packing: bool, half_precision: bool) -> Any:

@@ -109,7 +109,6 @@ def run(cfg: Any, rank: int = 0, world: int = 1) -> Path | None:
 
 class _GenerateStage:
     name = "generate"
-    rank0_only = False
 
     def check(self, cfg: Any) -> list[str]:
         return check_config(cfg)

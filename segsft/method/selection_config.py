@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -12,7 +13,8 @@ METHODS = ("attribution", "full", "random", "score")
 ORDERS = ("high", "low")
 #: What selection does with a sample whose adaptive attribution did not converge.
 UNCONVERGED = ("keep", "full", "drop")
-KEYS = ("method", "top_mass", "max_consistency", "min_consistency", "always_keep", "min_tokens", "seed")
+#: The select keys, as config_schema.SelectConf declares them (less `name`, which is made from them).
+KEYS = tuple(f.name for f in dataclasses.fields(SelectConf) if f.name != "name")
 _D = SelectConf()  # the defaults (segsft.config_schema)
 
 
@@ -26,7 +28,8 @@ def _is_number(x: Any) -> bool:
 
 @dataclass(frozen=True)
 class SelectConfig:
-    """DESIGN step 7's knobs. Bounds of None mean "no bound"."""
+    """DESIGN step 7's knobs, normalised (`KEYS`, typed; tests/test_structure.py holds them
+    equal to SelectConf's). Bounds of None mean "no bound"."""
 
     method: str = _D.method
     top_mass: float = _D.top_mass
@@ -43,8 +46,8 @@ class SelectConfig:
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> "SelectConfig":
-        """From the composed config (its `select` node) or from a mapping of the knobs (an older
-        selection's saved settings may lack later keys: they take the defaults)."""
+        """From the composed config (its `select` node) or from a mapping of the knobs (a
+        selection's saved settings)."""
         node = cfg["select"] if "select" in cfg else cfg
         problems = check_settings(node)
         if problems:
@@ -66,10 +69,8 @@ class SelectConfig:
         )
 
     def settings(self) -> dict:
-        return {"method": self.method, "top_mass": self.top_mass, "max_consistency": self.max_consistency,
-                "min_consistency": self.min_consistency, "always_keep": list(self.always_keep),
-                "min_tokens": self.min_tokens, "seed": self.seed, "unconverged": self.unconverged,
-                "score": self.score, "order": self.order}
+        """What a selection records: every key, as plain JSON values."""
+        return {k: list(self.always_keep) if k == "always_keep" else getattr(self, k) for k in KEYS}
 
 
 def check_settings(s: Mapping[str, Any]) -> list[str]:

@@ -52,11 +52,6 @@ def load_attribution(run_dir: str | Path) -> Attribution:
     run_dir = Path(run_dir)
     lay = RunLayout(run_dir).attribution
     adir = lay.dir
-    if not lay.exists():
-        raise ReportError(
-            f"{adir} {'does not exist' if not adir.is_dir() else 'holds no ' + Path(lay.pattern('segments')).name}: the report shows "
-            f"a run's attribution. Run `python pipeline.py stage=attribute run_dir={run_dir}` first, or point run_dir=... to a run that has one."
-        )
     try:
         tables = open_attribution(run_dir)
     except AttributionNotReady as e:

@@ -20,7 +20,7 @@ EXTRA = ("compare", "generate", "export")
 
 class Stage(Protocol):
     name: str
-    #: Only rank 0 runs it (the dispatcher skips it on other ranks); the others run on every rank.
+    #: Only rank 0 runs it (the dispatcher skips it on other ranks); a stage without it runs on every rank.
     rank0_only: bool
 
     def check(self, cfg: Any) -> list[str]: ...

@@ -39,7 +39,7 @@ def run_stage(cfg: DictConfig) -> Any:
     result = None
     for s in stages:
         log.info("stage %s: outputs %s", s.name, {k: str(v) for k, v in s.outputs(cfg).items()})
-        if s.rank0_only and rank != 0:
+        if getattr(s, "rank0_only", False) and rank != 0:
             continue
         result = s.run(cfg, rank, world)
     if stage == "all" and is_main():

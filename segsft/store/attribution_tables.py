@@ -125,8 +125,8 @@ def open_attribution(run_dir: str | Path) -> AttributionTables:
     if not lay.exists():
         what = "does not exist" if not adir.is_dir() else f"holds no {Path(lay.pattern('segments')).name}"
         raise AttributionNotReady(
-            f"{adir} {what}: selection reads the attribution tables. Run `python pipeline.py stage=attribute run_dir={run_dir}` "
-            f"first (or point run_dir=... to a run that has them)."
+            f"{adir} {what}: run `python pipeline.py stage=attribute run_dir={run_dir}` first (or point "
+            "run_dir=... to a run that has the attribution tables)."
         )
     all_files = lay.table_files()
     markers = lay.markers()
