@@ -184,7 +184,9 @@ class FinetuneConf:
     # Continue from the newest complete checkpoint-N/; false: start over.
     resume: bool = True
     dataloader_num_workers: int = 0
-    # none, or a Trainer integration name (wandb, tensorboard, ...).
+    # none | tensorboard (event files in <finetune_dir>/tensorboard: `tensorboard --logdir` there; needs
+    # the tensorboard package) | wandb (needs wandb and `wandb login`; WANDB_PROJECT names the project)
+    # | another Trainer integration name (mlflow, trackio, ...).
     report_to: str = "none"
     # Padding-free packing (needs flash-attention); Liger kernels (needs liger-kernel).
     packing: bool = False

@@ -118,6 +118,10 @@ def check_config(cfg: Any) -> list[str]:
     if s.packing is True and not has_module("flash_attn"):
         errs.append("finetune.packing=true needs flash-attention (pip install flash-attn, on CUDA): "
                     "install it or set finetune.packing=false")
+    needs = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(s.report_to)
+    if needs and not has_module(needs):
+        errs.append(f"finetune.report_to={s.report_to} needs the {needs} package: pip install {needs}, "
+                    "or set finetune.report_to=none")
     if s.liger is True and not has_module("liger_kernel"):
         errs.append("finetune.liger=true needs Liger kernels (pip install liger-kernel): install them or set finetune.liger=false")
     if not cfg.finetune_dir:

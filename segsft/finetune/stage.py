@@ -176,6 +176,7 @@ def run(cfg: Any, callbacks: Sequence[Any] = (), checked: bool = False) -> Finet
             "resumed_from": str(outcome.resumed_from) if outcome.resumed_from else None,
             "steps_run_by_this_launch": outcome.steps_run,
             "first_step_of_this_launch": outcome.first_step,
+            **outcome.progress.figures(),
         })
     log.info(
         "finetune done: %d steps (%d in this launch%s), loss %s -> %s; model in %s",

@@ -190,6 +190,11 @@ class FinetuneLayout:
         return self.dir / "run_config.json"
 
     @property
+    def tensorboard(self) -> Path:
+        """finetune.report_to=tensorboard: the event files (`tensorboard --logdir <this>`)."""
+        return self.dir / "tensorboard"
+
+    @property
     def export(self) -> "ExportLayout":
         """stage=export's default output: train_tokens as a dataset TRL and axolotl read."""
         return ExportLayout(self.dir / "export")
