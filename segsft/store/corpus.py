@@ -209,6 +209,11 @@ def _dataset_ids(path: str, names: Mapping[str, str], id_field: str | None, limi
     content columns), batch by batch, so every rank names every row as one process would."""
     from segsft.store import hub
 
+    raw = hub.ADAPTER_ID_COLUMN.get(adapter or "") if id_field == "id" else None
+    if raw:  # the adapter's id is one column: read that one, not the traces
+        ids = [rec.get(raw) for _, rec in hub.rows(path, [raw], limit)]
+        if all(i not in (None, "") for i in ids):
+            return [str(i) for i in ids]
     cols = [id_field] if id_field else [names[k] for k in REQUIRED]
     return [_row_id(rec, id_field, names) for _, rec in hub.rows(path, cols, limit, adapter=adapter)]
 

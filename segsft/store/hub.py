@@ -153,6 +153,8 @@ def _openr1(rec: Mapping[str, Any]) -> dict[str, Any]:
 ADAPTERS: dict[str, tuple[tuple[str, ...], Callable[[Mapping[str, Any]], dict[str, Any]]]] = {
     "openr1": (("uuid", "problem", "answer", "messages", "generations", "correctness_math_verify"), _openr1),
 }
+#: name -> the dataset column an adapter's `id` is, so a pass over the ids reads that column only.
+ADAPTER_ID_COLUMN = {"openr1": "uuid"}
 
 
 def adapter_problem(name: str | None) -> str | None:
