@@ -154,19 +154,27 @@ def _pipeline(*ovr: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_bad_datasets_are_one_line_naming_the_dataset_and_what_is_missing(tmp_path, tiny_model_dir):
+    from segsft.run.stages import run_stage
+
     datasets.Dataset.from_list([{"question": "q", "answer": "1", "trace": "t"}]).save_to_disk(str(tmp_path / "nosol"))
     hub_layout(tmp_path / "limo", corpus_rows())
     cases = {
-        "nosol": (str(tmp_path / "nosol"), f"dataset {tmp_path / 'nosol'} has no field ['solution']"),
-        "split": (f"hub:{tmp_path / 'limo'}::validation", f"dataset hub:{tmp_path / 'limo'}::validation could not be read"),
-        "id": ("hub:no-such-org/no-such-set", "dataset hub:no-such-org/no-such-set could not be read"),
+        "nosol": (str(tmp_path / "nosol"), f"dataset {tmp_path / 'nosol'} has no field ['solution'] (its columns: "
+                                           "['question', 'answer', 'trace']): set data.fields.solution to its column"),
+        "split": (f"hub:{tmp_path / 'limo'}::validation",
+                  f"dataset hub:{tmp_path / 'limo'}::validation could not be read (Unknown split"),
     }
     for name, (path, said) in cases.items():
-        proc = _pipeline("stage=attribute", f"run_dir={tmp_path / name}", f"data.path={path}",
-                         f"model.name_or_path={tiny_model_dir}", cwd=tmp_path)
-        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-        assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, (name, proc.stderr[-3000:])
-        assert said in errors[0], (name, errors[0])
+        with pytest.raises(PipelineError) as e:
+            run_stage(compose_config("stage=attribute", f"run_dir={tmp_path / name}", f"data.path={path}",
+                                     f"model.name_or_path={tiny_model_dir}"))
+        assert str(e.value).startswith(said) and "\n" not in str(e.value), (name, str(e.value))
+    # From the command line, offline: an unknown hub id is one line and exit 2.
+    proc = _pipeline("stage=attribute", f"run_dir={tmp_path / 'id'}", "data.path=hub:no-such-org/no-such-set",
+                     f"model.name_or_path={tiny_model_dir}", cwd=tmp_path)
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert errors[0].startswith("error: dataset hub:no-such-org/no-such-set could not be read")
 
 
 def test_a_hub_layout_directory_runs_attribute_select_finetune(tmp_path, tiny_model_dir, cpu_env):

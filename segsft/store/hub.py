@@ -94,7 +94,7 @@ def open_dataset(path: str, default_split: str = "train") -> Any:
     spec = parse(path)
     split = spec.split or default_split
     try:
-        saved = spec.local and any((Path(spec.id) / f).is_file() for f in ("state.json", "dataset_dict.json"))
+        saved = any((Path(spec.id) / f).is_file() for f in ("state.json", "dataset_dict.json"))
         if saved:
             ds = datasets.load_from_disk(spec.id)  # save_to_disk's layout
             if isinstance(ds, datasets.DatasetDict):
@@ -104,10 +104,12 @@ def open_dataset(path: str, default_split: str = "train") -> Any:
         else:
             ds = datasets.load_dataset(spec.id, spec.config, revision=spec.revision, split=split)
     except Exception as e:  # noqa: BLE001 - unknown id, split or config, offline, gated: the user's to fix
-        kind = "split" if "split" in str(e).lower() else "dataset"
-        raise DatasetError(f"dataset {path} could not be read ({_first_line(e)}): check the {kind}"
-                           f"{f' {split!r}' if kind == 'split' else ' id, config and revision'}, your access "
-                           "(huggingface-cli login) and the network (HF_DATASETS_OFFLINE=1 reads the cache only)") from None
+        if "split" in str(e).lower():
+            raise DatasetError(f"dataset {path} could not be read ({_first_line(e)}): name a split it has "
+                               "(hub:<id>[:<config>]:<split>)") from None
+        raise DatasetError(f"dataset {path} could not be read ({_first_line(e)}): check the id, config and revision, "
+                           "your access (huggingface-cli login) and the network (HF_DATASETS_OFFLINE=1 reads the "
+                           "cache only)") from None
     if isinstance(ds, datasets.IterableDataset):  # pragma: no cover - load_dataset without streaming
         raise DatasetError(f"dataset {path} is a streaming dataset: give a split that datasets can memory-map")
     return ds
