@@ -12,7 +12,7 @@ LAUNCH = $(if $(filter-out 1,$(shell echo $$(( $(NPROC) * $(or $(NNODES),1) ))))
   --master_port $(or $(MASTER_PORT),29500),$(PY))
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all attribute select finetune evaluate generate sweep compare report bench clean
+.PHONY: help install demo test test-all attribute select finetune export evaluate generate sweep compare report bench clean
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -42,7 +42,7 @@ attribute: install ## integrated-gradients attribution (NPROC=8 for torchrun ove
 select: install ## threshold selection -> <selection dir>/masks.parquet; ARGS="select.top_mass=0.6 select.method=random ..."
 	$(PY) pipeline.py stage=select run_dir=$(RUN_DIR) $(ARGS)
 
-sweep: install ## multirun over a threshold grid (conf/select/grid) -> a dir per job + sweeps/select/sweep.parquet; ARGS="select.top_mass=0.6,0.7"
+sweep: install ## multirun over a threshold grid (segsft/conf/select/grid) -> a dir per job + sweeps/select/sweep.parquet; ARGS="select.top_mass=0.6,0.7"
 	$(PY) pipeline.py --multirun stage=select run_dir=$(RUN_DIR) +select/grid=default $(ARGS)
 
 evaluate: install ## accuracy and output length of the base and fine-tuned models (RUN_DIR; NPROC ranks; ARGS="evaluate.benchmarks=[aime24] evaluate.samples=8")
@@ -59,6 +59,9 @@ finetune: install ## selective SFT (SELECTION=<selection dir> NPROC=<procs per n
 	@# N nodes: run on every node with NNODES=N NODE_RANK=<0..N-1> MASTER_ADDR=<address of node 0> MASTER_PORT=29500,
 	@# finetune_dir on a filesystem all nodes share. ARGS="finetune.mode=full finetune.deepspeed=zero3 ..."
 	$(LAUNCH) pipeline.py stage=finetune run_dir=$(RUN_DIR) $(if $(SELECTION),selection_dir=$(SELECTION)) $(ARGS)
+
+export: install ## the fine-tuning run's tokens as datasets for TRL and axolotl -> <finetune_dir>/export (RUN_DIR; ARGS="finetune_dir=... export.dir=...")
+	$(PY) pipeline.py stage=export run_dir=$(RUN_DIR) $(ARGS)
 
 report: install ## one self-contained HTML page of a run: RUN=<run_dir> [SELECTION=<selection dir>] [ARGS="report.max_traces=20 ..."]
 	$(PY) pipeline.py stage=report run_dir=$(or $(RUN),$(RUN_DIR)) $(if $(SELECTION),report.selection=$(SELECTION)) $(ARGS)

@@ -82,7 +82,7 @@ def bench_mode(mode: str, corpus: Path, sel: Path, model_dir: str, out: Path, ar
     import segsft  # noqa: F401  (registers the config schemas)
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "segsft" / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[
             "stage=finetune", f"data.path={corpus}", f"model.name_or_path={model_dir}", f"selection_dir={sel}",
             f"finetune_dir={out}", f"finetune.mode={mode}", "finetune.deepspeed=none", f"finetune.max_steps={args.steps}",

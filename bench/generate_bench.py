@@ -5,7 +5,7 @@ and (on a GPU with vLLM installed) vLLM on the R1-Distill-Qwen-1.5B architecture
     python3 bench/generate_bench.py --arch bench/configs/r1_distill_qwen_1_5b.json --engines hf,vllm \
         --problems 64 --max-new-tokens 512 --batch 64               # GPU (bench/gpu/run.sh)
 
-Random weights (no download); prompts are the first problems of data/benchmarks/math500.jsonl
+Random weights (no download); prompts are the first problems of segsft/data/benchmarks/math500.jsonl
 through the pipeline's own prompt (chat template + user message). Sampling at the paper's
 settings; `eos` is suppressed so every sequence generates exactly max_new_tokens, and tokens/s
 compare like for like. Prints a table and writes JSON with the machine named.
@@ -35,7 +35,7 @@ def build_model(arch: str | None, root: Path) -> str:
 
     from tiny_model import save_tiny, tiny_qwen2, train_tokenizer
 
-    rows = [json.loads(x) for x in (REPO / "data" / "benchmarks" / "math500.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (REPO / "segsft" / "data" / "benchmarks" / "math500.jsonl").read_text().splitlines()]
     if arch is None:
         tok = train_tokenizer([r["question"] for r in rows] * 2, vocab_size=2000)
         model = tiny_qwen2(tok, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
@@ -83,7 +83,7 @@ def main() -> None:
     args = ap.parse_args()
     from segsft.store.corpus import read_problems
 
-    problems, _ = read_problems(REPO / "data" / "benchmarks" / "math500.jsonl", {"id": "id"}, args.problems)
+    problems, _ = read_problems(REPO / "segsft" / "data" / "benchmarks" / "math500.jsonl", {"id": "id"}, args.problems)
     rows = []
     with tempfile.TemporaryDirectory() as d:
         model_dir = build_model(args.arch, Path(d))

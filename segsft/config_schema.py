@@ -1,8 +1,8 @@
 """Every config key, its type and its default: the one source of defaults.
 
 Registered in Hydra's ConfigStore (`register_configs`) as the `default` option of the
-attribute, select, finetune, evaluate, generate and report groups and as the `base` schema that every
-conf/model/*.yaml and conf/data/*.yaml extends: YAML files only set values, these dataclasses
+attribute, select, finetune, evaluate, generate, report and export groups and as the `base` schema that
+every segsft/conf/model/*.yaml and segsft/conf/data/*.yaml extends: YAML files only set values, these dataclasses
 declare them. Hydra checks every override against the types here (`attribute.steps=abc` fails
 before anything loads, `model.trust_remote_code=no` is the boolean false, an unknown key is
 refused); the stages' `check` functions then bound the values.
@@ -27,7 +27,7 @@ SELECTION_NAME = ("${segsft_selection_name:"
 
 @dataclass
 class ModelConf:
-    """`model.*` (conf/model/<name>.yaml sets name_or_path)."""
+    """`model.*` (segsft/conf/model/<name>.yaml sets name_or_path)."""
 
     name_or_path: Optional[str] = None
     revision: Optional[str] = None
@@ -46,9 +46,13 @@ class ModelConf:
 
 @dataclass
 class DataConf:
-    """`data.*`: the corpus (JSONL or Parquet, a file or a directory of them)."""
+    """`data.*`: the corpus: a JSONL or Parquet file, a dataset directory (save_to_disk or the
+    hub's layout), or hub:<id>[@<revision>][:<config>][:<split>] (segsft.store.hub)."""
 
     path: Optional[str] = None
+    # How a dataset's columns become question / solution / answer / id before data.fields maps
+    # them: null, or openr1 (the trace inside `messages` / `generations`; segsft.store.hub).
+    adapter: Optional[str] = None
     # Column names in the file; an empty id derives a stable id from the row's content.
     fields: dict[str, Optional[str]] = field(default_factory=lambda: {
         "id": "id", "question": "question", "solution": "solution", "answer": "answer"})
@@ -165,7 +169,7 @@ class FinetuneConf:
     # finetune.mode=full trains the samples the selection covers (the same set as selected, a
     # fair ablation): selection; or every sample of the corpus: corpus.
     full_scope: str = "selection"
-    # zero2 | zero3 (conf/deepspeed/<name>.json), none (plain Trainer / DDP), or a JSON path.
+    # zero2 | zero3 (segsft/conf/deepspeed/<name>.json), none (plain Trainer / DDP), or a JSON path.
     deepspeed: str = "zero2"
     num_train_epochs: float = 10.0
     # > 0: stop after this many optimizer steps (overrides num_train_epochs).
@@ -193,7 +197,9 @@ class FinetuneConf:
     # finetune refuses another data.path content unless this is true (then it logs a warning).
     allow_corpus_change: bool = False
     dataloader_num_workers: int = 0
-    # none, or a Trainer integration name (wandb, tensorboard, ...).
+    # none | tensorboard (event files in <finetune_dir>/tensorboard: `tensorboard --logdir` there; needs
+    # the tensorboard package) | wandb (needs wandb and `wandb login`; WANDB_PROJECT names the project)
+    # | another Trainer integration name (mlflow, trackio, ...).
     report_to: str = "none"
     # Padding-free packing (needs flash-attention); Liger kernels (needs liger-kernel).
     packing: bool = False
@@ -251,9 +257,9 @@ class EvaluateConf(EngineConf):
     # Model dirs or hub ids; empty = the base model (model.name_or_path) and the run's
     # finetune_dir/model when it exists.
     models: list[str] = field(default_factory=list)
-    # Shipped names (data/benchmarks/<name>.jsonl: math500, aime24, amc23, minerva, olympiad),
-    # JSONL/Parquet paths with id, question, answer (and optional choices), or
-    # hub:<dataset id>[:<config>[:<split>]] (loaded with `datasets`; fields in evaluate.fields).
+    # Shipped names (segsft/data/benchmarks/<name>.jsonl: math500, aime24, amc23, minerva, olympiad),
+    # JSONL/Parquet paths with id, question, answer (and optional choices), dataset directories, or
+    # hub:<id>[@<revision>][:<config>][:<split>] (split test unless named; fields in evaluate.fields).
     benchmarks: list[str] = field(default_factory=lambda: ["math500", "aime24", "amc23", "minerva", "olympiad"])
     # Samples per problem (k): accuracy is their mean (pass@1 averaged over k).
     samples: int = 1
@@ -269,16 +275,25 @@ class GenerateConf(EngineConf):
     """`generate.*`: build a training corpus from problems (stage=generate), as the paper's
     authors built theirs (32 samples per problem, the shortest correct one kept)."""
 
-    # JSONL/Parquet with id, question, answer.
+    # JSONL/Parquet with id, question, answer, a dataset directory, or
+    # hub:<id>[@<revision>][:<config>][:<split>] (split train unless named; fields in generate.fields).
     problems: Optional[str] = None
     samples: int = 32
     # shortest_correct | all_correct | first_correct
     keep: str = "shortest_correct"
 
 
+@dataclass
+class ExportConf:
+    """`export.*`: the selection's training tokens as a dataset for TRL or axolotl (stage=export)."""
+
+    # Output directory; null = <finetune_dir>/export (segsft.store.layout.FinetuneLayout.export).
+    dir: Optional[str] = None
+
+
 #: group -> schema. The groups whose `default` option is the schema itself.
 GROUP_DEFAULTS = {"attribute": AttributeConf, "select": SelectConf, "finetune": FinetuneConf, "report": ReportConf,
-                  "evaluate": EvaluateConf, "generate": GenerateConf}
+                  "evaluate": EvaluateConf, "generate": GenerateConf, "export": ExportConf}
 #: group -> schema that the group's YAML files extend (`defaults: [base, _self_]`).
 GROUP_BASES = {"model": ModelConf, "data": DataConf}
 

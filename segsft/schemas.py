@@ -239,11 +239,36 @@ ADAPTIVE_SAMPLE_COLUMNS = ("steps_used", "decision_stability", "converged", "err
 #: Segments columns of the adaptive rule (null for the fixed rules and in older tables).
 ADAPTIVE_SEGMENT_COLUMNS = ("strength_err", "borderline")
 
+#: Label of a token that carries no loss (PyTorch's cross-entropy `ignore_index`).
+IGNORE_INDEX = -100
+
 # `<finetune dir>/train_tokens.parquet`: exactly the ids and labels the trainer sees.
 TRAIN_TOKENS_SCHEMA = pa.schema(
     [
         ("sample_id", pa.string()),
         ("input_ids", pa.list_(pa.int32())),
+        ("labels", pa.list_(pa.int32())),
+    ]
+)
+
+
+
+# stage=export: train_tokens.parquet as the tools read it. TRL's SFTTrainer takes `labels` as
+# they are (TRL >= 1.0) or builds them from input_ids and `completion_mask` (1 exactly where
+# our label is set; older TRL, completion_only_loss): both give our labels. axolotl's
+# pre-tokenized format wants exactly its three columns (attention_mask all ones: no padding).
+EXPORT_TRL_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("input_ids", pa.list_(pa.int32())),
+        ("labels", pa.list_(pa.int32())),
+        ("completion_mask", pa.list_(pa.int8())),
+    ]
+)
+EXPORT_AXOLOTL_SCHEMA = pa.schema(
+    [
+        ("input_ids", pa.list_(pa.int32())),
+        ("attention_mask", pa.list_(pa.int8())),
         ("labels", pa.list_(pa.int32())),
     ]
 )

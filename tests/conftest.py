@@ -15,6 +15,7 @@ from html.parser import HTMLParser
 from hydra import compose, initialize_config_dir
 
 from segsft.run.models import load_tokenizer
+from segsft.store.shipped import conf_dir
 from segsft.method.text import resolve_pattern, split_segments
 from tiny_model import save_tiny, tiny_qwen2, train_tokenizer
 
@@ -107,8 +108,8 @@ PATTERN = resolve_pattern("default")
 
 
 def compose_config(*overrides: str):
-    """The real config of conf/, composed with `overrides` (tests then force CPU and tmp paths)."""
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    """The real config of segsft/conf, composed with `overrides` (tests then force CPU and tmp paths)."""
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
 
 

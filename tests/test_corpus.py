@@ -6,6 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from segsft.errors import PipelineError
+
 from conftest import write_jsonl
 from segsft.store.corpus import CorpusError, read_corpus
 
@@ -119,8 +121,9 @@ def test_empty_file_and_directory_get_their_own_message(tmp_path):
     (tmp_path / "e.jsonl").write_text("")
     with pytest.raises(CorpusError, match="is empty"):
         read_corpus(tmp_path / "e.jsonl", {})
-    with pytest.raises(CorpusError, match="is a directory"):
-        read_corpus(tmp_path, {})
+    (tmp_path / "nothing").mkdir()  # a directory is read as a dataset: this one holds none
+    with pytest.raises(PipelineError, match=f"^dataset {tmp_path / 'nothing'} could not be read"):
+        read_corpus(tmp_path / "nothing", {})
 
 
 def test_a_file_that_is_not_parquet_is_one_clear_error(tmp_path):

@@ -15,6 +15,7 @@ from hydra.errors import ConfigCompositionException
 from conftest import (REPO, compose_config, SHARED_DATA, hand_segments, make_traces, needs_shared_data, shared_rows, write_jsonl,
                       mark_selection_finished, write_masks)
 from segsft.store.corpus import read_corpus
+from segsft.store.shipped import conf_dir
 from segsft.finetune import IGNORE_INDEX, check_config
 from segsft.finetune.checkpoints import MARKER, latest_complete, remove_incomplete
 from segsft.finetune.collate import PaddingCollator
@@ -175,7 +176,7 @@ def test_default_config_is_the_papers_and_valid(tmp_path):
     errs = check_config(compose_config(*FINETUNE, "finetune.mode=full"))
     assert len(errs) == 1 and "masks.parquet does not exist" in errs[0] and "finetune.full_scope=corpus" in errs[0]
     for name in ("zero2", "zero3"):
-        ds = json.loads((REPO / "conf" / "deepspeed" / f"{name}.json").read_text())
+        ds = json.loads((conf_dir() / "deepspeed" / f"{name}.json").read_text())
         assert ds["zero_optimization"]["stage"] == int(name[-1])
         assert ds["train_micro_batch_size_per_gpu"] == "auto" and ds["gradient_clipping"] == "auto"
     assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True

@@ -18,6 +18,7 @@ import yaml
 from conftest import compose_config
 from segsft.run.hints import make_hints
 from segsft.store.io import write_parquet
+from segsft.store.shipped import conf_dir
 from segsft.schemas import SEGMENTS_SCHEMA
 from segsft.select import (MASKS_SCHEMA, PER_SAMPLE_SCHEMA, SWEEP_SCHEMA, AttributionNotReady, SelectionDirTaken,
                            check_config, open_attribution, run)
@@ -341,7 +342,7 @@ def test_multirun_2x2_writes_four_dirs_and_a_four_row_table(run_dir):
 
 
 def test_default_grid_is_5x5():
-    grid = yaml.safe_load((REPO / "conf" / "select" / "grid" / "default.yaml").read_text())
+    grid = yaml.safe_load((conf_dir() / "select" / "grid" / "default.yaml").read_text())
     params = grid["hydra"]["sweeper"]["params"]
     assert params["select.top_mass"].split(",") == ["0.5", "0.6", "0.7", "0.8", "0.9"]
     assert params["select.max_consistency"].split(",") == ["0.6", "0.7", "0.8", "0.9", "1.0"]

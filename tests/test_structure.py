@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "segsft"
-STAGES = ("attribute", "select", "finetune", "evaluate", "report", "compare", "generate")
+STAGES = ("attribute", "select", "finetune", "evaluate", "report", "compare", "generate", "export")
 #: The three places beside the stages, and the contract every one of them may read
 #: (the config's keys and the tables' schemas: declarations, no I/O).
 PLACES = ("method", "store", "run")
@@ -117,7 +117,7 @@ def test_every_stage_has_check_run_and_outputs(tmp_path):
         stage = load(name)
         assert stage.name == name
         assert all(callable(getattr(stage, m)) for m in ("check", "run", "outputs"))
-        assert getattr(stage, "rank0_only", False) is (name in ("select", "report", "compare"))
+        assert getattr(stage, "rank0_only", False) is (name in ("select", "report", "compare", "export"))
         outs = stage.outputs(cfg)
         assert outs and all(str(p).startswith(str(tmp_path)) for p in outs.values()), (name, outs)
     with pytest.raises(ValueError):

@@ -57,11 +57,12 @@ def check_attribute(cfg: Any) -> list[str]:
     if "{answer}" not in (a.answer_suffix or "{answer}") or "\\boxed{" not in (a.answer_suffix or "\\boxed{"):
         errs.append("attribute.answer_suffix must contain \\boxed{ and the placeholder {answer}")
     if not cfg.data.path:
-        errs.append("data.path is empty: point it to a JSONL or Parquet corpus")
+        errs.append("data.path is empty: point it to a JSONL or Parquet corpus, a dataset directory or hub:<dataset id>")
     else:
         from segsft.store.corpus import corpus_path_problem
+        from segsft.store.hub import adapter_problem
 
-        errs += [p for p in [corpus_path_problem(cfg.data.path)] if p]
+        errs += [p for p in [corpus_path_problem(cfg.data.path), adapter_problem(cfg.data.get("adapter"))] if p]
     from segsft.run.models import check_model_config
 
     errs += check_model_config(cfg.model)

@@ -22,7 +22,6 @@ from segsft.method.metrics import segment_decider, segment_metrics
 from segsft.method.token_stats import segment_token_stats, token_stats
 from segsft.store.corpus import Reject, Sample, read_corpus, reject_row
 from segsft.errors import PipelineError
-from segsft.run.dist import shard
 from segsft.store.layout import RunLayout
 from segsft.store.io import write_json
 from segsft.store.parts import TABLES, Buffer, PartWriter, has_key, part_lock
@@ -89,15 +88,15 @@ class AttributeStage:
             writer.cleanup()  # a kill after the marker may have left the merged chunks behind
             return self._report_counts(writer, json.loads(writer.marker.read_text()))
         data = self.cfg["data"]
-        samples, rejects = read_corpus(data["path"], data["fields"], data["limit"])
-        rows: list[Sample | Reject] = sorted([*samples, *rejects], key=lambda r: r.row)
-        mine = shard(rows, rank, world)
+        # Only this rank's rows (every world-th from row `rank`): a dataset is decoded shard first.
+        samples, rejects = read_corpus(data["path"], data["fields"], data["limit"], data.get("adapter"), rank, world)
+        mine: list[Sample | Reject] = sorted([*samples, *rejects], key=lambda r: r.row)
         done, elsewhere = writer.prepare()
         todo = [r for r in mine if not has_key(done, r) and not has_key(elsewhere, r)]
         in_other_parts = sum(has_key(elsewhere, r) for r in mine)
         log.info(
-            "rank %d/%d: %d input rows, %d in this shard, %d already done (%d of them in other parts), %d to do -> %s",
-            rank, world, len(rows), len(mine), len(mine) - len(todo), in_other_parts, len(todo), self.out_dir,
+            "rank %d/%d: %d rows in this shard, %d already done (%d of them in other parts), %d to do -> %s",
+            rank, world, len(mine), len(mine) - len(todo), in_other_parts, len(todo), self.out_dir,
         )
         if todo:
             if model is None or tokenizer is None:

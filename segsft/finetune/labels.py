@@ -10,9 +10,9 @@ from typing import Sequence
 import numpy as np
 
 from segsft.method.text import token_spans
+from segsft.schemas import IGNORE_INDEX
 
-#: Label of a token that carries no loss (PyTorch's cross-entropy `ignore_index`).
-IGNORE_INDEX = -100
+__all__ = ["IGNORE_INDEX", "label_tokens", "n_learned", "truncate"]
 
 
 def label_tokens(

@@ -11,9 +11,10 @@ from segsft.config_schema import FinetuneConf
 from segsft.errors import PipelineError
 from segsft.finetune.modes import MODES
 from segsft.store.layout import SelectionLayout
+from segsft.store.shipped import deepspeed_dir
 
-#: conf/deepspeed beside the package: `finetune.deepspeed=zero2` -> conf/deepspeed/zero2.json
-DEEPSPEED_DIR = Path(__file__).resolve().parents[2] / "conf" / "deepspeed"
+#: The shipped presets: `finetune.deepspeed=zero2` -> segsft/conf/deepspeed/zero2.json
+DEEPSPEED_DIR = deepspeed_dir()
 DEEPSPEED_NAMES = ("zero2", "zero3", "none")
 AUTO_BOOL = ("auto", True, False)
 #: Which samples finetune.mode=full trains: the selection's (a fair ablation) or the whole corpus.
@@ -36,7 +37,7 @@ class FinetuneSettings(FinetuneConf):
 
 
 def deepspeed_config_path(name: str) -> Path | None:
-    """None for `none`; conf/deepspeed/<name>.json for a preset; else `name` as a JSON path."""
+    """None for `none`; segsft/conf/deepspeed/<name>.json for a preset; else `name` as a JSON path."""
     if name in (None, "none"):
         return None
     if name in DEEPSPEED_NAMES:
@@ -123,6 +124,10 @@ def check_config(cfg: Any) -> list[str]:
     if s.packing is True and not has_module("flash_attn"):
         errs.append("finetune.packing=true needs flash-attention (pip install flash-attn, on CUDA): "
                     "install it or set finetune.packing=false")
+    needs = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(s.report_to)
+    if needs and not has_module(needs):
+        errs.append(f"finetune.report_to={s.report_to} needs the {needs} package: pip install {needs}, "
+                    "or set finetune.report_to=none")
     if s.liger is True and not has_module("liger_kernel"):
         errs.append("finetune.liger=true needs Liger kernels (pip install liger-kernel): install them or set finetune.liger=false")
     if not cfg.finetune_dir:
@@ -131,8 +136,9 @@ def check_config(cfg: Any) -> list[str]:
         errs.append("data.path is empty: point it to the JSONL or Parquet corpus the masks were made from")
     elif cfg.stage == "finetune":  # under stage=all the attribute stage's check says it once
         from segsft.store.corpus import corpus_path_problem
+        from segsft.store.hub import adapter_problem
 
-        errs += [p for p in [corpus_path_problem(cfg.data.path)] if p]
+        errs += [p for p in [corpus_path_problem(cfg.data.path), adapter_problem(cfg.data.get("adapter"))] if p]
     if not cfg.model.name_or_path:
         errs.append("model.name_or_path is empty: give a hub id or a local model directory to fine-tune")
     return errs

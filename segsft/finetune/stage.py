@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from segsft.config_schema import plain
-from segsft.store.corpus import read_corpus
+from segsft.store.corpus import corpus_identity, read_corpus
 from segsft.finetune.checkpoints import checkpoints, latest_complete
 from segsft.finetune.examples import build_examples, log_report, write_train_tokens
 from segsft.finetune.masks import read_masks
@@ -63,7 +63,7 @@ def _fingerprint(cfg: Any, s: FinetuneSettings) -> dict[str, Any]:
         "selection_dir": str(cfg.selection_dir) if masks else None,
         "masks_sha256": file_sha256(masks) if masks else None,
         "data_path": str(cfg.data.path),
-        "data_sha256": file_sha256(cfg.data.path),
+        "data_sha256": corpus_identity(cfg.data.path),
         "data_fields": {k: cfg.data.fields[k] for k in sorted(cfg.data.fields)},
         "data_limit": cfg.data.limit,
         "model": str(cfg.model.name_or_path),
@@ -102,7 +102,7 @@ def _check_resumable(out: Path, fp: dict[str, Any], s: FinetuneSettings) -> None
 
 def _read_corpus(data: Any) -> tuple[list, list]:
     """The corpus rows the earlier stages saw: `data.limit` (when set) cuts it as there."""
-    return read_corpus(data.path, data.fields, data.limit)
+    return read_corpus(data.path, data.fields, data.limit, data.get("adapter"))
 
 
 def _loss_history(trainer: Any) -> dict[str, Any]:
@@ -181,6 +181,7 @@ def run(cfg: Any, callbacks: Sequence[Any] = (), checked: bool = False) -> Finet
             "resumed_from": str(outcome.resumed_from) if outcome.resumed_from else None,
             "steps_run_by_this_launch": outcome.steps_run,
             "first_step_of_this_launch": outcome.first_step,
+            **outcome.progress.figures(),
         })
     log.info(
         "finetune done: %d steps (%d in this launch%s), loss %s -> %s; model in %s",

@@ -14,6 +14,8 @@ from segsft.run.launch import single_process_env, start_cpu_deepspeed_group
 from segsft.finetune.checkpoints import CompleteMarker, StepCounter, latest_complete, remove_incomplete
 from segsft.finetune.collate import ExampleDataset, PaddingCollator, packing_collator
 from segsft.finetune.examples import Example
+from segsft.finetune.progress import TokenProgress
+from segsft.store.layout import FinetuneLayout
 from segsft.finetune.settings import FinetuneSettings, deepspeed_config_path
 from segsft.run.models import flag, model_path, pad_token_id, pick_attn_implementation, pick_device
 
@@ -49,11 +51,13 @@ def training_arguments(s: FinetuneSettings, output_dir: str | Path, on_cuda: boo
         save_steps=int(s.save_steps),
         save_total_limit=s.save_total_limit,
         dataloader_num_workers=int(s.dataloader_num_workers),
-        report_to=[] if s.report_to in (None, "none") else [s.report_to],
+        # tensorboard: our own writer into finetune_dir/tensorboard (reporters(), any transformers version).
+        report_to=[] if s.report_to in (None, "none", "tensorboard") else [s.report_to],
         deepspeed=str(ds) if ds else None,
         # The examples are plain dicts of ids and labels; nothing to drop.
         remove_unused_columns=False,
         use_liger_kernel=bool(s.liger),
+        # segsft.finetune.progress shows tokens per second instead of the Trainer's steps per second.
         disable_tqdm=True,
         dataloader_pin_memory=on_cuda,
     )
@@ -63,6 +67,9 @@ def training_arguments(s: FinetuneSettings, output_dir: str | Path, on_cuda: boo
         kw["warmup_ratio"] = float(s.warmup_ratio)
     else:
         kw["warmup_steps"] = float(s.warmup_ratio)
+    # The progress bar's tokens: real tokens of every rank (older transformers: a boolean, all tokens).
+    tokens_field = next(f for f in dataclasses.fields(TrainingArguments) if f.name == "include_num_input_tokens_seen")
+    kw["include_num_input_tokens_seen"] = "non_padding" if "str" in str(tokens_field.type) else True
     ckpt_key = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
     kw[ckpt_key] = _auto(s.gradient_checkpointing, on_cuda)
     if not on_cuda and ds is None:
@@ -75,6 +82,18 @@ def training_arguments(s: FinetuneSettings, output_dir: str | Path, on_cuda: boo
             kw["accelerator_config"] = {"use_configured_state": True}
             start_cpu_deepspeed_group()
     return TrainingArguments(**kw)
+
+
+def reporters(s: FinetuneSettings, output_dir: Path) -> list[Any]:
+    """finetune.report_to=tensorboard: the Trainer's TensorBoard callback, writing into
+    FinetuneLayout.tensorboard on the main process (the others write nothing)."""
+    if s.report_to != "tensorboard":
+        return []
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    writer = SummaryWriter(log_dir=str(FinetuneLayout(output_dir).tensorboard)) if is_main() else None
+    return [TensorBoardCallback(tb_writer=writer)]
 
 
 def load_for_training(model_cfg: Mapping[str, Any], packing: bool, half_precision: bool) -> Any:
@@ -120,6 +139,7 @@ class TrainOutcome:
     resumed_from: Path | None
     steps_run: int
     first_step: int | None
+    progress: TokenProgress
 
 
 def train(
@@ -149,16 +169,17 @@ def train(
         model.config.use_cache = False  # the cache is useless in training and clashes with checkpointing
     collator = packing_collator() if s.packing else PaddingCollator(pad_token_id(tokenizer, required=True))
     counter = StepCounter()
+    progress = TokenProgress()
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=ExampleDataset(examples),
         data_collator=collator,
         processing_class=tokenizer,
-        callbacks=[CompleteMarker(), counter, *callbacks],
+        callbacks=[CompleteMarker(), counter, progress, *reporters(s, output_dir), *callbacks],
     )
     ckpt = resume_point(output_dir, args, s.resume)
     if ckpt is not None:
         log.info("resuming from %s (the newest checkpoint marked complete)", ckpt)
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-    return TrainOutcome(trainer, ckpt, counter.steps, counter.first_step)
+    return TrainOutcome(trainer, ckpt, counter.steps, counter.first_step, progress)

@@ -1,7 +1,7 @@
 """Stage generate: build a training corpus from problems, as the paper's authors built theirs
 (k samples per problem with the model, the shortest correct one kept).
 
-    python pipeline.py stage=generate generate.problems=problems.jsonl model.name_or_path=<model> \
+    python pipeline.py stage=generate generate.problems=problems.jsonl|hub:<id> model.name_or_path=<model> \
         generate.samples=32 generate.keep=shortest_correct
 
 Outputs under `generate_dir` (segsft.store.layout.GenerationLayout): `generations-*.parquet` (every
@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from segsft.store.hub import is_dataset, spec_problem
 from segsft.store.layout import GenerationLayout
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,11 @@ def check_config(cfg: Any) -> list[str]:
     g, errs = cfg.generate, []
     if not g.problems:
         errs.append("generate.problems is empty: give a JSONL or Parquet file of problems (id, question, answer)")
+    elif is_dataset(g.problems):
+        errs += [p for p in [spec_problem(g.problems, "generate.problems")] if p]
     elif not Path(g.problems).is_file():
-        errs.append(f"generate.problems={g.problems!r} does not exist: give a JSONL or Parquet file (id, question, answer)")
+        errs.append(f"generate.problems={g.problems!r} does not exist: give a JSONL or Parquet file (id, question, answer), "
+                    "a dataset directory or hub:<dataset id>")
     if g.keep not in KEEP:
         errs.append(f"generate.keep={g.keep!r}: use one of {list(KEEP)}")
     errs += check_engine(g, "generate")

@@ -93,7 +93,7 @@ def run(cfg: Any, checked: bool = False) -> Path:
     traces = []
     if ids:
         # CorpusError already says to set data.path; no row limit: the run may have used another.
-        corpus, _ = read_corpus(cfg.data.path, cfg.data.fields)
+        corpus, _ = read_corpus(cfg.data.path, cfg.data.fields, adapter=cfg.data.get("adapter"))
         wanted = set(ids)
         by_id = {s.sample_id: s for s in corpus if s.sample_id in wanted}
         traces, trace_notes = build_traces(ids, joined, samples, att, by_id)

@@ -1,4 +1,4 @@
-"""Hydra callbacks of conf/config.yaml.
+"""Hydra callbacks of segsft/conf/config.yaml.
 
 `StorageCheck`: Hydra creates its log directory under run_dir before the pipeline runs; on a
 read-only or full disk, or with a directory key naming a file, that would end in Hydra's

@@ -87,7 +87,7 @@ def summarize(cfg: Any) -> str:
                      f"{overall['share_tokens_kept'] or 0:>11.0%}")
     if smp.height:
         sid = smp.sort("sample_id")["sample_id"][0]
-        samples, _ = read_corpus(cfg.data.path, cfg.data.fields, cfg.data.limit)
+        samples, _ = read_corpus(cfg.data.path, cfg.data.fields, cfg.data.limit, cfg.data.get("adapter"))
         text = next((s.solution for s in samples if s.sample_id == sid), "")
         top = seg.filter(pl.col("sample_id") == sid).sort("strength", descending=True).head(3)
         lines.append(f"\nstrongest segments of {sid}:")

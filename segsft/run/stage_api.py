@@ -15,7 +15,7 @@ from typing import Any, Protocol
 #: The stages in pipeline order (stage=all runs them so).
 ORDER = ("attribute", "select", "finetune", "evaluate", "report")
 #: Stages run on their own (not part of stage=all).
-EXTRA = ("compare", "generate")
+EXTRA = ("compare", "generate", "export")
 
 
 class Stage(Protocol):

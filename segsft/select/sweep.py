@@ -1,6 +1,6 @@
 """The sweep table of a `--multirun stage=select`: one row per job, from each job's summary.
 
-A Hydra callback (configured in conf/select/grid/default.yaml): after each job it writes a
+A Hydra callback (configured in segsft/conf/select/grid/default.yaml): after each job it writes a
 one-row `sweep_row.parquet` into the job's Hydra directory (`<sweep dir>/<job>/`), read from
 the job's own `summary.json`; at the end it gathers the rows into `<sweep dir>/sweep.parquet`
 and prints them. Per-job files keep this correct under launchers that run jobs in other

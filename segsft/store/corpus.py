@@ -152,38 +152,86 @@ def raw_rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any] | None, str]]:
             yield i, rec, ""
 
 
-def corpus_path_problem(path: str | Path) -> str | None:
-    """Why `path` cannot be read as a corpus file (checked before anything loads), or None."""
+def corpus_path_problem(path: str | Path, key: str = "data.path") -> str | None:
+    """Why `path` cannot be read as a corpus (checked before anything loads; no network), or None."""
+    from segsft.store import hub
+
+    if hub.is_dataset(path):
+        return hub.spec_problem(path, key)
     path = Path(path)
-    if path.is_dir():
-        return f"corpus {path} is a directory, not a file: set data.path to a JSONL or Parquet file"
     if not path.is_file():
-        return f"corpus file {path} does not exist: set data.path to a JSONL or Parquet file"
-    return format_problem(path)
+        return (f"corpus file {path} does not exist: set {key} to a JSONL or Parquet file, a dataset directory "
+                "(save_to_disk or the hub's layout) or hub:<dataset id>")
+    return format_problem(path, key)
 
 
-def read_corpus(path: str | Path, fields: Mapping[str, str], limit: int | None = None) -> tuple[list[Sample], list[Reject]]:
+def corpus_identity(path: str | Path) -> dict[str, Any] | str:
+    """What a corpus's rows depend on: a file's SHA-256, or a dataset's id, revision and
+    `datasets` fingerprint (segsft.store.hub.identity)."""
+    from segsft.store import hub
+    from segsft.store.io import file_sha256
+
+    return hub.identity(path) if hub.is_dataset(path) else file_sha256(path)
+
+
+def _check_row(i: int, rec: Mapping[str, Any], names: Mapping[str, str], sid: str, src: str,
+               counts: dict[str, int]) -> Sample | Reject:
+    """The row as a Sample, or a Reject with every problem it has."""
+    values = {k: rec.get(n) for k, n in names.items()}
+    problems = []
+    for k, n in names.items():
+        v = values[k]
+        if v is None:
+            problems.append(f"missing field '{n}'" if n not in rec else f"null field '{n}'")
+        elif isinstance(v, float) and k == "answer" and v != v:
+            problems.append(f"field '{n}' is NaN")
+        elif isinstance(v, float) and k == "answer" and v.is_integer():
+            values[k] = str(int(v))  # a Parquet float column: 204.0 is the answer 204
+            counts["floats_made_ints"] += 1
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and k == "answer":
+            values[k] = str(v)
+        elif not isinstance(v, str):
+            problems.append(f"field '{n}' is a {type(v).__name__}, not a string")
+        elif not v.strip():
+            problems.append(f"empty field '{n}'")
+    if problems:
+        return Reject(sid, f"row {i}: " + "; ".join(problems), src, i)
+    return Sample(sid, values["question"], values["solution"], values["answer"], src, i)
+
+
+def _row_id(rec: Mapping[str, Any], id_field: str | None, names: Mapping[str, str]) -> str:
+    rid = rec.get(id_field) if id_field else None
+    return str(rid) if rid not in (None, "") else _derived_id(*(str(rec.get(names[k])) for k in REQUIRED))
+
+
+def read_corpus(path: str | Path, fields: Mapping[str, str], limit: int | None = None, adapter: str | None = None,
+                rank: int = 0, world: int = 1) -> tuple[list[Sample], list[Reject]]:
     """Read every row of `path` (or its first `limit` rows: an explicit choice, for quick
-    looks); `fields` maps `id`, `question`, `solution`, `answer` to the file's column
-    names (`id` may be empty or absent: ids are then derived)."""
-    path = Path(path)
+    looks) that `rank` of `world` owns (every world-th row from row `rank`); `fields` maps
+    `id`, `question`, `solution`, `answer` to the corpus's column names (`id` may be empty or
+    absent: ids are then derived). A dataset (segsft.store.hub) is read shard first: a rank
+    decodes only its own rows; `adapter` names how its columns become these fields."""
+    from segsft.store import hub
+
     why = corpus_path_problem(path)
     if why:
         raise CorpusError(why)
     names = {k: fields.get(k) or k for k in REQUIRED}
+    if hub.is_dataset(path):
+        return _read_dataset(str(path), names, fields.get("id"), limit, adapter, rank, world)
+    path = Path(path)
     id_field = fields.get("id")
     nested = nested_column_problem(path, names.values())
     if nested:
         raise CorpusError(nested)
-    samples: list[Sample] = []
-    rejects: list[Reject] = []
+    out: list[Sample | Reject] = []
     seen_fields: set[str] = set()
     seen_ids: set[str] = set()
     kept_ids: set[str] = set()
     src = str(path)
     rows_read = parsed = 0
     first_bad: tuple[int, str] | None = None
-    floats_made_ints = 0
+    counts = {"floats_made_ints": 0}
     for i, rec, err in raw_rows(path):
         rows_read += 1
         if limit is not None and i >= limit:
@@ -194,47 +242,31 @@ def read_corpus(path: str | Path, fields: Mapping[str, str], limit: int | None =
             first_bad = first_bad or (i, reason)
             # From content and row number, never the path as typed: a rerun spelling the same
             # file another way must find the same reject.
-            rejects.append(Reject(_derived_id(str(i), raw), f"row {i}: {reason}", src, i))
+            out.append(Reject(_derived_id(str(i), raw), f"row {i}: {reason}", src, i))
             continue
         seen_fields.update(rec)
-        values = {k: rec.get(n) for k, n in names.items()}
-        rid = rec.get(id_field) if id_field else None
-        sid = str(rid) if rid not in (None, "") else _derived_id(*(str(values[k]) for k in REQUIRED))
-        problems = []
-        for k, n in names.items():
-            v = values[k]
-            if v is None:
-                problems.append(f"missing field '{n}'" if n not in rec else f"null field '{n}'")
-            elif isinstance(v, float) and k == "answer" and v != v:
-                problems.append(f"field '{n}' is NaN")
-            elif isinstance(v, float) and k == "answer" and v.is_integer():
-                values[k] = str(int(v))  # a Parquet float column: 204.0 is the answer 204
-                floats_made_ints += 1
-            elif isinstance(v, (int, float)) and not isinstance(v, bool) and k == "answer":
-                values[k] = str(v)
-            elif not isinstance(v, str):
-                problems.append(f"field '{n}' is a {type(v).__name__}, not a string")
-            elif not v.strip():
-                problems.append(f"empty field '{n}'")
+        sid = orig = _row_id(rec, id_field, names)
+        dup = sid in seen_ids and sid in kept_ids
         if sid in seen_ids:
             # A later copy of an id gets its own id in either table, so no id is in both tables
             # and a reject never stands for the kept row on resume. It is a duplicate only when
             # the first copy was kept.
-            if sid in kept_ids:
-                problems.append(f"duplicate sample_id {sid!r} (an earlier row has it)")
             sid = f"{sid}#row{i}"
         seen_ids.add(sid)
-        if problems:
-            rejects.append(Reject(sid, f"row {i}: " + "; ".join(problems), src, i))
-            continue
-        kept_ids.add(sid)
-        samples.append(Sample(sid, values["question"], values["solution"], values["answer"], src, i))
+        item = _check_row(i, rec, names, sid, src, counts)
+        if dup:
+            reason = f"duplicate sample_id {orig!r} (an earlier row has it)"
+            item = Reject(sid, item.reason + "; " + reason if isinstance(item, Reject) else f"row {i}: {reason}", src, i)
+        if isinstance(item, Sample):
+            kept_ids.add(sid)
+        out.append(item)
     if rows_read == 0:
         raise CorpusError(f"corpus file {path} is empty: it has no rows")
     if not parsed and first_bad is not None:
         raise _no_json(path, rows_read, first_bad, "data.path")
-    if floats_made_ints:
-        log.info("%s: %d answer(s) given as integral floats (e.g. 204.0) were read as integers", path, floats_made_ints)
+    if counts["floats_made_ints"]:
+        log.info("%s: %d answer(s) given as integral floats (e.g. 204.0) were read as integers", path,
+                 counts["floats_made_ints"])
     missing = [n for n in names.values() if n not in seen_fields]
     if missing:
         # A field absent from every row is a configuration problem, not a bad row.
@@ -243,6 +275,55 @@ def read_corpus(path: str | Path, fields: Mapping[str, str], limit: int | None =
             f"its rows have {sorted(seen_fields) or 'nothing readable'}. Set data.fields.question / "
             "data.fields.solution / data.fields.answer to its column names"
         )
+    mine = [r for r in out if r.row % world == rank]
+    return [r for r in mine if isinstance(r, Sample)], [r for r in mine if isinstance(r, Reject)]
+
+
+def _dataset_ids(path: str, names: Mapping[str, str], id_field: str | None, limit: int | None,
+                 adapter: str | None) -> list[str]:
+    """Every row's sample id, in row order: one pass over the id column (or, to derive ids, the
+    content columns), batch by batch, so every rank names every row as one process would."""
+    from segsft.store import hub
+
+    raw = hub.ADAPTER_ID_COLUMN.get(adapter or "") if id_field == "id" else None
+    if raw:  # the adapter's id is one column: read that one, not the traces
+        ids = [rec.get(raw) for _, rec in hub.rows(path, [raw], limit)]
+        if all(i not in (None, "") for i in ids):
+            return [str(i) for i in ids]
+    cols = [id_field] if id_field else [names[k] for k in REQUIRED]
+    return [_row_id(rec, id_field, names) for _, rec in hub.rows(path, cols, limit, adapter=adapter)]
+
+
+def _read_dataset(path: str, names: Mapping[str, str], id_field: str | None, limit: int | None,
+                  adapter: str | None, rank: int, world: int) -> tuple[list[Sample], list[Reject]]:
+    """read_corpus of a dataset. A later copy of an id is `<id>#row<i>` and a reject (duplicate),
+    whichever rank reads it."""
+    from segsft.store import hub
+
+    have = hub.column_names(path, adapter)
+    id_field = id_field if id_field in have else None  # as in a file without it: ids are derived
+    missing = [(k, n) for k, n in names.items() if n not in have]
+    if missing:
+        via = f" (data.adapter={adapter})" if adapter else ""
+        raise CorpusError(f"dataset {path}{via} has no field {[n for _, n in missing]} (its columns: {have}): set "
+                          + " / ".join(f"data.fields.{k}" for k, _ in missing) + " to its column names, or "
+                          f"data.adapter to one of {sorted(hub.ADAPTERS)} for a known layout")
+    ids = _dataset_ids(path, names, id_field, limit, adapter)
+    if not ids:
+        raise CorpusError(f"dataset {path} is empty: it has no rows")
+    first: dict[str, int] = {}
+    for i, sid in enumerate(ids):
+        first.setdefault(sid, i)
+    samples: list[Sample] = []
+    rejects: list[Reject] = []
+    counts = {"floats_made_ints": 0}
+    for i, rec in hub.rows(path, [*names.values(), *([id_field] if id_field else [])], limit, rank, world, adapter):
+        sid = ids[i] if first[ids[i]] == i else f"{ids[i]}#row{i}"
+        item = _check_row(i, rec, names, sid, path, counts)
+        if first[ids[i]] != i:
+            reason = f"duplicate sample_id {ids[i]!r} (an earlier row has it)"
+            item = Reject(sid, item.reason + "; " + reason if isinstance(item, Reject) else f"row {i}: {reason}", path, i)
+        (samples if isinstance(item, Sample) else rejects).append(item)
     return samples, rejects
 
 
@@ -256,27 +337,45 @@ class ProblemRow:
 
 
 def read_problems(path: str | Path, fields: Mapping[str, str], limit: int | None = None,
-                  key: str = "data") -> tuple[list[ProblemRow], list[Reject]]:
-    """Problems (`id`, `question`, `answer`, optional `choices`) of a JSONL or Parquet file:
-    each row a problem or a reject with its reason. `key` names the config key in messages
+                  key: str = "data", default_split: str = "train") -> tuple[list[ProblemRow], list[Reject]]:
+    """Problems (`id`, `question`, `answer`, optional `choices`) of a JSONL or Parquet file or a
+    dataset (segsft.store.hub; its split `default_split` unless the spec names one): each row a
+    problem or a reject with its reason. `key` names the config key in messages
     (evaluate.benchmarks, generate.problems)."""
-    path = Path(path)
-    if path.is_dir():
-        raise CorpusError(f"{key}: {path} is a directory, not a file: give a JSONL or Parquet file of problems")
-    if not path.is_file():
-        raise CorpusError(f"{key}: problems file {path} does not exist: give a JSONL or Parquet file (id, question, answer)")
+    from segsft.store import hub
+
     names = {k: fields.get(k) or k for k in ("question", "answer")}
     id_field = fields.get("id")
-    bad_format = format_problem(path, key) or nested_column_problem(path, names.values(), key)
-    if bad_format:
-        raise CorpusError(bad_format)
+    if hub.is_dataset(path):
+        why = hub.spec_problem(path, key)
+        if why:
+            raise CorpusError(why)
+        have = hub.column_names(path, default_split=default_split)
+        missing = [n for n in names.values() if n not in have]
+        if missing:
+            raise CorpusError(f"{key}: dataset {path} has no field {missing} (its columns: {have}): map the columns "
+                              f"with {key.split('.')[0]}.fields.question / .answer")
+        cols = [*names.values(), *([id_field] if id_field else []), "choices"]
+        records: Iterator[tuple[int, Mapping[str, Any] | None, str]] = (
+            (i, rec, "") for i, rec in hub.rows(path, cols, limit, default_split=default_split))
+    else:
+        path = Path(path)
+        if path.is_dir():
+            raise CorpusError(f"{key}: {path} is a directory, not a file: give a JSONL or Parquet file of problems")
+        if not path.is_file():
+            raise CorpusError(f"{key}: problems file {path} does not exist: give a JSONL or Parquet file (id, question, "
+                              "answer), a dataset directory or hub:<dataset id>")
+        bad_format = format_problem(path, key) or nested_column_problem(path, names.values(), key)
+        if bad_format:
+            raise CorpusError(bad_format)
+        records = raw_rows(path)
     out: list[ProblemRow] = []
     rejects: list[Reject] = []
     seen: set[str] = set()
     seen_fields: set[str] = set()
     rows = parsed = 0
     first_bad: tuple[int, str] | None = None
-    for i, rec, err in raw_rows(path):
+    for i, rec, err in records:
         rows += 1
         if limit is not None and i >= limit:
             break
@@ -311,7 +410,7 @@ def read_problems(path: str | Path, fields: Mapping[str, str], limit: int | None
     if rows == 0:
         raise CorpusError(f"{key}: problems file {path} is empty: it has no rows")
     if not parsed and first_bad is not None:
-        raise _no_json(path, rows, first_bad, key)
+        raise _no_json(Path(path), rows, first_bad, key)
     missing = [n for n in names.values() if n not in seen_fields]
     if missing:
         raise CorpusError(f"{key}: {path} has no field {missing} in any row (its rows have {sorted(seen_fields)}): "

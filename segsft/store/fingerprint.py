@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from segsft.errors import PipelineError
+from segsft.store.corpus import corpus_identity
+from segsft.store.hub import is_dataset
 from segsft.store.io import file_sha256, write_json
 
 if TYPE_CHECKING:
@@ -39,9 +41,17 @@ def fingerprint(cfg: Mapping[str, Any], dtype: str, pattern: str) -> dict[str, A
     fp: dict[str, Any] = {
         "model": str(m["name_or_path"]), "revision": m.get("revision"), "dtype": dtype, "rule": a["rule"],
         "baseline": a["baseline"], "segment_pattern": pattern, "answer_suffix": a["answer_suffix"],
-        "max_tokens": int(a["max_tokens"]), "corpus_sha256": file_sha256(d["path"]),
+        "max_tokens": int(a["max_tokens"]),
         "data_fields": {k: d["fields"][k] for k in sorted(d["fields"])}, "data_limit": d["limit"],
     }
+    # A file by its bytes; a dataset by its id, revision, split and `datasets` fingerprint (keys
+    # that runs of a file never had, so their stored fingerprints still match).
+    if is_dataset(d["path"]):
+        fp["corpus_dataset"] = corpus_identity(d["path"])
+    else:
+        fp["corpus_sha256"] = file_sha256(d["path"])
+    if d.get("adapter") not in (None, "", "none"):
+        fp["data_adapter"] = d["adapter"]
     if a["rule"] == "adaptive":
         fp.update({k: a[k] for k in ADAPTIVE_KEYS})
         fp["stop_test"] = STOP_TEST

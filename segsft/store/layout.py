@@ -7,6 +7,7 @@
       selection/<name>/                SelectionLayout: masks, summaries, config.yaml, selection.done
       sweeps/select/sweep.parquet      the multirun table
       finetune/                        FinetuneLayout: model/, train_tokens.parquet, ...
+        export/                        ExportLayout: {trl,axolotl}/train.parquet, README.md
       report.html
 
 `<part>` is `<rank>-of-<world>` (5 digits each). A part is finished once its marker exists,
@@ -204,6 +205,42 @@ class FinetuneLayout:
     def run_config(self) -> Path:
         return self.dir / "run_config.json"
 
+    @property
+    def tensorboard(self) -> Path:
+        """finetune.report_to=tensorboard: the event files (`tensorboard --logdir <this>`)."""
+        return self.dir / "tensorboard"
+
+    @property
+    def export(self) -> "ExportLayout":
+        """stage=export's default output: train_tokens as a dataset TRL and axolotl read."""
+        return ExportLayout(self.dir / "export")
+
+
+@dataclass(frozen=True)
+class ExportLayout:
+    """stage=export's directory: one dataset per tool, each a Parquet file named for its split,
+    so `datasets.load_dataset(<dir>/trl)` reads it as the `train` split (axolotl: `path:`)."""
+
+    dir: Path
+
+    @property
+    def trl(self) -> Path:
+        """input_ids + completion_mask (TRL's SFTTrainer, completion_only_loss)."""
+        return self.dir / "trl" / "train.parquet"
+
+    @property
+    def axolotl(self) -> Path:
+        """Exactly input_ids, attention_mask, labels (axolotl's pre-tokenized format)."""
+        return self.dir / "axolotl" / "train.parquet"
+
+    @property
+    def card(self) -> Path:
+        """How to train on them with TRL or axolotl."""
+        return self.dir / "README.md"
+
+    def outputs(self) -> dict[str, Path]:
+        return {"trl": self.trl, "axolotl": self.axolotl, "card": self.card}
+
 
 @dataclass(frozen=True)
 class RunLayout:
@@ -318,7 +355,7 @@ def selection_name(method: Any, top_mass: Any, max_consistency: Any = None, min_
 
 
 def register_resolvers() -> None:
-    """`${segsft_selection_name:...}` for conf/select/default.yaml (idempotent)."""
+    """`${segsft_selection_name:...}` for segsft/conf/select/default.yaml (idempotent)."""
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("segsft_selection_name"):

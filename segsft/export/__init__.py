@@ -1,0 +1,37 @@
+"""stage=export: a fine-tuning run's training tokens as datasets TRL and axolotl read.
+
+    python pipeline.py stage=export run_dir=runs/x [finetune_dir=...] [export.dir=...]
+
+Reads `<finetune_dir>/train_tokens.parquet` (exactly the ids and labels our trainer saw) and
+writes `<export.dir>/trl/train.parquet` (input_ids, completion_mask) and
+`<export.dir>/axolotl/train.parquet` (input_ids, attention_mask, labels), plus a card saying
+how to train on them. One process (rank 0).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from segsft.export.stage import export_dir, run
+
+__all__ = ["STAGE", "export_dir", "run"]
+
+
+class _ExportStage:
+    """segsft.run.stage_api.Stage: one process: rank 0."""
+
+    name = "export"
+    rank0_only = True
+
+    def check(self, cfg: Any) -> list[str]:
+        return [] if cfg.finetune_dir else ["finetune_dir is empty: set finetune_dir=<the fine-tuning run to export>"]
+
+    def run(self, cfg: Any, rank: int, world: int) -> dict[str, Path]:
+        return run(cfg)
+
+    def outputs(self, cfg: Any) -> dict[str, Path]:
+        return export_dir(cfg).outputs()
+
+
+STAGE = _ExportStage()
