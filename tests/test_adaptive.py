@@ -213,10 +213,16 @@ def test_one_spearman_undefined_is_none_and_the_stop_test_reads_it_as_order_kept
         np.corrcoef([0, 1.5, 1.5, 3], [0, 2.5, 2.5, 1])[0, 1])  # ties share their mean rank
     assert spearman(np.array([1.0]), np.array([2.0])) is None
     assert spearman(np.array([1.0, 1.0]), np.array([1.0, 2.0])) is None  # a constant side
-    est = lambda steps, s: type("E", (), {"steps": steps, "token_attr": s, "gap": 0.0})()  # noqa: E731
+    class Never:  # strengths are token_attr; no segment is ever trained, so every decision is settled
+        def metrics(self, a):
+            return np.asarray(a, dtype=np.float64), np.full(len(a), 0.5)
+
+        def decide(self, s, c):
+            return np.zeros(np.shape(s), bool)
+
     for now, half, rho in (([2.0, 2.0], [3.0, 3.0], 1.0), ([2.0, 2.0], [1.0, 3.0], 0.0), ([4.0], [1.0], 1.0)):
-        t = StopTest(0.05, 0.95, lambda a: (np.zeros(len(a), bool), np.asarray(a)), ranks=True)
-        assert t.stability([est(8, np.array(half)), est(16, np.array(now))]) == (1.0, rho)
+        t = StopTest(0.05, 0.95, Never(), ranks=True)
+        assert t.stability([_est(8, half), _est(16, now)]) == (1.0, rho)
 
 
 def test_attribute_stage_writes_the_adaptive_columns(tmp_path, tiny_model_dir):

@@ -48,7 +48,7 @@ def _synthetic_run(root: Path) -> Path:
 
 @pytest.mark.parametrize("key", ["run_dir", "selection_dir", "finetune_dir", "eval_dir", "generate_dir"])
 def test_every_directory_key_naming_a_file_is_one_problem(tmp_path, key):
-    from segsft.path_keys import path_key_problems
+    from segsft.run.path_keys import path_key_problems
 
     f = tmp_path / "afile"
     f.write_text("x")
@@ -287,7 +287,7 @@ def test_finetune_refuses_a_corpus_edited_since_attribution_unless_told(tmp_path
 
 @pytest.mark.parametrize("name", ["../../escape", "a/b", "..", "a\\b"])
 def test_a_name_key_with_a_separator_or_dotdot_is_refused(tmp_path, name):
-    from segsft.path_keys import path_key_problems
+    from segsft.run.path_keys import path_key_problems
 
     errs = path_key_problems(compose_config("stage=select", f"run_dir={tmp_path}", f"select.name='{name}'"))
     assert len(errs) == 1 and errs[0].startswith("select.name=") and "without path separators or '..'" in errs[0]

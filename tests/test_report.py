@@ -437,7 +437,8 @@ def test_borderline_segments_are_marked_and_counted(built, tmp_path, tokenizer):
                          pa.array([k in want for k in keys], pa.bool_()))
         pq.write_table(t, p)
         total += t.num_rows
-    cfg = report_cfg(run_dir, corpus, built["model"], *REPORT_SELECT)
+    cfg = compose_config(*built["select"][:1], f"data.path={corpus}", f"model.name_or_path={built['model']}",
+                         f"run_dir={run_dir}", *REPORT_SELECT)
     select_run(cfg)
     text = run(cfg).read_text(encoding="utf-8")
     page = Page(text)

@@ -133,8 +133,8 @@ def test_borderline_segments_keep_the_rule_or_are_trained_or_not(tmp_path, polic
     for r in rows:
         r.update(strength_err=0.01, borderline=r["sample_id"] == "a" and r["segment"] in (0, 1, 2))
     write_attribution(tmp_path / "r", rows)
-    rule = pl.read_parquet(Path(run(_cfg(tmp_path / "r", "select.always_keep=[]"))["paths"]["masks.parquet"]))
-    summary = run(_cfg(tmp_path / "r", "select.always_keep=[]", f"select.borderline={policy}",
+    rule = pl.read_parquet(Path(run(compose_config("stage=select", f'run_dir={tmp_path / "r"}', "select.always_keep=[]"))["paths"]["masks.parquet"]))
+    summary = run(compose_config("stage=select", f'run_dir={tmp_path / "r"}', "select.always_keep=[]", f"select.borderline={policy}",
                        f"selection_dir={tmp_path / policy}"))
     masks = pl.read_parquet(Path(summary["paths"]["masks.parquet"]))
     assert summary["borderline"] == {"segments": 3, "policy": policy}
@@ -154,7 +154,7 @@ def test_borderline_drop_never_drops_an_always_keep_segment(tmp_path):
     for r in rows:
         r.update(strength_err=0.01, borderline=r["segment"] == 0)
     write_attribution(tmp_path / "r", rows)
-    masks = pl.read_parquet(Path(run(_cfg(tmp_path / "r", "select.borderline=drop"))["paths"]["masks.parquet"]))
+    masks = pl.read_parquet(Path(run(compose_config("stage=select", f'run_dir={tmp_path / "r"}', "select.borderline=drop"))["paths"]["masks.parquet"]))
     assert masks.filter(pl.col("segment") == 0)["train"].all()
 
 

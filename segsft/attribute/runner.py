@@ -25,7 +25,7 @@ from segsft.errors import PipelineError
 from segsft.store.layout import RunLayout
 from segsft.store.io import write_json
 from segsft.store.parts import TABLES, Buffer, PartWriter, has_key, part_lock
-from segsft.length_guard import surely_too_long
+from segsft.method.length_guard import surely_too_long
 from segsft.method.text import build_sequence, resolve_pattern
 
 log = logging.getLogger(__name__)

@@ -183,7 +183,7 @@ def split_long_prompts(model_cfg: dict, problems: Sequence[ProblemRow], limit: i
     """(problems whose prompt fits `limit` tokens, rejects "prompt too long (N tokens > limit)").
     `limit` 0 = the model's context length. A prompt past the character bound is rejected
     without tokenizing it (segsft.length_guard)."""
-    from segsft.length_guard import surely_too_long
+    from segsft.method.length_guard import surely_too_long
     from segsft.run.models import load_tokenizer
     from segsft.method.text import encode_prompt
 

@@ -37,7 +37,7 @@ def _probe(directory: str) -> None:
 
 
 def _check_path_keys(config: Any) -> None:
-    from segsft.path_keys import path_key_problems
+    from segsft.run.path_keys import path_key_problems
 
     try:
         errs = path_key_problems(config)

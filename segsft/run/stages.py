@@ -25,7 +25,7 @@ def run_stage(cfg: DictConfig) -> Any:
     stage = cfg.stage
     if stage not in STAGES:
         raise ConfigError(f"stage={stage!r}: use one of {list(STAGES)}")
-    from segsft.path_keys import path_key_problems
+    from segsft.run.path_keys import path_key_problems
 
     # Directory and name keys first, once: every stage writes or reads under them.
     errors = path_key_problems(cfg)
