@@ -231,6 +231,10 @@ def analyze(args: argparse.Namespace) -> None:
         adaptive_full = replay()
         levels = [k for k in range(2, 16) if all(float(x) in cache.points for x in np.linspace(0, 1, 2**k + 1))]
         kmax = levels[-1]
+        if kmax < args.min_ref_level:
+            print(f"{row['id']}: skipped, its densest uniform grid cached has {2**kmax + 1} points "
+                  f"(< 2^{args.min_ref_level} + 1): compute more first", flush=True)
+            continue
         dense = np.linspace(0, 1, 2**kmax + 1)
         # The reference is the densest uniform grid: independent of the rule under test.
         ref_u = estimate_of(cache, dense, trapezoid_weights(dense))
@@ -396,6 +400,8 @@ def main() -> None:
     p.add_argument("--tag", default="cpu-fp32", help="cache subfolder: keep devices and dtypes apart")
     p.add_argument("--cache", type=Path, default=CACHE)
     p.add_argument("--store", default="float32", help="dtype of the cached integrand (float16 halves a transfer)")
+    p.add_argument("--min-ref-level", type=int, default=6,
+                   help="analyze: skip traces whose densest uniform grid has fewer than 2^this + 1 points")
     p.add_argument("--budget", type=float, default=0, help="seconds; stop (resumably) after this")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "convergence_study.json"))
     args = p.parse_args()

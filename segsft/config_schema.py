@@ -80,8 +80,12 @@ class AttributeConf:
 
     rule: str = "adaptive"
     steps: int = 16
-    # The error bound to reach (relative to |f(1) - f(0)|; it bounds the completeness gap).
-    target_gap: float = 0.05
+    # The error bound to reach: the sum of |exact local errors| over |f(1) - f(0)| (it bounds the
+    # completeness gap and cannot cancel). On real traces it falls about as 1/N (the path is rough
+    # below 1/512 of its length): on the cut traces studied so far 2.0 is met in a median of 61
+    # evaluations, 1.0 in 125 and 0.5 not within 128, every decision agreeing with a 129-point
+    # uniform reference (README, "Scores that do not depend on the quadrature"; the study goes on).
+    target_gap: float = 2.0
     # Share of the non-borderline decisions that must be settled over the last doubling.
     target_stability: float = 1.0
     max_steps: int = 256
