@@ -226,7 +226,7 @@ def _gen_args(stage: str, ctx: dict, out: Path) -> list[str]:
               f"{node}.max_new_tokens=8", f"{node}.samples=2", f"{node}.chunk_problems=1", f"{node}.batch_size=1"]
     if stage == "evaluate":
         return [*common, "evaluate.benchmarks=[tiny]", f"evaluate.models=[{ctx['model']}]"]
-    return [*common, f"generate.problems={REPO / 'data' / 'benchmarks' / 'tiny.jsonl'}"]
+    return [*common, f"generate.problems={REPO / 'segsft' / 'data' / 'benchmarks' / 'tiny.jsonl'}"]
 
 
 def _gens(d: Path) -> pl.DataFrame:
