@@ -50,6 +50,13 @@ class TokenProgress(TrainerCallback):
             rate = self.tokens / max(self.seconds, 1e-9)
             self.bar.set_postfix_str(f"{rate:,.0f} tok/s, loss {logs['loss']:.4g}", refresh=True)
 
+    def close(self) -> None:
+        """Close the bar without the figures (the run stopped): before any error line is printed,
+        so that line stays the last one."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
     def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self._measure(state)
         if self.bar is not None:

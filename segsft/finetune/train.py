@@ -181,5 +181,9 @@ def train(
     ckpt = resume_point(output_dir, args, s.resume)
     if ckpt is not None:
         log.info("resuming from %s (the newest checkpoint marked complete)", ckpt)
-    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    try:
+        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    except BaseException:
+        progress.close()  # Ctrl-C or an error: its one line must come after the bar, not before
+        raise
     return TrainOutcome(trainer, ckpt, counter.steps, counter.first_step, progress)
