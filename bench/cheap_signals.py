@@ -66,7 +66,7 @@ def cost_in_process(corpus_path: Path, n: int) -> dict:
     from segsft.method.adaptive import AdaptiveSettings
     from segsft.method.batching import attribute_sequence
     from segsft.method.ig import freeze
-    from segsft.method.metrics import segment_decider
+    from segsft.method.metrics import SegmentRule
     from segsft.method.token_stats import token_stats
     from segsft.store.corpus import read_corpus
     from segsft.run.models import load_model, load_tokenizer, pad_token_id
@@ -85,7 +85,7 @@ def cost_in_process(corpus_path: Path, n: int) -> dict:
         t0 = time.perf_counter()
         res = attribute_sequence(model, ids, pos, rule="adaptive", steps=16, baseline="pad", pad_id=pad_token_id(tok),
                                  batch_alphas=8, max_batch_tokens=0, adaptive=AdaptiveSettings(),
-                                 decide=segment_decider(seq.segment_tokens, SelectConfig(), seq.train_tokens),
+                                 decide=SegmentRule(seq.segment_tokens, SelectConfig(), seq.train_tokens),
                                  trace_tokens=seq.trace_tokens)
         t1 = time.perf_counter()
         token_stats(model, ids)

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from segsft.method.adaptive import AdaptiveSettings
 from segsft.method.batching import attribute_sequence, resolve_budget
 from segsft.method.ig import check_supports_logits_to_keep, freeze
-from segsft.method.metrics import segment_decider, segment_metrics
+from segsft.method.metrics import SegmentRule, segment_metrics
 from segsft.method.token_stats import segment_token_stats, token_stats
 from segsft.store.corpus import Reject, Sample, read_corpus, reject_row
 from segsft.errors import PipelineError
@@ -237,7 +237,7 @@ class AttributeStage:
 
     def _decide(self, seq: Any) -> Any:
         """The stop test's decision: the select rule with the configured select settings."""
-        return segment_decider(seq.segment_tokens, self._select_config(), seq.train_tokens)
+        return SegmentRule(seq.segment_tokens, self._select_config(), seq.train_tokens)
 
     def _rows(self, buf: Buffer, item: Sample, seq: Any, res: Any, n_fed: int, model_name: str, seconds: float,
               stats: tuple[np.ndarray, np.ndarray] | None = None) -> None:

@@ -13,7 +13,8 @@ from typing import Any, Iterator
 
 import torch
 
-from segsft.method.adaptive import AdaptiveSettings, Decide
+from segsft.method.adaptive import AdaptiveSettings
+from segsft.method.metrics import SegmentRule
 from segsft.method.ig import IGResult, adaptive_integrated_gradients, integrated_gradients
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ _warned_oom = False
 def attribute_sequence(
     model: Any, input_ids: torch.Tensor, answer_positions: torch.Tensor, *, rule: str, steps: int,
     baseline: str, pad_id: int | None, batch_alphas: int, max_batch_tokens: int,
-    adaptive: AdaptiveSettings | None = None, decide: Decide | None = None,
+    adaptive: AdaptiveSettings | None = None, decide: SegmentRule | None = None,
     trace_tokens: tuple[int, int] | None = None,
 ) -> IGResult:
     """IG of one sequence with the batch planned from the token budget; on CUDA

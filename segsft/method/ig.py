@@ -16,7 +16,8 @@ import torch
 from segsft.method.quadrature import quadrature
 
 if TYPE_CHECKING:
-    from segsft.method.adaptive import AdaptiveSettings, Decide
+    from segsft.method.adaptive import AdaptiveSettings
+    from segsft.method.metrics import SegmentRule
 
 BASELINES = ("pad", "zero", "mean", "pad_trace")
 
@@ -239,7 +240,7 @@ def adaptive_integrated_gradients(
     answer_positions: torch.Tensor,
     settings: "AdaptiveSettings",
     *,
-    decide: "Decide | None" = None,
+    decide: "SegmentRule | None" = None,
     baseline: str = "pad",
     pad_id: int | None = None,
     batch_alphas: int = 1,

@@ -44,13 +44,6 @@ class SegmentRule:
         return self.decide(strength[None, :], consistency[None, :])[0], strength
 
 
-def segment_decider(segment_tokens: Sequence[tuple[int, int]], select_cfg: Any, train_tokens: int | None = None
-                    ) -> SegmentRule:
-    """token_attr -> (train decision per segment, strength per segment): the select stage's own
-    rule (`segsft.method.rule.decide`) on one sample, as the adaptive rule's stop test needs it."""
-    return SegmentRule(segment_tokens, select_cfg, train_tokens)
-
-
 def segment_metrics(token_attr: np.ndarray, segment_tokens: Sequence[tuple[int, int]]) -> list[dict]:
     """Per segment: raw sums, strength and consistency.
 
