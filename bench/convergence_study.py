@@ -45,7 +45,9 @@ from segsft.method.quadrature import quadrature  # noqa: E402
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 FIXED = [("linspace", 20), ("linspace", 50), ("gauss_legendre", 16), ("gauss_legendre", 32), ("gauss_legendre", 64)]
-CACHE = Path(os.environ.get("SEGSFT_STUDY_CACHE", Path.home() / ".cache" / "segsft" / "convergence"))
+# Inside the repository and committed: a home directory does not outlive a session here, and
+# a lost cache once cost a whole session of CPU. Every .npz holds one (trace, baseline, tag).
+CACHE = Path(os.environ.get("SEGSFT_STUDY_CACHE", REPO / "bench" / "cache" / "convergence"))
 
 
 class PointCache:

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The convergence study on this CPU, in the background, resumable across sessions (the point
-# cache under ~/.cache/segsft/convergence keeps every evaluation; a rerun computes only what
-# is missing). Two lanes, one thread each, nice'd so interactive work keeps priority:
+# cache under bench/cache/convergence keeps every evaluation and is committed, since a home
+# directory does not outlive a session; a rerun computes only what is missing). Two lanes, one thread each, nice'd so interactive work keeps priority:
 #   cut   : the 16 cut traces (200-400 tokens), adaptive to 256 points, uniform grids to 1025
 #   whole : the whole traces of <= 5,300 SmolLM2 tokens (8 traces, 5-28 segments), no cut
 # Each lane widens in passes, so whatever is cached when a session ends is balanced over
 # the traces. Analyze with bench/study_analyze.sh (it reads only what is cached).
-#   nohup bash bench/study_cpu.sh cut   > ~/.cache/segsft/study-cut.log 2>&1 &
-#   nohup bash bench/study_cpu.sh whole > ~/.cache/segsft/study-whole.log 2>&1 &
+#   nohup bash bench/study_cpu.sh cut   > bench/cache/study-cut.log 2>&1 &
+#   nohup bash bench/study_cpu.sh whole > bench/cache/study-whole.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
