@@ -30,6 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from segsft.config_schema import ModelConf  # noqa: E402
+
 from machine import machine as _machine  # noqa: E402
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -51,7 +53,7 @@ def corpus(path: Path, n: int) -> int:
     from segsft.run.models import load_tokenizer
     from segsft.method.text import resolve_pattern
 
-    tok = load_tokenizer({"name_or_path": MODEL})
+    tok = load_tokenizer(ModelConf(name_or_path=MODEL))
     rows = window_rows(tok, sorted(load_rows(), key=lambda r: r["id"]), resolve_pattern("default"))[:n]
     path.write_text("".join(json.dumps({k: r[k] for k in ("id", "question", "solution", "answer")}) + "\n" for r in rows))
     return len(rows)
@@ -74,8 +76,8 @@ def cost_in_process(corpus_path: Path, n: int) -> dict:
     from segsft.method.text import build_sequence, resolve_pattern
 
     torch.set_num_threads(os.cpu_count() or 1)
-    tok = load_tokenizer({"name_or_path": MODEL})
-    model = freeze(load_model({"name_or_path": MODEL}, torch.device("cpu"), torch.float32).eval())
+    tok = load_tokenizer(ModelConf(name_or_path=MODEL))
+    model = freeze(load_model(ModelConf(name_or_path=MODEL), torch.device("cpu"), torch.float32).eval())
     samples, _ = read_corpus(corpus_path, {"id": "id"})
     ig_s, st_s, evals, tokens = [], [], [], []
     for s in samples[:n]:

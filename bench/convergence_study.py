@@ -39,6 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from segsft.config_schema import ModelConf  # noqa: E402
+
 from segsft.method.adaptive import (AdaptivePath, StopTest, local_errors, refine, spearman,  # noqa: E402
                                       trapezoid_weights)
 from segsft.method.quadrature import quadrature  # noqa: E402
@@ -100,7 +102,7 @@ def traces(n: int, model: str = MODEL, whole: bool = False, max_tokens: int = 0,
     from segsft.run.models import load_tokenizer
     from segsft.method.text import build_sequence, resolve_pattern
 
-    tok = load_tokenizer({"name_or_path": model})
+    tok = load_tokenizer(ModelConf(name_or_path=model))
     rx = resolve_pattern("default")
     rows = sorted(load_rows(), key=lambda r: r["id"])
     if not whole:
@@ -123,7 +125,7 @@ def compute(args: argparse.Namespace) -> None:
     from segsft.run.models import DTYPES, load_model, load_tokenizer, pad_token_id
 
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    cfg = {"name_or_path": args.model}
+    cfg = ModelConf(name_or_path=args.model)
     tok = load_tokenizer(cfg)
     model = freeze(load_model(cfg, device, DTYPES[args.dtype]).eval())
     pad = pad_token_id(tok)

@@ -28,6 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from segsft.config_schema import ModelConf  # noqa: E402
+
 from machine import machine  # noqa: E402
 from traces import excerpt_sequence, load_rows  # noqa: E402
 
@@ -69,7 +71,7 @@ def main() -> None:
     from segsft.run.models import load_model, load_tokenizer, pad_token_id
     from segsft.method.text import resolve_pattern
 
-    cfg = {"name_or_path": args.model}
+    cfg = ModelConf(name_or_path=args.model)
     tok = load_tokenizer(cfg)
     model = freeze(load_model(cfg, torch.device("cpu"), torch.float32).eval())
     rx = resolve_pattern("default")

@@ -313,19 +313,61 @@ def register_configs() -> None:
         cs.store(group=group, name="base", node=node)
 
 
-def with_defaults(schema: type, node: Any) -> dict[str, Any]:
-    """`node`'s keys over the schema's defaults: for the library functions that also take a
-    hand-made mapping (a test's `{"name_or_path": ...}`, an older run's saved settings)."""
-    from dataclasses import asdict
+@dataclass
+class Settings:
+    """The composed config, typed: the one object a stage gets (`STAGE.check/run/outputs`).
 
-    out = asdict(schema())
-    if node is not None:
-        out.update({k: node[k] for k in node})
-    return out
+    Built once by dispatch (`Settings.of(cfg)`): every group is its schema's dataclass above,
+    interpolations resolved, so nothing below a stage reads the raw config or its defaults
+    again. The path keys' values come from segsft/conf/config.yaml."""
+
+    stage: str = "attribute"
+    run_dir: Optional[str] = None
+    selection_dir: Optional[str] = None
+    finetune_dir: Optional[str] = None
+    eval_dir: Optional[str] = None
+    generate_dir: Optional[str] = None
+    model: ModelConf = field(default_factory=ModelConf)
+    data: DataConf = field(default_factory=DataConf)
+    attribute: AttributeConf = field(default_factory=AttributeConf)
+    select: SelectConf = field(default_factory=SelectConf)
+    finetune: FinetuneConf = field(default_factory=FinetuneConf)
+    report: ReportConf = field(default_factory=ReportConf)
+    evaluate: EvaluateConf = field(default_factory=EvaluateConf)
+    generate: GenerateConf = field(default_factory=GenerateConf)
+    export: ExportConf = field(default_factory=ExportConf)
+
+    @classmethod
+    def of(cls, cfg: Any) -> "Settings":
+        """`cfg` (the composed DictConfig, or a mapping of some keys) typed; a Settings as is."""
+        if isinstance(cfg, Settings):
+            return cfg
+        return typed(cls, cfg)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every key as plain JSON values (what a run records)."""
+        from dataclasses import asdict
+
+        return asdict(self)
 
 
-def plain(node: Any) -> dict[str, Any]:
-    """A config node as a plain dict, interpolations resolved (a plain mapping as a dict)."""
+class SettingsError(ValueError):
+    """A key or value the schema does not accept (one line, naming the key)."""
+
+
+def typed(schema: type, node: Any) -> Any:
+    """`node` (a config node or a plain mapping; None = the defaults) as an instance of the
+    dataclass `schema`: unset keys take the schema's defaults, values are checked against its
+    types (`yes`/`no` are booleans, `maybe` is refused), interpolations are resolved."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)  # type: ignore[return-value]
+    if isinstance(node, schema):
+        return node
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node if node is not None else {})
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or getattr(e, "key", None)
+        what = str(e).splitlines()[0]
+        raise SettingsError(f"{key}: {what}" if key and str(key) not in what else what) from None

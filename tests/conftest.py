@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from html.parser import HTMLParser
 from hydra import compose, initialize_config_dir
 
+from segsft.config_schema import ModelConf
 from segsft.run.models import load_tokenizer
 from segsft.store.shipped import conf_dir
 from segsft.method.text import resolve_pattern, split_segments
@@ -65,7 +66,7 @@ def tiny_model_dir(tmp_path_factory):
 def tokenizer(tiny_model_dir):
     # Loaded back as the pipeline loads it: transformers picks the class from the
     # model type (Qwen2), whose pre-tokenizer can differ from the freshly trained one.
-    return load_tokenizer({"name_or_path": tiny_model_dir})
+    return load_tokenizer(ModelConf(name_or_path=tiny_model_dir))
 
 
 @pytest.fixture(scope="session")

@@ -278,11 +278,12 @@ def test_a_boolean_key_that_is_not_a_boolean_is_refused_in_one_line(tmp_path, ti
                              cwd=REPO, env=env1(), capture_output=True, text=True, timeout=300)
         assert out.returncode == 2 and "Traceback" not in out.stderr, key
         assert out.stderr == f"error: {key}=maybe: {key} takes true or false, not 'maybe'\n", out.stderr
-    # A hand-made mapping (not composed by Hydra) is checked as strictly.
-    from segsft.run.models import check_model_config
+    # A hand-made mapping (not composed by Hydra) is typed by the same schema, as strictly.
+    from segsft.config_schema import ModelConf, Settings, SettingsError, typed
 
-    assert check_model_config({"name_or_path": tiny_model_dir, "trust_remote_code": "no"}) == [
-        "model.trust_remote_code='no': use true or false"]
+    assert typed(ModelConf, {"name_or_path": tiny_model_dir, "trust_remote_code": "no"}).trust_remote_code is False
+    with pytest.raises(SettingsError, match=r"^model\.trust_remote_code: Value 'maybe' is not a valid bool"):
+        Settings.of({"model": {"name_or_path": tiny_model_dir, "trust_remote_code": "maybe"}})
 
 
 def test_outputs_follow_the_umask(tmp_path):

@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from segsft.config_schema import ModelConf
+
 from conftest import REPO, compose_config, make_traces, mark_selection_finished, write_jsonl, write_masks
 from segsft.errors import PipelineError
 from segsft.select.synthetic import segment_rows, write_attribution
@@ -96,7 +98,7 @@ def test_an_explicit_prompt_limit_rejects_with_the_token_count(tiny_model_dir, t
     probs = [ProblemRow("a", "short?", "1", None, 0), ProblemRow("b", "a longer question " * 20, "1", None, 1)]
     limit = len(encode_prompt(tokenizer, "short?")) + 5
     n = len(encode_prompt(tokenizer, probs[1].question))
-    ok, rej = split_long_prompts({"name_or_path": tiny_model_dir}, probs, limit, "generate")
+    ok, rej = split_long_prompts(ModelConf(name_or_path=tiny_model_dir), probs, limit, "generate")
     assert [p.problem_id for p in ok] == ["a"]
     assert [r.sample_id for r in rej] == ["b"] and f"row 1: prompt too long ({n} tokens > {limit})" in rej[0].reason
     assert "generate.max_prompt_tokens" in rej[0].reason
@@ -108,7 +110,7 @@ def test_out_of_memory_halves_the_batch_and_gives_up_on_one_row_only(tiny_model_
 
     settings = compose_config("stage=evaluate").evaluate
     settings.batch_size, settings.max_new_tokens, settings.engine = 4, 3, "hf"
-    eng = HFEngine({"name_or_path": tiny_model_dir}, settings)
+    eng = HFEngine(ModelConf(name_or_path=tiny_model_dir), settings)
     real, calls = eng.model.generate, []
 
     def generate(**kw):

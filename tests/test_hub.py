@@ -12,7 +12,9 @@ from pathlib import Path
 import datasets
 import polars as pl
 import pytest
-from omegaconf import OmegaConf
+
+
+from segsft.config_schema import Settings
 
 from conftest import REPO, compose_config, make_traces, write_jsonl
 from segsft.errors import PipelineError
@@ -138,8 +140,7 @@ def test_the_openr1_adapter_takes_the_reasoning_of_the_trace(tmp_path):
 def test_the_attribution_fingerprint_names_the_dataset(tmp_path, mock_hub):
     _, dirs = mock_hub
     dirs["org/limo"] = hub_layout(tmp_path / "limo", corpus_rows())
-    cfg = OmegaConf.to_container(compose_config("data.path=hub:org/limo@v1.0", "model.name_or_path=m"), resolve=True)
-    fp = fingerprint(cfg, "float32", "p")
+    fp = fingerprint(Settings.of(compose_config("data.path=hub:org/limo@v1.0", "model.name_or_path=m")), "float32", "p")
     expected = REAL_LOAD(str(tmp_path / "limo"), split="train")._fingerprint
     assert fp["corpus_dataset"] == {"dataset": "org/limo", "revision": "v1.0", "config": None, "split": "train",
                                     "rows": 9, "fingerprint": expected}

@@ -130,14 +130,32 @@ def test_the_dispatcher_runs_rank0_only_stages_on_rank_0_only(tmp_path, monkeypa
     from segsft.run import stages
     from segsft.run.stage_api import load
 
-    calls = []
+    from segsft.config_schema import SelectConf, Settings
+
+    calls, given = [], []
     select = load("select")
-    monkeypatch.setattr(type(select), "check", lambda self, cfg: [])
-    monkeypatch.setattr(type(select), "run", lambda self, cfg, r, w: calls.append(self.name))
+    monkeypatch.setattr(type(select), "check", lambda self, s: given.append(s) or [])
+    monkeypatch.setattr(type(select), "run", lambda self, s, r, w: given.append(s) or calls.append(self.name))
     monkeypatch.setenv("RANK", rank)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    stages.run_stage(compose_config("stage=select", f"run_dir={tmp_path}"))
+    stages.run_stage(compose_config("stage=select", f"run_dir={tmp_path}", "select.top_mass=0.5"))
     assert calls == ran
+    # The stage gets the typed settings, built once (the same object), never the raw config.
+    assert given and all(s is given[0] for s in given) and type(given[0]) is Settings
+    assert type(given[0].select) is SelectConf and given[0].select.top_mass == 0.5
+    assert given[0].selection_dir == f"{tmp_path}/selection/attribution-top0.5-maxc0.8"
+
+
+#: The run layer (Hydra's entry, dispatch, its callbacks) and the schema are the only places that
+#: see the raw config; a stored YAML is read with OmegaConf.load elsewhere, never a DictConfig.
+RAW_CONFIG_PLACES = ("segsft.config_schema", "segsft.run.", "segsft.select.sweep")
+
+
+def test_no_module_below_a_stage_handles_the_raw_config():
+    raw = sorted(name for name, tree in modules().items() if not name.startswith(RAW_CONFIG_PLACES)
+                 and {"DictConfig", "with_defaults", "to_container"} & {
+                     getattr(n, "id", None) or getattr(n, "attr", None) or getattr(n, "name", None) for n in ast.walk(tree)})
+    assert not raw, f"{raw} handle the raw config: take the typed Settings (segsft.config_schema) instead"
 
 
 def test_the_select_keys_are_declared_once():

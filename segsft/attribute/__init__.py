@@ -8,6 +8,7 @@ from segsft.method.ig import IGResult, integrated_gradients
 from segsft.method.metrics import segment_metrics
 from segsft.method.quadrature import RULES, quadrature
 from segsft.attribute.runner import AttributeStage, attribution_dir
+from segsft.config_schema import Settings
 from segsft.errors import PipelineError
 from segsft.store.layout import RunLayout
 
@@ -21,30 +22,27 @@ class _AttributeStage:
 
     name = "attribute"
 
-    def check(self, cfg: Any) -> list[str]:
+    def check(self, s: Settings) -> list[str]:
         from segsft.attribute.config import check_attribute
 
-        return check_attribute(cfg)
+        return check_attribute(s)
 
-    def run(self, cfg: Any, rank: int, world: int) -> dict:
-        from segsft.config_schema import plain
-
-        resolved = plain(cfg)
-        result = AttributeStage(resolved).run(rank, world)
+    def run(self, s: Settings, rank: int, world: int) -> dict:
+        result = AttributeStage(s).run(rank, world)
         from segsft.store.consolidate import consolidate, mixed_world_sizes
 
-        if resolved["attribute"]["consolidate"]:
-            consolidate(resolved["run_dir"])
-        elif mixed_world_sizes(resolved["run_dir"]):
+        if s.attribute.consolidate:
+            consolidate(s.run_dir)
+        elif mixed_world_sizes(s.run_dir):
             # Once the run is complete its parts become one (the last rank to finish does it).
             try:
-                consolidate(resolved["run_dir"])
+                consolidate(s.run_dir)
             except PipelineError as e:  # another writer is still at work: the stages read each sample once anyway
                 log.warning("%s", e)
         return result
 
-    def outputs(self, cfg: Any) -> dict[str, Path]:
-        return {"attribution": RunLayout(cfg["run_dir"]).attribution.dir}
+    def outputs(self, s: Settings) -> dict[str, Path]:
+        return {"attribution": RunLayout(s.run_dir).attribution.dir}
 
 
 STAGE = _AttributeStage()

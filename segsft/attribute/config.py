@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from segsft.config_schema import AttributeConf, Settings
 
 
-def check_attribute(cfg: Any) -> list[str]:
+def check_attribute(cfg: "Settings") -> list[str]:
     from segsft.method.ig import BASELINES
     from segsft.method.quadrature import RULES
     from segsft.method.text import KEYWORD_PRESETS
@@ -62,7 +65,7 @@ def check_attribute(cfg: Any) -> list[str]:
         from segsft.store.corpus import corpus_path_problem
         from segsft.store.hub import adapter_problem
 
-        errs += [p for p in [corpus_path_problem(cfg.data.path), adapter_problem(cfg.data.get("adapter"))] if p]
+        errs += [p for p in [corpus_path_problem(cfg.data.path), adapter_problem(cfg.data.adapter)] if p]
     from segsft.run.models import check_model_config
 
     errs += check_model_config(cfg.model)
@@ -83,7 +86,7 @@ def rounding_floor(dtype: Any) -> tuple[str, float] | None:
     return str(dtype), 2 * float(torch.finfo(DTYPES[dtype]).eps)
 
 
-def check_adaptive(a: Any) -> list[str]:
+def check_adaptive(a: "AttributeConf") -> list[str]:
     """The adaptive rule's keys (checked whatever the rule, so a sweep fails early)."""
     from segsft.config_schema import AttributeConf
     from segsft.run.models import DTYPES
@@ -91,7 +94,7 @@ def check_adaptive(a: Any) -> list[str]:
     d, errs = AttributeConf(), []
 
     def number(key: str, lo: float, hi: float, hint: str) -> None:
-        v = a[key]
+        v = getattr(a, key)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
             errs.append(f"attribute.{key}={v!r}: {hint}")
 
@@ -117,8 +120,8 @@ def check_adaptive(a: Any) -> list[str]:
     if pr is not None and (isinstance(pr, bool) or not isinstance(pr, int) or pr < 1):
         errs.append(f"attribute.per_round={pr!r}: use null (= the points per pass) or an integer >= 1")
     for key in ("stable_ranks", "consolidate"):
-        if not isinstance(a[key], bool):
-            errs.append(f"attribute.{key}={a[key]!r}: use true or false")
+        if not isinstance(getattr(a, key), bool):
+            errs.append(f"attribute.{key}={getattr(a, key)!r}: use true or false")
     dt = a.dtype
     if dt is not None and dt != "auto" and dt not in DTYPES:
         errs.append(f"attribute.dtype={dt!r}: use null (= model.dtype), auto or one of {sorted(DTYPES)}")

@@ -21,6 +21,7 @@ from segsft.method.ig import check_supports_logits_to_keep, freeze
 from segsft.method.metrics import SegmentRule, segment_metrics
 from segsft.method.token_stats import segment_token_stats, token_stats
 from segsft.store.corpus import Reject, Sample, read_corpus, reject_row
+from segsft.config_schema import Settings
 from segsft.errors import PipelineError
 from segsft.store.layout import RunLayout
 from segsft.store.io import write_json
@@ -53,13 +54,14 @@ def _token_stats(model: Any, ids: torch.Tensor, sample_id: str) -> tuple[np.ndar
 class AttributeStage:
     """DESIGN steps 1-6 for one rank: `AttributeStage(cfg).run(rank, world)`.
 
-    `cfg` holds `run_dir`, `data` (path, fields), `model` (name_or_path, ...), `attribute`.
+    `cfg`: the Settings (or a mapping of some keys, typed on the way in): `run_dir`, `data`,
+    `model`, `attribute`, and `select` for the adaptive rule's stop test.
     """
 
-    def __init__(self, cfg: Mapping[str, Any]):
-        self.cfg = cfg
-        self.acfg = cfg["attribute"]
-        self.out_dir = attribution_dir(cfg["run_dir"])
+    def __init__(self, cfg: Settings | Mapping[str, Any]):
+        self.cfg = Settings.of(cfg)
+        self.acfg = self.cfg.attribute
+        self.out_dir = attribution_dir(self.cfg.run_dir)
 
     def run(self, rank: int = 0, world: int = 1, model: Any = None, tokenizer: Any = None) -> dict:
         writer = PartWriter(self.out_dir, rank, world)
@@ -75,21 +77,21 @@ class AttributeStage:
         if model is not None:
             device, dtype = model.get_input_embeddings().weight.device, model.dtype
         else:
-            device = pick_device(a["device"], local_rank())
-            dtype = pick_dtype(a["dtype"] or self.cfg["model"]["dtype"], device)
+            device = pick_device(a.device, local_rank())
+            dtype = pick_dtype(a.dtype or self.cfg.model.dtype, device)
         # Before anything else, a finished part included: other settings must never pass as these.
-        pattern = resolve_pattern(a["segment_preset"], a["segment_pattern"])
+        pattern = resolve_pattern(a.segment_preset, a.segment_pattern)
         check_or_store(writer.layout.fingerprint,
                        fingerprint(self.cfg, str(dtype).removeprefix("torch."), getattr(pattern, "pattern", str(pattern))),
                        "scores", "set a new run_dir=... to score with these settings, or restore them to resume or "
-                       f"reuse {self.cfg['run_dir']}", bound=lambda: holds_scores(writer.layout))
+                       f"reuse {self.cfg.run_dir}", bound=lambda: holds_scores(writer.layout))
         if writer.marker.exists():
             log.info("rank %d: part %s is complete (%s); nothing to do", rank, writer.part, writer.marker)
             writer.cleanup()  # a kill after the marker may have left the merged chunks behind
             return self._report_counts(writer, json.loads(writer.marker.read_text()))
-        data = self.cfg["data"]
+        data = self.cfg.data
         # Only this rank's rows (every world-th from row `rank`): a dataset is decoded shard first.
-        samples, rejects = read_corpus(data["path"], data["fields"], data["limit"], data.get("adapter"), rank, world)
+        samples, rejects = read_corpus(data.path, data.fields, data.limit, data.adapter, rank, world)
         mine: list[Sample | Reject] = sorted([*samples, *rejects], key=lambda r: r.row)
         done, elsewhere = writer.prepare()
         todo = [r for r in mine if not has_key(done, r) and not has_key(elsewhere, r)]
@@ -102,11 +104,11 @@ class AttributeStage:
             if model is None or tokenizer is None:
                 from segsft.run.models import load_model, load_tokenizer
 
-                tokenizer = load_tokenizer(self.cfg["model"])
-                model = load_model(self.cfg["model"], device, dtype)
+                tokenizer = load_tokenizer(self.cfg.model)
+                model = load_model(self.cfg.model, device, dtype)
             self._process(todo, writer, model, tokenizer, rank)
         summary = {"part": writer.part, "rows_in_shard": len(mine), "in_other_parts": in_other_parts, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        if self.acfg["rule"] == "adaptive":
+        if self.acfg.rule == "adaptive":
             # `converged` holds for these select settings; select warns when it runs with others.
             summary["stop_test_select"] = self._select_config().settings()
         writer.finish(summary)
@@ -134,9 +136,9 @@ class AttributeStage:
     def _prepare(self, todo: list[Sample | Reject], tokenizer: Any, model_limit: int = 0) -> tuple[list[tuple[Sample, Any]], list[dict]]:
         """Tokenize every sample once; too long or unmappable ones become rejects."""
         a = self.acfg
-        pattern = resolve_pattern(a["segment_preset"], a["segment_pattern"])
-        suffix = a["answer_suffix"]
-        max_tokens = int(a["max_tokens"])
+        pattern = resolve_pattern(a.segment_preset, a.segment_pattern)
+        suffix = a.answer_suffix
+        max_tokens = int(a.max_tokens)
         ready, rejects = [], []
         for item in todo:
             if isinstance(item, Reject):
@@ -172,20 +174,20 @@ class AttributeStage:
         from segsft.run.models import pad_token_id
 
         a = self.acfg
-        model_name = str(self.cfg["model"]["name_or_path"])
+        model_name = str(self.cfg.model.name_or_path)
         check_supports_logits_to_keep(model)
         model.eval()
         freeze(model)
         device = model.get_input_embeddings().weight.device
-        budget = resolve_budget(a["max_batch_tokens"], device)
-        adaptive = AdaptiveSettings.from_cfg(a) if a["rule"] == "adaptive" else None
+        budget = resolve_budget(a.max_batch_tokens, device)
+        adaptive = AdaptiveSettings.from_cfg(a) if a.rule == "adaptive" else None
         unconverged: list[str] = []
         pad = pad_token_id(tokenizer)
         limit = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         ready, rejects = self._prepare(todo, tokenizer, limit)
         buf = Buffer(rejects=rejects)
-        flush_every = max(1, int(a["flush_every"]))
-        flush_seconds = float(a["flush_seconds"])
+        flush_every = max(1, int(a.flush_every))
+        flush_seconds = float(a.flush_seconds)
         last_flush = started = time.monotonic()
         tokens_done = 0
         bar = tqdm(total=len(todo), initial=len(rejects), desc=f"attribute rank {rank}", unit="sample", disable=rank != 0)
@@ -198,8 +200,8 @@ class AttributeStage:
                     res = attribute_sequence(
                         model, ids,
                         torch.as_tensor(seq.answer_positions, device=device),
-                        rule=a["rule"], steps=int(a["steps"]), baseline=a["baseline"], pad_id=pad,
-                        batch_alphas=int(a["batch_alphas"]), max_batch_tokens=budget,
+                        rule=a.rule, steps=int(a.steps), baseline=a.baseline, pad_id=pad,
+                        batch_alphas=int(a.batch_alphas), max_batch_tokens=budget,
                         adaptive=adaptive, decide=self._decide(seq) if adaptive else None,
                         trace_tokens=seq.trace_tokens,
                     )
@@ -210,7 +212,7 @@ class AttributeStage:
                         item.sample_id, f"row {item.row}: out of memory at {n_fed} tokens even with one point per pass "
                         f"and checkpointing ({str(e).splitlines()[0]}); lower attribute.max_tokens", item.source, item.row)))
                 else:
-                    stats = _token_stats(model, ids, item.sample_id) if a["token_stats"] else None
+                    stats = _token_stats(model, ids, item.sample_id) if a.token_stats else None
                     self._rows(buf, item, seq, res, n_fed, model_name, time.monotonic() - t0, stats)
                     tokens_done += n_fed
                     if res.converged is False:
@@ -233,7 +235,7 @@ class AttributeStage:
     def _select_config(self) -> Any:
         from segsft.method.selection_config import SelectConfig
 
-        return SelectConfig.from_cfg(self.cfg["select"] or {})
+        return SelectConfig.from_cfg(self.cfg.select)
 
     def _decide(self, seq: Any) -> Any:
         """The stop test's decision: the select rule with the configured select settings."""
@@ -263,9 +265,9 @@ class AttributeStage:
             "attr_norm": float(np.linalg.norm(a)),
             "completeness_gap": res.completeness_gap,
             "error_bound": res.error_bound,
-            "rule": self.acfg["rule"],
+            "rule": self.acfg.rule,
             # The adaptive rule's budget, or the fixed rule's node count.
-            "steps": res.steps_used if self.acfg["rule"] != "adaptive" else int(self.acfg["max_steps"]),
+            "steps": res.steps_used if self.acfg.rule != "adaptive" else int(self.acfg.max_steps),
             "model": model_name,
             "seconds": seconds,
             "steps_used": res.steps_used,

@@ -13,13 +13,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from segsft.config_schema import Settings
 from segsft.errors import PipelineError
 from segsft.store.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg: Any) -> Path:
+def run(cfg: Settings | Any) -> Path:
     import polars as pl
 
     from segsft.store.attribution_tables import open_attribution
@@ -27,6 +28,7 @@ def run(cfg: Any) -> Path:
     from segsft.store.io import write_parquet
     from segsft.schemas import AGREEMENT_SCHEMA
 
+    cfg = Settings.of(cfg)
     run = RunLayout(cfg.run_dir)
     done = [s for s in run.selections() if s.finished()]
     if len(done) < 2:
@@ -48,14 +50,14 @@ class _CompareStage:
     name = "compare"
     rank0_only = True
 
-    def check(self, cfg: Any) -> list[str]:
-        return [] if cfg.run_dir else ["run_dir is empty: set run_dir=<the run whose selections to compare>"]
+    def check(self, s: Settings) -> list[str]:
+        return [] if s.run_dir else ["run_dir is empty: set run_dir=<the run whose selections to compare>"]
 
-    def run(self, cfg: Any, rank: int, world: int) -> Path | None:
-        return run(cfg)
+    def run(self, s: Settings, rank: int, world: int) -> Path | None:
+        return run(s)
 
-    def outputs(self, cfg: Any) -> dict[str, Path]:
-        return {"agreement": RunLayout(cfg.run_dir).agreement}
+    def outputs(self, s: Settings) -> dict[str, Path]:
+        return {"agreement": RunLayout(s.run_dir).agreement}
 
 
 STAGE = _CompareStage()

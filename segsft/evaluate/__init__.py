@@ -6,8 +6,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
+from segsft.config_schema import Settings
 from segsft.evaluate.stage import check_config, models_of, run
 from segsft.store.layout import GenerationLayout
 
@@ -19,14 +19,14 @@ class _EvaluateStage:
 
     name = "evaluate"
 
-    def check(self, cfg: Any) -> list[str]:
-        return check_config(cfg)
+    def check(self, s: Settings) -> list[str]:
+        return check_config(s)
 
-    def run(self, cfg: Any, rank: int, world: int) -> Path | None:
-        return run(cfg, rank, world)
+    def run(self, s: Settings, rank: int, world: int) -> Path | None:
+        return run(s, rank, world)
 
-    def outputs(self, cfg: Any) -> dict[str, Path]:
-        lay = GenerationLayout(Path(cfg.eval_dir))
+    def outputs(self, s: Settings) -> dict[str, Path]:
+        lay = GenerationLayout(Path(s.eval_dir))
         return {"generations": lay.pattern, "results": lay.results}
 
 

@@ -8,13 +8,14 @@ and benchmark). `evaluate.generations=<file>` grades an existing file without an
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from segsft.config_schema import plain
+from segsft.config_schema import ModelConf, Settings
 from segsft.errors import PipelineError
 from segsft.evaluate.benchmarks import benchmark_name, load_benchmark, source_path, spec_problem
 from segsft.evaluate.results import results, side_by_side
@@ -27,7 +28,7 @@ from segsft.schemas import GENERATIONS_SCHEMA, REJECTS_SCHEMA, RESULTS_SCHEMA
 log = logging.getLogger(__name__)
 
 
-def models_of(cfg: Any) -> list[str]:
+def models_of(cfg: Settings) -> list[str]:
     """evaluate.models, or the base model and the run's fine-tuned one (when it exists)."""
     if cfg.evaluate.models:
         return [str(m) for m in cfg.evaluate.models]
@@ -38,7 +39,7 @@ def models_of(cfg: Any) -> list[str]:
     return out
 
 
-def check_config(cfg: Any) -> list[str]:
+def check_config(cfg: Settings) -> list[str]:
     """Every problem of evaluate.* at once."""
     from segsft.run.models import check_model_location
 
@@ -57,11 +58,11 @@ def check_config(cfg: Any) -> list[str]:
         errs.append("evaluate.benchmarks is empty: name at least one (e.g. [aime24])")
     errs += [p for p in (spec_problem(str(b)) for b in e.benchmarks) if p]
     for m in models_of(cfg):
-        errs += [x.replace("model.name_or_path", "evaluate.models") for x in check_model_location({"name_or_path": m})]
+        errs += [x.replace("model.name_or_path", "evaluate.models") for x in check_model_location(ModelConf(name_or_path=m))]
     return errs
 
 
-def grade_file(cfg: Any, layout: GenerationLayout) -> int:
+def grade_file(cfg: Settings, layout: GenerationLayout) -> int:
     """evaluate.generations: grade an existing file (id, answer, output; optional model, benchmark,
     finish_reason) into the generations table, no model loaded."""
     from segsft.store.corpus import format_problem, nested_column_problem, nested_value_problem, raw_rows
@@ -97,7 +98,8 @@ def grade_file(cfg: Any, layout: GenerationLayout) -> int:
     return len(rows)
 
 
-def run(cfg: Any, rank: int = 0, world: int = 1) -> Path | None:
+def run(cfg: Settings | Any, rank: int = 0, world: int = 1) -> Path | None:
+    cfg = Settings.of(cfg)
     e = cfg.evaluate
     layout = GenerationLayout(Path(cfg.eval_dir))
     layout.dir.mkdir(parents=True, exist_ok=True)
@@ -117,7 +119,7 @@ def run(cfg: Any, rank: int = 0, world: int = 1) -> Path | None:
             sets.append((name, probs))
         rejected: list[dict] = []
         for m in models_of(cfg):
-            mcfg = {**plain(cfg.model), "name_or_path": m}
+            mcfg = dataclasses.replace(cfg.model, name_or_path=m)
             fitting = []
             for name, probs in sets:
                 ok, long_ = split_long_prompts(mcfg, probs, e.max_prompt_tokens, "evaluate")

@@ -11,8 +11,7 @@ how to train on them. One process (rank 0).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
+from segsft.config_schema import Settings
 from segsft.export.stage import export_dir, run
 
 __all__ = ["STAGE", "export_dir", "run"]
@@ -24,14 +23,14 @@ class _ExportStage:
     name = "export"
     rank0_only = True
 
-    def check(self, cfg: Any) -> list[str]:
-        return [] if cfg.finetune_dir else ["finetune_dir is empty: set finetune_dir=<the fine-tuning run to export>"]
+    def check(self, s: Settings) -> list[str]:
+        return [] if s.finetune_dir else ["finetune_dir is empty: set finetune_dir=<the fine-tuning run to export>"]
 
-    def run(self, cfg: Any, rank: int, world: int) -> dict[str, Path]:
-        return run(cfg)
+    def run(self, s: Settings, rank: int, world: int) -> dict[str, Path]:
+        return run(s)
 
-    def outputs(self, cfg: Any) -> dict[str, Path]:
-        return export_dir(cfg).outputs()
+    def outputs(self, s: Settings) -> dict[str, Path]:
+        return export_dir(s).outputs()
 
 
 STAGE = _ExportStage()

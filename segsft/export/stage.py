@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from segsft.config_schema import Settings
 from segsft.errors import PipelineError
 from segsft.schemas import EXPORT_AXOLOTL_SCHEMA, EXPORT_TRL_SCHEMA, IGNORE_INDEX, TRAIN_TOKENS_SCHEMA
 from segsft.store.io import write_parquet, write_text
@@ -23,9 +24,9 @@ class ExportError(PipelineError):
     """Nothing to export, or a train_tokens file that is not ours."""
 
 
-def export_dir(cfg: Any) -> ExportLayout:
+def export_dir(cfg: Settings) -> ExportLayout:
     """`export.dir`, or `<finetune_dir>/export` when unset."""
-    d = cfg.export.dir if "export" in cfg and cfg.export.dir else None
+    d = cfg.export.dir
     return ExportLayout(Path(str(d))) if d else FinetuneLayout(Path(str(cfg.finetune_dir))).export
 
 
@@ -109,14 +110,15 @@ def _card(ft: FinetuneLayout, out: ExportLayout, rows: int, tokens: int, learned
     return "\n".join(lines)
 
 
-def run(cfg: Any) -> dict[str, Path]:
+def run(cfg: Settings | Any) -> dict[str, Path]:
     """Write the export of `cfg.finetune_dir`; returns the files written."""
+    cfg = Settings.of(cfg)
     ft = FinetuneLayout(Path(str(cfg.finetune_dir)))
     table = _read_train_tokens(ft)
     out = export_dir(cfg)
     ids, labels = table.column("input_ids").chunk(0), table.column("labels").chunk(0)
     completion, ones = _masks(ids, labels, ft.train_tokens)
-    if ft.run_config.is_file() and cfg.get("selection_dir"):
+    if ft.run_config.is_file() and cfg.selection_dir:
         trained_on = json.loads(ft.run_config.read_text()).get("resume_fingerprint", {}).get("selection_dir")
         if trained_on and Path(trained_on).resolve() != Path(str(cfg.selection_dir)).resolve():
             log.warning("export: %s was fine-tuned on the selection %s (not selection_dir=%s): exporting its tokens",

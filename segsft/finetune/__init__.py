@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from segsft.finetune.labels import IGNORE_INDEX, label_tokens
-from segsft.finetune.settings import FinetuneSettings, check_config
+from segsft.config_schema import Settings
+from segsft.finetune.settings import check_config
 from segsft.store.layout import FinetuneLayout
 
 
@@ -19,7 +20,7 @@ def run(cfg: Any, callbacks: Sequence[Any] = ()) -> Any:
     return _run(cfg, callbacks)
 
 
-__all__ = ["STAGE", "IGNORE_INDEX", "FinetuneSettings", "check_config", "label_tokens", "run"]
+__all__ = ["STAGE", "IGNORE_INDEX", "check_config", "label_tokens", "run"]
 
 
 class _FinetuneStage:
@@ -27,16 +28,16 @@ class _FinetuneStage:
 
     name = "finetune"
 
-    def check(self, cfg: Any) -> list[str]:
-        return check_config(cfg)
+    def check(self, s: Settings) -> list[str]:
+        return check_config(s)
 
-    def run(self, cfg: Any, rank: int, world: int) -> Any:
+    def run(self, s: Settings, rank: int, world: int) -> Any:
         from segsft.finetune.stage import run as _run
 
-        return _run(cfg, checked=True)
+        return _run(s, checked=True)
 
-    def outputs(self, cfg: Any) -> dict[str, Path]:
-        lay = FinetuneLayout(Path(str(cfg.finetune_dir)))
+    def outputs(self, s: Settings) -> dict[str, Path]:
+        lay = FinetuneLayout(Path(str(s.finetune_dir)))
         return {k: getattr(lay, k) for k in FinetuneLayout.OUTPUTS}
 
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from segsft.config_schema import FinetuneConf
+from segsft.config_schema import Settings
 from segsft.errors import PipelineError
 from segsft.finetune.modes import MODES
 from segsft.store.layout import SelectionLayout
@@ -23,17 +22,6 @@ FULL_SCOPES = ("selection", "corpus")
 
 class FinetuneError(PipelineError):
     """A finetune configuration or input the user must change (the message says how)."""
-
-
-@dataclass
-class FinetuneSettings(FinetuneConf):
-    """The `finetune` node as its schema's dataclass (segsft.config_schema: the defaults)."""
-
-    @classmethod
-    def from_config(cls, ft: Mapping[str, Any] | None) -> "FinetuneSettings":
-        ft = {k: ft[k] for k in (ft or {})}
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in ft.items() if k in known})
 
 
 def deepspeed_config_path(name: str) -> Path | None:
@@ -54,21 +42,16 @@ def _int_at_least(errs: list[str], key: str, v: Any, lo: int, hint: str = "") ->
         errs.append(f"finetune.{key}={v!r}: use an integer >= {lo}{hint}")
 
 
-def check_config(cfg: Any) -> list[str]:
-    """Every problem of the finetune configuration, each saying what to change."""
+def check_config(cfg: Settings) -> list[str]:
+    """Every problem of the finetune settings, each saying what to change."""
     from segsft.run.models import check_model_config
 
     from segsft.store.corpus import limit_problem
 
     errs: list[str] = check_model_config(cfg.model)
-    if "data" in cfg and limit_problem("data.limit", cfg.data.get("limit")):
-        errs.append(limit_problem("data.limit", cfg.data.get("limit")))
-    ft = cfg.finetune
-    known = {f.name for f in fields(FinetuneSettings)}
-    unknown = sorted(set(ft) - known)
-    if unknown:
-        errs.append(f"finetune has unknown keys {unknown}: use only {sorted(known)}")
-    s = FinetuneSettings.from_config(ft)
+    if limit_problem("data.limit", cfg.data.limit):
+        errs.append(limit_problem("data.limit", cfg.data.limit))
+    s = cfg.finetune
     if s.mode not in MODES:
         errs.append(f"finetune.mode={s.mode!r}: use one of {list(MODES)}")
     if s.full_scope not in FULL_SCOPES:
@@ -138,7 +121,7 @@ def check_config(cfg: Any) -> list[str]:
         from segsft.store.corpus import corpus_path_problem
         from segsft.store.hub import adapter_problem
 
-        errs += [p for p in [corpus_path_problem(cfg.data.path), adapter_problem(cfg.data.get("adapter"))] if p]
+        errs += [p for p in [corpus_path_problem(cfg.data.path), adapter_problem(cfg.data.adapter)] if p]
     if not cfg.model.name_or_path:
         errs.append("model.name_or_path is empty: give a hub id or a local model directory to fine-tune")
     return errs

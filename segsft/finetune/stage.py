@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from segsft.config_schema import plain
+from segsft.config_schema import DataConf, FinetuneConf, Settings
 from segsft.store.corpus import corpus_identity, read_corpus
 from segsft.finetune.checkpoints import checkpoints, latest_complete
 from segsft.finetune.examples import build_examples, log_report, write_train_tokens
 from segsft.finetune.masks import read_masks
-from segsft.finetune.settings import FinetuneError, FinetuneSettings, check_config, deepspeed_config_path
+from segsft.finetune.settings import FinetuneError, check_config, deepspeed_config_path
 from segsft.run.dist import is_main as _is_main
 from segsft.run.dist import rank_and_world
 from segsft.store.fingerprint import settings_diff
@@ -50,12 +50,12 @@ class FinetuneResult:
     trainer: Any
 
 
-def uses_masks(s: FinetuneSettings) -> bool:
+def uses_masks(s: FinetuneConf) -> bool:
     """Selected mode trains the masks; full mode trains the samples they cover unless full_scope=corpus."""
     return s.mode == "selected" or s.full_scope == "selection"
 
 
-def _fingerprint(cfg: Any, s: FinetuneSettings) -> dict[str, Any]:
+def _fingerprint(cfg: Settings, s: FinetuneConf) -> dict[str, Any]:
     masks = SelectionLayout(Path(cfg.selection_dir)).masks if uses_masks(s) else None
     return {
         "mode": s.mode,
@@ -76,7 +76,7 @@ def _fingerprint(cfg: Any, s: FinetuneSettings) -> dict[str, Any]:
     }
 
 
-def _check_resumable(out: Path, fp: dict[str, Any], s: FinetuneSettings) -> None:
+def _check_resumable(out: Path, fp: dict[str, Any], s: FinetuneConf) -> None:
     """Refuse to continue another run's checkpoints; clear them when resume is off."""
     import json
 
@@ -100,9 +100,9 @@ def _check_resumable(out: Path, fp: dict[str, Any], s: FinetuneSettings) -> None
         )
 
 
-def _read_corpus(data: Any) -> tuple[list, list]:
+def _read_corpus(data: DataConf) -> tuple[list, list]:
     """The corpus rows the earlier stages saw: `data.limit` (when set) cuts it as there."""
-    return read_corpus(data.path, data.fields, data.limit, data.get("adapter"))
+    return read_corpus(data.path, data.fields, data.limit, data.adapter)
 
 
 def _loss_history(trainer: Any) -> dict[str, Any]:
@@ -119,7 +119,7 @@ def _loss_history(trainer: Any) -> dict[str, Any]:
     }
 
 
-def run(cfg: Any, callbacks: Sequence[Any] = (), checked: bool = False) -> FinetuneResult:
+def run(cfg: Settings | Any, callbacks: Sequence[Any] = (), checked: bool = False) -> FinetuneResult:
     """Run the finetune stage for the composed config (`finetune.*`, `model.*`, `data.*`,
     `selection_dir`, `finetune_dir`). Same command on every rank under torchrun.
     `callbacks`: extra TrainerCallbacks (logging, tests), run after the stage's own.
@@ -129,10 +129,11 @@ def run(cfg: Any, callbacks: Sequence[Any] = (), checked: bool = False) -> Finet
     from segsft.finetune.train import train
     from segsft.run.models import load_tokenizer
 
+    cfg = Settings.of(cfg)
     errors = [] if checked else check_config(cfg)
     if errors:
         raise FinetuneError("invalid finetune configuration:\n  - " + "\n  - ".join(errors))
-    s = FinetuneSettings.from_config(cfg.finetune)
+    s = cfg.finetune
     out = Path(cfg.finetune_dir)
     out.mkdir(parents=True, exist_ok=True)
     fp = _fingerprint(cfg, s)
@@ -157,7 +158,7 @@ def run(cfg: Any, callbacks: Sequence[Any] = (), checked: bool = False) -> Finet
     if _is_main():
         write_train_tokens(lay.train_tokens, examples)
         write_json(lay.data_report, {**report.summary(), "dropped_samples": report.dropped})
-        write_json(lay.run_config, {"config": plain(cfg), "resume_fingerprint": fp})
+        write_json(lay.run_config, {"config": cfg.as_dict(), "resume_fingerprint": fp})
     log.info(
         "finetune: mode=%s deepspeed=%s (%s) cuda=%s bf16=%s gradient_checkpointing=%s packing=%s liger=%s; outputs: %s",
         s.mode, s.deepspeed, deepspeed_config_path(s.deepspeed), torch.cuda.is_available(), s.bf16,

@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 
+from segsft.config_schema import FinetuneConf, ModelConf
 from segsft.run.dist import barrier, is_main, local_rank, rank_and_world
 from segsft.run.launch import single_process_env, start_cpu_deepspeed_group
 from segsft.finetune.checkpoints import CompleteMarker, StepCounter, latest_complete, remove_incomplete
@@ -16,8 +17,8 @@ from segsft.finetune.collate import ExampleDataset, PaddingCollator, packing_col
 from segsft.finetune.examples import Example
 from segsft.finetune.progress import TokenProgress
 from segsft.store.layout import FinetuneLayout
-from segsft.finetune.settings import FinetuneSettings, deepspeed_config_path
-from segsft.run.models import flag, model_path, pad_token_id, pick_attn_implementation, pick_device
+from segsft.finetune.settings import deepspeed_config_path
+from segsft.run.models import model_path, pad_token_id, pick_attn_implementation, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def _auto(value: Any, on_cuda: bool) -> bool:
     return on_cuda if value == "auto" else bool(value)
 
 
-def training_arguments(s: FinetuneSettings, output_dir: str | Path, on_cuda: bool) -> Any:
+def training_arguments(s: FinetuneConf, output_dir: str | Path, on_cuda: bool) -> Any:
     """TrainingArguments for `s`. Build it BEFORE loading the model: under ZeRO-3 its
     DeepSpeed config must be alive so `from_pretrained` partitions weights as it loads."""
     from transformers import TrainingArguments
@@ -84,7 +85,7 @@ def training_arguments(s: FinetuneSettings, output_dir: str | Path, on_cuda: boo
     return TrainingArguments(**kw)
 
 
-def reporters(s: FinetuneSettings, output_dir: Path) -> list[Any]:
+def reporters(s: FinetuneConf, output_dir: Path) -> list[Any]:
     """finetune.report_to=tensorboard: the Trainer's TensorBoard callback, writing into
     FinetuneLayout.tensorboard on the main process (the others write nothing)."""
     if s.report_to != "tensorboard":
@@ -96,20 +97,13 @@ def reporters(s: FinetuneSettings, output_dir: Path) -> list[Any]:
     return [TensorBoardCallback(tb_writer=writer)]
 
 
-def load_for_training(model_cfg: Mapping[str, Any], packing: bool, half_precision: bool) -> Any:
+def load_for_training(m: ModelConf, packing: bool, half_precision: bool) -> Any:
     """The model in fp32 (master weights; bf16 is the Trainer's or DeepSpeed's mixed precision)."""
     from transformers import AutoModelForCausalLM
 
-    from segsft.config_schema import ModelConf, with_defaults
-
-    model_cfg = with_defaults(ModelConf, model_cfg)
-    kw: dict[str, Any] = dict(
-        revision=model_cfg["revision"],
-        trust_remote_code=flag(model_cfg, "trust_remote_code"),
-        dtype=torch.float32,
-        use_safetensors=True,
-    )
-    attn = model_cfg["attn_implementation"]
+    kw: dict[str, Any] = dict(revision=m.revision, trust_remote_code=m.trust_remote_code, dtype=torch.float32,
+                              use_safetensors=True)
+    attn = m.attn_implementation
     if packing:
         # Packed rows are separated by position ids only; flash-attention's varlen path
         # is what keeps samples from attending to one another.
@@ -119,7 +113,7 @@ def load_for_training(model_cfg: Mapping[str, Any], packing: bool, half_precisio
         device = pick_device("auto", local_rank())
         attn = pick_attn_implementation("auto", device) if half_precision else "sdpa"
     kw["attn_implementation"] = attn
-    return AutoModelForCausalLM.from_pretrained(model_path(model_cfg), **kw)
+    return AutoModelForCausalLM.from_pretrained(model_path(m), **kw)
 
 
 
@@ -143,8 +137,8 @@ class TrainOutcome:
 
 
 def train(
-    s: FinetuneSettings,
-    model_cfg: Mapping[str, Any],
+    s: FinetuneConf,
+    model_cfg: ModelConf,
     tokenizer: Any,
     examples: Sequence[Example],
     output_dir: Path,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from segsft.store.hub import is_dataset, spec_problem
+from segsft.config_schema import Settings
 from segsft.store.layout import GenerationLayout
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 KEEP = ("shortest_correct", "all_correct", "first_correct")
 
 
-def check_config(cfg: Any) -> list[str]:
+def check_config(cfg: Settings) -> list[str]:
     from segsft.run.generation import check_engine
     from segsft.run.models import check_model_location
 
@@ -58,17 +59,17 @@ def choose(rows: list[dict], keep: str) -> list[dict]:
     return sorted(ok, key=lambda r: r["sample"])
 
 
-def run(cfg: Any, rank: int = 0, world: int = 1) -> Path | None:
+def run(cfg: Settings | Any, rank: int = 0, world: int = 1) -> Path | None:
     import json
 
     import polars as pl
 
-    from segsft.config_schema import plain
     from segsft.store.corpus import Reject, read_problems
     from segsft.run.generation import check_settings, generate_graded, read_generations, source_hash, split_long_prompts
     from segsft.store.io import write_parquet, write_text
     from segsft.schemas import REJECTS_SCHEMA
 
+    cfg = Settings.of(cfg)
     g = cfg.generate
     layout = GenerationLayout(Path(cfg.generate_dir))
     layout.dir.mkdir(parents=True, exist_ok=True)
@@ -77,9 +78,9 @@ def run(cfg: Any, rank: int = 0, world: int = 1) -> Path | None:
                    {"problems": source_hash(str(g.problems), g.fields)})
     problems, rejects = read_problems(g.problems, g.fields, g.limit, key="generate.problems")
     label = str(cfg.model.name_or_path)
-    problems, too_long = split_long_prompts(plain(cfg.model), problems, g.max_prompt_tokens, "generate")
+    problems, too_long = split_long_prompts(cfg.model, problems, g.max_prompt_tokens, "generate")
     failed: list[tuple[str, str, str]] = []
-    generate_graded(plain(cfg.model), label, [("problems", problems)], g.samples, g, layout, rank, world, failed=failed)
+    generate_graded(cfg.model, label, [("problems", problems)], g.samples, g, layout, rank, world, failed=failed)
     gave_up = {pid: why for _, pid, why in failed}
     rejects = [*rejects, *too_long, *(Reject(p.problem_id, f"row {p.row}: {gave_up[p.problem_id]}", str(g.problems), p.row)
                                       for p in problems if p.problem_id in gave_up)]
@@ -116,14 +117,14 @@ def run(cfg: Any, rank: int = 0, world: int = 1) -> Path | None:
 class _GenerateStage:
     name = "generate"
 
-    def check(self, cfg: Any) -> list[str]:
-        return check_config(cfg)
+    def check(self, s: Settings) -> list[str]:
+        return check_config(s)
 
-    def run(self, cfg: Any, rank: int, world: int) -> Path | None:
-        return run(cfg, rank, world)
+    def run(self, s: Settings, rank: int, world: int) -> Path | None:
+        return run(s, rank, world)
 
-    def outputs(self, cfg: Any) -> dict[str, Path]:
-        lay = GenerationLayout(Path(cfg.generate_dir))
+    def outputs(self, s: Settings) -> dict[str, Path]:
+        lay = GenerationLayout(Path(s.generate_dir))
         return {"corpus": lay.corpus, "rejects": lay.rejects, "generations": lay.pattern}
 
 

@@ -26,12 +26,12 @@ estimates. Everything here is float64 numpy.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from segsft.config_schema import AttributeConf, with_defaults
+from segsft.config_schema import AttributeConf
 
 _A = AttributeConf()  # the defaults (chosen by bench/convergence_study.py)
 
@@ -304,14 +304,9 @@ class AdaptiveSettings:
     max_borderline: float = _A.max_borderline
 
     @classmethod
-    def from_cfg(cls, a: Mapping[str, Any]) -> "AdaptiveSettings":
-        """From the `attribute` node (schema defaults for the keys a hand-made mapping lacks)."""
-        a = with_defaults(AttributeConf, a)
-        return cls(target_gap=float(a["target_gap"]), target_stability=float(a["target_stability"]),
-                   max_steps=int(a["max_steps"]), init_points=int(a["init_points"]),
-                   stable_ranks=bool(a["stable_ranks"]),
-                   per_round=None if a["per_round"] is None else int(a["per_round"]),
-                   max_borderline=float(a["max_borderline"]))
+    def from_cfg(cls, a: AttributeConf) -> "AdaptiveSettings":
+        """The adaptive rule's keys of the typed `attribute` settings."""
+        return cls(**{f.name: getattr(a, f.name) for f in fields(cls)})
 
     def stop_test(self, rule: Any) -> StopTest:
         return StopTest(self.target_gap, self.target_stability, rule, ranks=self.stable_ranks,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from segsft.config_schema import SelectConf, with_defaults
+if TYPE_CHECKING:
+    from segsft.config_schema import Settings
+
+from segsft.config_schema import SelectConf
 
 METHODS = ("attribution", "full", "random", "score")
 ORDERS = ("high", "low")
@@ -28,48 +30,43 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
-@dataclass(frozen=True)
-class SelectConfig:
-    """DESIGN step 7's knobs, normalised (`KEYS`, typed; tests/test_structure.py holds them
-    equal to SelectConf's). Bounds of None mean "no bound"."""
+def _knobs(node: Any) -> dict[str, Any]:
+    """The select keys of the typed settings or of a mapping (a selection's saved settings),
+    over the schema's defaults."""
+    out = dataclasses.asdict(_D)
+    out.update(dataclasses.asdict(node) if dataclasses.is_dataclass(node) else {k: node[k] for k in node})
+    return out
 
-    method: str = _D.method
-    top_mass: float = _D.top_mass
-    max_consistency: float | None = _D.max_consistency
-    min_consistency: float | None = _D.min_consistency
-    always_keep: tuple[int, ...] = tuple(_D.always_keep)
-    min_tokens: int = _D.min_tokens
-    seed: int = _D.seed
-    unconverged: str = _D.unconverged
-    borderline: str = _D.borderline
-    # Only for method=score (None otherwise, so a sweep over methods x scores makes one
-    # directory per non-score method).
-    score: str | None = None
-    order: str = _D.order
 
+class _SelectConfigMethods:
     @classmethod
     def from_cfg(cls, cfg: Any) -> "SelectConfig":
-        """From the composed config (its `select` node) or from a mapping of the knobs (a
-        selection's saved settings)."""
-        node = cfg["select"] if "select" in cfg else cfg
+        """From the typed settings (Settings or their `select`) or from a mapping of the knobs
+        (a selection's saved settings)."""
+        if isinstance(cfg, Mapping):
+            node = cfg["select"] if "select" in cfg else cfg
+        else:
+            node = cfg if isinstance(cfg, SelectConf) else cfg.select
         problems = check_settings(node)
         if problems:
             raise ValueError("invalid select config:\n  - " + "\n  - ".join(problems))
-        node = with_defaults(SelectConf, node)
-        mx, mn = node["max_consistency"], node["min_consistency"]
+        k = _knobs(node)
+        mx, mn = k["max_consistency"], k["min_consistency"]
         return cls(
-            method=str(node["method"]),
-            top_mass=float(node["top_mass"]),
+            method=str(k["method"]),
+            top_mass=float(k["top_mass"]),
             max_consistency=None if mx is None else float(mx),
             min_consistency=None if mn is None else float(mn),
             # Deduplicated, order kept: the same index twice changes nothing.
-            always_keep=tuple(dict.fromkeys(int(i) for i in (node["always_keep"] or ()))),
-            min_tokens=int(node["min_tokens"] or 0),
-            seed=int(node["seed"] or 0),
-            unconverged=str(node["unconverged"]),
-            borderline=str(node["borderline"]),
-            score=str(node["score"]) if node["method"] == "score" else None,
-            order=str(node["order"]) if node["method"] == "score" else _D.order,
+            always_keep=tuple(dict.fromkeys(int(i) for i in (k["always_keep"] or ()))),
+            min_tokens=int(k["min_tokens"] or 0),
+            seed=int(k["seed"] or 0),
+            unconverged=str(k["unconverged"]),
+            borderline=str(k["borderline"]),
+            # Only for method=score (None otherwise, so a sweep over methods x scores makes one
+            # directory per non-score method).
+            score=str(k["score"]) if k["method"] == "score" else None,
+            order=str(k["order"]) if k["method"] == "score" else _D.order,
         )
 
     def settings(self) -> dict:
@@ -77,13 +74,28 @@ class SelectConfig:
         return {k: list(self.always_keep) if k == "always_keep" else getattr(self, k) for k in KEYS}
 
 
-def check_settings(s: Mapping[str, Any]) -> list[str]:
+def _frozen_field(f: dataclasses.Field) -> tuple[str, Any, Any]:
+    default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+    if isinstance(default, list):  # frozen and hashable: a tuple
+        return f.name, tuple, dataclasses.field(default=tuple(default))
+    return f.name, f.type, dataclasses.field(default=default)
+
+
+#: Step 7's knobs, normalised and frozen: SelectConf's keys (less `name`) with its defaults,
+#: derived from it rather than declared again; always_keep a tuple, bounds None = no bound.
+SelectConfig = dataclasses.make_dataclass(
+    "SelectConfig", [_frozen_field(f) for f in dataclasses.fields(SelectConf) if f.name in KEYS],
+    bases=(_SelectConfigMethods,), frozen=True, namespace={"__module__": __name__})
+
+
+def check_settings(s: Any) -> list[str]:
+    """Every problem of the select knobs (typed settings or a hand-made mapping)."""
     errs = []
-    missing = [k for k in KEYS if k not in s]
+    missing = [] if dataclasses.is_dataclass(s) else [k for k in KEYS if k not in s]
     if missing:
         errs.append(f"select is missing {missing}: pass select.<key>=... (the keys and their defaults: "
                     "segsft/config_schema.py SelectConf)")
-    s = with_defaults(SelectConf, s)
+    s = _knobs(s)
     method = s["method"]
     if method not in METHODS:
         errs.append(f"select.method={method!r}: use one of {list(METHODS)}")
@@ -134,10 +146,10 @@ def check_settings(s: Mapping[str, Any]) -> list[str]:
     return errs
 
 
-def check_config(cfg: Any) -> list[str]:
-    """Every problem of the select settings in the composed config, each saying what to change."""
+def check_config(cfg: "Settings") -> list[str]:
+    """Every problem of the select settings, each saying what to change."""
     errs = check_settings(cfg.select)
     for key in ("run_dir", "selection_dir"):
-        if not cfg.get(key):
+        if not getattr(cfg, key):
             errs.append(f"{key} is empty: set {key}=<directory>")
     return errs

@@ -9,10 +9,11 @@
 from pathlib import Path
 from typing import Any
 
-from segsft.report.config import ReportConfig, ReportError, check_config
+from segsft.config_schema import Settings
+from segsft.report.config import ReportError, check_config
 from segsft.report.stage import run
 
-__all__ = ["STAGE", "ReportConfig", "ReportError", "check_config", "run"]
+__all__ = ["STAGE", "ReportError", "check_config", "run"]
 
 
 class _ReportStage:
@@ -21,16 +22,16 @@ class _ReportStage:
     name = "report"
     rank0_only = True
 
-    def check(self, cfg: Any) -> list[str]:
-        return check_config(cfg)
+    def check(self, s: Settings) -> list[str]:
+        return check_config(s)
 
-    def run(self, cfg: Any, rank: int, world: int) -> Path | None:
-        path = run(cfg, checked=True)
+    def run(self, s: Settings, rank: int, world: int) -> Path | None:
+        path = run(s, checked=True)
         print(f"report: {path}", flush=True)
         return path
 
-    def outputs(self, cfg: Any) -> dict[str, Path]:
-        return {"report": Path(str(cfg.report.path))}
+    def outputs(self, s: Settings) -> dict[str, Path]:
+        return {"report": Path(str(s.report.path))}
 
 
 STAGE = _ReportStage()

@@ -1,11 +1,13 @@
-"""The `report.*` settings: a typed view of the Hydra node, and its checks."""
+"""The checks of the `report.*` settings (typed: segsft.config_schema.ReportConf)."""
 
 from __future__ import annotations
 
 import importlib.util
 import numbers
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from segsft.config_schema import Settings
 
 from segsft.errors import PipelineError
 from segsft.store.layout import RunLayout
@@ -15,27 +17,12 @@ class ReportError(PipelineError):
     """The report cannot be made from what the run directory holds; the message says what to run."""
 
 
-@dataclass(frozen=True)
-class ReportConfig:
-    path: str
-    selection: str | None  # one selection dir, or None for every dir under run_dir/selection
-    max_traces: int | None  # None: every sample
-    token_shading: bool
-
-    @classmethod
-    def from_cfg(cls, cfg: Any) -> "ReportConfig":
-        r = cfg.report
-        sel, mt = r.selection, r.max_traces
-        return cls(path=str(r.path), selection=None if sel in (None, "") else str(sel),
-                   max_traces=None if mt is None else int(mt), token_shading=bool(r.token_shading))
-
-
 def _is_int(x: Any) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
-def check_config(cfg: Any) -> list[str]:
-    """Every problem of the report settings in the composed config, each saying what to change."""
+def check_config(cfg: "Settings") -> list[str]:
+    """Every problem of the report settings, each saying what to change."""
     r, errs = cfg.report, []
     path = r.path
     if not path or not str(path).endswith((".html", ".htm")):

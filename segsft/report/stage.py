@@ -12,7 +12,8 @@ import polars as pl
 from segsft.store.corpus import read_corpus
 from segsft.store.io import write_text
 from segsft.report import plots, tokens
-from segsft.report.config import ReportConfig, ReportError, check_config
+from segsft.config_schema import ReportConf, Settings
+from segsft.report.config import ReportError, check_config
 from segsft.report.load import find_selections, load_agreement, load_attribution, load_results
 from segsft.report.view import build_traces, join_masks, overview, pick_traces, sample_table
 from segsft.report.html import Page, render
@@ -43,7 +44,7 @@ def _figures(joined: pl.DataFrame, samples: pl.DataFrame, ov: dict, chosen: Any)
     return figs
 
 
-def _token_shading(traces: list, cfg: Any, rc: ReportConfig, recorded: list[str]) -> str | None:
+def _token_shading(traces: list, cfg: Settings, rc: ReportConf, recorded: list[str]) -> str | None:
     """Attach token positions to the traces; return why token shading is off, or None.
 
     `recorded`: the model names in the samples table, for the hint when the tokenizer disagrees."""
@@ -69,17 +70,18 @@ def _token_shading(traces: list, cfg: Any, rc: ReportConfig, recorded: list[str]
     return None
 
 
-def run(cfg: Any, checked: bool = False) -> Path:
+def run(cfg: Settings | Any, checked: bool = False) -> Path:
     """Write the report of `cfg.run_dir` to `cfg.report.path` and return that path
     (`checked`: the pipeline has checked the config already)."""
+    cfg = Settings.of(cfg)
     errs = [] if checked else check_config(cfg)
     if errs:
         raise ReportError("invalid report configuration:\n  - " + "\n  - ".join(errs))
     t0 = time.monotonic()
-    rc = ReportConfig.from_cfg(cfg)
+    rc = cfg.report
     run_dir = str(cfg.run_dir)
     att = load_attribution(run_dir)
-    selections, chosen, notes = find_selections(run_dir, rc.selection, cfg.selection_dir)
+    selections, chosen, notes = find_selections(run_dir, rc.selection or None, cfg.selection_dir)
     masks = chosen.masks() if chosen else None
     joined, mask_notes = join_masks(att.segments, masks)
     notes += mask_notes
@@ -93,7 +95,7 @@ def run(cfg: Any, checked: bool = False) -> Path:
     traces = []
     if ids:
         # CorpusError already says to set data.path; no row limit: the run may have used another.
-        corpus, _ = read_corpus(cfg.data.path, cfg.data.fields, adapter=cfg.data.get("adapter"))
+        corpus, _ = read_corpus(cfg.data.path, cfg.data.fields, adapter=cfg.data.adapter)
         wanted = set(ids)
         by_id = {s.sample_id: s for s in corpus if s.sample_id in wanted}
         traces, trace_notes = build_traces(ids, joined, samples, att, by_id)

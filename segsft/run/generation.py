@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
+from segsft.config_schema import EngineConf, ModelConf
 from segsft.store.corpus import ProblemRow, Reject
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class Completion:
     finish_reason: str  # stop | length
 
 
-def check_engine(node: Any, prefix: str) -> list[str]:
+def check_engine(node: EngineConf, prefix: str) -> list[str]:
     """Every problem of the engine and sampling keys of `evaluate` or `generate` (EngineConf)."""
     errs = []
     if node.engine not in ENGINES:
@@ -44,8 +45,8 @@ def check_engine(node: Any, prefix: str) -> list[str]:
         errs.append(f"{prefix}.engine=vllm but vllm is not installed: pip install -e '.[vllm]' (CUDA), or use engine=hf")
     for key, lo, hi in (("samples", 1, 1024), ("max_new_tokens", 1, 1 << 20), ("batch_size", 1, 4096),
                         ("chunk_problems", 1, 1 << 20), ("tensor_parallel_size", 1, 64)):
-        if not lo <= node[key] <= hi:
-            errs.append(f"{prefix}.{key}={node[key]!r}: use an integer in [{lo}, {hi}]")
+        if not lo <= getattr(node, key) <= hi:
+            errs.append(f"{prefix}.{key}={getattr(node, key)!r}: use an integer in [{lo}, {hi}]")
     if not 0 <= node.temperature <= 10:
         errs.append(f"{prefix}.temperature={node.temperature!r}: use a number in [0, 10] (0 = greedy)")
     elif node.temperature == 0 and node.samples > 1:
@@ -79,7 +80,7 @@ def batch_seed(seed: int, first_id: str) -> int:
 class HFEngine:
     """transformers' generate, batched by prompt length."""
 
-    def __init__(self, model_cfg: dict, settings: Any, device: Any = None):
+    def __init__(self, model_cfg: ModelConf, settings: Any, device: Any = None):
         import torch
 
         from segsft.run.dist import local_rank
@@ -168,17 +169,17 @@ def is_oom(e: BaseException) -> bool:
     return "out of memory" in text.lower() or "can't allocate memory" in text
 
 
-def context_length(model_cfg: dict) -> int:
+def context_length(model_cfg: ModelConf) -> int:
     """The model's max_position_embeddings (0 when its config does not say)."""
     from transformers import AutoConfig
 
-    from segsft.run.models import flag, model_path
+    from segsft.run.models import model_path
 
-    conf = AutoConfig.from_pretrained(model_path(model_cfg), trust_remote_code=flag(model_cfg, "trust_remote_code"))
+    conf = AutoConfig.from_pretrained(model_path(model_cfg), trust_remote_code=model_cfg.trust_remote_code)
     return int(getattr(conf, "max_position_embeddings", 0) or 0)
 
 
-def split_long_prompts(model_cfg: dict, problems: Sequence[ProblemRow], limit: int, key: str
+def split_long_prompts(model_cfg: ModelConf, problems: Sequence[ProblemRow], limit: int, key: str
                        ) -> tuple[list[ProblemRow], list[Reject]]:
     """(problems whose prompt fits `limit` tokens, rejects "prompt too long (N tokens > limit)").
     `limit` 0 = the model's context length. A prompt past the character bound is rejected
@@ -200,7 +201,7 @@ def split_long_prompts(model_cfg: dict, problems: Sequence[ProblemRow], limit: i
             why = f"prompt too long ({n} tokens > {limit})" if n > limit else ""
         if why:
             rejects.append(Reject(p.problem_id, f"row {p.row}: {why}: raise {key}.max_prompt_tokens (up to the "
-                                  "model's context) or leave the problem out", str(model_cfg.get("name_or_path")), p.row))
+                                  "model's context) or leave the problem out", str(model_cfg.name_or_path), p.row))
         else:
             ok.append(p)
     return ok, rejects
@@ -209,10 +210,10 @@ def split_long_prompts(model_cfg: dict, problems: Sequence[ProblemRow], limit: i
 class VLLMEngine:
     """vLLM: every prompt of a chunk in one call; `n` samples per prompt."""
 
-    def __init__(self, model_cfg: dict, settings: Any):
+    def __init__(self, model_cfg: ModelConf, settings: Any):
         from vllm import LLM
 
-        from segsft.run.models import flag, load_tokenizer, model_path
+        from segsft.run.models import load_tokenizer, model_path
 
         self.s = settings
         self.tokenizer = load_tokenizer(model_cfg)
@@ -220,7 +221,7 @@ class VLLMEngine:
         self.llm = LLM(model=model_path(model_cfg), tokenizer=model_path(model_cfg), dtype=dtype, seed=settings.seed,
                        tensor_parallel_size=settings.tensor_parallel_size,
                        gpu_memory_utilization=settings.gpu_memory_utilization,
-                       trust_remote_code=flag(model_cfg, "trust_remote_code"),
+                       trust_remote_code=model_cfg.trust_remote_code,
                        max_model_len=None)
 
     def generate(self, problems: Sequence[ProblemRow], k: int, progress: Any = None) -> Iterator[list[Completion]]:
@@ -243,9 +244,9 @@ class VLLMEngine:
         yield done
 
 
-def load_engine(model_cfg: dict, settings: Any) -> HFEngine | VLLMEngine:
+def load_engine(model_cfg: ModelConf, settings: Any) -> HFEngine | VLLMEngine:
     engine = pick_engine(settings.engine)
-    log.info("generation engine: %s for %s", engine, model_cfg["name_or_path"])
+    log.info("generation engine: %s for %s", engine, model_cfg.name_or_path)
     return VLLMEngine(model_cfg, settings) if engine == "vllm" else HFEngine(model_cfg, settings)
 
 
@@ -317,7 +318,7 @@ def done_keys(layout: Any) -> set[tuple[str, str, str]]:
     return chunk_keys(layout.chunks(), SAMPLE_KEY[:3])
 
 
-def generate_graded(model_cfg: dict, label: str, sets: Sequence[tuple[str, Sequence[ProblemRow]]], k: int,
+def generate_graded(model_cfg: ModelConf, label: str, sets: Sequence[tuple[str, Sequence[ProblemRow]]], k: int,
                     settings: Any, layout: Any, rank: int = 0, world: int = 1,
                     failed: list[tuple[str, str, str]] | None = None) -> int:
     """Generate k samples per problem of this rank's shard (rows r, r+world, ... of each set)

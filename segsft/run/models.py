@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
+from segsft.config_schema import ModelConf
 from segsft.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -17,27 +18,9 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "float64": torch.float64}
 
 
-def flag(cfg: Mapping[str, Any], key: str) -> bool:
-    """A boolean key of the `model` node, strictly: `no` or `0` is not false, it is an error
-    (bool('no') is True, which would turn remote code on). Hydra already types the composed
-    config; this guards hand-made mappings and saved settings."""
-    from segsft.config_schema import ModelConf, with_defaults
-
-    v = with_defaults(ModelConf, cfg)[key]
-    if not isinstance(v, bool):
-        raise ValueError(f"model.{key}={v!r}: use true or false")
-    return v
-
-
-def check_model_config(cfg: Mapping[str, Any]) -> list[str]:
-    """Every problem of the `model` node's flags, each saying what to change."""
-    errs = []
-    for key in ("trust_remote_code", "pypi_fallback"):
-        try:
-            flag(cfg, key)
-        except ValueError as e:
-            errs.append(str(e))
-    return errs + check_model_location(cfg)
+def check_model_config(m: ModelConf) -> list[str]:
+    """Every problem of the `model` settings that can be seen before anything loads."""
+    return check_model_location(m)
 
 
 def pick_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
@@ -58,20 +41,20 @@ def pick_dtype(spec: str, device: torch.device) -> torch.dtype:
 _resolved: dict[str, str] = {}
 
 
-def model_path(cfg: Mapping[str, Any]) -> str:
+def model_path(m: ModelConf) -> str:
     """The configured id or directory, or the offline copy of a known model (resolved once)."""
     from segsft.run.model_source import resolve_name_or_path
 
-    name = str(cfg["name_or_path"])
+    name = str(m.name_or_path)
     if name not in _resolved:
-        _resolved[name] = resolve_name_or_path(cfg)
+        _resolved[name] = resolve_name_or_path(m)
     return _resolved[name]
 
 
-def check_model_location(cfg: Mapping[str, Any]) -> list[str]:
+def check_model_location(m: ModelConf) -> list[str]:
     """A local path that does not exist (anything starting with /, ./, ../ or ~, or holding
     more than one /) cannot be a hub id: say so before anything loads."""
-    name = str(cfg.get("name_or_path") or "")
+    name = str(m.name_or_path or "")
     looks_local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
     if looks_local and not Path(name).expanduser().exists():
         return [f"model.name_or_path={name!r} does not exist: give a model directory (config.json, safetensors, "
@@ -79,17 +62,13 @@ def check_model_location(cfg: Mapping[str, Any]) -> list[str]:
     return []
 
 
-def load_tokenizer(cfg: Mapping[str, Any]) -> Any:
+def load_tokenizer(m: ModelConf) -> Any:
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(
-        model_path(cfg),
-        revision=cfg.get("revision"),
-        trust_remote_code=flag(cfg, "trust_remote_code"),
-        use_fast=True,
-    )
-    if cfg.get("chat_template"):
-        tok.chat_template = cfg["chat_template"]
+    tok = AutoTokenizer.from_pretrained(model_path(m), revision=m.revision, trust_remote_code=m.trust_remote_code,
+                                        use_fast=True)
+    if m.chat_template:
+        tok.chat_template = m.chat_template
     return tok
 
 
@@ -105,20 +84,13 @@ def pick_attn_implementation(spec: str, device: torch.device) -> str:
     return "sdpa"
 
 
-def load_model(cfg: Mapping[str, Any], device: torch.device, dtype: torch.dtype) -> Any:
+def load_model(m: ModelConf, device: torch.device, dtype: torch.dtype) -> Any:
     from transformers import AutoModelForCausalLM
 
-    from segsft.config_schema import ModelConf, with_defaults
-
-    cfg = with_defaults(ModelConf, cfg)
-    kwargs: dict[str, Any] = dict(
-        revision=cfg["revision"],
-        trust_remote_code=flag(cfg, "trust_remote_code"),
-        dtype=dtype,
-        use_safetensors=True,
-    )
-    kwargs["attn_implementation"] = pick_attn_implementation(cfg["attn_implementation"], device)
-    model = AutoModelForCausalLM.from_pretrained(model_path(cfg), **kwargs)
+    kwargs: dict[str, Any] = dict(revision=m.revision, trust_remote_code=m.trust_remote_code, dtype=dtype,
+                                  use_safetensors=True,
+                                  attn_implementation=pick_attn_implementation(m.attn_implementation, device))
+    model = AutoModelForCausalLM.from_pretrained(model_path(m), **kwargs)
     return model.to(device)
 
 

@@ -17,13 +17,11 @@ DIR_KEYS = ("run_dir", "selection_dir", "finetune_dir", "eval_dir", "generate_di
 NAME_KEYS = ("select.name",)
 
 
-def _value(cfg: Any, key: str) -> Any:
-    node = cfg
+def _value(s: Any, key: str) -> Any:
+    """`key` (dotted) of the typed settings; None where a part is missing."""
     for part in key.split("."):
-        if node is None or part not in node:
-            return None
-        node = node[part]
-    return node
+        s = getattr(s, part, None)
+    return s
 
 
 def dir_key_problem(key: str, value: Any) -> str | None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from segsft.config_schema import Settings
 
 import polars as pl
 
@@ -58,7 +61,7 @@ def convergence_line(smp: pl.DataFrame, seg: pl.DataFrame | None = None) -> str:
     return out
 
 
-def summarize(cfg: Any) -> str:
+def summarize(cfg: "Settings") -> str:
     """Per sample: segments and the kept share of tokens; the three strongest segments of
     one trace; the fine-tune's first and last loss; where every output went."""
     run = RunLayout(cfg.run_dir)
@@ -87,7 +90,7 @@ def summarize(cfg: Any) -> str:
                      f"{overall['share_tokens_kept'] or 0:>11.0%}")
     if smp.height:
         sid = smp.sort("sample_id")["sample_id"][0]
-        samples, _ = read_corpus(cfg.data.path, cfg.data.fields, cfg.data.limit, cfg.data.get("adapter"))
+        samples, _ = read_corpus(cfg.data.path, cfg.data.fields, cfg.data.limit, cfg.data.adapter)
         text = next((s.solution for s in samples if s.sample_id == sid), "")
         top = seg.filter(pl.col("sample_id") == sid).sort("strength", descending=True).head(3)
         lines.append(f"\nstrongest segments of {sid}:")

@@ -1,7 +1,8 @@
-"""The one interface of every stage: `check(cfg)`, `run(cfg, rank, world)`, `outputs(cfg)`.
+"""The one interface of every stage: `check(s)`, `run(s, rank, world)`, `outputs(s)`.
 
 As datatrove's `PipelineStep.run(data, rank, world_size)` and torchtune's recipes: each stage
-package exposes `STAGE`, an object with these three methods, and gets the composed config.
+package exposes `STAGE`, an object with these three methods, and gets the typed Settings
+(segsft.config_schema), built once by dispatch: never the raw config.
 `check` lists every problem at once and runs once, before anything runs; `run` does not
 check again; `outputs` names what the stage writes (through segsft.store.layout).
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 from typing import Any, Protocol
+
+from segsft.config_schema import Settings
 
 #: The stages in pipeline order (stage=all runs them so).
 ORDER = ("attribute", "select", "finetune", "evaluate", "report")
@@ -23,11 +26,11 @@ class Stage(Protocol):
     #: Only rank 0 runs it (the dispatcher skips it on other ranks); a stage without it runs on every rank.
     rank0_only: bool
 
-    def check(self, cfg: Any) -> list[str]: ...
+    def check(self, s: Settings) -> list[str]: ...
 
-    def run(self, cfg: Any, rank: int, world: int) -> Any: ...
+    def run(self, s: Settings, rank: int, world: int) -> Any: ...
 
-    def outputs(self, cfg: Any) -> dict[str, Path]: ...
+    def outputs(self, s: Settings) -> dict[str, Path]: ...
 
 
 def load(name: str) -> Stage:

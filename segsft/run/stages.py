@@ -7,6 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from segsft.config_schema import Settings, SettingsError
 from segsft.run.dist import is_main, rank_and_world
 from segsft.errors import PipelineError
 from segsft.run.stage_api import EXTRA, ORDER, load
@@ -27,12 +28,17 @@ def run_stage(cfg: DictConfig) -> Any:
         raise ConfigError(f"stage={stage!r}: use one of {list(STAGES)}")
     from segsft.run.path_keys import path_key_problems
 
+    # Typed once, here: the stages and everything below them get these Settings, never `cfg`.
+    try:
+        settings = Settings.of(cfg)
+    except SettingsError as e:
+        raise ConfigError(f"{e}: see segsft/config_schema.py for every key and its type") from None
     # Directory and name keys first, once: every stage writes or reads under them.
-    errors = path_key_problems(cfg)
+    errors = path_key_problems(settings)
     if errors:
         raise ConfigError(errors[0] if len(errors) == 1 else "invalid configuration:\n  - " + "\n  - ".join(errors))
     stages = [load(n) for n in (ORDER if stage == "all" else [stage])]
-    errors = list(dict.fromkeys(e for s in stages for e in s.check(cfg)))  # a shared key is reported once
+    errors = list(dict.fromkeys(e for s in stages for e in s.check(settings)))  # a shared key is reported once
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
     rank, world = rank_and_world()
@@ -44,13 +50,13 @@ def run_stage(cfg: DictConfig) -> Any:
     log.info("rank %d/%d resolved config:\n%s", rank, world, OmegaConf.to_yaml(cfg, resolve=True))
     result = None
     for s in stages:
-        log.info("stage %s: outputs %s", s.name, {k: str(v) for k, v in s.outputs(cfg).items()})
+        log.info("stage %s: outputs %s", s.name, {k: str(v) for k, v in s.outputs(settings).items()})
         if getattr(s, "rank0_only", False) and rank != 0:
             continue
-        result = s.run(cfg, rank, world)
+        result = s.run(settings, rank, world)
     if stage == "all" and is_main():
         from segsft.run.recap import summarize
 
-        text = summarize(cfg)
+        text = summarize(settings)
         print("\n" + text, flush=True)
     return result

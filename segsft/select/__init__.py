@@ -5,7 +5,8 @@ lists every problem of `select.*`. The rule itself is `rule.attribution_rule`.
 """
 
 from pathlib import Path
-from typing import Any
+
+from segsft.config_schema import Settings
 
 from segsft.store.layout import SelectionLayout
 from segsft.method.selection_config import METHODS, SelectConfig, check_config
@@ -26,14 +27,14 @@ class _SelectStage:
     name = "select"
     rank0_only = True
 
-    def check(self, cfg: Any) -> list[str]:
-        return check_config(cfg)
+    def check(self, s: Settings) -> list[str]:
+        return check_config(s)
 
-    def run(self, cfg: Any, rank: int, world: int) -> dict | None:
-        return run(cfg)
+    def run(self, s: Settings, rank: int, world: int) -> dict | None:
+        return run(s)
 
-    def outputs(self, cfg: Any) -> dict[str, Path]:
-        return SelectionLayout(Path(str(cfg.selection_dir))).outputs()
+    def outputs(self, s: Settings) -> dict[str, Path]:
+        return SelectionLayout(Path(str(s.selection_dir))).outputs()
 
 
 STAGE = _SelectStage()

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
+
+from segsft.config_schema import Settings
 
 from segsft.errors import PipelineError
 from segsft.store.io import write_json, write_parquet, write_text
@@ -136,9 +138,10 @@ def _figures(mask: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
     return samples, overall(mask, samples)
 
 
-def run(cfg: DictConfig | Any) -> dict:
+def run(cfg: Settings | Any) -> dict:
     """Select with `cfg.select` on `cfg.run_dir`'s attribution; write and return the summary."""
     t0 = time.monotonic()
+    cfg = Settings.of(cfg)
     scfg = SelectConfig.from_cfg(cfg)
     out = Path(str(cfg.selection_dir))
     lay = SelectionLayout(out)
@@ -197,8 +200,7 @@ def run(cfg: DictConfig | Any) -> dict:
     write_parquet(lay.per_sample, samples.to_arrow(), PER_SAMPLE_SCHEMA)
     write_json(lay.summary, summary)
     # config.yaml, then the completion marker last: without the marker the selection is unfinished.
-    config = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
-    write_text(lay.config, OmegaConf.to_yaml(config, resolve=True))
+    write_text(lay.config, OmegaConf.to_yaml(OmegaConf.create(cfg.as_dict())))
     write_json(lay.marker, {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
     o = figures["overall"]
     log.info(

@@ -19,6 +19,7 @@ from segsft.store.hub import is_dataset
 from segsft.store.io import file_sha256, write_json
 
 if TYPE_CHECKING:
+    from segsft.config_schema import Settings
     from segsft.store.layout import AttributionLayout
 
 log = logging.getLogger(__name__)
@@ -34,29 +35,29 @@ class SettingsChanged(PipelineError):
     """The run dir holds attribution made with other settings."""
 
 
-def fingerprint(cfg: Mapping[str, Any], dtype: str, pattern: str) -> dict[str, Any]:
+def fingerprint(cfg: "Settings", dtype: str, pattern: str) -> dict[str, Any]:
     """Every setting the scores (and the rows scored) depend on; `dtype` as the model ran in,
     `pattern` the resolved segment regex."""
-    a, m, d = cfg["attribute"], cfg["model"], cfg["data"]
+    a, m, d = cfg.attribute, cfg.model, cfg.data
     fp: dict[str, Any] = {
-        "model": str(m["name_or_path"]), "revision": m.get("revision"), "dtype": dtype, "rule": a["rule"],
-        "baseline": a["baseline"], "segment_pattern": pattern, "answer_suffix": a["answer_suffix"],
-        "max_tokens": int(a["max_tokens"]),
-        "data_fields": {k: d["fields"][k] for k in sorted(d["fields"])}, "data_limit": d["limit"],
+        "model": str(m.name_or_path), "revision": m.revision, "dtype": dtype, "rule": a.rule,
+        "baseline": a.baseline, "segment_pattern": pattern, "answer_suffix": a.answer_suffix,
+        "max_tokens": int(a.max_tokens),
+        "data_fields": {k: d.fields[k] for k in sorted(d.fields)}, "data_limit": d.limit,
     }
     # A file by its bytes; a dataset by its id, revision, split and `datasets` fingerprint (keys
     # that runs of a file never had, so their stored fingerprints still match).
-    if is_dataset(d["path"]):
-        fp["corpus_dataset"] = corpus_identity(d["path"])
+    if is_dataset(d.path):
+        fp["corpus_dataset"] = corpus_identity(d.path)
     else:
-        fp["corpus_sha256"] = file_sha256(d["path"])
-    if d.get("adapter") not in (None, "", "none"):
-        fp["data_adapter"] = d["adapter"]
-    if a["rule"] == "adaptive":
-        fp.update({k: a[k] for k in ADAPTIVE_KEYS})
+        fp["corpus_sha256"] = file_sha256(d.path)
+    if d.adapter not in (None, "", "none"):
+        fp["data_adapter"] = d.adapter
+    if a.rule == "adaptive":
+        fp.update({k: getattr(a, k) for k in ADAPTIVE_KEYS})
         fp["stop_test"] = STOP_TEST
     else:
-        fp["steps"] = int(a["steps"])
+        fp["steps"] = int(a.steps)
     return fp
 
 
