@@ -51,7 +51,7 @@ def _token_stats(model: Any, ids: torch.Tensor, sample_id: str) -> tuple[np.ndar
 
 
 class AttributeStage:
-    """DESIGN steps 1-6 for one rank: `AttributeStage(cfg).run(rank, world)`.
+    """docs/method.md steps 1-6 for one rank: `AttributeStage(cfg).run(rank, world)`.
 
     `cfg` holds `run_dir`, `data` (path, fields), `model` (name_or_path, ...), `attribute`.
     """

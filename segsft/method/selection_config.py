@@ -30,7 +30,7 @@ def _is_number(x: Any) -> bool:
 
 @dataclass(frozen=True)
 class SelectConfig:
-    """DESIGN step 7's knobs, normalised (`KEYS`, typed; tests/test_structure.py holds them
+    """docs/method.md step 7's knobs, normalised (`KEYS`, typed; tests/test_structure.py holds them
     equal to SelectConf's). Bounds of None mean "no bound"."""
 
     method: str = _D.method
