@@ -4,7 +4,7 @@ A tiny Qwen2 (built from config, tokenizer trained on the traces) is fine-tuned 
 stage's own code (`segsft.finetune.run`, one process, no DeepSpeed) on the 30 real traces of
 ../shared/data (or data/sample_traces.jsonl when they are absent), every sequence cut to
 --max-length tokens. `selected` uses a hand-made masks table: each keyword segment trained
-with probability 0.5 (seeded), plus segments 0, -2, -1 (DESIGN's always_keep), which is
+with probability 0.5 (seeded), plus segments 0, -2, -1 (docs/method.md step 7's always_keep), which is
 roughly what the paper's selection keeps. Tokens/s counts every input token (no padding:
 sequences share one length) over whole epochs; the run is on CUDA when there is one.
 

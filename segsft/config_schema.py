@@ -62,16 +62,16 @@ class DataConf:
 
 @dataclass
 class AttributeConf:
-    """`attribute.*`: DESIGN steps 4-6 (python pipeline.py stage=attribute ...).
+    """`attribute.*`: docs/method.md steps 4-6 (python pipeline.py stage=attribute ...).
 
-    Quadrature (DESIGN step 5):
+    Quadrature (docs/method.md step 5):
     - adaptive (default): bisects the subintervals of the IG path whose exact local error
       |trapezoid - (f(b) - f(a))| is largest until the error bound (the sum of those errors over
       |f(1) - f(0)|) is <= target_gap, the select rule's train decisions that are not borderline
       kept their value over the whole last doubling of the evaluations (share >=
       target_stability), and at most max_borderline of the segments are borderline (their
       decision could flip within the remaining quadrature error), or max_steps gradient
-      evaluations. Defaults: README "Scores that do not depend on the quadrature" (the study).
+      evaluations. Defaults: docs/convergence.md (the study).
     - linspace (the paper's; rule=linspace steps=50 reproduces it), trapezoid, gauss_legendre:
       fixed rules of `steps` nodes; on real weights their gaps are > 1 and 10% of their
       decisions differ from a converged run.
@@ -84,7 +84,7 @@ class AttributeConf:
     # completeness gap and cannot cancel). On real traces it falls about as 1/N (the path is rough
     # below 1/512 of its length): on the cut traces studied so far 2.0 is met in a median of 61
     # evaluations, 1.0 in 125 and 0.5 not within 128, every decision agreeing with a 129-point
-    # uniform reference (README, "Scores that do not depend on the quadrature"; the study goes on).
+    # uniform reference (docs/convergence.md, "The bound, measured"; the study goes on).
     target_gap: float = 2.0
     # Share of the non-borderline decisions that must be settled over the last doubling.
     target_stability: float = 1.0
@@ -132,7 +132,7 @@ class AttributeConf:
 
 @dataclass
 class SelectConf:
-    """`select.*`: DESIGN step 7 per sample: keep the strongest segments covering top_mass of the
+    """`select.*`: docs/method.md step 7 per sample: keep the strongest segments covering top_mass of the
     strength, of those the ones with consistency in [min_consistency, max_consistency], plus
     always_keep (python pipeline.py stage=select run_dir=runs/x select.top_mass=0.7)."""
 
@@ -166,7 +166,7 @@ class SelectConf:
 
 @dataclass
 class FinetuneConf:
-    """`finetune.*`: selective SFT (DESIGN step 8); defaults are the paper's hyperparameters."""
+    """`finetune.*`: selective SFT (docs/method.md step 8); defaults are the paper's hyperparameters."""
 
     # selected: loss only on the segments masks.parquet marks train=true; full: every trace token.
     mode: str = "selected"

@@ -1,4 +1,4 @@
-"""The explicit Parquet schema of every table the pipeline writes (DESIGN.md's contract),
+"""The explicit Parquet schema of every table the pipeline writes (docs/method.md's file contract),
 and the columns each reader takes from them. One name, one meaning."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ SAMPLES_SCHEMA = pa.schema(
     [
         ("sample_id", pa.string()),
         ("n_tokens", pa.int32()),
-        # Prompt + trace: the length of the training sequence (DESIGN step 8), which
+        # Prompt + trace: the length of the training sequence (docs/method.md step 8), which
         # select.min_tokens compares against; n_tokens adds the answer suffix.
         ("train_tokens", pa.int32()),
         ("n_segments", pa.int32()),
@@ -80,7 +80,7 @@ REJECTS_SCHEMA = pa.schema(
 )
 
 
-# The contract with fine-tuning (DESIGN.md): one row per segment of every sample.
+# The contract with fine-tuning (docs/method.md): one row per segment of every sample.
 MASKS_SCHEMA = pa.schema(
     [
         ("sample_id", pa.string()),

@@ -1,4 +1,4 @@
-"""attribute.rule=adaptive: exact local errors, bisection, the stop test (DESIGN step 5)."""
+"""attribute.rule=adaptive: exact local errors, bisection, the stop test (docs/method.md step 5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The IG engine (DESIGN step 5) against independent implementations."""
+"""The IG engine (docs/method.md step 5) against independent implementations."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def test_completeness_in_float64(tokenizer, sample):
     m = freeze(tiny_qwen2(tokenizer, seed=2, dtype=torch.float64))
     res = integrated_gradients(m, ids, pos, rule="gauss_legendre", steps=64, pad_id=tokenizer.pad_token_id, batch_alphas=16)
     assert res.completeness_gap < 1e-6
-    # The paper's linspace rule is visibly biased at the same model (DESIGN, numerical notes).
+    # The paper's linspace rule is visibly biased at the same model (docs/method.md, numerical notes).
     lin = integrated_gradients(m, ids, pos, rule="linspace", steps=50, pad_id=tokenizer.pad_token_id, batch_alphas=25)
     assert lin.completeness_gap > 10 * res.completeness_gap
     assert lin.answer_logprob == pytest.approx(res.answer_logprob, abs=1e-12)

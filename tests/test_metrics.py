@@ -1,4 +1,4 @@
-"""Segment metrics (DESIGN step 6) on a hand-computed example."""
+"""Segment metrics (docs/method.md step 6) on a hand-computed example."""
 
 import math
 

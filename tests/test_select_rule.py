@@ -1,4 +1,4 @@
-"""DESIGN step 7 in Polars against a plain-Python statement of it, and the paper's setting by hand."""
+"""docs/method.md step 7 in Polars against a plain-Python statement of it, and the paper's setting by hand."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def frame(rows: list[tuple]) -> pl.LazyFrame:
     ).lazy()
 
 
-# ---- an independent plain-Python statement of DESIGN step 7 -------------------------------------
+# ---- an independent plain-Python statement of docs/method.md step 7 ------------------------------
 
 def _num(x: float | None) -> float | None:
     return None if x is None or math.isnan(x) else x

@@ -1,4 +1,4 @@
-"""Segmentation (DESIGN step 2) and token spans (steps 3-4)."""
+"""Segmentation (docs/method.md step 2) and token spans (steps 3-4)."""
 
 from __future__ import annotations
 

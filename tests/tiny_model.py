@@ -1,7 +1,7 @@
 """Small Qwen2 models built from a config and a tokenizer trained on the fly.
 
 For tests, benchmarks and offline smoke runs: no download. The pad row of the
-embedding is made non-zero, as in real checkpoints (see DESIGN's numerical notes).
+embedding is made non-zero, as in real checkpoints (see docs/method.md's numerical notes).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def tiny_qwen2(
     model = Qwen2ForCausalLM(config)
     with torch.no_grad():
         # HF zeroes the pad row; real checkpoints have a trained one, and a zero
-        # baseline breaks IG under RMSNorm (DESIGN, numerical notes).
+        # baseline breaks IG under RMSNorm (docs/method.md, numerical notes).
         emb = model.get_input_embeddings().weight
         emb[tokenizer.pad_token_id].normal_(0.0, config.initializer_range)
     return model.to(dtype).eval()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool, run with carry [".whl", ".gpudata"], timeout_s 540):
 #   bash bench/gpu/run.sh
-# Prepare here first: bash bench/gpu/prepare.sh. About 6 minutes on one H100; results go to
+# Prepare here first: bash bench/gpu/prepare.sh. About 6 minutes on one H100 (plus about a minute for
+# bench/vllm_ranks.py where vLLM is installed); results go to
 # $OUT (the device tool brings them back) or bench/results/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,3 +27,11 @@ python3 bench/generate_bench.py --arch bench/configs/r1_distill_qwen_1_5b.json -
   --max-new-tokens 256 --batch 64 --out "$out/generate_gpu_1_5b.json" \
   || python3 bench/generate_bench.py --arch bench/configs/r1_distill_qwen_1_5b.json --engines hf --problems 64 \
   --max-new-tokens 256 --batch 64 --out "$out/generate_gpu_1_5b.json"
+# Each rank's vLLM engine on its own GPU (bench/vllm_ranks.py, which the gpu tests of tests/test_vllm_devices.py
+# run too): two ranks as torchrun starts them. On one GPU: rank 0 on it, and LOCAL_RANK=1 refused in one line.
+# The engine part only where the image has vLLM; the device choice is checked either way. Last, and not fatal,
+# so a failing check keeps the results above.
+if python3 -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("vllm") is None)'; then engine=""
+else engine="--no-engine"; echo "vllm_ranks: vLLM absent, the engine part is skipped"; fi
+python3 bench/vllm_ranks.py --ranks 2 $engine --out "$out/vllm_ranks.json" \
+  || echo "vllm_ranks: a check failed (see $out/vllm_ranks.json)"

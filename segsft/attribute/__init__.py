@@ -18,7 +18,7 @@ __all__ = ["STAGE", "AttributeStage", "IGResult", "RULES", "attribution_dir", "i
 
 
 class _AttributeStage:
-    """segsft.run.stage_api.Stage for DESIGN steps 1-6 (this rank's shard)."""
+    """segsft.run.stage_api.Stage for docs/method.md steps 1-6 (this rank's shard)."""
 
     name = "attribute"
 

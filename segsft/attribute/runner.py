@@ -52,7 +52,7 @@ def _token_stats(model: Any, ids: torch.Tensor, sample_id: str) -> tuple[np.ndar
 
 
 class AttributeStage:
-    """DESIGN steps 1-6 for one rank: `AttributeStage(cfg).run(rank, world)`.
+    """docs/method.md steps 1-6 for one rank: `AttributeStage(cfg).run(rank, world)`.
 
     `cfg`: the Settings (or a mapping of some keys, typed on the way in): `run_dir`, `data`,
     `model`, `attribute`, and `select` for the adaptive rule's stop test.

@@ -1,4 +1,4 @@
-"""Selective SFT (DESIGN step 8): labels from the masks table, HF Trainer + DeepSpeed ZeRO.
+"""Selective SFT (docs/method.md step 8): labels from the masks table, HF Trainer + DeepSpeed ZeRO.
 
 `check_config(cfg)` lists every config problem; `run(cfg)` runs the stage (see stage.py
 for the files it writes). Heavy imports (transformers, deepspeed) happen inside `run`.
@@ -24,7 +24,7 @@ __all__ = ["STAGE", "IGNORE_INDEX", "check_config", "label_tokens", "run"]
 
 
 class _FinetuneStage:
-    """segsft.run.stage_api.Stage for DESIGN step 8 (the same call on every rank under torchrun)."""
+    """segsft.run.stage_api.Stage for docs/method.md step 8 (the same call on every rank under torchrun)."""
 
     name = "finetune"
 

@@ -1,4 +1,4 @@
-"""Training examples of DESIGN step 8: prompt + trace tokens, labels from the masks.
+"""Training examples of docs/method.md step 8: prompt + trace tokens, labels from the masks.
 
 Every corpus row ends up either as an example or in `DataReport.dropped` with its reason.
 """
@@ -68,7 +68,7 @@ class DataReport:
 
 
 def step8_sequence(tokenizer: Any, question: str, solution: str) -> tuple[np.ndarray, int, np.ndarray]:
-    """(input_ids, n_prompt, first character of each trace token): DESIGN step 8, which is
+    """(input_ids, n_prompt, first character of each trace token): docs/method.md step 8, which is
     `build_sequence` without an answer suffix (the labels come from the masks' spans)."""
     seq = build_sequence(tokenizer, question, solution, None)
     return seq.input_ids, seq.n_prompt, seq.body_starts

@@ -1,4 +1,4 @@
-"""Labels of one training sequence: which tokens carry loss (DESIGN step 8).
+"""Labels of one training sequence: which tokens carry loss (docs/method.md step 8).
 
 Pure array math, no model or launcher: the one place that decides a token's label.
 """

@@ -30,7 +30,7 @@ class SampleMask:
     def mismatch(self, trace_len: int) -> str | None:
         """Why these spans cannot belong to a trace of `trace_len` characters, or None.
 
-        Selection's segments tile the trace exactly (DESIGN step 2); anything else means
+        Selection's segments tile the trace exactly (docs/method.md step 2); anything else means
         the masks were made from other text, and their spans would label the wrong tokens.
         """
         pos = 0

@@ -1,6 +1,6 @@
 """`attribute.rule=adaptive`: locally adaptive quadrature of the IG path, checked exactly.
 
-DESIGN step 5. Every gradient evaluation at a also gives f(a), and the integral of the
+docs/method.md step 5. Every gradient evaluation at a also gives f(a), and the integral of the
 total integrand over [a, b] is exactly f(b) - f(a) (the path is a straight line and
 sum_t g_t(a) = df/da). So each subinterval has an exact local error for the total,
 

@@ -1,6 +1,6 @@
 """Integrated gradients of the answer log-probability w.r.t. the input embeddings.
 
-DESIGN step 5. The math only: no device placement, no launcher logic. The caller
+docs/method.md step 5. The math only: no device placement, no launcher logic. The caller
 passes a model already on its device; everything here follows the model's device.
 """
 
@@ -92,7 +92,7 @@ def baseline_embeddings(
     model: torch.nn.Module, input_ids: torch.Tensor, baseline: str, pad_id: int | None,
     trace_tokens: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """x' [L, d]. `pad`: the pad embedding everywhere (DESIGN step 5, the default);
+    """x' [L, d]. `pad`: the pad embedding everywhere (docs/method.md step 5, the default);
     `zero`; `mean`: the mean embedding row; `pad_trace`: the pad embedding on the trace's
     tokens `trace_tokens` [start, end) only, the prompt and answer suffix kept as they are
     (this changes what is attributed: only the trace's tokens get attribution)."""

@@ -1,4 +1,4 @@
-"""Segment metrics of DESIGN step 6 from the raw per-token attributions."""
+"""Segment metrics of docs/method.md step 6 from the raw per-token attributions."""
 
 from __future__ import annotations
 

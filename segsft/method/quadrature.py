@@ -1,4 +1,4 @@
-"""Quadrature rules for the integral over alpha in [0, 1] (DESIGN step 5), in float64."""
+"""Quadrature rules for the integral over alpha in [0, 1] (docs/method.md step 5), in float64."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DESIGN step 7, the attribution rule, as Polars lazy expressions (no loop over rows).
+"""docs/method.md step 7, the attribution rule, as Polars lazy expressions (no loop over rows).
 
 Per sample, exactly:
 1. Order the segments by strength, descending; ties by segment index, ascending. A null,
@@ -15,7 +15,7 @@ Per sample, exactly:
 4. Segments listed in always_keep are trained whatever 2-3 said; index i >= 0 is segment i,
    i < 0 is segment n + i (n = the sample's segment count); out-of-range indices are ignored.
 5. A sample whose training sequence (the samples table's `train_tokens`: prompt + trace,
-   DESIGN step 8) has fewer than min_tokens tokens is trained in full.
+   docs/method.md step 8) has fewer than min_tokens tokens is trained in full.
 
 `why` takes the first that applies: short_sample, top_mass (kept by 2-3), always_keep,
 below_top_mass, null_consistency, too_consistent, not_consistent_enough. `borderline` is
@@ -42,7 +42,7 @@ def with_short_samples(segments: pl.LazyFrame, sample_tokens: pl.LazyFrame | Non
     """Add `_short`: the sample has fewer than min_tokens tokens (false when unknown or min_tokens=0)."""
     if min_tokens <= 0 or sample_tokens is None:
         return segments.with_columns(_short=pl.lit(False))
-    # The training sequence (prompt + trace, DESIGN step 8) when attribution recorded it.
+    # The training sequence (prompt + trace, docs/method.md step 8) when attribution recorded it.
     names = sample_tokens.collect_schema().names()
     length = pl.coalesce("train_tokens", "n_tokens") if "train_tokens" in names else pl.col("n_tokens")
     lengths = sample_tokens.select(SID, _seq_tokens=length).unique(SID)
@@ -71,7 +71,7 @@ def _consistency_ok(cfg: SelectConfig) -> pl.Expr:
 
 
 def attribution_rule(segments: pl.LazyFrame, cfg: SelectConfig, sample_tokens: pl.LazyFrame | None = None) -> pl.LazyFrame:
-    """The mask of DESIGN step 7: MASKS_COLUMNS, one row per segment, sorted by sample and segment.
+    """The mask of docs/method.md step 7: MASKS_COLUMNS, one row per segment, sorted by sample and segment.
 
     `segments` needs sample_id, segment, char_start, char_end, n_tokens, strength, consistency;
     `sample_tokens` (sample_id, n_tokens) is read only when cfg.min_tokens > 0.

@@ -1,6 +1,6 @@
 """Text side of the method: prompt, segments, one tokenization with offsets, answer span.
 
-Shared by attribution (DESIGN steps 1-4) and fine-tuning (step 8) so that both stages
+Shared by attribution (docs/method.md steps 1-4) and fine-tuning (step 8) so that both stages
 see exactly the same tokens and the same token-to-segment rule.
 """
 
@@ -16,12 +16,12 @@ from segsft.config_schema import AttributeConf
 
 PROMPT_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
 
-#: DESIGN step 2, the reference's default keyword pattern.
+#: docs/method.md step 2, the reference's default keyword pattern.
 KEYWORDS_DEFAULT = (
     r"\n\nWait|\n\nAlternatively|\n\nBut wait|\n\nBut alternatively|\n\nBut just to|"
     r"\n\nHowever|\n\nNot sure|\n\nGoing back|\n\nBacktrack|\n\nTrace back|\n\nAnother"
 )
-#: DESIGN step 2, the second preset.
+#: docs/method.md step 2, the second preset.
 KEYWORDS_BROAD = (
     r"\n\nWait|\n\nAlternatively|\n\nBut|\n\nHowever|\n\nHmmm|\n\nHmm|\n\nNot sure|"
     r"\n\nGoing back|\n\nBacktrack|\n\nTrace back|\n\nAnother"
@@ -57,7 +57,7 @@ def split_segments(text: str, pattern: re.Pattern[str]) -> list[tuple[int, int]]
 
 
 def user_message(question: str) -> str:
-    """DESIGN step 1: the user turn of the prompt."""
+    """docs/method.md step 1: the user turn of the prompt."""
     return f"{question}{PROMPT_SUFFIX}"
 
 
@@ -161,7 +161,7 @@ _MARK = "\ue000segsft-question\ue000"  # private-use characters: never in a ques
 
 
 def encode_prompt(tokenizer: Any, question: str) -> np.ndarray:
-    """DESIGN step 1's prompt tokens. The template's own control tokens are control tokens;
+    """docs/method.md step 1's prompt tokens. The template's own control tokens are control tokens;
     control-token text inside the question (a data row writing `<|im_end|>` to open a turn of
     its own) is encoded as plain text. A question without such text is tokenized as the whole
     rendered prompt, exactly as before."""
@@ -184,7 +184,7 @@ def token_spans(starts: np.ndarray, char_spans: Sequence[tuple[int, int]]) -> li
 
 
 def answer_token_positions(enc: Encoded, ans_start: int, ans_end: int) -> np.ndarray:
-    """DESIGN step 4: tokens wholly inside [ans_start, ans_end); if none, every token
+    """docs/method.md step 4: tokens wholly inside [ans_start, ans_end); if none, every token
     that overlaps it."""
     inside = (enc.starts >= ans_start) & (enc.ends <= ans_end) & (enc.ends > enc.starts)
     if not inside.any():
@@ -194,7 +194,7 @@ def answer_token_positions(enc: Encoded, ans_start: int, ans_end: int) -> np.nda
 
 @dataclass(frozen=True)
 class TraceSequence:
-    """The sequence of DESIGN step 3 (or step 8 without a suffix) and its spans.
+    """The sequence of docs/method.md step 3 (or step 8 without a suffix) and its spans.
 
     Token indices are into the whole sequence: prompt tokens first.
     """
@@ -210,7 +210,7 @@ class TraceSequence:
 
     @property
     def train_tokens(self) -> int:
-        """Prompt + trace: the length of the training sequence (DESIGN step 8)."""
+        """Prompt + trace: the length of the training sequence (docs/method.md step 8)."""
         return self.segment_tokens[-1][1] if self.segment_tokens else self.n_prompt
 
     @property

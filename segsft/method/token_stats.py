@@ -3,7 +3,7 @@
 For every position t >= 1: nll[t] = -log p(x_t | x_<t) (natural log) and entropy[t], the
 entropy of the distribution that predicts x_t (the one at position t - 1). The transformer
 body runs once; the output layer is applied `chunk` positions at a time, so the logits of the
-whole vocabulary are never in memory for the whole sequence. Per segment (DESIGN step 6's
+whole vocabulary are never in memory for the whole sequence. Per segment (docs/method.md step 6's
 spans): the means over its tokens, and gradient x input at alpha = 1 (the IG integrand there,
 which the path evaluated anyway when 1 is one of its nodes).
 """

@@ -1,13 +1,18 @@
-"""Rank and world size as torchrun (or any launcher setting RANK/WORLD_SIZE) gives them."""
+"""Rank and world size as torchrun (or any launcher setting RANK/WORLD_SIZE) gives them, and
+the GPUs of a rank's vLLM engine."""
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from typing import Sequence, TypeVar
 
 from segsft.errors import PipelineError
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -30,7 +35,108 @@ def is_main() -> bool:
 
 
 def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
+    """LOCAL_RANK of the launcher (this process's index on its node); 0 without one."""
+    raw = os.environ.get("LOCAL_RANK", "0")
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise PipelineError(f"LOCAL_RANK={raw!r} is not an integer >= 0: unset it, or launch with torchrun, which sets it")
+    return value
+
+
+def vllm_device_env(local_rank: int, visible: str | None, per_rank: int = 1, count: int | None = None) -> str:
+    """The CUDA_VISIBLE_DEVICES of the vLLM engine of the process with this LOCAL_RANK: entries
+    local_rank*per_rank .. +per_rank-1 of `visible` (the launcher's list, as Slurm or the user set
+    it: indices, UUIDs or MIG ids, kept as written), or of 0..count-1 when `visible` is None
+    (unset: every GPU of the node; `count` None = not known, not checked). `per_rank` is the
+    engine's tensor_parallel_size. A rank past the list is one line naming LOCAL_RANK and it."""
+    if per_rank < 1:
+        raise PipelineError(f"tensor_parallel_size={per_rank}: use an integer >= 1")
+    if visible is None:
+        devices = [str(i) for i in range(count)] if count is not None else None
+    else:
+        devices = [d.strip() for d in visible.split(",") if d.strip()]
+    lo = local_rank * per_rank
+    if devices is None:
+        return ",".join(str(i) for i in range(lo, lo + per_rank))
+    if lo + per_rank > len(devices):
+        shown = "unset" if visible is None else repr(visible)
+        raise PipelineError(
+            f"LOCAL_RANK={local_rank} has no GPU{'s' if per_rank > 1 else ''} of its own: CUDA_VISIBLE_DEVICES={shown} "
+            f"gives {len(devices)} GPU(s) on this node and each engine takes {per_rank} (tensor_parallel_size): start at "
+            f"most {len(devices) // per_rank} process(es) per node (torchrun --nproc_per_node), or make more GPUs visible")
+    return ",".join(devices[lo:lo + per_rank])
+
+
+#: CUDA_VISIBLE_DEVICES as the launcher set it (None: unset), read before this process changes it.
+_launcher_visible: list[str | None] = []
+
+
+def launcher_visible_devices() -> str | None:
+    """CUDA_VISIBLE_DEVICES as the launcher gave it to this process, even after
+    pin_engine_devices narrowed it (a second engine, e.g. the next model, picks from the same list)."""
+    if not _launcher_visible:
+        _launcher_visible.append(os.environ.get("CUDA_VISIBLE_DEVICES"))
+    return _launcher_visible[0]
+
+
+def engine_in_this_process() -> bool:
+    """vLLM told to run its engine in the calling process (V0, or V1 without multiprocessing)."""
+    return os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0" or os.environ.get("VLLM_USE_V1") == "0"
+
+
+def pin_engine_devices(per_rank: int = 1) -> str:
+    """Give this rank's vLLM engine its own GPU(s): CUDA_VISIBLE_DEVICES becomes this
+    LOCAL_RANK's share of the launcher's list (vllm_device_env), before the engine starts.
+
+    Why CUDA_VISIBLE_DEVICES rather than vLLM's external_launcher: vLLM's one-process engine
+    always takes "its" cuda:0 (8 ranks under torchrun would all land on GPU 0, each asking for
+    gpu_memory_utilization of it), and it has no per-engine device option in every version;
+    external_launcher instead makes the torchrun ranks one vLLM job, which wants the same
+    prompts on every rank of a tensor-parallel group and data parallelism set up inside vLLM.
+    A visible-device list is honoured by every vLLM version and keeps the ranks independent
+    (rank r still takes problems r, r+world, ...).
+
+    CUDA reads the variable once, when it initialises in a process. So:
+    - nothing here initialises CUDA (torch's NVML-based device count only);
+    - where torch already initialised CUDA in this process (stage=all: attribute and finetune
+      ran before), the new value holds for new processes only. vLLM's V1 engine core is one:
+      it is started with spawn (set here, and forced by vLLM too), so it sees this rank's GPUs.
+      The memory cached by the earlier stages is released first, as vLLM would count it as
+      taken. An engine in this very process (VLLM_ENABLE_V1_MULTIPROCESSING=0 or V0) would
+      land on this process's first GPU: refused in one line unless that is this rank's.
+    Returns the value set."""
+    visible = launcher_visible_devices()
+    count = None
+    torch = sys.modules.get("torch")
+    if visible is None:
+        import torch
+
+        n = torch.cuda.device_count()  # NVML where it can: does not initialise CUDA
+        count = n if n > 0 else None
+    lr = local_rank()
+    chosen = vllm_device_env(lr, visible, per_rank, count)
+    initialised = torch is not None and torch.cuda.is_initialized()
+    if chosen != os.environ.get("CUDA_VISIBLE_DEVICES"):
+        if initialised and engine_in_this_process() and lr * per_rank != 0:
+            raise PipelineError(
+                f"LOCAL_RANK={lr}: CUDA is already initialised in this process, on the GPUs it started with, and vLLM "
+                "is set to run its engine in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0 or VLLM_USE_V1=0), so "
+                "it would land on another rank's GPU: unset those variables, or run stage=evaluate / stage=generate "
+                "in a process of its own")
+        os.environ["CUDA_VISIBLE_DEVICES"] = chosen
+        # A fresh engine process reads the new list whatever this one did with CUDA before.
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    if initialised:
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
+    log.info("vLLM engine of LOCAL_RANK=%d on CUDA_VISIBLE_DEVICES=%s (the launcher's: %s)", lr, chosen,
+             "unset" if visible is None else visible)
+    return chosen
 
 
 def shard(items: Sequence[T], rank: int, world: int) -> list[T]:

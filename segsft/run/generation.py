@@ -65,12 +65,16 @@ def check_engine(node: EngineConf, prefix: str) -> list[str]:
 
 
 def pick_engine(spec: str) -> str:
-    """`auto`: vllm when importable and CUDA is present, else hf."""
+    """`auto`: vllm when importable and CUDA is present, else hf. The GPU count comes from NVML,
+    so CUDA is not initialised here: vLLM's engine must find it uninitialised to be given this
+    rank's GPU (segsft.run.dist.pin_engine_devices)."""
     if spec != "auto":
         return spec
+    if importlib.util.find_spec("vllm") is None:
+        return "hf"
     import torch
 
-    return "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None else "hf"
+    return "vllm" if torch.cuda.device_count() > 0 else "hf"
 
 
 def batch_seed(seed: int, first_id: str) -> int:
@@ -208,21 +212,30 @@ def split_long_prompts(model_cfg: ModelConf, problems: Sequence[ProblemRow], lim
 
 
 class VLLMEngine:
-    """vLLM: every prompt of a chunk in one call; `n` samples per prompt."""
+    """vLLM: every prompt of a chunk in one call; `n` samples per prompt. Under torchrun each
+    rank's engine is a whole copy of the model on its own GPU(s) (LOCAL_RANK's share of the
+    visible devices, tensor_parallel_size each): data parallel over the ranks."""
 
-    def __init__(self, model_cfg: ModelConf, settings: Any):
+    def __init__(self, model_cfg: ModelConf, settings: Any, llm_kwargs: dict | None = None):
+        from segsft.run.dist import pin_engine_devices
+
+        # Before vllm is imported or started: CUDA takes the device list once per process.
+        self.devices = pin_engine_devices(settings.tensor_parallel_size)
         from vllm import LLM
 
         from segsft.run.models import load_tokenizer, model_path
 
         self.s = settings
         self.tokenizer = load_tokenizer(model_cfg)
+        revision = model_cfg.revision  # the same revision for weights and tokenizer, as HF loads them
         dtype = "auto" if settings.dtype == "auto" else settings.dtype
-        self.llm = LLM(model=model_path(model_cfg), tokenizer=model_path(model_cfg), dtype=dtype, seed=settings.seed,
+        # gpu_memory_utilization is a share of this engine's own GPU(s), not of one shared GPU 0.
+        self.llm = LLM(model=model_path(model_cfg), tokenizer=model_path(model_cfg), revision=revision,
+                       tokenizer_revision=revision, dtype=dtype, seed=settings.seed,
                        tensor_parallel_size=settings.tensor_parallel_size,
                        gpu_memory_utilization=settings.gpu_memory_utilization,
                        trust_remote_code=model_cfg.trust_remote_code,
-                       max_model_len=None)
+                       max_model_len=None, **(llm_kwargs or {}))
 
     def generate(self, problems: Sequence[ProblemRow], k: int, progress: Any = None) -> Iterator[list[Completion]]:
         from vllm import SamplingParams

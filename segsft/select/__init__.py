@@ -1,4 +1,4 @@
-"""Stage 2: DESIGN step 7's threshold rule (and the full / random baselines) -> masks.
+"""Stage 2: docs/method.md step 7's threshold rule (and the full / random baselines) -> masks.
 
 `run(cfg)` reads `run_dir/attribution/` and writes `selection_dir/`; `check_config(cfg)`
 lists every problem of `select.*`. The rule itself is `rule.attribution_rule`.
@@ -22,7 +22,7 @@ __all__ = [
 
 
 class _SelectStage:
-    """segsft.run.stage_api.Stage for DESIGN step 7 (one process: rank 0)."""
+    """segsft.run.stage_api.Stage for docs/method.md step 7 (one process: rank 0)."""
 
     name = "select"
     rank0_only = True
