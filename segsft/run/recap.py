@@ -61,57 +61,66 @@ def convergence_line(smp: pl.DataFrame, seg: pl.DataFrame | None = None) -> str:
     return out
 
 
-def summarize(cfg: "Settings") -> str:
-    """Per sample: segments and the kept share of tokens; the three strongest segments of
-    one trace; the fine-tune's first and last loss; where every output went."""
+def recap(cfg: "Settings") -> dict[str, Any]:
+    """The end-of-run summary as data: attribution counts and convergence, per sample the
+    segments and the kept share of tokens, the three strongest segments of one trace, the
+    fine-tune's first and last loss, and where every output went."""
     run = RunLayout(cfg.run_dir)
     att = run.attribution
     sel = SelectionLayout(Path(cfg.selection_dir))
     ft = FinetuneLayout(Path(cfg.finetune_dir))
-    lines: list[str] = []
     # Finished parts only, each sample once (segsft.store.attribution_tables).
     tables = open_attribution(cfg.run_dir)
     seg = tables.scan_segments(REPORT_SEGMENT_COLUMNS, ADAPTIVE_SEGMENT_COLUMNS).collect()
     smp = tables.scan_samples(REPORT_SAMPLE_COLUMNS, ADAPTIVE_SAMPLE_COLUMNS).collect()
-    rej = tables.scan_rejects().collect()
-    lines.append(f"attribution: {smp.height} samples scored, {rej.height} rejected")
-    if smp.height:
-        lines.append("  " + convergence_line(smp, seg))
-    masks_path = sel.masks
-    per_path = sel.per_sample
-    if masks_path.exists() and per_path.exists():
+    out: dict[str, Any] = {"scored": smp.height, "rejected": tables.scan_rejects().collect().height,
+                           "convergence": convergence(smp, seg) if smp.height else None,
+                           "convergence_line": convergence_line(smp, seg) if smp.height else None}
+    if sel.masks.exists() and sel.per_sample.exists():
         # The select stage already counted these; read them, don't recount the masks.
-        per = pl.read_parquet(per_path).sort("sample_id")
-        overall = json.loads(sel.summary.read_text())["overall"]
-        lines.append(f"\n{'sample':<16} {'segments':>8} {'kept':>5} {'kept tokens':>12}")
-        for r in per.iter_rows(named=True):
-            lines.append(f"{r['sample_id']:<16} {r['n_segments']:>8} {r['segments_kept']:>5} {r['share_tokens_kept'] or 0:>11.0%}")
-        lines.append(f"{'overall':<16} {overall['segments']:>8} {overall['segments_kept']:>5} "
-                     f"{overall['share_tokens_kept'] or 0:>11.0%}")
+        per = pl.read_parquet(sel.per_sample).sort("sample_id")
+        out["per_sample"] = [{k: r[k] for k in ("sample_id", "n_segments", "segments_kept", "share_tokens_kept")}
+                             for r in per.iter_rows(named=True)]
+        out["overall"] = json.loads(sel.summary.read_text())["overall"]
     if smp.height:
         sid = smp.sort("sample_id")["sample_id"][0]
         samples, _ = read_corpus(cfg.data.path, cfg.data.fields, cfg.data.limit, cfg.data.adapter)
         text = next((s.solution for s in samples if s.sample_id == sid), "")
         top = seg.filter(pl.col("sample_id") == sid).sort("strength", descending=True).head(3)
-        lines.append(f"\nstrongest segments of {sid}:")
-        for r in top.iter_rows(named=True):
-            c = "null" if r["consistency"] is None else f"{r['consistency']:.2f}"
-            lines.append(f"  #{r['segment']:<3} strength {r['strength']:.3f}  consistency {c}  "
-                         f"{_short(text[r['char_start']:r['char_end']])!r}")
-    hist = ft.loss_history
-    h = json.loads(hist.read_text()) if hist.exists() else {}
-    if h.get("first_loss") is not None and h.get("last_loss") is not None:
-        lines.append(f"\nfine-tune: loss {h.get('first_loss'):.4f} at the first step -> {h.get('last_loss'):.4f} at the last")
+        out["strongest"] = {"sample_id": sid, "segments": [
+            {"segment": r["segment"], "strength": r["strength"], "consistency": r["consistency"],
+             "text": text[r["char_start"]:r["char_end"]]} for r in top.iter_rows(named=True)]}
+    h = json.loads(ft.loss_history.read_text()) if ft.loss_history.exists() else {}
+    out["loss"] = {"first": h.get("first_loss"), "last": h.get("last_loss")}
+    gens, report = GenerationLayout(Path(cfg.eval_dir)), Path(cfg.report.path)
+    out["outputs"] = {k: str(p) for k, p in (
+        ("scores", att.pattern("segments")), ("masks", sel.masks), ("model", ft.model), ("eval", gens.results),
+        ("report", report)) if k == "scores" or Path(p).exists()}
+    return out
+
+
+def summarize(r: dict[str, Any]) -> str:
+    """`recap`'s data as the lines `stage=all` prints."""
+    lines = [f"attribution: {r['scored']} samples scored, {r['rejected']} rejected"]
+    if r["convergence_line"]:
+        lines.append("  " + r["convergence_line"])
+    if "per_sample" in r:
+        lines.append(f"\n{'sample':<16} {'segments':>8} {'kept':>5} {'kept tokens':>12}")
+        for p in r["per_sample"]:
+            lines.append(f"{p['sample_id']:<16} {p['n_segments']:>8} {p['segments_kept']:>5} {p['share_tokens_kept'] or 0:>11.0%}")
+        o = r["overall"]
+        lines.append(f"{'overall':<16} {o['segments']:>8} {o['segments_kept']:>5} {o['share_tokens_kept'] or 0:>11.0%}")
+    if "strongest" in r:
+        lines.append(f"\nstrongest segments of {r['strongest']['sample_id']}:")
+        for s in r["strongest"]["segments"]:
+            c = "null" if s["consistency"] is None else f"{s['consistency']:.2f}"
+            lines.append(f"  #{s['segment']:<3} strength {s['strength']:.3f}  consistency {c}  {_short(s['text'])!r}")
+    if r["loss"]["first"] is not None and r["loss"]["last"] is not None:
+        lines.append(f"\nfine-tune: loss {r['loss']['first']:.4f} at the first step -> {r['loss']['last']:.4f} at the last")
     lines.append("\noutputs:")
-    lines.append(f"  scores   {att.pattern('segments')} (and {', '.join(Path(att.pattern(t)).name for t in ('samples', 'rejects'))})")
-    if masks_path.exists():
-        lines.append(f"  masks    {masks_path}")
-    if ft.model.exists():
-        lines.append(f"  model    {ft.model}")
-    gens = GenerationLayout(Path(cfg.eval_dir))
-    if gens.results.exists():
-        lines.append(f"  eval     {gens.results} (and {gens.pattern.name} beside it)")
-    report = Path(cfg.report.path)
-    if report.exists():
-        lines.append(f"  report   {report}")
+    o = r["outputs"]
+    lines.append(f"  scores   {o['scores']} (and samples, rejects beside it)")
+    for k in ("masks", "model", "eval", "report"):
+        if k in o:
+            lines.append(f"  {k:<8} {o[k]}")
     return "\n".join(lines)

@@ -55,8 +55,12 @@ def run_stage(cfg: DictConfig) -> Any:
             continue
         result = s.run(settings, rank, world)
     if stage == "all" and is_main():
-        from segsft.run.recap import summarize
+        from segsft.run.recap import recap, summarize
+        from segsft.store.io import write_json
+        from segsft.store.layout import RunLayout
 
-        text = summarize(settings)
+        data = recap(settings)
+        write_json(RunLayout(settings.run_dir).recap, data)
+        text = summarize(data)
         print("\n" + text, flush=True)
     return result

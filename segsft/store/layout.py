@@ -285,6 +285,11 @@ class RunLayout:
     def report(self) -> Path:
         return self.run_dir / REPORT_FILE
 
+    @property
+    def recap(self) -> Path:
+        """stage=all: the end-of-run summary as data (what it prints, in numbers)."""
+        return self.run_dir / "recap.json"
+
 
 @dataclass(frozen=True)
 class GenerationLayout:
