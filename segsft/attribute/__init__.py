@@ -20,6 +20,7 @@ class _AttributeStage:
     """segsft.run.stage_api.Stage for DESIGN steps 1-6 (this rank's shard)."""
 
     name = "attribute"
+    sharded = True
 
     def check(self, cfg: Any) -> list[str]:
         from segsft.attribute.config import check_attribute

@@ -115,6 +115,7 @@ def run(cfg: Any, rank: int = 0, world: int = 1) -> Path | None:
 
 class _GenerateStage:
     name = "generate"
+    sharded = True
 
     def check(self, cfg: Any) -> list[str]:
         return check_config(cfg)
