@@ -155,6 +155,19 @@ def test_a_sweep_with_a_shard_out_of_range_submits_no_job(tmp_path):
     assert not list(tmp_path.rglob(".submitit")) and not (tmp_path / "attribution").exists()
 
 
+@pytest.mark.slow  # submitit waits 15 s for a job's result before it reports the job failed
+def test_a_job_refused_on_its_node_is_one_line_in_the_submitting_command(tmp_path, tiny_model_dir):
+    out = pipeline("-m", "stage=attribute", f"run_dir={tmp_path}", f"model.name_or_path={tiny_model_dir}",
+                   f"data.path={tmp_path / 'none.jsonl'}", "shard.index=range(0,2)", "shard.count=2",
+                   "hydra/launcher=submitit_local")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    lines = error_lines(out.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: a job of the multirun failed (its log: ")
+    assert f"corpus file {tmp_path / 'none.jsonl'} does not exist" in lines[0]
+    log = Path(lines[0].split("(its log: ")[1].split(")")[0])
+    assert log.is_file() and "does not exist" in log.read_text()
+
+
 def test_a_failed_job_of_the_launcher_is_our_one_line():
     from submitit.core.utils import UncompletedJobError
 
@@ -167,6 +180,9 @@ def test_a_failed_job_of_the_launcher_is_our_one_line():
     assert failed_job_line(ex) == ("a job of the multirun failed (its log: /r/sweeps/attribute/.submitit/77/77_0_log.err): "
                                    "invalid configuration: data.path is empty: point it; model.name_or_path is empty: give it")
     assert failed_job_line(UncompletedJobError("Job 77 ...\nError stream produced:\nTraceback (most recent call last):")) is None
+    # A crash after one of our lines keeps submitit's report.
+    crash = "Job 77 ...\nError stream produced:\nerror: x\nTraceback (most recent call last):\n  File ...\nKeyError: 1"
+    assert failed_job_line(UncompletedJobError(crash)) is None
     assert failed_job_line(RuntimeError("error: x")) is None
 
 

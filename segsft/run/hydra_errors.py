@@ -115,11 +115,14 @@ def failed_job_line(ex: BaseException) -> str | None:
     first = max((i for i, x in enumerate(lines) if x.startswith("error: ")), default=None)
     if first is None:
         return None
-    # The line and the bullets of a list of problems (segsft.run.stages).
-    bullets = [x.removeprefix("  - ") for x in lines[first + 1:] if x.startswith("  - ")]
+    # Ours ends the stream: the line, then the bullets of a list of problems (segsft.run.stages).
+    rest = [x for x in lines[first + 1:] if x.strip()]
+    if not all(x.startswith("  - ") for x in rest):
+        return None
     m = re.search(r"with path (\S+)_result\.pkl", head)
     where = f" (its log: {m.group(1)}_log.err)" if m else ""
-    return f"a job of the multirun failed{where}: " + " ".join([lines[first].removeprefix("error: "), "; ".join(bullets)]).strip()
+    said = " ".join([lines[first].removeprefix("error: "), "; ".join(x.removeprefix("  - ") for x in rest)])
+    return f"a job of the multirun failed{where}: {said.strip()}"
 
 
 def install(entered: Callable[[], bool]) -> None:
