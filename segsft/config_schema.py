@@ -1,7 +1,7 @@
 """Every config key, its type and its default: the one source of defaults.
 
 Registered in Hydra's ConfigStore (`register_configs`) as the `default` option of the
-attribute, select, finetune, evaluate, generate, report and export groups and as the `base` schema that
+attribute, select, finetune, evaluate, generate, report, export and shard groups and as the `base` schema that
 every segsft/conf/model/*.yaml and segsft/conf/data/*.yaml extends: YAML files only set values, these dataclasses
 declare them. Hydra checks every override against the types here (`attribute.steps=abc` fails
 before anything loads, `model.trust_remote_code=no` is the boolean false, an unknown key is
@@ -288,6 +288,19 @@ class GenerateConf(EngineConf):
 
 
 @dataclass
+class ShardConf:
+    """`shard.*`: one job runs one shard of the work of attribute, evaluate or generate, as one
+    rank of a torchrun job would, without a process group: a Slurm array task, a Hydra multirun
+    job (`-m shard.index='range(0,64)' shard.count=64 hydra/launcher=submitit_slurm`, docs/slurm.md).
+    Shard i of n writes the part torchrun's rank i of world n writes, so either resumes the other."""
+
+    # This job's shard, 0..count-1; null = from the launcher (RANK, else 0).
+    index: Optional[int] = None
+    # How many shards the work is split into; 1 = from the launcher (WORLD_SIZE, else 1).
+    count: int = 1
+
+
+@dataclass
 class ExportConf:
     """`export.*`: the selection's training tokens as a dataset for TRL or axolotl (stage=export)."""
 
@@ -297,7 +310,7 @@ class ExportConf:
 
 #: group -> schema. The groups whose `default` option is the schema itself.
 GROUP_DEFAULTS = {"attribute": AttributeConf, "select": SelectConf, "finetune": FinetuneConf, "report": ReportConf,
-                  "evaluate": EvaluateConf, "generate": GenerateConf, "export": ExportConf}
+                  "evaluate": EvaluateConf, "generate": GenerateConf, "export": ExportConf, "shard": ShardConf}
 #: group -> schema that the group's YAML files extend (`defaults: [base, _self_]`).
 GROUP_BASES = {"model": ModelConf, "data": DataConf}
 
@@ -336,6 +349,7 @@ class Settings:
     evaluate: EvaluateConf = field(default_factory=EvaluateConf)
     generate: GenerateConf = field(default_factory=GenerateConf)
     export: ExportConf = field(default_factory=ExportConf)
+    shard: ShardConf = field(default_factory=ShardConf)
 
     @classmethod
     def of(cls, cfg: Any) -> "Settings":

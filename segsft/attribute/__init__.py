@@ -21,6 +21,7 @@ class _AttributeStage:
     """segsft.run.stage_api.Stage for docs/method.md steps 1-6 (this rank's shard)."""
 
     name = "attribute"
+    sharded = True
 
     def check(self, s: Settings) -> list[str]:
         from segsft.attribute.config import check_attribute

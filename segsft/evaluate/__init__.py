@@ -18,6 +18,7 @@ class _EvaluateStage:
     """segsft.run.stage_api.Stage: every rank generates its shard; the last to finish tabulates."""
 
     name = "evaluate"
+    sharded = True
 
     def check(self, s: Settings) -> list[str]:
         return check_config(s)

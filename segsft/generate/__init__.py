@@ -116,6 +116,7 @@ def run(cfg: Settings | Any, rank: int = 0, world: int = 1) -> Path | None:
 
 class _GenerateStage:
     name = "generate"
+    sharded = True
 
     def check(self, s: Settings) -> list[str]:
         return check_config(s)

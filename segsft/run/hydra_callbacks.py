@@ -3,6 +3,10 @@
 `StorageCheck`: Hydra creates its log directory under run_dir before the pipeline runs; on a
 read-only or full disk, or with a directory key naming a file, that would end in Hydra's
 traceback. Check the directory keys and probe the disk first, and say so in one line.
+
+`ShardCheck`: a multirun of shards (`-m shard.index='range(0,64)' shard.count=64`) checks every
+job's shard before the launcher submits any: a job refused on a Slurm node would be a traceback
+in the submitting process, after the queue.
 """
 
 from __future__ import annotations
@@ -57,3 +61,49 @@ class StorageCheck(Callback):
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         _check_path_keys(config)
         _probe(str(config.hydra.sweep.dir))
+
+
+def _swept(config: Any, keys: tuple[str, ...]) -> dict[str, list[Any]]:
+    """key -> the values a multirun gives it (the sweeper's params, then the command line's
+    overrides, which replace them), for the keys of `keys` that it sets."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = config.hydra.get("sweeper", {}).get("params") or {}
+    args = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    out: dict[str, list[Any]] = {}
+    for o in OverridesParser.create().parse_overrides(args):
+        if o.key_or_group in keys:
+            out[o.key_or_group] = list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()]
+    return out
+
+
+def shard_jobs_problem(config: Any) -> str | None:
+    """The first problem of the shard keys over every job of a multirun (its sweep expanded); None
+    when there is none, or when the sweep cannot be expanded here (each job then checks its own)."""
+    import itertools
+
+    from segsft.run.dist import shard_problem
+    from segsft.run.stages import shard_stage_problem
+
+    try:
+        swept = _swept(config, ("stage", "shard.index", "shard.count"))
+    except Exception:  # noqa: BLE001 - an interval sweep or a grammar error: Hydra and the jobs report it
+        return None
+    stages = swept.get("stage", [config.stage])
+    indices = swept.get("shard.index", [config.shard.index])
+    counts = swept.get("shard.count", [config.shard.count])
+    for stage, index, count in itertools.product(stages, indices, counts):
+        if not isinstance(index, (int, type(None))) or not isinstance(count, int):
+            continue  # not an integer: the job's composition names it
+        problem = shard_problem(index, count) or shard_stage_problem(str(stage), {"index": index, "count": count})
+        if problem:
+            return problem
+    return None
+
+
+class ShardCheck(Callback):
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        problem = shard_jobs_problem(config)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            sys.exit(2)

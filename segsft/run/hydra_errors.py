@@ -103,6 +103,28 @@ def one_line(ex: BaseException, argv: Sequence[str]) -> str | None:
     return None
 
 
+def failed_job_line(ex: BaseException) -> str | None:
+    """Our line for a multirun job (hydra-submitit-launcher's, on Slurm or local) that stopped on
+    one of our errors: its `error:` line, with where its log is; None for any other failure (a
+    crash keeps submitit's report and its traceback)."""
+    if not type(ex).__module__.startswith("submitit"):
+        return None
+    text = str(ex)
+    head, _, stream = text.partition("Error stream produced:")
+    lines = stream.splitlines()
+    first = max((i for i, x in enumerate(lines) if x.startswith("error: ")), default=None)
+    if first is None:
+        return None
+    # Ours ends the stream: the line, then the bullets of a list of problems (segsft.run.stages).
+    rest = [x for x in lines[first + 1:] if x.strip()]
+    if not all(x.startswith("  - ") for x in rest):
+        return None
+    m = re.search(r"with path (\S+)_result\.pkl", head)
+    where = f" (its log: {m.group(1)}_log.err)" if m else ""
+    said = " ".join([lines[first].removeprefix("error: "), "; ".join(x.removeprefix("  - ") for x in rest)])
+    return f"a job of the multirun failed{where}: {said.strip()}"
+
+
 def install(entered: Callable[[], bool]) -> None:
     """Print our line (exit 2) for the config errors Hydra meets before the task runs."""
     import hydra._internal.utils as hydra_utils
@@ -113,7 +135,7 @@ def install(entered: Callable[[], bool]) -> None:
         try:
             return func()
         except Exception as ex:  # noqa: BLE001 - re-raised through Hydra's report unless ours
-            msg = None if entered() else one_line(ex, sys.argv[1:])
+            msg = None if entered() else one_line(ex, sys.argv[1:]) or failed_job_line(ex)
             if msg is None:
                 def again() -> Any:
                     raise ex

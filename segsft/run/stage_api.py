@@ -25,6 +25,9 @@ class Stage(Protocol):
     name: str
     #: Only rank 0 runs it (the dispatcher skips it on other ranks); a stage without it runs on every rank.
     rank0_only: bool
+    #: Each rank does its share alone (no process group), so one job per shard (shard.index of
+    #: shard.count, e.g. a Slurm array task) can run it; a stage without it refuses the shard keys.
+    sharded: bool
 
     def check(self, s: Settings) -> list[str]: ...
 

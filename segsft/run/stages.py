@@ -8,7 +8,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from segsft.config_schema import Settings, SettingsError
-from segsft.run.dist import is_main, rank_and_world
+from segsft.run.dist import is_main, is_sharded, rank_and_world
 from segsft.errors import PipelineError
 from segsft.run.stage_api import EXTRA, ORDER, load
 
@@ -19,6 +19,16 @@ STAGES = (*ORDER, *EXTRA, "all")
 
 class ConfigError(PipelineError):
     """One or more configuration problems, each saying what to change."""
+
+
+def shard_stage_problem(stage: str, shard: Any) -> str | None:
+    """One line when the shard keys are set for a stage that does not run in shards; else None."""
+    if not is_sharded(shard) or stage not in STAGES:
+        return None
+    if all(getattr(load(n), "sharded", False) for n in (ORDER if stage == "all" else [stage])):
+        return None
+    return (f"shard.index/shard.count with stage={stage}: only stage=attribute, stage=evaluate and stage=generate "
+            "run in shards (the others read every shard's output in one job): drop the shard.* keys here")
 
 
 def run_stage(cfg: DictConfig) -> Any:
@@ -38,10 +48,14 @@ def run_stage(cfg: DictConfig) -> Any:
     if errors:
         raise ConfigError(errors[0] if len(errors) == 1 else "invalid configuration:\n  - " + "\n  - ".join(errors))
     stages = [load(n) for n in (ORDER if stage == "all" else [stage])]
+    # Which share of the work this process does: one line, before anything loads.
+    rank, world = rank_and_world(settings.shard)
+    problem = shard_stage_problem(stage, settings.shard)
+    if problem:
+        raise ConfigError(problem)
     errors = list(dict.fromkeys(e for s in stages for e in s.check(settings)))  # a shared key is reported once
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
-    rank, world = rank_and_world()
     if stage == "all" and world > 1:
         raise ConfigError(
             "stage=all runs in one process; under torchrun run the stages one by one: "

@@ -359,12 +359,27 @@ def selection_name(method: Any, top_mass: Any, max_consistency: Any = None, min_
     return "-".join(parts)
 
 
+def log_dir(stage: str, shard_index: Any = None, shard_count: Any = 1) -> str:
+    """hydra.run.dir below run_dir/logs: `<stage>`, or `<stage>/shard-<part>` for a job of one
+    shard (shard.index), so the jobs of a split never append to one log file."""
+    return stage if shard_index is None else f"{stage}/shard-{part_name(shard_index, shard_count)}"
+
+
+def sweep_subdir(job_num: Any, shard_index: Any = None, shard_count: Any = 1) -> str:
+    """hydra.sweep.subdir: the job's number, or `shard-<part>` for a job of one shard: a requeued or
+    rerun shard keeps its directory whatever its number in the sweep."""
+    return str(job_num) if shard_index is None else f"shard-{part_name(shard_index, shard_count)}"
+
+
 def register_resolvers() -> None:
-    """`${segsft_selection_name:...}` for segsft/conf/select/default.yaml (idempotent)."""
+    """`${segsft_selection_name:...}` (segsft/conf/select/default.yaml), `${segsft_log_dir:...}` and
+    `${segsft_sweep_subdir:...}` (segsft/conf/config.yaml's hydra dirs); idempotent."""
     from omegaconf import OmegaConf
 
-    if not OmegaConf.has_resolver("segsft_selection_name"):
-        OmegaConf.register_new_resolver("segsft_selection_name", selection_name)
+    for name, fn in (("segsft_selection_name", selection_name), ("segsft_log_dir", log_dir),
+                     ("segsft_sweep_subdir", sweep_subdir)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
 
 
 
