@@ -173,3 +173,15 @@ def test_the_select_keys_are_declared_once():
     assert SelectConfig().settings() == defaults  # every key recorded, with the schema's defaults
     assert set(inspect.signature(selection_name).parameters) <= set(declared)
     assert all(f"${{.{k}}}" in SELECTION_NAME for k in inspect.signature(selection_name).parameters)
+
+
+def test_one_reader_for_the_rows_of_a_file():
+    # corpus.FileRows is the only caller of raw_rows: the corpus, the problems and the graded
+    # generations are read (and their unreadable lines rejected) the same way.
+    callers = sorted(name for name, tree in modules().items()
+                     for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "raw_rows")
+    assert callers == ["segsft.store.corpus"]
+    corpus = modules()["segsft.store.corpus"]
+    inside = [c for c in ast.walk(next(n for n in corpus.body if isinstance(n, ast.ClassDef) and n.name == "FileRows"))
+              if isinstance(c, ast.Call) and getattr(c.func, "id", None) == "raw_rows"]
+    assert len(inside) == 1

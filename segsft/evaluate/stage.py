@@ -65,7 +65,7 @@ def check_config(cfg: Settings) -> list[str]:
 def grade_file(cfg: Settings, layout: GenerationLayout) -> int:
     """evaluate.generations: grade an existing file (id, answer, output; optional model, benchmark,
     finish_reason) into the generations table, no model loaded."""
-    from segsft.store.corpus import format_problem, nested_column_problem, nested_value_problem, raw_rows
+    from segsft.store.corpus import FileRows, format_problem, nested_column_problem, nested_value_problem
     from segsft.method.grading import grade
 
     path, f = Path(cfg.evaluate.generations), cfg.evaluate.fields
@@ -74,8 +74,8 @@ def grade_file(cfg: Settings, layout: GenerationLayout) -> int:
     if refused:
         raise PipelineError(refused)
     rows, bad, first_why = [], 0, None
-    for i, rec, err in raw_rows(path):
-        why = (err.partition("|")[0] if rec is None
+    for i, rec, unreadable in FileRows(path, None, "evaluate.generations", f"evaluate.generations={path} is empty"):
+        why = (unreadable.reason.partition(": ")[2] if unreadable is not None
                else "no output or answer" if rec.get("output") is None or rec.get(text_columns[1]) is None
                else next((p for p in (nested_value_problem(c, rec.get(c)) for c in text_columns) if p), None))
         if why:

@@ -11,7 +11,7 @@ import logging
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from segsft.errors import PipelineError
 
@@ -152,6 +152,42 @@ def raw_rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any] | None, str]]:
             yield i, rec, ""
 
 
+class FileRows:
+    """The one reader of a corpus's or a problem set's file rows: `for i, rec, bad in FileRows(...)`
+    gives every row up to `limit` in order, `rec` its record, or `bad` its Reject when the line
+    is unreadable (so one bad line never stops a run). Afterwards `check()` refuses, in one line,
+    what no row could carry: an empty file, or a file with no valid JSON line; `fields` holds
+    every field name seen."""
+
+    def __init__(self, path: Path, limit: int | None, key: str, empty: str):
+        self.path, self.limit, self.key, self.empty = path, limit, key, empty
+        self.rows = self.parsed = 0
+        self.first_bad: tuple[int, str] | None = None
+        self.fields: set[str] = set()
+
+    def __iter__(self) -> Iterator[tuple[int, Mapping[str, Any] | None, Reject | None]]:
+        for i, rec, err in raw_rows(self.path):
+            self.rows += 1
+            if self.limit is not None and i >= self.limit:
+                break
+            if rec is None:
+                reason, _, raw = err.partition("|")
+                self.first_bad = self.first_bad or (i, reason)
+                # From content and row number, never the path as typed: a rerun spelling the same
+                # file another way must find the same reject.
+                yield i, None, Reject(_derived_id(str(i), raw), f"row {i}: {reason}", str(self.path), i)
+                continue
+            self.parsed += 1
+            self.fields.update(rec)
+            yield i, rec, None
+
+    def check(self) -> None:
+        if self.rows == 0:
+            raise CorpusError(self.empty)
+        if not self.parsed and self.first_bad is not None:
+            raise _no_json(self.path, self.rows, self.first_bad, self.key)
+
+
 def corpus_path_problem(path: str | Path, key: str = "data.path") -> str | None:
     """Why `path` cannot be read as a corpus (checked before anything loads; no network), or None."""
     from segsft.store import hub
@@ -225,26 +261,15 @@ def read_corpus(path: str | Path, fields: Mapping[str, str], limit: int | None =
     if nested:
         raise CorpusError(nested)
     out: list[Sample | Reject] = []
-    seen_fields: set[str] = set()
     seen_ids: set[str] = set()
     kept_ids: set[str] = set()
     src = str(path)
-    rows_read = parsed = 0
-    first_bad: tuple[int, str] | None = None
     counts = {"floats_made_ints": 0}
-    for i, rec, err in raw_rows(path):
-        rows_read += 1
-        if limit is not None and i >= limit:
-            break
-        parsed += rec is not None
-        if rec is None:
-            reason, _, raw = err.partition("|")
-            first_bad = first_bad or (i, reason)
-            # From content and row number, never the path as typed: a rerun spelling the same
-            # file another way must find the same reject.
-            out.append(Reject(_derived_id(str(i), raw), f"row {i}: {reason}", src, i))
+    rows = FileRows(path, limit, "data.path", f"corpus file {path} is empty: it has no rows")
+    for i, rec, bad in rows:
+        if bad is not None:
+            out.append(bad)
             continue
-        seen_fields.update(rec)
         sid = orig = _row_id(rec, id_field, names)
         dup = sid in seen_ids and sid in kept_ids
         if sid in seen_ids:
@@ -260,19 +285,16 @@ def read_corpus(path: str | Path, fields: Mapping[str, str], limit: int | None =
         if isinstance(item, Sample):
             kept_ids.add(sid)
         out.append(item)
-    if rows_read == 0:
-        raise CorpusError(f"corpus file {path} is empty: it has no rows")
-    if not parsed and first_bad is not None:
-        raise _no_json(path, rows_read, first_bad, "data.path")
+    rows.check()
     if counts["floats_made_ints"]:
         log.info("%s: %d answer(s) given as integral floats (e.g. 204.0) were read as integers", path,
                  counts["floats_made_ints"])
-    missing = [n for n in names.values() if n not in seen_fields]
+    missing = [n for n in names.values() if n not in rows.fields]
     if missing:
         # A field absent from every row is a configuration problem, not a bad row.
         raise CorpusError(
             f"{path} has no field {missing} in any row (configured: {sorted(names.values())}); "
-            f"its rows have {sorted(seen_fields) or 'nothing readable'}. Set data.fields.question / "
+            f"its rows have {sorted(rows.fields) or 'nothing readable'}. Set data.fields.question / "
             "data.fields.solution / data.fields.answer to its column names"
         )
     mine = [r for r in out if r.row % world == rank]
@@ -356,8 +378,9 @@ def read_problems(path: str | Path, fields: Mapping[str, str], limit: int | None
             raise CorpusError(f"{key}: dataset {path} has no field {missing} (its columns: {have}): map the columns "
                               f"with {key.split('.')[0]}.fields.question / .answer")
         cols = [*names.values(), *([id_field] if id_field else []), "choices"]
-        records: Iterator[tuple[int, Mapping[str, Any] | None, str]] = (
-            (i, rec, "") for i, rec in hub.rows(path, cols, limit, default_split=default_split))
+        records: Iterable[tuple[int, Mapping[str, Any] | None, Reject | None]] = (
+            (i, rec, None) for i, rec in hub.rows(path, cols, limit, default_split=default_split))
+        rows = None
     else:
         path = Path(path)
         if path.is_dir():
@@ -368,23 +391,15 @@ def read_problems(path: str | Path, fields: Mapping[str, str], limit: int | None
         bad_format = format_problem(path, key) or nested_column_problem(path, names.values(), key)
         if bad_format:
             raise CorpusError(bad_format)
-        records = raw_rows(path)
+        records = rows = FileRows(path, limit, key, f"{key}: problems file {path} is empty: it has no rows")
     out: list[ProblemRow] = []
     rejects: list[Reject] = []
     seen: set[str] = set()
     seen_fields: set[str] = set()
-    rows = parsed = 0
-    first_bad: tuple[int, str] | None = None
-    for i, rec, err in records:
-        rows += 1
-        if limit is not None and i >= limit:
-            break
-        if rec is None:
-            reason, _, raw = err.partition("|")
-            first_bad = first_bad or (i, reason)
-            rejects.append(Reject(_derived_id(str(i), raw), f"row {i}: {reason}", str(path), i))
+    for i, rec, bad in records:
+        if bad is not None:
+            rejects.append(bad)
             continue
-        parsed += 1
         seen_fields.update(rec)
         q, a = rec.get(names["question"]), rec.get(names["answer"])
         rid = rec.get(id_field) if id_field else None
@@ -407,10 +422,10 @@ def read_problems(path: str | Path, fields: Mapping[str, str], limit: int | None
             continue
         choices = rec.get("choices")
         out.append(ProblemRow(pid, str(q), str(a), tuple(str(c) for c in choices) if choices else None, i))
-    if rows == 0:
+    if rows is not None:
+        rows.check()
+    elif not out and not rejects:
         raise CorpusError(f"{key}: problems file {path} is empty: it has no rows")
-    if not parsed and first_bad is not None:
-        raise _no_json(Path(path), rows, first_bad, key)
     missing = [n for n in names.values() if n not in seen_fields]
     if missing:
         raise CorpusError(f"{key}: {path} has no field {missing} in any row (its rows have {sorted(seen_fields)}): "
