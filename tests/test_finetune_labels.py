@@ -220,3 +220,29 @@ def test_resume_picks_the_newest_complete_checkpoint(tmp_path):
     assert remove_incomplete(tmp_path) == [tmp_path / "checkpoint-30"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-20", "checkpoint-x"]
     assert latest_complete(tmp_path / "missing") is None
+
+
+def test_checkpoints_of_other_settings_are_refused_through_the_store(tmp_path):
+    # The fine-tune's resume check is the store's one fingerprint check (segsft.store.fingerprint).
+    import dataclasses
+
+    from segsft.config_schema import FinetuneConf
+    from segsft.finetune.settings import FinetuneError
+    from segsft.finetune.stage import _check_resumable
+    from segsft.store.layout import FinetuneLayout
+
+    lay, s = FinetuneLayout(tmp_path), FinetuneConf()
+    fp = {"mode": "selected", "max_length": 256}
+    _check_resumable(tmp_path, fp, s)  # a fresh directory: the fingerprint is stored
+    assert json.loads(lay.fingerprint.read_text()) == fp
+    # No complete checkpoint yet: other settings take the directory over.
+    (tmp_path / "checkpoint-2").mkdir()
+    _check_resumable(tmp_path, {**fp, "max_length": 128}, s)
+    assert json.loads(lay.fingerprint.read_text())["max_length"] == 128
+    (tmp_path / "checkpoint-2" / "COMPLETE").write_text("{}\n")
+    with pytest.raises(FinetuneError, match=r"holds checkpoints made with other settings \(max_length: 128 there, "
+                                            r"256 now\): use a new finetune_dir"):
+        _check_resumable(tmp_path, fp, s)
+    # resume=false starts over: the checkpoints go, and the fingerprint is this run's.
+    _check_resumable(tmp_path, fp, dataclasses.replace(s, resume=False))
+    assert not (tmp_path / "checkpoint-2").exists() and json.loads(lay.fingerprint.read_text()) == fp

@@ -27,16 +27,11 @@ from segsft.finetune.masks import read_masks
 from segsft.finetune.settings import FinetuneError, check_config, deepspeed_config_path
 from segsft.run.dist import is_main as _is_main
 from segsft.run.dist import rank_and_world
-from segsft.store.fingerprint import settings_diff
+from segsft.store.fingerprint import SettingsChanged, check_or_store
 from segsft.store.io import file_sha256, write_json
 from segsft.store.layout import FinetuneLayout, SelectionLayout
 
 log = logging.getLogger(__name__)
-
-#: Keys a resumed run must share with the run that wrote the checkpoints.
-RESUME_KEYS = ("mode", "full_scope", "selection_dir", "masks_sha256", "data_path", "data_sha256", "data_fields",
-               "data_limit", "model", "max_length", "deepspeed", "per_device_train_batch_size",
-               "gradient_accumulation_steps", "world_size")
 
 
 @dataclass
@@ -77,27 +72,19 @@ def _fingerprint(cfg: Settings, s: FinetuneConf) -> dict[str, Any]:
 
 
 def _check_resumable(out: Path, fp: dict[str, Any], s: FinetuneConf) -> None:
-    """Refuse to continue another run's checkpoints; clear them when resume is off."""
-    import json
-
-    if not checkpoints(out):
-        return
-    if not s.resume:
+    """Refuse to continue another run's checkpoints (the store's one fingerprint check, bound
+    once a complete checkpoint exists); clear them when resume is off."""
+    if checkpoints(out) and not s.resume:
         if _is_main():
             log.warning("finetune.resume=false: removing the checkpoints of an earlier run in %s", out)
             for _, p, _ in checkpoints(out):
                 shutil.rmtree(p, ignore_errors=True)
-        return
-    prev_path = FinetuneLayout(out).run_config
-    if latest_complete(out) is None or not prev_path.is_file():
-        return
-    prev = json.loads(prev_path.read_text()).get("resume_fingerprint", {})
-    diff = settings_diff(prev, fp, RESUME_KEYS)
-    if diff:
-        raise FinetuneError(
-            f"{out} holds checkpoints of a run with other settings ({'; '.join(diff)}): use a new "
-            "finetune_dir, restore those settings, or set finetune.resume=false to start over"
-        )
+    try:
+        check_or_store(FinetuneLayout(out).fingerprint, fp, "checkpoints",
+                       "use a new finetune_dir, restore those settings, or set finetune.resume=false to start over",
+                       bound=lambda: s.resume and latest_complete(out) is not None)
+    except SettingsChanged as e:
+        raise FinetuneError(str(e)) from None
 
 
 def _read_corpus(data: DataConf) -> tuple[list, list]:

@@ -206,6 +206,11 @@ class FinetuneLayout:
         return self.dir / "run_config.json"
 
     @property
+    def fingerprint(self) -> Path:
+        """What the checkpoints depend on (segsft.store.fingerprint.check_or_store guards it)."""
+        return self.dir / "fingerprint.json"
+
+    @property
     def tensorboard(self) -> Path:
         """finetune.report_to=tensorboard: the event files (`tensorboard --logdir <this>`)."""
         return self.dir / "tensorboard"
