@@ -70,7 +70,7 @@ def write_inputs(d: Path, n: int, seed: int) -> tuple[Path, Path, str]:
 def bench_mode(mode: str, corpus: Path, sel: Path, model_dir: str, out: Path, args) -> dict:
     from transformers import TrainerCallback
 
-    from segsft.finetune import run
+    from segsft.finetune.stage import run
 
     class Clock(TrainerCallback):
         def on_train_begin(self, *a, **k):

@@ -73,7 +73,7 @@ def test_a_directory_key_naming_a_file_ends_in_one_line_exit_2(tmp_path, key):
 # ---- 2. one very long prompt; out of memory while generating ----------------------------------------
 
 def test_a_prompt_too_long_for_the_model_is_rejected_and_the_rest_run(tmp_path, tiny_model_dir):
-    from segsft.evaluate import run
+    from segsft.evaluate.stage import run
 
     bench = write_jsonl(tmp_path / "b.jsonl", [{"id": "p1", "question": "What is 2 + 2?", "answer": "4"},
                                                {"id": "huge", "question": "x " * 100_000, "answer": "1"},
@@ -181,7 +181,7 @@ def test_ctrl_c_during_attribution_is_one_line_and_the_rerun_resumes(tmp_path, t
 # ---- 4. lists and dicts where text is due ----------------------------------------------------------
 
 def test_a_generations_file_with_list_columns_is_refused_naming_the_column(tmp_path):
-    from segsft.evaluate import run
+    from segsft.evaluate.stage import run
 
     path = tmp_path / "gens.parquet"
     pq.write_table(pa.table({"id": ["a", "b"], "answer": [[1.0], [2.0]], "output": ["\\boxed{1}", "\\boxed{2}"]}), path)

@@ -59,7 +59,7 @@ EVALUATE = ("stage=evaluate", "evaluate.engine=hf", "evaluate.benchmarks=[tiny]"
 
 
 def test_k_samples_deterministic_and_results_equal_a_recount(tmp_path, tiny_model_dir):
-    from segsft.evaluate import run
+    from segsft.evaluate.stage import run
 
     out = run(compose_config(*EVALUATE, f'run_dir={tmp_path / "a"}', f"model.name_or_path={tiny_model_dir}",
                              "evaluate.samples=3", "evaluate.limit=5"))
@@ -118,7 +118,7 @@ def test_a_killed_evaluation_resumes_without_duplicates(tmp_path, tiny_model_dir
 
 @needs_shared_data
 def test_grading_a_generations_file_loads_no_model(tmp_path):
-    from segsft.evaluate import run
+    from segsft.evaluate.stage import run
 
     path = write_jsonl(tmp_path / "outs.jsonl", [{"id": r["id"], "answer": r["answer"], "benchmark": "aime24", "model": "r1-7b",
                                                   "output": r["solution"] + "</think>" + r["summary"]}
@@ -133,7 +133,7 @@ def test_grading_a_generations_file_loads_no_model(tmp_path):
 
 
 def test_generate_keeps_the_chosen_sample_and_rejects_the_rest():
-    from segsft.generate import choose
+    from segsft.generate.stage import choose
 
     rows = [{"sample": 0, "correct": True, "finish_reason": "stop", "output": "a long one </think> x", "output_tokens": 50},
             {"sample": 1, "correct": True, "finish_reason": "stop", "output": "short </think> x", "output_tokens": 20},
@@ -150,10 +150,10 @@ def test_generate_writes_a_corpus_this_pipeline_reads(tmp_path, tiny_model_dir, 
     read back by the attribution's reader with the ground truth as answer."""
     import segsft.method.grading as grading
     from segsft.store.corpus import read_corpus
-    from segsft.generate import run
+    from segsft.generate.stage import run
 
     monkeypatch.setattr(grading, "grade", lambda out, ans, fin="stop", ch=None: grading.Grade("x", True, "match"))
-    monkeypatch.setattr("segsft.generate.choose", lambda rows, keep: [min(rows, key=lambda r: (r["output_tokens"], r["sample"]))])
+    monkeypatch.setattr("segsft.generate.stage.choose", lambda rows, keep: [min(rows, key=lambda r: (r["output_tokens"], r["sample"]))])
     probs = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "question": "What is 1+1?", "answer": "2"},
                                                {"id": "b", "question": "What is 2+2?", "answer": "4"}, {"id": "c", "question": "x"}])
     cfg = compose_config("stage=generate", f"run_dir={tmp_path}", f"model.name_or_path={tiny_model_dir}",
@@ -198,7 +198,7 @@ def test_config_errors_of_evaluate_are_listed_together(tmp_path):
 @pytest.mark.gpu
 def test_vllm_engine_generates_k_samples(tmp_path):
     pytest.importorskip("vllm")
-    from segsft.evaluate import run
+    from segsft.evaluate.stage import run
 
     cfg = compose_config("stage=evaluate", f"run_dir={tmp_path}", "evaluate.engine=vllm", "evaluate.benchmarks=[tiny]",
                          "evaluate.samples=2", "evaluate.max_new_tokens=64", "evaluate.gpu_memory_utilization=0.5")

@@ -30,7 +30,7 @@ LAUNCHER = textwrap.dedent(
     import numpy as np, torch
     from omegaconf import OmegaConf
     from transformers import TrainerCallback
-    from segsft.finetune import run
+    from segsft.finetune.stage import run
 
     class KillAt(TrainerCallback):
         def __init__(self, step, path):
@@ -117,7 +117,7 @@ def probe_logits(model_dir: Path) -> np.ndarray:
 
 
 def run_in_process(cfg: dict):
-    from segsft.finetune import run
+    from segsft.finetune.stage import run
 
     return run(OmegaConf.create(cfg))
 

@@ -12,10 +12,11 @@ import pytest
 from conftest import REPORT_SELECT, Page, compose_config, write_jsonl
 from segsft.method.metrics import segment_metrics
 from segsft.store.layout import SWEEP_FILE
-from segsft.report import ReportError, check_config, run
+from segsft.report import ReportError, check_config
+from segsft.report.stage import run
 from segsft.report.view import pick_traces
 from segsft.report.tokens import TokenMismatch, token_starts
-from segsft.select import run as select_run
+from segsft.select.stage import run as select_run
 from segsft.select.synthetic import write_attribution
 from segsft.method.text import ANSWER_SUFFIX_DEFAULT, build_sequence, resolve_pattern
 
@@ -290,7 +291,7 @@ def test_sweep_jobs_and_every_selection_are_listed(built, tmp_path):
 def test_agreement_table_and_the_cheap_signals_figure(built, tmp_path):
     import shutil
 
-    from segsft.compare import run as compare
+    from segsft.compare.stage import run as compare
 
     run_dir = tmp_path / "run"
     shutil.copytree(built["run_dir"], run_dir)

@@ -19,8 +19,8 @@ from omegaconf import OmegaConf
 
 from conftest import REPORT_SELECT, Page, compose_config, make_traces, write_jsonl
 from segsft.attribute import AttributeStage
-from segsft.report import run as report_run
-from segsft.select import run as select_run
+from segsft.report.stage import run as report_run
+from segsft.select.stage import run as select_run
 
 CHROMIUM = Path("/usr/bin/chromium")
 

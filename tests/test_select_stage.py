@@ -21,7 +21,8 @@ from segsft.store.io import write_parquet
 from segsft.store.shipped import conf_dir
 from segsft.schemas import SEGMENTS_SCHEMA
 from segsft.select import (MASKS_SCHEMA, PER_SAMPLE_SCHEMA, SWEEP_SCHEMA, AttributionNotReady, SelectionDirTaken,
-                           check_config, open_attribution, run)
+                           check_config, open_attribution)
+from segsft.select.stage import run
 from segsft.select.synthetic import sample_rows, segment_rows, write_attribution, write_part
 
 REPO = Path(__file__).resolve().parents[1]
@@ -359,7 +360,7 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 
 def test_compare_table_equals_a_recount(tmp_path):
-    from segsft.compare import run as compare
+    from segsft.compare.stage import run as compare
     from segsft.select.synthetic import random_tables
 
     seg, smp = random_tables(60, 6, seed=4)

@@ -111,10 +111,16 @@ def test_every_stage_has_check_run_and_outputs(tmp_path):
     from conftest import compose_config
     from segsft.run.stage_api import EXTRA, ORDER, load
 
-    cfg = compose_config(f"run_dir={tmp_path}")
+    import importlib
+
+    from segsft.config_schema import Settings
+
+    cfg = Settings.of(compose_config(f"run_dir={tmp_path}"))
     assert set(ORDER + EXTRA) == set(STAGES)
     for name in ORDER + EXTRA:
         stage = load(name)
+        # STAGE is the package's one entry: no second public `run` beside it.
+        assert not hasattr(importlib.import_module(f"segsft.{name}"), "run"), name
         assert stage.name == name
         assert all(callable(getattr(stage, m)) for m in ("check", "run", "outputs"))
         assert getattr(stage, "rank0_only", False) is (name in ("select", "report", "compare", "export"))

@@ -9,39 +9,13 @@ and median over the samples. The report shows the table.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from typing import Any
 
 from segsft.config_schema import Settings
-from segsft.errors import PipelineError
+from segsft.compare.stage import run as _run
 from segsft.store.layout import RunLayout
 
-log = logging.getLogger(__name__)
-
-
-def run(cfg: Settings | Any) -> Path:
-    import polars as pl
-
-    from segsft.store.attribution_tables import open_attribution
-    from segsft.compare.agreement import agreement, describe, show
-    from segsft.store.io import write_parquet
-    from segsft.schemas import AGREEMENT_SCHEMA
-
-    cfg = Settings.of(cfg)
-    run = RunLayout(cfg.run_dir)
-    done = [s for s in run.selections() if s.finished()]
-    if len(done) < 2:
-        raise PipelineError(f"{run.selection_root} holds {len(done)} finished selection(s); compare needs two or more: "
-                            f"run `python pipeline.py --multirun stage=select run_dir={cfg.run_dir} +select/grid=default "
-                            "select.method=attribution,random,score select.score=nll_mean` (or stage=select with other "
-                            "settings) first")
-    table = agreement([describe(s) for s in done], open_attribution(cfg.run_dir))
-    write_parquet(run.agreement, table.to_arrow(), AGREEMENT_SCHEMA)
-    with pl.Config(tbl_rows=-1):
-        print(show(table), flush=True)
-    log.info("compare: %d selections, %d pairs -> %s", len(done), table.height, run.agreement)
-    return run.agreement
+__all__ = ["STAGE"]
 
 
 class _CompareStage:
@@ -54,7 +28,7 @@ class _CompareStage:
         return [] if s.run_dir else ["run_dir is empty: set run_dir=<the run whose selections to compare>"]
 
     def run(self, s: Settings, rank: int, world: int) -> Path | None:
-        return run(s)
+        return _run(s)
 
     def outputs(self, s: Settings) -> dict[str, Path]:
         return {"agreement": RunLayout(s.run_dir).agreement}

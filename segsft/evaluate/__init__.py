@@ -8,10 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from segsft.config_schema import Settings
-from segsft.evaluate.stage import check_config, models_of, run
+from segsft.evaluate.stage import check_config, models_of
+from segsft.evaluate.stage import run as _run
 from segsft.store.layout import GenerationLayout
 
-__all__ = ["STAGE", "check_config", "models_of", "run"]
+__all__ = ["STAGE", "check_config", "models_of"]
 
 
 class _EvaluateStage:
@@ -24,7 +25,7 @@ class _EvaluateStage:
         return check_config(s)
 
     def run(self, s: Settings, rank: int, world: int) -> Path | None:
-        return run(s, rank, world)
+        return _run(s, rank, world)
 
     def outputs(self, s: Settings) -> dict[str, Path]:
         lay = GenerationLayout(Path(s.eval_dir))

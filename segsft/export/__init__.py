@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 from segsft.config_schema import Settings
-from segsft.export.stage import export_dir, run
+from segsft.export.stage import export_dir
+from segsft.export.stage import run as _run
 
-__all__ = ["STAGE", "export_dir", "run"]
+__all__ = ["STAGE", "export_dir"]
 
 
 class _ExportStage:
@@ -27,7 +28,7 @@ class _ExportStage:
         return [] if s.finetune_dir else ["finetune_dir is empty: set finetune_dir=<the fine-tuning run to export>"]
 
     def run(self, s: Settings, rank: int, world: int) -> dict[str, Path]:
-        return run(s)
+        return _run(s)
 
     def outputs(self, s: Settings) -> dict[str, Path]:
         return export_dir(s).outputs()

@@ -1,26 +1,19 @@
 """Selective SFT (docs/method.md step 8): labels from the masks table, HF Trainer + DeepSpeed ZeRO.
 
-`check_config(cfg)` lists every config problem; `run(cfg)` runs the stage (see stage.py
-for the files it writes). Heavy imports (transformers, deepspeed) happen inside `run`.
+`STAGE.check(settings)` lists every config problem; `STAGE.run(settings, rank, world)` runs the
+stage (see stage.py for the files it writes). Heavy imports (transformers, deepspeed) happen
+inside the run.
 """
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from segsft.finetune.labels import IGNORE_INDEX, label_tokens
 from segsft.config_schema import Settings
 from segsft.finetune.settings import check_config
 from segsft.store.layout import FinetuneLayout
 
-
-def run(cfg: Any, callbacks: Sequence[Any] = ()) -> Any:
-    """Run the finetune stage for a composed config; returns a FinetuneResult."""
-    from segsft.finetune.stage import run as _run
-
-    return _run(cfg, callbacks)
-
-
-__all__ = ["STAGE", "IGNORE_INDEX", "check_config", "label_tokens", "run"]
+__all__ = ["STAGE", "IGNORE_INDEX", "check_config", "label_tokens"]
 
 
 class _FinetuneStage:

@@ -11,9 +11,9 @@ from typing import Any
 
 from segsft.config_schema import Settings
 from segsft.report.config import ReportError, check_config
-from segsft.report.stage import run
+from segsft.report.stage import run as _run
 
-__all__ = ["STAGE", "ReportError", "check_config", "run"]
+__all__ = ["STAGE", "ReportError", "check_config"]
 
 
 class _ReportStage:
@@ -26,7 +26,7 @@ class _ReportStage:
         return check_config(s)
 
     def run(self, s: Settings, rank: int, world: int) -> Path | None:
-        path = run(s, checked=True)
+        path = _run(s, checked=True)
         print(f"report: {path}", flush=True)
         return path
 

@@ -1,6 +1,6 @@
 """Stage 2: docs/method.md step 7's threshold rule (and the full / random baselines) -> masks.
 
-`run(cfg)` reads `run_dir/attribution/` and writes `selection_dir/`; `check_config(cfg)`
+`STAGE.run(settings, rank, world)` reads `run_dir/attribution/` and writes `selection_dir/`; `check_config(cfg)`
 lists every problem of `select.*`. The rule itself is `rule.attribution_rule`.
 """
 
@@ -13,11 +13,12 @@ from segsft.method.selection_config import METHODS, SelectConfig, check_config
 from segsft.store.attribution_tables import AttributionNotReady, open_attribution
 from segsft.method.rule import attribution_rule
 from segsft.schemas import MASKS_SCHEMA, PER_SAMPLE_SCHEMA, SWEEP_SCHEMA
-from segsft.select.stage import SelectionDirTaken, run, select_masks
+from segsft.select.stage import SelectionDirTaken, select_masks
+from segsft.select.stage import run as _run
 
 __all__ = [
     "STAGE", "AttributionNotReady", "MASKS_SCHEMA", "METHODS", "PER_SAMPLE_SCHEMA", "SWEEP_SCHEMA", "SelectConfig",
-    "SelectionDirTaken", "attribution_rule", "check_config", "open_attribution", "run", "select_masks",
+    "SelectionDirTaken", "attribution_rule", "check_config", "open_attribution", "select_masks",
 ]
 
 
@@ -31,7 +32,7 @@ class _SelectStage:
         return check_config(s)
 
     def run(self, s: Settings, rank: int, world: int) -> dict | None:
-        return run(s)
+        return _run(s)
 
     def outputs(self, s: Settings) -> dict[str, Path]:
         return SelectionLayout(Path(str(s.selection_dir))).outputs()
