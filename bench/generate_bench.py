@@ -58,9 +58,10 @@ def build_model(arch: str | None, root: Path) -> str:
 
 
 def run(engine: str, model_dir: str, problems: list, k: int, settings: SimpleNamespace) -> dict:
+    from segsft.config_schema import ModelConf
     from segsft.run.generation import HFEngine, VLLMEngine
 
-    eng = (VLLMEngine if engine == "vllm" else HFEngine)({"name_or_path": model_dir}, settings)
+    eng = (VLLMEngine if engine == "vllm" else HFEngine)(ModelConf(name_or_path=model_dir), settings)
     if engine == "hf":
         eng.eos = set()  # count every generated token: no early stop
         eng.model.generation_config.eos_token_id = None

@@ -6,7 +6,7 @@
 # rules, the adaptive rule (fp32), the adaptive rule with the model in bf16, and the other
 # baselines. Each compute step stops itself at its time budget; the point caches (integrand
 # stored as float16) come back through $OUT in 15 MB pieces: on this machine,
-#   cat <files_at>/study.tar.* | tar x -C ~/.cache/segsft/convergence
+#   cat <files_at>/study.tar.* | tar x -C bench/cache/convergence
 #   python bench/convergence_study.py analyze --tag gpu-fp32 --per-round 4 --adaptive-max 512
 #   python bench/convergence_study.py analyze --tag gpu-fp32-whole --whole --min-tokens 5300 --traces 22 \
 #     --per-round 4 --adaptive-max 256 --out bench/results/convergence_study_gpu_fp32_whole.json
