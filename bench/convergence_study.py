@@ -313,10 +313,18 @@ def analyze(args: argparse.Namespace) -> None:
               f"{base['ref_agrees_adaptive_ref']:.2f} of decisions", flush=True)
     table = summarize(per_trace)
     print_table(table)
+    # A reference that disagrees with the other reference (the adaptive rule to its cache limit)
+    # is not settled itself: a candidate's agreement there says little. The same table without them.
+    unsettled = sorted({r["trace"] for r in per_trace if r["ref_agrees_adaptive_ref"] < 1.0})
+    table_settled = summarize([r for r in per_trace if r["trace"] not in unsettled])
+    print(f"\nthe same, only traces whose two references agree on every decision "
+          f"(left out: {', '.join(unsettled) or 'none'}; they need a denser grid):")
+    print_table(table_settled)
     out = {"machine": machine("torch", "transformers"), "model": args.model, "tag": args.tag, "whole": args.whole,
            "select": select_cfg.settings(), "adaptive_max": args.adaptive_max, "per_round": args.per_round,
            "date": time.strftime("%Y-%m-%d"), "traces": len({r["trace"] for r in per_trace}),
-           "table": table, "per_trace": per_trace, "frontier": frontier}
+           "table": table, "unsettled_references": unsettled, "table_settled_references": table_settled,
+           "per_trace": per_trace, "frontier": frontier}
     Path(args.out).write_text(json.dumps(out, indent=1, default=float) + "\n")
     print(f"wrote {args.out}")
 
