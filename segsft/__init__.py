@@ -4,7 +4,8 @@ Three places beside the stages: `segsft.method` (the method, pure), `segsft.stor
 file of a run), `segsft.run` (dispatch and launching). The stages of `stage=all`:
 `attribute` (integrated gradients per segment), `select` (threshold rules -> masks),
 `finetune` (loss on the selected segments only), `evaluate`, `report`; on their own:
-`compare`, `generate`. The package is `segsft` rather than top-level folders because a
+`compare`, `generate`, `export`. Each stage package exposes one `STAGE` (check, run, outputs)
+that gets the typed `segsft.config_schema.Settings`. The package is `segsft` rather than top-level folders because a
 top-level `select` package would shadow Python's standard `select` module.
 """
 

@@ -130,6 +130,12 @@ class AttributeConf:
     consolidate: bool = False
 
 
+#: The keys of `attribute` that the adaptive rule reads (they move its nodes): its settings
+#: (segsft.method.adaptive.AdaptiveSettings) and the fingerprint of its scores are made of them.
+ADAPTIVE_KEYS = ("target_gap", "target_stability", "max_steps", "init_points", "stable_ranks", "per_round",
+                 "max_borderline")
+
+
 @dataclass
 class SelectConf:
     """`select.*`: docs/method.md step 7 per sample: keep the strongest segments covering top_mass of the

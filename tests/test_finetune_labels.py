@@ -246,3 +246,21 @@ def test_checkpoints_of_other_settings_are_refused_through_the_store(tmp_path):
     # resume=false starts over: the checkpoints go, and the fingerprint is this run's.
     _check_resumable(tmp_path, fp, dataclasses.replace(s, resume=False))
     assert not (tmp_path / "checkpoint-2").exists() and json.loads(lay.fingerprint.read_text()) == fp
+
+
+def test_the_masks_corpus_check_compares_datasets_too(tmp_path):
+    # A dataset corpus is recorded by its identity (not a SHA-256): the check compares that, and a
+    # file in its place is refused in one line rather than crashing on the dict.
+    from segsft.finetune.provenance import check_corpus_matches
+    from segsft.finetune.settings import FinetuneError
+    from segsft.store.io import write_json
+    from segsft.store.layout import RunLayout
+
+    ident = {"dataset": "org/limo", "revision": "v1.0", "config": None, "split": "train", "rows": 9, "fingerprint": "f"}
+    write_json(RunLayout(tmp_path).attribution.fingerprint, {"corpus_dataset": ident})
+    check_corpus_matches(tmp_path / "sel", tmp_path, "hub:org/limo@v1.0", dict(ident), allow=False)
+    with pytest.raises(FinetuneError, match=r"data.path=c.jsonl \(sha256 0123456789ab\) is not the corpus the masks .* "
+                                            r"were made from \(dataset org/limo@v1.0 in "):
+        check_corpus_matches(tmp_path / "sel", tmp_path, "c.jsonl", "0123456789abcdef", allow=False)
+    with pytest.raises(FinetuneError, match=r"\(dataset org/limo@v2\) is not the corpus"):
+        check_corpus_matches(tmp_path / "sel", tmp_path, "hub:org/limo@v2", {**ident, "revision": "v2"}, allow=False)

@@ -191,3 +191,16 @@ def test_one_reader_for_the_rows_of_a_file():
     inside = [c for c in ast.walk(next(n for n in corpus.body if isinstance(n, ast.ClassDef) and n.name == "FileRows"))
               if isinstance(c, ast.Call) and getattr(c.func, "id", None) == "raw_rows"]
     assert len(inside) == 1
+
+
+def test_the_adaptive_keys_are_declared_once():
+    # AttributeConf declares them; the rule's settings and the scores' fingerprint follow.
+    import dataclasses
+
+    from segsft.config_schema import ADAPTIVE_KEYS, AttributeConf
+    from segsft.method.adaptive import AdaptiveSettings
+
+    assert [f.name for f in dataclasses.fields(AdaptiveSettings)] == [
+        f.name for f in dataclasses.fields(AttributeConf) if f.name in ADAPTIVE_KEYS]
+    assert set(ADAPTIVE_KEYS) <= {f.name for f in dataclasses.fields(AttributeConf)}
+    assert dataclasses.asdict(AdaptiveSettings()) == {k: getattr(AttributeConf(), k) for k in ADAPTIVE_KEYS}

@@ -52,10 +52,11 @@ def _token_stats(model: Any, ids: torch.Tensor, sample_id: str) -> tuple[np.ndar
 
 
 class AttributeStage:
-    """docs/method.md steps 1-6 for one rank: `AttributeStage(cfg).run(rank, world)`.
+    """docs/method.md steps 1-6 for one rank: `AttributeStage(settings).run(rank, world)`, the
+    loop of the attribute STAGE (the store's parts, chunks, markers and locks do the I/O).
 
-    `cfg`: the Settings (or a mapping of some keys, typed on the way in): `run_dir`, `data`,
-    `model`, `attribute`, and `select` for the adaptive rule's stop test.
+    Reads `run_dir`, `data`, `model`, `attribute`, and `select` for the adaptive rule's stop
+    test, of the typed Settings (a test's mapping of some keys is typed on the way in).
     """
 
     def __init__(self, cfg: Settings | Mapping[str, Any]):

@@ -3,7 +3,7 @@
     python pipeline.py stage=export run_dir=runs/x [finetune_dir=...] [export.dir=...]
 
 Reads `<finetune_dir>/train_tokens.parquet` (exactly the ids and labels our trainer saw) and
-writes `<export.dir>/trl/train.parquet` (input_ids, completion_mask) and
+writes `<export.dir>/trl/train.parquet` (sample_id, input_ids, labels, completion_mask) and
 `<export.dir>/axolotl/train.parquet` (input_ids, attention_mask, labels), plus a card saying
 how to train on them. One process (rank 0).
 """

@@ -75,8 +75,8 @@ def _masks(ids: pa.ListArray, labels: pa.ListArray, where: Path) -> tuple[pa.Lis
 
 def _card(ft: FinetuneLayout, out: ExportLayout, rows: int, tokens: int, learned: int) -> str:
     source = {}
-    if ft.run_config.is_file():
-        fp = json.loads(ft.run_config.read_text()).get("resume_fingerprint", {})
+    if ft.fingerprint.is_file():
+        fp = json.loads(ft.fingerprint.read_text())
         source = {k: fp.get(k) for k in ("mode", "selection_dir", "data_path", "model", "max_length")}
     lines = [
         "# segsft export",
@@ -118,8 +118,8 @@ def run(cfg: Settings | Any) -> dict[str, Path]:
     out = export_dir(cfg)
     ids, labels = table.column("input_ids").chunk(0), table.column("labels").chunk(0)
     completion, ones = _masks(ids, labels, ft.train_tokens)
-    if ft.run_config.is_file() and cfg.selection_dir:
-        trained_on = json.loads(ft.run_config.read_text()).get("resume_fingerprint", {}).get("selection_dir")
+    if ft.fingerprint.is_file() and cfg.selection_dir:
+        trained_on = json.loads(ft.fingerprint.read_text()).get("selection_dir")
         if trained_on and Path(trained_on).resolve() != Path(str(cfg.selection_dir)).resolve():
             log.warning("export: %s was fine-tuned on the selection %s (not selection_dir=%s): exporting its tokens",
                         ft.dir, trained_on, cfg.selection_dir)

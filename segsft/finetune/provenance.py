@@ -1,6 +1,7 @@
 """Do the masks belong to this corpus? The attribution that made them recorded the corpus's
-SHA-256 (segsft.store.fingerprint); an edit that keeps every trace's length (`= 100` ->
-`= 999`) passes the masks' span check, so the hashes are compared before training."""
+identity (a file's SHA-256, a dataset's id, revision, split and fingerprint: segsft.store.
+fingerprint); an edit that keeps every trace's length (`= 100` -> `= 999`) passes the masks'
+span check, so the identities are compared before training."""
 
 from __future__ import annotations
 
@@ -27,19 +28,28 @@ def attribution_run_dir(selection_dir: str | Path, default: str | Path) -> Path:
     return Path(str(run_dir or default))
 
 
-def check_corpus_matches(selection_dir: str | Path, run_dir: str | Path, data_path: str, data_sha256: str,
+def _short(identity: Any) -> str:
+    """A file's hash shortened, or a dataset's id@revision."""
+    if isinstance(identity, dict):
+        return f"dataset {identity.get('dataset')}@{identity.get('revision')}"
+    return f"sha256 {str(identity)[:12]}"
+
+
+def check_corpus_matches(selection_dir: str | Path, run_dir: str | Path, data_path: str, identity: Any,
                          allow: bool) -> None:
-    """Refuse (or, with `allow`, warn about) a corpus whose bytes differ from the one attributed."""
+    """Refuse (or, with `allow`, warn about) a corpus that is not the one attributed (its bytes,
+    or its dataset identity: store.corpus.corpus_identity)."""
     fp_path = RunLayout(attribution_run_dir(selection_dir, run_dir)).attribution.fingerprint
     if not fp_path.is_file():
         log.warning("finetune: %s is absent, so the corpus cannot be checked against the one the masks of %s "
                     "were made from", fp_path, selection_dir)
         return
-    stored = json.loads(fp_path.read_text()).get("corpus_sha256")
-    if stored is None or stored == data_sha256:
+    fp = json.loads(fp_path.read_text())
+    stored = fp.get("corpus_sha256", fp.get("corpus_dataset"))
+    if stored is None or stored == identity:
         return
-    what = (f"data.path={data_path} (sha256 {data_sha256[:12]}) is not the corpus the masks of {selection_dir} were "
-            f"made from (sha256 {stored[:12]} in {fp_path})")
+    what = (f"data.path={data_path} ({_short(identity)}) is not the corpus the masks of {selection_dir} were "
+            f"made from ({_short(stored)} in {fp_path})")
     if allow:
         log.warning("finetune: %s; training anyway because finetune.allow_corpus_change=true", what)
         return

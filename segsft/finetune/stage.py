@@ -4,7 +4,8 @@ Files under `finetune_dir` (every rank writes into this one directory; the files
 are written by the main process only):
 - `train_tokens.parquet`: sample_id, input_ids, labels (IGNORE_INDEX = no loss)
 - `data_report.json`: where every corpus row went, tokens and the share carrying loss
-- `run_config.json`: the resolved config; a resumed run must match its training keys
+- `run_config.json`: the resolved settings of the run
+- `fingerprint.json`: what the checkpoints depend on; a resumed run must match it
 - `checkpoint-N/`: Trainer/DeepSpeed checkpoints; `COMPLETE` marks the whole ones
 - `model/`: final weights (safetensors) + tokenizer
 - `loss_history.json`: the logged loss per step, first and last
@@ -145,7 +146,7 @@ def run(cfg: Settings | Any, callbacks: Sequence[Any] = (), checked: bool = Fals
     if _is_main():
         write_train_tokens(lay.train_tokens, examples)
         write_json(lay.data_report, {**report.summary(), "dropped_samples": report.dropped})
-        write_json(lay.run_config, {"config": cfg.as_dict(), "resume_fingerprint": fp})
+        write_json(lay.run_config, {"config": cfg.as_dict()})
     log.info(
         "finetune: mode=%s deepspeed=%s (%s) cuda=%s bf16=%s gradient_checkpointing=%s packing=%s liger=%s; outputs: %s",
         s.mode, s.deepspeed, deepspeed_config_path(s.deepspeed), torch.cuda.is_available(), s.bf16,

@@ -26,14 +26,13 @@ estimates. Everything here is float64 numpy.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from segsft.config_schema import AttributeConf
+from segsft.config_schema import ADAPTIVE_KEYS, AttributeConf
 
-_A = AttributeConf()  # the defaults (chosen by bench/convergence_study.py)
 
 Evaluate = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -287,27 +286,20 @@ class StopTest:
                 and (not self.ranks or v.rank_stability >= self.target_stability))
 
 
-@dataclass(frozen=True)
-class AdaptiveSettings:
-    """`attribute.*` keys of the adaptive rule (defaults: bench/results/convergence_study_gpu_fp32.json)."""
-
-    target_gap: float = _A.target_gap
-    target_stability: float = _A.target_stability
-    max_steps: int = _A.max_steps
-    init_points: int = _A.init_points
-    # Also require the strength ranks to be stable (costs about 1.6x the evaluations).
-    stable_ranks: bool = _A.stable_ranks
-    # Subintervals bisected per round; None = the points per pass (1 on CPU). Fix it to get
-    # the same nodes on every machine (and after an out-of-memory retry).
-    per_round: int | None = _A.per_round
-    # The share of a sample's segments that may be borderline when it is called converged.
-    max_borderline: float = _A.max_borderline
-
+class _AdaptiveMethods:
     @classmethod
     def from_cfg(cls, a: AttributeConf) -> "AdaptiveSettings":
         """The adaptive rule's keys of the typed `attribute` settings."""
-        return cls(**{f.name: getattr(a, f.name) for f in fields(cls)})
+        return cls(**{k: getattr(a, k) for k in ADAPTIVE_KEYS})
 
     def stop_test(self, rule: Any) -> StopTest:
         return StopTest(self.target_gap, self.target_stability, rule, ranks=self.stable_ranks,
                         max_borderline=self.max_borderline)
+
+
+#: `attribute.*` keys of the adaptive rule (config_schema.ADAPTIVE_KEYS), with AttributeConf's
+#: types and defaults: derived from the schema, not declared again.
+AdaptiveSettings = make_dataclass(
+    "AdaptiveSettings",
+    [(f.name, f.type, field(default=f.default)) for f in fields(AttributeConf) if f.name in ADAPTIVE_KEYS],
+    bases=(_AdaptiveMethods,), frozen=True, namespace={"__module__": __name__})

@@ -1,7 +1,8 @@
 """The report stage: one self-contained HTML page of a run's attribution and selections.
 
-`run(cfg)` reads `run_dir/attribution/`, the selection directories and the corpus, and writes
-`report.path`; `check_config(cfg)` lists every problem of `report.*` at once. One job per module:
+`STAGE.run(settings, rank, world)` reads `run_dir/attribution/`, the selection directories and
+the corpus, and writes `report.path`; `STAGE.check(settings)` lists every problem of `report.*`
+at once. One job per module:
 `load` reads what the stages wrote, `view` builds what the page shows, `pieces` cuts text,
 `html` renders (CSS and JS ship in `assets/`), `plots` draws the figures.
 """

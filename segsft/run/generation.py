@@ -187,7 +187,7 @@ def split_long_prompts(model_cfg: ModelConf, problems: Sequence[ProblemRow], lim
                        ) -> tuple[list[ProblemRow], list[Reject]]:
     """(problems whose prompt fits `limit` tokens, rejects "prompt too long (N tokens > limit)").
     `limit` 0 = the model's context length. A prompt past the character bound is rejected
-    without tokenizing it (segsft.length_guard)."""
+    without tokenizing it (segsft.method.length_guard)."""
     from segsft.method.length_guard import surely_too_long
     from segsft.run.models import load_tokenizer
     from segsft.method.text import encode_prompt

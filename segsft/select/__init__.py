@@ -1,7 +1,7 @@
 """Stage 2: docs/method.md step 7's threshold rule (and the full / random baselines) -> masks.
 
-`STAGE.run(settings, rank, world)` reads `run_dir/attribution/` and writes `selection_dir/`; `check_config(cfg)`
-lists every problem of `select.*`. The rule itself is `rule.attribution_rule`.
+`STAGE.run(settings, rank, world)` reads `run_dir/attribution/` and writes `selection_dir/`;
+`STAGE.check(settings)` lists every problem of `select.*`. The rule itself is `rule.attribution_rule`.
 """
 
 from pathlib import Path

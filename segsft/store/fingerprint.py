@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
+from segsft.config_schema import ADAPTIVE_KEYS  # a fixed rule depends on `steps` instead
 from segsft.errors import PipelineError
 from segsft.store.corpus import corpus_identity
 from segsft.store.hub import is_dataset
@@ -24,9 +25,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Keys of the adaptive rule (they move the nodes); a fixed rule depends on `steps` instead.
-ADAPTIVE_KEYS = ("target_gap", "target_stability", "max_steps", "init_points", "stable_ranks", "per_round",
-                 "max_borderline")
 #: The stop test's definition: a run made under another one is refused, not mixed.
 STOP_TEST = "bound+margins"
 

@@ -177,7 +177,7 @@ class SelectionLayout:
 class FinetuneLayout:
     """`finetune_dir`: the final model (staged, then renamed), checkpoints and records."""
 
-    OUTPUTS = ("model", "train_tokens", "data_report", "run_config", "loss_history")
+    OUTPUTS = ("model", "train_tokens", "data_report", "run_config", "fingerprint", "loss_history")
 
     dir: Path
 
@@ -377,7 +377,7 @@ def sweep_subdir(job_num: Any, shard_index: Any = None, shard_count: Any = 1) ->
 
 
 def register_resolvers() -> None:
-    """`${segsft_selection_name:...}` (segsft/conf/select/default.yaml), `${segsft_log_dir:...}` and
+    """`${segsft_selection_name:...}` (config_schema.SELECTION_NAME, select.name), `${segsft_log_dir:...}` and
     `${segsft_sweep_subdir:...}` (segsft/conf/config.yaml's hydra dirs); idempotent."""
     from omegaconf import OmegaConf
 
