@@ -216,3 +216,19 @@ def test_results_do_not_depend_on_the_order_of_the_generations():
     a = results(pl.DataFrame(rows), bootstrap=5)
     b = results(pl.DataFrame(rows[::-1]), bootstrap=5)
     assert a.equals(b) and a["accuracy_ci_low"][0] < a["accuracy"][0] < a["accuracy_ci_high"][0]
+
+
+def test_a_second_writer_of_a_generation_part_is_refused_in_one_line(tmp_path):
+    # Generation chunks take the store's part lock, as attribution parts do: two processes on
+    # one shard would write the same chunks twice.
+    from segsft.config_schema import EvaluateConf, ModelConf
+    from segsft.run.generation import generate_graded
+    from segsft.store.layout import GenerationLayout
+    from segsft.store.parts import PartBusy, part_lock
+
+    lay = GenerationLayout(tmp_path)
+    with part_lock(lay, "00001-of-00002"):
+        with pytest.raises(PartBusy, match=r"part 00001-of-00002 of .* is being written by PID \d+ on host"):
+            generate_graded(ModelConf(name_or_path="unused"), "m", [("b", [])], 1, EvaluateConf(), lay, 1, 2)
+    # Released: the same call goes on (nothing to do, no model loaded).
+    assert generate_graded(ModelConf(name_or_path="unused"), "m", [("b", [])], 1, EvaluateConf(), lay, 1, 2) == 0

@@ -341,41 +341,44 @@ def generate_graded(model_cfg: ModelConf, label: str, sets: Sequence[tuple[str, 
     a rerun tries them again."""
     from segsft.method.grading import grade
     from segsft.store.layout import part_name
-    from segsft.store.parts import ChunkWriter
+    from segsft.store.parts import ChunkWriter, part_lock
     from segsft.schemas import GENERATIONS_SCHEMA
 
     part = part_name(rank, world)
-    done = done_keys(layout)
-    todo = [(name, [p for p in probs[rank::world] if (label, name, p.problem_id) not in done]) for name, probs in sets]
-    total = sum(len(t) for _, t in todo)
-    log.info("generate %s: %d problems to do (%d already done) x %d samples", label, total,
-             sum(len(p[rank::world]) for _, p in sets) - total, k)
-    if not total:
-        return 0
-    engine = load_engine(model_cfg, settings)
-    progress = Progress(total, f"generate {label[-40:]}", disable=rank != 0)
-    chunks = ChunkWriter(lambda n: layout.chunk(part, n), len(layout.chunks(part)))
-    try:
-        for name, probs in todo:
-            by_id = {p.problem_id: p for p in probs}
-            step = max(1, settings.chunk_problems)
-            for lo in range(0, len(probs), step):
-                rows = []
-                for batch in engine.generate(probs[lo:lo + step], k, progress):
-                    for c in batch:
-                        p = by_id[c.problem_id]
-                        g = grade(c.text, p.answer, c.finish_reason, p.choices)
-                        rows.append({"model": label, "benchmark": name, "problem_id": c.problem_id, "sample": c.sample,
-                                     "output": c.text, "output_tokens": c.tokens, "finish_reason": c.finish_reason,
-                                     "answer": p.answer, "pred": g.pred, "correct": g.correct, "verdict": g.verdict})
-                if failed is not None:
-                    failed.extend((name, pid, why) for pid, why in getattr(engine, "failed", []))
-                if not rows:
-                    continue  # every problem of the chunk was given up: nothing to write
-                chunks.write(rows, GENERATIONS_SCHEMA)
-    finally:
-        progress.close()
-    return total
+    # One writer per part: a second process on the same shard is refused in one line (naming
+    # the holder) instead of writing the same chunks twice.
+    with part_lock(layout, part):
+        done = done_keys(layout)
+        todo = [(name, [p for p in probs[rank::world] if (label, name, p.problem_id) not in done]) for name, probs in sets]
+        total = sum(len(t) for _, t in todo)
+        log.info("generate %s: %d problems to do (%d already done) x %d samples", label, total,
+                 sum(len(p[rank::world]) for _, p in sets) - total, k)
+        if not total:
+            return 0
+        engine = load_engine(model_cfg, settings)
+        progress = Progress(total, f"generate {label[-40:]}", disable=rank != 0)
+        chunks = ChunkWriter(lambda n: layout.chunk(part, n), len(layout.chunks(part)))
+        try:
+            for name, probs in todo:
+                by_id = {p.problem_id: p for p in probs}
+                step = max(1, settings.chunk_problems)
+                for lo in range(0, len(probs), step):
+                    rows = []
+                    for batch in engine.generate(probs[lo:lo + step], k, progress):
+                        for c in batch:
+                            p = by_id[c.problem_id]
+                            g = grade(c.text, p.answer, c.finish_reason, p.choices)
+                            rows.append({"model": label, "benchmark": name, "problem_id": c.problem_id, "sample": c.sample,
+                                         "output": c.text, "output_tokens": c.tokens, "finish_reason": c.finish_reason,
+                                         "answer": p.answer, "pred": g.pred, "correct": g.correct, "verdict": g.verdict})
+                    if failed is not None:
+                        failed.extend((name, pid, why) for pid, why in getattr(engine, "failed", []))
+                    if not rows:
+                        continue  # every problem of the chunk was given up: nothing to write
+                    chunks.write(rows, GENERATIONS_SCHEMA)
+        finally:
+            progress.close()
+        return total
 
 
 def read_generations(layout: Any) -> "Any":

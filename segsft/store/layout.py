@@ -41,8 +41,22 @@ def parse_part(part: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+class PartLocks:
+    """The OS lock of each part a writer holds, in a layout's `dir` (segsft.store.parts.part_lock)."""
+
+    dir: Path
+
+    def lock(self, part: str) -> Path:
+        """The OS lock a writer of `part` holds (released when its process dies)."""
+        return self.dir / f".lock-{part}"
+
+    def lock_holder(self, part: str) -> Path:
+        """Who holds `lock(part)`: pid and host, written once the lock is held."""
+        return self.dir / f".lock-{part}.holder"
+
+
 @dataclass(frozen=True)
-class AttributionLayout:
+class AttributionLayout(PartLocks):
     """`run_dir/attribution`: part files, their markers, and the chunks of unfinished parts."""
 
     dir: Path
@@ -61,14 +75,6 @@ class AttributionLayout:
     @property
     def consolidate_lock(self) -> Path:
         return self.dir / ".lock-consolidate"
-
-    def lock(self, part: str) -> Path:
-        """The OS lock a writer of `part` holds (released when its process dies)."""
-        return self.dir / f".lock-{part}"
-
-    def lock_holder(self, part: str) -> Path:
-        """Who holds `lock(part)`: pid and host, written once the lock is held."""
-        return self.dir / f".lock-{part}.holder"
 
     def pattern(self, table: str) -> str:
         """The glob of `table`'s part files (for messages and Polars scans of finished runs)."""
@@ -297,7 +303,7 @@ class RunLayout:
 
 
 @dataclass(frozen=True)
-class GenerationLayout:
+class GenerationLayout(PartLocks):
     """stage=evaluate's eval_dir or stage=generate's generate_dir: resumable generation chunks
     (`generations-<part>-<chunk>.parquet`, each written atomically; readers take every chunk,
     each (model, benchmark, problem_id, sample) once) and what is made from them."""

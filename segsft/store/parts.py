@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from segsft.errors import PipelineError
 from segsft.schemas import REJECTS_SCHEMA, SAMPLES_SCHEMA, SEGMENTS_SCHEMA
 from segsft.store.io import write_json, write_parquet
-from segsft.store.layout import AttributionLayout, part_name
+from segsft.store.layout import AttributionLayout, PartLocks, part_name
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class PartBusy(PipelineError):
 
 
 @contextlib.contextmanager
-def part_lock(layout: AttributionLayout, part: str) -> Iterator[None]:
+def part_lock(layout: PartLocks, part: str) -> Iterator[None]:
     """Hold the OS lock of one part (per rank and world size) for the whole run. The OS
     releases it when the process dies, so a killed run never blocks its rerun; a second live
     writer is refused in one line naming the holder."""
