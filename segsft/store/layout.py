@@ -264,11 +264,11 @@ class RunLayout:
 
     @property
     def attribution(self) -> AttributionLayout:
-        return AttributionLayout(self.run_dir / "attribution")
+        return AttributionLayout(self.run_dir / RUN_DIRS["attribution"])
 
     @property
     def selection_root(self) -> Path:
-        return self.run_dir / "selection"
+        return self.run_dir / RUN_DIRS["selection"]
 
     def selection(self, name_or_dir: str | Path) -> SelectionLayout:
         """A selection by name (under selection/) or by its directory."""
@@ -281,16 +281,16 @@ class RunLayout:
 
     @property
     def sweep_table(self) -> Path:
-        return self.run_dir / "sweeps" / "select" / SWEEP_FILE
+        return self.run_dir / RUN_DIRS["sweeps"] / "select" / SWEEP_FILE
 
     @property
     def agreement(self) -> Path:
         """stage=compare: pairwise agreement of the selections under selection/."""
-        return self.run_dir / "compare" / "agreement.parquet"
+        return self.run_dir / RUN_DIRS["compare"] / "agreement.parquet"
 
     @property
     def finetune(self) -> FinetuneLayout:
-        return FinetuneLayout(self.run_dir / "finetune")
+        return FinetuneLayout(self.run_dir / RUN_DIRS["finetune"])
 
     @property
     def report(self) -> Path:
@@ -370,6 +370,19 @@ def selection_name(method: Any, top_mass: Any, max_consistency: Any = None, min_
     return "-".join(parts)
 
 
+#: The directories of a run under run_dir, by role: the one place their names are spelled
+#: (conf/config.yaml takes them through ${segsft_run_path:${run_dir},<role>}).
+RUN_DIRS = {"attribution": "attribution", "selection": "selection", "finetune": "finetune", "eval": "eval",
+            "generate": "generated", "logs": "logs", "sweeps": "sweeps", "compare": "compare"}
+
+
+def run_path(run_dir: Any, role: str) -> str:
+    """`run_dir/<the directory of role>` (RUN_DIRS): the config's default directory keys."""
+    if role not in RUN_DIRS:
+        raise ValueError(f"no run directory for {role!r}: use one of {sorted(RUN_DIRS)}")
+    return str(Path(str(run_dir)) / RUN_DIRS[role])
+
+
 def log_dir(stage: str, shard_index: Any = None, shard_count: Any = 1) -> str:
     """hydra.run.dir below run_dir/logs: `<stage>`, or `<stage>/shard-<part>` for a job of one
     shard (shard.index), so the jobs of a split never append to one log file."""
@@ -383,12 +396,13 @@ def sweep_subdir(job_num: Any, shard_index: Any = None, shard_count: Any = 1) ->
 
 
 def register_resolvers() -> None:
-    """`${segsft_selection_name:...}` (config_schema.SELECTION_NAME, select.name), `${segsft_log_dir:...}` and
-    `${segsft_sweep_subdir:...}` (segsft/conf/config.yaml's hydra dirs); idempotent."""
+    """`${segsft_selection_name:...}` (config_schema.SELECTION_NAME, select.name), `${segsft_log_dir:...}`,
+    `${segsft_sweep_subdir:...}` (segsft/conf/config.yaml's hydra dirs) and `${segsft_run_path:...}`
+    (its directory keys); idempotent."""
     from omegaconf import OmegaConf
 
     for name, fn in (("segsft_selection_name", selection_name), ("segsft_log_dir", log_dir),
-                     ("segsft_sweep_subdir", sweep_subdir)):
+                     ("segsft_sweep_subdir", sweep_subdir), ("segsft_run_path", run_path)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 
