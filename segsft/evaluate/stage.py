@@ -107,8 +107,7 @@ def run(cfg: Settings | Any, rank: int = 0, world: int = 1) -> Path | None:
         grade_file(cfg, layout)
         expected = None
     else:
-        check_settings(layout, {"temperature": e.temperature, "top_p": e.top_p, "max_new_tokens": e.max_new_tokens,
-                                "seed": e.seed, "samples": e.samples}, "eval_dir",
+        check_settings(layout, e, "eval_dir",
                        {benchmark_name(str(b)): source_hash(source_path(str(b)), e.fields) for b in e.benchmarks})
         sets, expected = [], {}
         for spec in e.benchmarks:

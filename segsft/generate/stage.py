@@ -63,8 +63,7 @@ def run(cfg: Settings | Any, rank: int = 0, world: int = 1) -> Path | None:
     g = cfg.generate
     layout = GenerationLayout(Path(cfg.generate_dir))
     layout.dir.mkdir(parents=True, exist_ok=True)
-    check_settings(layout, {"temperature": g.temperature, "top_p": g.top_p, "max_new_tokens": g.max_new_tokens,
-                            "seed": g.seed, "samples": g.samples}, "generate_dir",
+    check_settings(layout, g, "generate_dir",
                    {"problems": source_hash(str(g.problems), g.fields)})
     problems, rejects = read_problems(g.problems, g.fields, g.limit, key="generate.problems")
     label = str(cfg.model.name_or_path)

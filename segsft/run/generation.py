@@ -285,11 +285,14 @@ class Progress:
 SETTING_KEYS = ("temperature", "top_p", "max_new_tokens", "seed", "samples")
 
 
-def check_settings(layout: Any, settings: dict, what: str, sources: dict[str, str]) -> None:
-    """Store the sampling settings and the problem sources (name -> content hash) of a new
-    directory; refuse to add generations of other settings, or of a problem set whose content
-    changed under the same name (its finished problems would be paired with other questions)."""
+def check_settings(layout: Any, node: Any, what: str, sources: dict[str, str]) -> None:
+    """Store the sampling settings (SETTING_KEYS of `node`, an evaluate or generate settings
+    object) and the problem sources (name -> content hash) of a new directory; refuse to add
+    generations of other settings, or of a problem set whose content changed under the same
+    name (its finished problems would be paired with other questions)."""
     import json
+
+    settings = {k: getattr(node, k) for k in SETTING_KEYS}
 
     from segsft.store.fingerprint import SettingsChanged, settings_diff
     from segsft.store.io import write_json
