@@ -108,6 +108,20 @@ def cpu_env(monkeypatch):
 PATTERN = resolve_pattern("default")
 
 
+def pipeline_env() -> dict:
+    """The environment of a pipeline.py subprocess in the tests: one thread, no GPU, this tree."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
+
+
+def run_pipeline(*args: str, timeout: int = 300):
+    """`python pipeline.py <args>` from the repository root, output captured."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "pipeline.py", *args], cwd=REPO, env=pipeline_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
 def compose_config(*overrides: str):
     """The real config of segsft/conf, composed with `overrides` (tests then force CPU and tmp paths)."""
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):

@@ -20,18 +20,10 @@ import pytest
 
 from segsft.config_schema import ModelConf
 
-from conftest import REPO, compose_config, make_traces, mark_selection_finished, write_jsonl, write_masks
+from conftest import (REPO, compose_config, make_traces, mark_selection_finished, pipeline_env, run_pipeline, write_jsonl,
+                      write_masks)
 from segsft.errors import PipelineError
 from segsft.select.synthetic import segment_rows, write_attribution
-
-
-def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
-
-
-def _pipeline(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "pipeline.py", *args], cwd=REPO, env=_env(), capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -64,7 +56,7 @@ def test_every_directory_key_naming_a_file_is_one_problem(tmp_path, key):
 def test_a_directory_key_naming_a_file_ends_in_one_line_exit_2(tmp_path, key):
     f = tmp_path / "afile"
     f.write_text("x")
-    out = _pipeline("stage=select", f"run_dir={tmp_path / 'r'}", f"{key}={f}")
+    out = run_pipeline("stage=select", f"run_dir={tmp_path / 'r'}", f"{key}={f}")
     assert out.returncode == 2, out.stderr[-2000:]
     assert _error_lines(out.stderr) == [f"error: {key}={f} is a file, not a directory: point {key} elsewhere (or move the file)"]
     assert f.read_text() == "x"
@@ -146,7 +138,7 @@ def test_ctrl_c_in_any_stage_is_one_line_exit_130(tmp_path, stage):
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(HOLD)  # the stage blocks, as a long one does
-    env = {**_env(), "PYTHONPATH": f"{hook}{os.pathsep}{REPO}"}
+    env = {**pipeline_env(), "PYTHONPATH": f"{hook}{os.pathsep}{REPO}"}
     proc = subprocess.Popen([sys.executable, "pipeline.py", f"stage={stage}", f"run_dir={tmp_path / 'r'}"], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "READY"
@@ -160,7 +152,7 @@ def test_ctrl_c_during_attribution_is_one_line_and_the_rerun_resumes(tmp_path, t
     corpus = write_jsonl(tmp_path / "c.jsonl", make_traces(12, seed=5))
     args = ["stage=attribute", f"run_dir={tmp_path / 'r'}", f"data.path={corpus}", f"model.name_or_path={tiny_model_dir}",
             "attribute.rule=gauss_legendre", "attribute.steps=4", "attribute.flush_every=1", "attribute.device=cpu"]
-    proc = subprocess.Popen([sys.executable, "pipeline.py", *args], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "pipeline.py", *args], cwd=REPO, env=pipeline_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     partial = tmp_path / "r" / "attribution" / "_partial" / "00000-of-00001"
     deadline = time.time() + 240
@@ -173,7 +165,7 @@ def test_ctrl_c_during_attribution_is_one_line_and_the_rerun_resumes(tmp_path, t
     assert _error_lines(err)[-1] == "interrupted: rerun the same command to resume"
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert not (tmp_path / "r" / "attribution" / "part-00000-of-00001.done").exists()
-    out = _pipeline(*args)
+    out = run_pipeline(*args)
     assert out.returncode == 0, out.stderr[-2000:]
     assert pl.read_parquet(tmp_path / "r" / "attribution" / "samples-*.parquet")["sample_id"].n_unique() == 12
 
@@ -297,7 +289,7 @@ def test_a_name_key_with_a_separator_or_dotdot_is_refused(tmp_path, name):
 
 def test_select_with_an_escaping_name_writes_nothing_outside(tmp_path):
     run_dir = _synthetic_run(tmp_path / "deep" / "r")
-    out = _pipeline("stage=select", f"run_dir={run_dir}", "select.name=../../escape")
+    out = run_pipeline("stage=select", f"run_dir={run_dir}", "select.name=../../escape")
     assert out.returncode == 2 and "select.name='../../escape'" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "deep" / "escape").exists() and not (run_dir / "selection").exists()
 
@@ -328,7 +320,7 @@ def test_csv_gzip_and_garbage_say_what_is_wrong(tmp_path):
 def test_csv_corpus_is_one_line_at_the_command_line(tmp_path):
     csv = tmp_path / "c.csv"
     csv.write_text("id,question,solution,answer\na,q,s,1\n")
-    out = _pipeline("stage=attribute", f"run_dir={tmp_path / 'r'}", f"data.path={csv}")
+    out = run_pipeline("stage=attribute", f"run_dir={tmp_path / 'r'}", f"data.path={csv}")
     assert out.returncode == 2 and "format .csv not supported" in out.stderr and "no field" not in out.stderr
 
 
@@ -370,11 +362,11 @@ def test_rerunning_a_run_that_scored_nothing_with_the_fixed_corpus_works(tmp_pat
     good = write_jsonl(tmp_path / "c.jsonl", make_traces(2, seed=2))
     common = [f"run_dir={tmp_path / 'r'}", f"model.name_or_path={tiny_model_dir}", "attribute.rule=gauss_legendre",
               "attribute.steps=2", "attribute.device=cpu", "stage=attribute"]
-    assert _pipeline(*common, f"data.path={csv}").returncode == 2
+    assert run_pipeline(*common, f"data.path={csv}").returncode == 2
     # A run that got as far as the fingerprint (an older check, a row-level failure) then failed:
     (tmp_path / "r" / "attribution").mkdir(parents=True, exist_ok=True)
     (tmp_path / "r" / "attribution" / "fingerprint.json").write_text(json.dumps({"corpus_sha256": "of the csv"}))
-    out = _pipeline(*common, f"data.path={good}")
+    out = run_pipeline(*common, f"data.path={good}")
     assert out.returncode == 0, out.stderr[-2000:]
 
 
@@ -391,7 +383,7 @@ def test_rerunning_a_run_that_scored_nothing_with_the_fixed_corpus_works(tmp_pat
                             "letters or any of ()[]{},:'\" must be quoted: 'run_dir=\"/tmp/résumé\"'"),
 ])
 def test_hydra_config_errors_are_our_one_line(override, line):
-    out = _pipeline("stage=select", override)
+    out = run_pipeline("stage=select", override)
     assert out.returncode == 2
     lines = _error_lines(out.stderr)
     assert len(lines) == 1 and lines[0].startswith(line), out.stderr

@@ -4,9 +4,6 @@ refusals (docs/slurm.md)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +11,7 @@ import polars as pl
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO, compose_config, make_traces, write_jsonl
+from conftest import compose_config, make_traces, run_pipeline, write_jsonl
 from segsft.errors import PipelineError
 from segsft.run.dist import rank_and_world
 from segsft.store.layout import part_name
@@ -27,15 +24,6 @@ def overrides(run_dir, corpus, model_dir, *extra):
     return [f"run_dir={run_dir}", f"data.path={corpus}", f"model.name_or_path={model_dir}",
             "attribute.rule=gauss_legendre", "attribute.steps=4", "attribute.batch_alphas=2", "attribute.flush_every=1",
             *extra]
-
-
-def env1() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
-
-
-def pipeline(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "pipeline.py", *args], cwd=REPO, env=env1(), capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -71,7 +59,7 @@ def one_process(tmp_path_factory, corpus, tiny_model_dir):
 def two_jobs(tmp_path_factory, corpus, tiny_model_dir):
     """Two shards as two processes of hydra-submitit-launcher's local executor (Slurm's stand-in)."""
     run_dir = tmp_path_factory.mktemp("sharded")
-    out = pipeline("-m", "stage=attribute", *overrides(run_dir, corpus, tiny_model_dir), "shard.index=range(0,2)",
+    out = run_pipeline("-m", "stage=attribute", *overrides(run_dir, corpus, tiny_model_dir), "shard.index=range(0,2)",
                    "shard.count=2", "hydra/launcher=submitit_local", timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return run_dir
@@ -138,7 +126,7 @@ def test_a_shard_logs_into_its_own_directory(tmp_path):
 ])
 def test_a_bad_shard_is_one_line_exit_2_before_anything_loads(tmp_path, args, needle):
     # A model and a corpus that do not exist: the shard is checked first, and alone.
-    out = pipeline("stage=attribute", f"run_dir={tmp_path}", "model.name_or_path=/nonexistent/model",
+    out = run_pipeline("stage=attribute", f"run_dir={tmp_path}", "model.name_or_path=/nonexistent/model",
                    f"data.path={tmp_path / 'none.jsonl'}", *args)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     lines = error_lines(out.stderr)
@@ -147,7 +135,7 @@ def test_a_bad_shard_is_one_line_exit_2_before_anything_loads(tmp_path, args, ne
 
 
 def test_a_sweep_with_a_shard_out_of_range_submits_no_job(tmp_path):
-    out = pipeline("-m", "stage=attribute", f"run_dir={tmp_path}", "model.name_or_path=/nonexistent/model",
+    out = run_pipeline("-m", "stage=attribute", f"run_dir={tmp_path}", "model.name_or_path=/nonexistent/model",
                    "shard.index=range(0,5)", "shard.count=4", "hydra/launcher=submitit_local")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert error_lines(out.stderr) == ["error: shard.index=4 is outside shard.count=4 (shards are 0..3): use "
@@ -157,7 +145,7 @@ def test_a_sweep_with_a_shard_out_of_range_submits_no_job(tmp_path):
 
 @pytest.mark.slow  # submitit waits 15 s for a job's result before it reports the job failed
 def test_a_job_refused_on_its_node_is_one_line_in_the_submitting_command(tmp_path, tiny_model_dir):
-    out = pipeline("-m", "stage=attribute", f"run_dir={tmp_path}", f"model.name_or_path={tiny_model_dir}",
+    out = run_pipeline("-m", "stage=attribute", f"run_dir={tmp_path}", f"model.name_or_path={tiny_model_dir}",
                    f"data.path={tmp_path / 'none.jsonl'}", "shard.index=range(0,2)", "shard.count=2",
                    "hydra/launcher=submitit_local")
     assert out.returncode == 2 and "Traceback" not in out.stderr
@@ -211,7 +199,7 @@ def test_two_shard_jobs_write_the_parts_of_two_ranks_into_one_run_dir(two_jobs):
 
 
 def test_select_reads_both_shards_and_every_row_once_as_one_process_made_it(two_jobs, one_process):
-    out = pipeline("stage=select", f"run_dir={two_jobs}")
+    out = run_pipeline("stage=select", f"run_dir={two_jobs}")
     assert out.returncode == 0, out.stderr[-3000:]
     seg2, smp2, rej2 = tables(two_jobs)
     seg1, smp1, rej1 = tables(one_process)

@@ -17,24 +17,16 @@ from pathlib import Path
 from segsft.config_schema import Settings
 from segsft.generate.stage import check_config
 from segsft.generate.stage import run as _run
+from segsft.run.stage_api import FunctionStage
 from segsft.store.layout import GenerationLayout
 
 __all__ = ["STAGE"]
 
 
-class _GenerateStage:
-    name = "generate"
-    sharded = True
-
-    def check(self, s: Settings) -> list[str]:
-        return check_config(s)
-
-    def run(self, s: Settings, rank: int, world: int) -> Path | None:
-        return _run(s, rank, world)
-
-    def outputs(self, s: Settings) -> dict[str, Path]:
-        lay = GenerationLayout(Path(s.generate_dir))
-        return {"corpus": lay.corpus, "rejects": lay.rejects, "generations": lay.pattern}
+def _outputs(s: Settings) -> dict[str, Path]:
+    lay = GenerationLayout(Path(s.generate_dir))
+    return {"corpus": lay.corpus, "rejects": lay.rejects, "generations": lay.pattern}
 
 
-STAGE = _GenerateStage()
+#: Every rank (or shard) generates its share of the problems; the last to finish writes the corpus.
+STAGE = FunctionStage("generate", check_config, _run, _outputs, sharded=True)

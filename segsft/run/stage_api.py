@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
 
 from segsft.config_schema import Settings
 
@@ -34,6 +35,27 @@ class Stage(Protocol):
     def run(self, s: Settings, rank: int, world: int) -> Any: ...
 
     def outputs(self, s: Settings) -> dict[str, Path]: ...
+
+
+@dataclass(frozen=True)
+class FunctionStage:
+    """A Stage made of three functions of the settings (what most stages are)."""
+
+    name: str
+    check_fn: Callable[[Settings], list[str]]
+    run_fn: Callable[[Settings, int, int], Any]
+    outputs_fn: Callable[[Settings], dict[str, Path]]
+    rank0_only: bool = False
+    sharded: bool = False
+
+    def check(self, s: Settings) -> list[str]:
+        return self.check_fn(s)
+
+    def run(self, s: Settings, rank: int, world: int) -> Any:
+        return self.run_fn(s, rank, world)
+
+    def outputs(self, s: Settings) -> dict[str, Path]:
+        return self.outputs_fn(s)
 
 
 def load(name: str) -> Stage:
