@@ -438,3 +438,14 @@ def test_a_huge_trace_is_rejected_without_tokenizing_it(tmp_path, tokenizer, mon
     assert [r["sample_id"] for r in rejects] == ["huge"]
     assert "2,000,0" in rejects[0]["reason"] and "rejected before tokenizing" in rejects[0]["reason"]
     assert [s.sample_id for s, _ in ready] == ["small"]
+
+
+def test_an_empty_or_unreadable_generations_file_is_named_as_such(tmp_path):
+    empty, garbage = tmp_path / "empty.jsonl", tmp_path / "garbage.jsonl"
+    empty.write_text("")
+    garbage.write_text("{not json\n")
+    for f, said in ((empty, f"error: evaluate.generations={empty} is empty: give a JSONL or Parquet file"),
+                    (garbage, f"error: evaluate.generations={garbage}: no line is a valid JSON object (first bad line 1")):
+        out = run_pipeline("stage=evaluate", f"run_dir={tmp_path / 'r'}", f"evaluate.generations={f}")
+        assert out.returncode == 2 and "Traceback" not in out.stderr
+        assert [x for x in out.stderr.splitlines() if x.startswith("error:")][0].startswith(said), out.stderr

@@ -74,7 +74,9 @@ def grade_file(cfg: Settings, layout: GenerationLayout) -> int:
     if refused:
         raise PipelineError(refused)
     rows, bad, first_why = [], 0, None
-    for i, rec, unreadable in FileRows(path, None, "evaluate.generations", f"evaluate.generations={path} is empty"):
+    lines = FileRows(path, None, "evaluate.generations",
+                     f"evaluate.generations={path} is empty: give a JSONL or Parquet file with id, answer and output")
+    for i, rec, unreadable in lines:
         why = (unreadable.reason.partition(": ")[2] if unreadable is not None
                else "no output or answer" if rec.get("output") is None or rec.get(text_columns[1]) is None
                else next((p for p in (nested_value_problem(c, rec.get(c)) for c in text_columns) if p), None))
@@ -90,6 +92,7 @@ def grade_file(cfg: Settings, layout: GenerationLayout) -> int:
                      "problem_id": str(rec.get(f.get("id", "id")) or f"row{i}"), "sample": int(rec.get("sample") or 0),
                      "output": str(rec["output"]), "output_tokens": int(rec.get("output_tokens") or 0),
                      "finish_reason": fin, "answer": answer, "pred": g.pred, "correct": g.correct, "verdict": g.verdict})
+    lines.check()  # an empty file, or one without a JSON line, is said as such
     if not rows:
         raise PipelineError(f"evaluate.generations={path}: no row has both an output and an answer as text "
                             f"(first: {first_why}): give id, answer and output columns of text")
