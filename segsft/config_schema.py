@@ -129,6 +129,10 @@ class AttributeConf:
     # After every part is finished, merge all parts (of any world sizes) into one part of world
     # size 1, each sample once; select reads either way.
     consolidate: bool = False
+    # The contract's names for attribution's shard of a Slurm array (docs/method.md): they feed
+    # shard.index / shard.count, the one place evaluate and generate shard by too.
+    shard: Optional[int] = None
+    num_shards: int = 1
 
 
 #: The keys of `attribute` that the adaptive rule reads (they move its nodes): its settings
@@ -301,10 +305,11 @@ class ShardConf:
     job (`-m shard.index='range(0,64)' shard.count=64 hydra/launcher=submitit_slurm`, docs/slurm.md).
     Shard i of n writes the part torchrun's rank i of world n writes, so either resumes the other."""
 
-    # This job's shard, 0..count-1; null = from the launcher (RANK, else 0).
-    index: Optional[int] = None
+    # This job's shard, 0..count-1; null = from the launcher (RANK, else 0). By default the
+    # attribution's own keys (attribute.shard, attribute.num_shards: the contract's names).
+    index: Optional[int] = "${attribute.shard}"  # type: ignore[assignment]
     # How many shards the work is split into; 1 = from the launcher (WORLD_SIZE, else 1).
-    count: int = 1
+    count: int = "${attribute.num_shards}"  # type: ignore[assignment]
 
 
 @dataclass

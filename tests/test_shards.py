@@ -278,3 +278,17 @@ def test_evaluate_in_two_shards_equals_one_process_and_resumes(tmp_path, tiny_mo
 
     monkeypatch.setattr("segsft.run.generation.load_engine", no_model)
     assert run_stage(cfg(tmp_path / "s", "shard.index=1", "shard.count=2")) == results
+
+
+def test_the_contracts_attribute_shard_keys_feed_the_shard():
+    # docs/method.md names attribution's shard keys attribute.shard / attribute.num_shards: they are
+    # shard.index / shard.count's defaults, so either spelling gives the same rank and world.
+    from segsft.config_schema import Settings
+
+    a = Settings.of(compose_config("attribute.shard=1", "attribute.num_shards=3"))
+    b = Settings.of(compose_config("shard.index=1", "shard.count=3"))
+    assert rank_and_world(a.shard) == rank_and_world(b.shard) == (1, 3)
+    assert rank_and_world(Settings.of(compose_config()).shard) == (0, 1)
+    out = run_pipeline("stage=attribute", "run_dir=/nonexistent/r", "model.name_or_path=/nonexistent/model",
+                       "attribute.shard=5", "attribute.num_shards=4")
+    assert out.returncode == 2 and error_lines(out.stderr)[0].startswith("error: shard.index=5 is outside shard.count=4")
