@@ -122,6 +122,8 @@ def compute(args: argparse.Namespace) -> None:
     import torch
 
     from segsft.method.ig import IGPath, freeze
+    from segsft.method.metrics import SegmentRule
+    from segsft.method.selection_config import SelectConfig
     from segsft.run.models import DTYPES, load_model, load_tokenizer, pad_token_id
 
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -155,6 +157,13 @@ def compute(args: argparse.Namespace) -> None:
             if baseline == "pad" and not args.no_fixed:
                 for rule, steps in FIXED:
                     cache(quadrature(rule, steps)[0])
+            if baseline == "pad" and not args.no_focus:
+                # attribute.refine_on=decisions at the default targets and 4x tighter: its points
+                # leave the dyadic grids where the flagged segments' integrand changes.
+                seg_rule = SegmentRule(seq.segment_tokens, SelectConfig(), seq.train_tokens)
+                for g in (DEFAULT_GAP, DEFAULT_GAP / 4):
+                    st = StopTest(g, 1.0, seg_rule, max_borderline=DEFAULT_MAX_BORDERLINE, refine_on="decisions")
+                    refine(cache, max_steps=args.adaptive_max, per_round=args.per_round, stop=st, focus=st.focus)
             print(f"{args.tag} {baseline:9s} {row['id']}: {len(cache.points)} points cached, {cache.computed} new "
                   f"in {time.time() - t0:.0f}s", flush=True)
 
@@ -182,8 +191,15 @@ class Replay:
         except KeyError:
             self.max_steps = steps[0]
 
-    def __call__(self, stop=None) -> AdaptivePath:
-        return refine(self.cache, max_steps=self.max_steps, per_round=self.per_round, stop=stop)
+    def __call__(self, stop=None, max_steps: int | None = None, focus: bool = False) -> AdaptivePath | None:
+        """The rule replayed with `stop` (capped at `max_steps`); with `focus`, its points go where
+        `stop.focus` says (attribute.refine_on=decisions): None when those points are not cached."""
+        cap = self.max_steps if max_steps is None else min(max_steps, self.max_steps)
+        try:
+            return refine(self.cache, max_steps=cap, per_round=self.per_round, stop=stop,
+                          focus=stop.focus if focus else None)
+        except KeyError:
+            return None
 
 
 def estimate_of(cache: PointCache, alphas: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -209,6 +225,40 @@ class LegacyStop:
 BOUNDS = [2.0, 1.0, 0.5, 0.25, 0.1, 0.05]
 MAX_BORDERLINE = [0.0, 0.2]
 LEGACY = [(0.05, 0.95), (0.025, 0.95)]
+#: The defaults (segsft.config_schema.AttributeConf) and what was compared with them, each at
+#: the default targets: the error margins (which estimates the strength error is the largest
+#: change over; which segments a margin moves), where the points go (refine_on), and the cost
+#: cap (max_steps: how the borderline share falls with the budget).
+DEFAULT_GAP, DEFAULT_MAX_BORDERLINE = 2.0, 0.1
+MARGINS = [("doubling", "adversarial"), ("doubling", "own"), ("pair", "adversarial"), ("pair", "own")]
+CAPS = [32, 64, 128]
+
+
+class MarginVariant(StopTest):
+    """The stop test with another error margin, for the study only (the product's is
+    `doubling` x `adversarial`): `pair` takes the strength error as the change between the
+    half-budget estimate and the last one only; `own` moves only the segment's own strength
+    and consistency, the others staying where they are."""
+
+    def __init__(self, *args, window: str = "doubling", margin: str = "adversarial", **kw):
+        super().__init__(*args, **kw)
+        self.window, self.margin = window, margin
+
+    def error_window(self, window):
+        return window if self.window == "doubling" else [window[0], window[-1]]
+
+    def _borderline(self, train, s, c, err, c_err):
+        if self.margin == "adversarial":
+            return super()._borderline(train, s, c, err, c_err)
+        n = len(train)
+        if n == 0:
+            return np.zeros(0, dtype=bool)
+        eye = np.eye(n, dtype=bool)
+        vs = np.clip(np.concatenate([s + err * eye, s - err * eye, np.tile(s, (2 * n, 1))]), 0.0, None)
+        vc = np.concatenate([np.tile(c, (2 * n, 1)), np.where(eye, np.clip(c - c_err, 0, 1), c),
+                             np.where(eye, np.clip(c + c_err, 0, 1), c)])
+        flips = self.rule.decide(vs, vc) != train[None, :]
+        return flips.reshape(4, n, n)[:, np.arange(n), np.arange(n)].any(axis=0)
 
 
 def analyze(args: argparse.Namespace) -> None:
@@ -279,29 +329,46 @@ def analyze(args: argparse.Namespace) -> None:
             rows.append(row_of(f"legacy-g{tg}-s{ts}", "legacy", p.final.steps, p.final.token_attr,
                                converged=p.converged, bound=float(p.final.error_sum),
                                agree_4x_tighter=float((rule(p.final.token_attr)[0] == rule(tight.final.token_attr)[0]).mean())))
+        def adaptive_row(name: str, make_stop, tg: float, mb: float, max_steps: int | None = None,
+                         focus: bool = False) -> dict | None:
+            stop = make_stop(tg)
+            p = replay(stop, max_steps, focus)
+            if p is None:
+                return None  # the points of this candidate are not cached (compute them first)
+            v = stop.verdict(p.history)
+            tight = replay(make_stop(tg / 4), max_steps, focus)
+            train = rule(p.final.token_attr)[0]
+            flag = np.zeros(n_seg, bool) if v is None else (v.borderline | ~v.settled)
+            firm = ~flag
+            t_train = None if tight is None else rule(tight.final.token_attr)[0]
+            return row_of(
+                name, "adaptive", p.final.steps, p.final.token_attr,
+                target_gap=tg, max_borderline=mb, converged=p.converged, bound=float(p.final.error_sum),
+                borderline=int(flag.sum()), firm=int(firm.sum()),
+                firm_agree_ref=int((train == ref_train)[firm].sum()),
+                firm_agree_4x=None if tight is None else int((train == t_train)[firm].sum()),
+                tight_converged=None if tight is None else tight.converged,
+                tight_steps=None if tight is None else tight.final.steps,
+                agree_4x_tighter=None if tight is None else float((train == t_train).mean()),
+                strength_err_max=None if v is None else float(v.strength_err.max(initial=0.0)),
+                # Is the error estimate honest? |strength - best strength| within strength_err.
+                err_covers_ref=None if v is None else float(
+                    (np.abs(v.strength - best_strength) <= v.strength_err + 1e-12).mean()))
+
         for tg in BOUNDS:
             for mb in MAX_BORDERLINE:
-                stop = StopTest(tg, 1.0, rule, max_borderline=mb)
-                p = replay(stop)
-                v = stop.verdict(p.history)
-                tstop = StopTest(tg / 4, 1.0, rule, max_borderline=mb)
-                tight = replay(tstop)
-                train = rule(p.final.token_attr)[0]
-                flag = np.zeros(n_seg, bool) if v is None else (v.borderline | ~v.settled)
-                firm = ~flag
-                t_train = rule(tight.final.token_attr)[0]
-                rows.append(row_of(
-                    f"bound-g{tg}-b{mb}", "adaptive", p.final.steps, p.final.token_attr,
-                    target_gap=tg, max_borderline=mb, converged=p.converged, bound=float(p.final.error_sum),
-                    borderline=int(flag.sum()), firm=int(firm.sum()),
-                    firm_agree_ref=int((train == ref_train)[firm].sum()),
-                    firm_agree_4x=int((train == t_train)[firm].sum()), tight_converged=tight.converged,
-                    tight_steps=tight.final.steps,
-                    agree_4x_tighter=float((train == t_train).mean()),
-                    strength_err_max=None if v is None else float(v.strength_err.max(initial=0.0)),
-                    # Is the error estimate honest? |strength - best strength| within strength_err.
-                    err_covers_ref=None if v is None else float(
-                        (np.abs(v.strength - best_strength) <= v.strength_err + 1e-12).mean())))
+                rows.append(adaptive_row(f"bound-g{tg}-b{mb}", lambda g, mb=mb: StopTest(g, 1.0, rule, max_borderline=mb),
+                                         tg, mb))
+        tg, mb = DEFAULT_GAP, DEFAULT_MAX_BORDERLINE
+        for window, margin in MARGINS:
+            rows.append(adaptive_row(f"margin-{window}-{margin}", lambda g, w=window, m=margin: MarginVariant(
+                g, 1.0, rule, max_borderline=mb, window=w, margin=m), tg, mb))
+        for cap in CAPS:
+            rows.append(adaptive_row(f"default-max{cap}", lambda g: StopTest(g, 1.0, rule, max_borderline=mb), tg, mb,
+                                     max_steps=cap))
+        rows.append(adaptive_row("refine_on-decisions", lambda g: StopTest(
+            g, 1.0, rule, max_borderline=mb, refine_on="decisions"), tg, mb, focus=True))
+        rows = [r for r in rows if r is not None]
         rows.append(row_of(f"reference-uniform-{2**kmax + 1}", "reference", 2**kmax + 1, ref_u))
         rows.append(row_of("reference-adaptive", "reference", adaptive_full.final.steps, adaptive_full.final.token_attr))
         curve = [{"steps": e.steps, "gap": e.gap, "bound": e.error_sum,
@@ -354,8 +421,11 @@ def summarize(rows: list[dict]) -> list[dict]:
             conv = [r for r in rs if r["converged"]]
             t["converged_share"] = len(conv) / len(rs)
             t["converged_below_95"] = sum(r["agree_ref"] < 0.95 for r in conv)
-            t["agree_4x_tighter_mean"] = float(np.mean([r["agree_4x_tighter"] for r in rs]))
-            t["agree_4x_tighter_worst_converged"] = float(min((r["agree_4x_tighter"] for r in conv), default=1.0))
+            a4 = [r["agree_4x_tighter"] for r in rs if r["agree_4x_tighter"] is not None]
+            t["agree_4x_tighter_mean"] = float(np.mean(a4)) if a4 else None
+            t["agree_4x_tighter_worst_converged"] = float(min((r["agree_4x_tighter"] for r in conv
+                                                               if r["agree_4x_tighter"] is not None), default=1.0))
+            t["tighter_measured"] = len(a4)
         same = [min((n for n, ag in sorted(grids.get(r["trace"], [])) if ag >= r["agree_ref"]), default=None) for r in rs]
         same = [n for n in same if n is not None]
         if same and not c.startswith(("uniform", "reference")):
@@ -368,7 +438,8 @@ def summarize(rows: list[dict]) -> list[dict]:
             t["firm_agree_ref"] = sum(r["firm_agree_ref"] for r in rs) / firm if firm else None
             conv = [r for r in rs if r["converged"]]
             # The target: on converged traces, every firm decision equals the 4x tighter run's.
-            t["converged_firm_differs_4x"] = sum(r["firm"] - r["firm_agree_4x"] for r in conv)
+            t["converged_firm_differs_4x"] = sum(r["firm"] - r["firm_agree_4x"] for r in conv
+                                                 if r["firm_agree_4x"] is not None)
             t["converged_firm_differs_ref"] = sum(r["firm"] - r["firm_agree_ref"] for r in conv)
             covers = [r["err_covers_ref"] for r in rs if r.get("err_covers_ref") is not None]
             t["err_covers_ref_mean"] = float(np.mean(covers)) if covers else None
@@ -378,7 +449,8 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def _order(name: str) -> tuple:
     fam = name.split("-")[0]
-    return ({"reference": 0, "uniform": 1, "linspace": 2, "gauss_legendre": 3, "legacy": 4, "bound": 5}.get(fam, 6), name)
+    return ({"reference": 0, "uniform": 1, "linspace": 2, "gauss_legendre": 3, "legacy": 4, "bound": 5, "default": 6,
+             "margin": 7}.get(fam, 8), name)
 
 
 def print_table(table: list[dict]) -> None:
@@ -407,6 +479,7 @@ def main() -> None:
     p.add_argument("--per-round", type=int, default=1)
     p.add_argument("--batch", type=int, default=4, help="points per forward/backward pass")
     p.add_argument("--no-fixed", action="store_true", help="skip today's fixed rules")
+    p.add_argument("--no-focus", action="store_true", help="skip the points of attribute.refine_on=decisions")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--tag", default="cpu-fp32", help="cache subfolder: keep devices and dtypes apart")

@@ -102,6 +102,10 @@ class AttributeConf:
     # The share of a sample's segments that may be borderline (rounded down) when it is called
     # converged; borderline segments are flagged in the segments table and the masks.
     max_borderline: float = 0.1
+    # Where the points go once the error bound is met: total (the subintervals of largest exact
+    # local error of the total) or decisions (where the flagged segments' integrand changes most,
+    # so their error shrinks first). Chosen by the study (docs/convergence.md).
+    refine_on: str = "total"
     # The model's dtype during attribution (null: model.dtype). float32: in bf16 the path is rough
     # with rounding noise (bench/results/convergence_study_gpu_bf16.json).
     dtype: Optional[str] = "float32"
@@ -138,7 +142,7 @@ class AttributeConf:
 #: The keys of `attribute` that the adaptive rule reads (they move its nodes): its settings
 #: (segsft.method.adaptive.AdaptiveSettings) and the fingerprint of its scores are made of them.
 ADAPTIVE_KEYS = ("target_gap", "target_stability", "max_steps", "init_points", "stable_ranks", "per_round",
-                 "max_borderline")
+                 "max_borderline", "refine_on")
 
 
 @dataclass

@@ -300,8 +300,9 @@ def test_config_checks_name_the_adaptive_and_select_problems_before_any_model_lo
     assert "select.top_mass=2" in errs and "stop test uses the select settings" in errs
     # Targets that cannot be met, and an unknown borderline policy, before any model loads.
     floor = compose_config(f"run_dir={tmp_path}", "attribute.dtype=bfloat16", "attribute.target_gap=0.01",
-                           "attribute.max_borderline=2", "select.borderline=maybe")
+                           "attribute.max_borderline=2", "select.borderline=maybe", "attribute.refine_on=segments")
     errs = "\n".join(check_attribute(floor))
+    assert "attribute.refine_on='segments': use one of total, decisions" in errs
     assert "attribute.target_gap=0.01 is below the rounding floor of bfloat16 (0.016" in errs
     assert "attribute.max_borderline=2" in errs and "select.borderline='maybe': use one of ['rule', 'keep', 'drop']" in errs
     assert not any("rounding floor" in e for e in check_attribute(compose_config(
@@ -318,3 +319,64 @@ def test_fixed_per_round_gives_the_same_nodes_whatever_the_points_per_pass(model
     b = adaptive_integrated_gradients(model, ids, pos, s, pad_id=tokenizer.pad_token_id, batch_alphas=4)
     assert a.steps_used == b.steps_used
     np.testing.assert_allclose(a.token_attr, b.token_attr, rtol=1e-9, atol=1e-12)
+
+
+class _SegRule:
+    """Two one-token segments with fixed segment_tokens; strength = token_attr, trained when >= 1."""
+
+    segment_tokens = [(0, 1), (1, 2)]
+    metrics, decide = _Rule.metrics, _Rule.decide
+
+
+def _two_token_path():
+    """Token 0 rises by 2 on [0.6, 0.65], token 1 by 0.3 on [0.15, 0.2]; f is the integral of their sum."""
+    def g(a):
+        return np.stack([np.clip((a - 0.6) / 0.05, 0, 1) * 2.0, np.clip((a - 0.15) / 0.05, 0, 1) * 0.3], axis=1)
+
+    def f(a):
+        ramp = lambda a, lo: np.clip(a - lo, 0, 0.05) ** 2 / 0.1 + np.clip(a - lo - 0.05, 0, None)  # noqa: E731
+        return 2.0 * ramp(a, 0.6) + 0.3 * ramp(a, 0.15)
+
+    return lambda a: (f(np.asarray(a)), g(np.asarray(a)))
+
+
+def test_refine_on_decisions_puts_the_points_where_the_flagged_segment_changes():
+    from segsft.method.adaptive import AdaptivePath, Verdict
+
+    evaluate = _two_token_path()
+    alphas = np.linspace(0, 1, 9)
+    f, g = evaluate(alphas)
+    path = AdaptivePath(alphas, f, g)
+    path.history.append(_est(9, [1.0, 0.3], bound=0.5))
+    test = StopTest(1.0, 1.0, _SegRule(), refine_on="decisions")
+    # Segment 1 (token 1) is flagged borderline: the priority is h * |g_1(b) - g_1(a)|, as a share.
+    test._verdicts[9] = Verdict(9, np.array([True, False]), np.array([1.0, 0.3]), np.zeros(2),
+                                np.array([False, True]), np.array([True, True]), 1.0)
+    prio = test.focus(path)
+    expect = np.diff(alphas) * np.abs(np.diff(g[:, 1]))
+    np.testing.assert_allclose(prio, expect / expect.sum())
+    assert int(np.argmax(prio)) == 1  # [0.125, 0.25] holds token 1's step
+    assert int(np.argmax(path.local_errors())) in (4, 5)  # the total's error is at token 0's larger step
+    # Not before the bound is met, nor for refine_on=total, nor with nothing flagged.
+    path.history[-1] = _est(9, [1.0, 0.3], bound=1.5)
+    assert test.focus(path) is None
+    path.history[-1] = _est(9, [1.0, 0.3], bound=0.5)
+    assert StopTest(1.0, 1.0, _SegRule()).focus(path) is None
+    test._verdicts[9] = Verdict(9, np.array([True, False]), np.array([1.0, 0.3]), np.zeros(2),
+                                np.array([False, False]), np.array([True, True]), 1.0)
+    assert test.focus(path) is None
+
+
+def test_refine_follows_the_focus_and_falls_back_to_the_local_errors():
+    evaluate = _two_token_path()
+    picked = []
+
+    def focus(path):
+        prio = np.zeros(len(path.alphas) - 1)
+        prio[0] = 1.0  # always the first subinterval
+        return prio if len(path.alphas) < 12 else None
+
+    res = refine(lambda a: (picked.append(np.asarray(a).copy()), evaluate(a))[1], max_steps=14, per_round=1, focus=focus)
+    firsts = [float(p[0]) for p in picked[1:4]]
+    assert firsts == [0.0625, 0.03125, 0.015625]  # three bisections of the first subinterval
+    assert res.final.steps == 14 and len(np.unique(res.alphas)) == 14

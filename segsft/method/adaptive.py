@@ -36,6 +36,9 @@ from segsft.config_schema import ADAPTIVE_KEYS, AttributeConf
 
 Evaluate = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
+#: Where the points go once the error bound is met (`attribute.refine_on`, `StopTest.focus`).
+REFINE_ON = ("total", "decisions")
+
 #: Subintervals narrower than this are never bisected again (a discontinuity, or the
 #: rounding noise of a bf16 model, would otherwise attract every new point).
 MIN_WIDTH = 2.0**-20
@@ -99,10 +102,13 @@ def refine(
     max_steps: int = 256,
     per_round: int = 1,
     stop: Callable[[Sequence[Estimate]], bool] | None = None,
+    focus: Callable[["AdaptivePath"], np.ndarray | None] | None = None,
 ) -> AdaptivePath:
     """Start from `init_points` uniform nodes (0 and 1 included), then bisect the
     `per_round` subintervals of largest exact local error until `stop(history)` says so
-    (-> converged) or `max_steps` gradient evaluations are spent."""
+    (-> converged) or `max_steps` gradient evaluations are spent. `focus(path)`, when it
+    returns an array, replaces the local errors as the subintervals' priority for that round
+    (`StopTest.focus`: where the flagged decisions' error is)."""
     if init_points < 2:
         raise ValueError(f"init_points={init_points}: need at least the two ends of the path")
     if max_steps < init_points:
@@ -116,7 +122,8 @@ def refine(
         if stop is not None and stop(path.history):
             path.converged = True
             return path
-        err = path.local_errors()
+        prio = focus(path) if focus is not None else None
+        err = path.local_errors() if prio is None else np.asarray(prio, dtype=np.float64).copy()
         err[np.diff(path.alphas) < MIN_WIDTH] = -1.0
         budget = min(per_round, max_steps - len(path.alphas), int((err >= 0).sum()))
         if budget <= 0:
@@ -206,9 +213,9 @@ class StopTest:
     """
 
     def __init__(self, target_gap: float, target_stability: float, rule: Any, ranks: bool = False,
-                 max_borderline: float = 0.0):
+                 max_borderline: float = 0.0, refine_on: str = "total"):
         self.target_gap, self.target_stability, self.ranks = target_gap, target_stability, ranks
-        self.max_borderline = max_borderline
+        self.max_borderline, self.refine_on = max_borderline, refine_on
         self.rule = rule
         self._memo: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._verdicts: dict[int, Verdict | None] = {}
@@ -236,10 +243,11 @@ class StopTest:
         c_err = np.zeros(n)
         settled = np.ones(n, dtype=bool)
         for e in window[:-1]:
-            t_e, s_e, c_e = self.decisions(e)
+            settled &= self.decisions(e)[0] == train
+        for e in self.error_window(window)[:-1]:
+            _, s_e, c_e = self.decisions(e)
             err = np.maximum(err, np.abs(s_e - strength))
             c_err = np.maximum(c_err, np.nan_to_num(np.abs(c_e - consistency), nan=0.0))
-            settled &= t_e == train
         s_half = self.decisions(half[-1])[1]
         rho = spearman(strength, s_half)
         if rho is None:  # too few segments or a constant side: stable only when the order is the same
@@ -248,6 +256,11 @@ class StopTest:
                     settled, rho)
         self._verdicts[now.steps] = v
         return v
+
+    def error_window(self, window: Sequence[Estimate]) -> Sequence[Estimate]:
+        """The estimates the errors are the largest change over: the whole last doubling (the
+        study compared it with its two ends only; docs/convergence.md, "Error margins")."""
+        return window
 
     def _borderline(self, train: np.ndarray, s: np.ndarray, c: np.ndarray, err: np.ndarray,
                     c_err: np.ndarray) -> np.ndarray:
@@ -267,6 +280,30 @@ class StopTest:
         variants_c = np.concatenate([np.tile(c, (2 * n, 1)), c_lo, c_hi])
         flips = self.rule.decide(variants_s, variants_c) != train[None, :]
         return flips.reshape(4, n, n)[:, np.arange(n), np.arange(n)].any(axis=0)
+
+    def focus(self, path: AdaptivePath) -> np.ndarray | None:
+        """With `refine_on="decisions"`: once the bound is met, the priority of each subinterval
+        for the segments whose decision is flagged (borderline or not settled), so the next
+        points go where their error is rather than where the total's is. Per flagged segment,
+        h * sum over its tokens of |g_t(b) - g_t(a)| (what bounds a trapezoid's error on a
+        monotone piece), as a share of that segment's sum, summed over the flagged segments.
+        None (the total's local errors) while the bound is not met or nothing is flagged."""
+        if self.refine_on != "decisions" or path.final.error_sum > self.target_gap:
+            return None
+        v = self._verdicts.get(path.final.steps)
+        if v is None:
+            return None
+        flagged = np.flatnonzero(v.borderline | ~v.settled)
+        if not len(flagged):
+            return None
+        h = np.diff(path.alphas)
+        prio = np.zeros(len(h))
+        for k in flagged:
+            lo, hi = self.rule.segment_tokens[k]
+            d = h * np.abs(np.diff(path.token_grads[:, lo:hi], axis=0)).sum(axis=1)
+            if d.sum() > 0:
+                prio += d / d.sum()
+        return prio if prio.any() else None
 
     def stability(self, history: Sequence[Estimate]) -> tuple[float | None, float | None]:
         """(share of decisions not borderline and settled, strength rank correlation at the last
@@ -294,7 +331,7 @@ class _AdaptiveMethods:
 
     def stop_test(self, rule: Any) -> StopTest:
         return StopTest(self.target_gap, self.target_stability, rule, ranks=self.stable_ranks,
-                        max_borderline=self.max_borderline)
+                        max_borderline=self.max_borderline, refine_on=self.refine_on)
 
 
 #: `attribute.*` keys of the adaptive rule (config_schema.ADAPTIVE_KEYS), with AttributeConf's

@@ -257,7 +257,8 @@ def adaptive_integrated_gradients(
     test = None if decide is None else settings.stop_test(decide)
     res = refine(path, init_points=settings.init_points, max_steps=settings.max_steps,
                  per_round=settings.per_round or batch_alphas,
-                 stop=test if test is not None else (lambda h: h[-1].error_sum <= settings.target_gap))
+                 stop=test if test is not None else (lambda h: h[-1].error_sum <= settings.target_gap),
+                 focus=None if test is None else test.focus)
     v = test.verdict(res.history) if test is not None else None
     bound = res.final.error_sum if np.isfinite(res.final.error_sum) else None
     return IGResult(res.final.token_attr, float(res.logprobs[-1]), float(res.logprobs[0]), path.evaluations,

@@ -52,7 +52,9 @@ def fingerprint(cfg: "Settings", dtype: str, pattern: str) -> dict[str, Any]:
     if d.adapter not in (None, "", "none"):
         fp["data_adapter"] = d.adapter
     if a.rule == "adaptive":
-        fp.update({k: getattr(a, k) for k in ADAPTIVE_KEYS})
+        # refine_on is newer than the other keys: at its default it is left out, so the scores of
+        # runs made before it existed keep their fingerprint (they were refined on the total).
+        fp.update({k: getattr(a, k) for k in ADAPTIVE_KEYS if not (k == "refine_on" and a.refine_on == "total")})
         fp["stop_test"] = STOP_TEST
     else:
         fp["steps"] = int(a.steps)
