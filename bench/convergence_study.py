@@ -56,25 +56,36 @@ class PointCache:
     """f and g at every alpha ever computed for one (trace, baseline, dtype): computes only
     the alphas it lacks, in one call, and saves after each call (atomic rename)."""
 
-    def __init__(self, file: Path, path_fn=None, store: str = "float32"):
-        self.file, self.path_fn, self.store = file, path_fn, store
+    def __init__(self, file: Path, path_fn=None, store: str = "float32", save_every: int = 4):
+        self.file, self.path_fn, self.store, self.save_every = file, path_fn, store, save_every
         self.points: dict[float, tuple[float, np.ndarray]] = {}
+        # Wall seconds and points of the evaluations timed on this cache's machine (caches
+        # written before the timing have none): the study's cost per evaluation.
+        self.seconds, self.timed = 0.0, 0
         if file.exists():
             z = np.load(file)
             for a, f, g in zip(z["alphas"], z["f"], z["g"]):
                 self.points[float(a)] = (float(f), g.astype(np.float64))
+            if "seconds" in z.files:
+                self.seconds, self.timed = float(z["seconds"]), int(z["timed"])
         self.computed = 0
 
     def __call__(self, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         alphas = np.asarray(alphas, dtype=np.float64)
         missing = sorted({float(a) for a in alphas} - set(self.points))
-        if missing:
-            if self.path_fn is None:
-                raise KeyError(f"{len(missing)} points not in {self.file} (run `compute` first)")
-            f, g = self.path_fn(np.array(missing))
-            for a, fa, ga in zip(missing, f, g):
+        if missing and self.path_fn is None:
+            raise KeyError(f"{len(missing)} points not in {self.file} (run `compute` first)")
+        # A few points at a time, each batch saved: a whole trace costs half a minute per point
+        # on a CPU core, and a killed grid of 30 points must not lose them all.
+        for i in range(0, len(missing), self.save_every):
+            part = missing[i:i + self.save_every]
+            t0 = time.perf_counter()
+            f, g = self.path_fn(np.array(part))
+            self.seconds += time.perf_counter() - t0
+            self.timed += len(part)
+            for a, fa, ga in zip(part, f, g):
                 self.points[a] = (float(fa), np.asarray(ga, dtype=np.float64))
-            self.computed += len(missing)
+            self.computed += len(part)
             self.save()
         return (np.array([self.points[float(a)][0] for a in alphas]),
                 np.stack([self.points[float(a)][1] for a in alphas]))
@@ -84,7 +95,8 @@ class PointCache:
         self.file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.file.with_suffix(".tmp.npz")
         np.savez(tmp, alphas=a, f=np.array([self.points[x][0] for x in a]),
-                 g=np.stack([self.points[x][1] for x in a]).astype(self.store))
+                 g=np.stack([self.points[x][1] for x in a]).astype(self.store),
+                 seconds=np.float64(self.seconds), timed=np.int64(self.timed))
         os.replace(tmp, self.file)
 
     def sorted_f(self) -> tuple[np.ndarray, np.ndarray]:
@@ -133,6 +145,9 @@ def compute(args: argparse.Namespace) -> None:
     pad = pad_token_id(tok)
     started = time.time()
     items = traces(args.traces, args.model, args.whole, args.max_tokens, args.min_tokens)
+    if args.ids:  # some traces first (e.g. those whose references disagree), in the order given
+        order = args.ids.split(",")
+        items = sorted([it for it in items if it[0]["id"] in order], key=lambda it: order.index(it[0]["id"]))
     print(f"{len(items)} traces: " + ", ".join(f"{r['id']}({len(s.input_ids)} tok, {len(s.segment_tokens)} seg)"
                                                 for r, s in items), flush=True)
     for baseline in args.baselines.split(","):
@@ -145,7 +160,8 @@ def compute(args: argparse.Namespace) -> None:
             ig = IGPath(model, torch.as_tensor(seq.input_ids[:n], device=device),
                         torch.as_tensor(seq.answer_positions, device=device), baseline=baseline, pad_id=pad,
                         trace_tokens=seq.trace_tokens, batch_alphas=args.batch)
-            cache = PointCache(cache_file(args.cache, args.tag, row["id"], baseline), ig, args.store)
+            cache = PointCache(cache_file(args.cache, args.tag, row["id"], baseline), ig, args.store,
+                               save_every=max(4, args.batch))  # a GPU pass keeps its full batch
             t0 = time.time()
             # The rule's own points first: when the budget runs out mid-trace, what is cached
             # already replays the adaptive rule; the grids come next (they share the dyadic nodes).
@@ -230,7 +246,8 @@ LEGACY = [(0.05, 0.95), (0.025, 0.95)]
 #: change over; which segments a margin moves), where the points go (refine_on), and the cost
 #: cap (max_steps: how the borderline share falls with the budget).
 DEFAULT_GAP, DEFAULT_MAX_BORDERLINE = 2.0, 0.1
-MARGINS = [("doubling", "adversarial"), ("doubling", "own"), ("pair", "adversarial"), ("pair", "own")]
+MARGINS = [("doubling", "adversarial"), ("doubling", "rss"), ("doubling", "own"), ("pair", "adversarial"),
+           ("pair", "own")]
 CAPS = [32, 64, 128]
 
 
@@ -238,7 +255,8 @@ class MarginVariant(StopTest):
     """The stop test with another error margin, for the study only (the product's is
     `doubling` x `adversarial`): `pair` takes the strength error as the change between the
     half-budget estimate and the last one only; `own` moves only the segment's own strength
-    and consistency, the others staying where they are."""
+    and consistency, the others staying where they are; `rss` moves the others as a group by
+    the root sum of squares of their errors."""
 
     def __init__(self, *args, window: str = "doubling", margin: str = "adversarial", **kw):
         super().__init__(*args, **kw)
@@ -250,6 +268,25 @@ class MarginVariant(StopTest):
     def _borderline(self, train, s, c, err, c_err):
         if self.margin == "adversarial":
             return super()._borderline(train, s, c, err, c_err)
+        if self.margin == "rss":
+            # The others move towards the flip as a group whose sum moves by the root sum of
+            # squares of their errors (independent errors), not by their sum (all at worst at once).
+            n = len(train)
+            pos = np.empty(n, dtype=np.int64)
+            pos[np.lexsort((np.arange(n), -s))] = np.arange(n)
+            scaled = np.zeros((n, n))
+            for k in range(n):
+                for group in (pos < pos[k], pos > pos[k]):
+                    e = err[group]
+                    if e.sum() > 0:
+                        scaled[k, group] = e * (np.sqrt((e ** 2).sum()) / e.sum())
+            scaled[np.arange(n), np.arange(n)] = err
+            base = super()._borderline
+            # StopTest._borderline moves segment j by err[j] for every k; give it row k's errors.
+            flags = np.zeros(n, dtype=bool)
+            for k in range(n):
+                flags[k] = base(train, s, c, scaled[k], c_err)[k]
+            return flags
         n = len(train)
         if n == 0:
             return np.zeros(0, dtype=bool)
@@ -306,7 +343,8 @@ def analyze(args: argparse.Namespace) -> None:
                 "n_segments": n_seg, "roughness": roughness, "ref": f"uniform-{2**kmax + 1}",
                 "ref_agrees_adaptive_ref": float((ref_train == ad_train).mean()),
                 "adaptive_ref_steps": adaptive_full.final.steps, "ref_bound_uniform": bound_u,
-                "ref_bound_adaptive": float(adaptive_full.final.error_sum)}
+                "ref_bound_adaptive": float(adaptive_full.final.error_sum),
+                "seconds_per_eval": cache.seconds / cache.timed if cache.timed else None}
 
         def row_of(name: str, family: str, cost: int, a: np.ndarray, **extra) -> dict:
             train, strength = rule(a)
@@ -380,6 +418,10 @@ def analyze(args: argparse.Namespace) -> None:
               f"{base['ref_agrees_adaptive_ref']:.2f} of decisions", flush=True)
     table = summarize(per_trace)
     print_table(table)
+    by_trace = default_by_trace(per_trace)
+    print(f"\nthe default stop test per trace ({DEFAULT_CANDIDATE}):")
+    for t in by_trace:
+        print("  " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in t.items()))
     # A reference that disagrees with the other reference (the adaptive rule to its cache limit)
     # is not settled itself: a candidate's agreement there says little. The same table without them.
     unsettled = sorted({r["trace"] for r in per_trace if r["ref_agrees_adaptive_ref"] < 1.0})
@@ -390,10 +432,35 @@ def analyze(args: argparse.Namespace) -> None:
     out = {"machine": machine("torch", "transformers"), "model": args.model, "tag": args.tag, "whole": args.whole,
            "select": select_cfg.settings(), "adaptive_max": args.adaptive_max, "per_round": args.per_round,
            "date": time.strftime("%Y-%m-%d"), "traces": len({r["trace"] for r in per_trace}),
-           "table": table, "unsettled_references": unsettled, "table_settled_references": table_settled,
+           "table": table, "default_by_trace": by_trace, "unsettled_references": unsettled, "table_settled_references": table_settled,
            "per_trace": per_trace, "frontier": frontier}
     Path(args.out).write_text(json.dumps(out, indent=1, default=float) + "\n")
     print(f"wrote {args.out}")
+
+
+#: The product's defaults, as the study names them.
+DEFAULT_CANDIDATE = "margin-doubling-adversarial"
+
+
+def default_by_trace(rows: list[dict]) -> list[dict]:
+    """The default stop test on each trace: evaluations against tokens and segments, what it
+    decided, the uniform grid that reaches its agreement, and its cost on this machine."""
+    grids: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        if r["candidate"].startswith(("uniform", "reference-uniform")):
+            grids.setdefault(r["trace"], []).append((r["cost"], r["agree_ref"]))
+    out = []
+    for r in rows:
+        if r["candidate"] != DEFAULT_CANDIDATE:
+            continue
+        spe = r.get("seconds_per_eval")
+        out.append({"trace": r["trace"], "tokens": r["n_tokens"], "segments": r["n_segments"],
+                    "evaluations": r["cost"], "converged": r["converged"], "bound": r["bound"],
+                    "borderline": r["borderline"], "agree_ref": r["agree_ref"], "ref": r["ref"],
+                    "uniform_for_same_agreement": min((n for n, ag in sorted(grids.get(r["trace"], []))
+                                                       if ag >= r["agree_ref"]), default=None),
+                    "seconds_per_eval": spe, "minutes_per_trace": None if spe is None else spe * r["cost"] / 60})
+    return out
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -480,6 +547,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4, help="points per forward/backward pass")
     p.add_argument("--no-fixed", action="store_true", help="skip today's fixed rules")
     p.add_argument("--no-focus", action="store_true", help="skip the points of attribute.refine_on=decisions")
+    p.add_argument("--ids", default="", help="compute: only these trace ids, in this order (comma-separated)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--tag", default="cpu-fp32", help="cache subfolder: keep devices and dtypes apart")

@@ -2,7 +2,8 @@
 # The convergence study on this CPU, in the background, resumable across sessions (the point
 # cache under bench/cache/convergence keeps every evaluation and is committed, since a home
 # directory does not outlive a session; a rerun computes only what is missing). Two lanes, one thread each, nice'd so interactive work keeps priority:
-#   cut   : the 16 cut traces (200-400 tokens), adaptive to 256 points, uniform grids to 1025
+#   cut   : the 16 cut traces (200-400 tokens), adaptive to 256 points, then the points of
+#           attribute.refine_on=decisions, then uniform grids to 1025
 #   whole : the whole traces of <= 5,300 SmolLM2 tokens (8 traces, 5-28 segments), no cut
 # Each lane widens in passes, so whatever is cached when a session ends is balanced over
 # the traces. Analyze with bench/study_analyze.sh (it reads only what is cached).
@@ -12,15 +13,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+UNSETTLED=aime24-004,aime24-006,aime24-010,aime24-021,aime24-025
 s="nice -n 10 $PY bench/convergence_study.py compute --baselines pad --no-fixed --per-round 1 --batch 1"
 case "${1:?cut or whole}" in
   cut)
-    $s --tag cpu-fp32 --traces 16 --adaptive-max 128 --levels 7
-    $s --tag cpu-fp32 --traces 16 --adaptive-max 256 --levels 8
+    $s --tag cpu-fp32 --traces 16 --adaptive-max 128 --levels 7 --no-focus
+    # The traces whose two references disagreed at 129 points first: what decides the margins.
+    $s --tag cpu-fp32 --traces 16 --adaptive-max 256 --levels 8 --no-focus --ids $UNSETTLED
+    $s --tag cpu-fp32 --traces 16 --adaptive-max 256 --levels 9 --no-focus --ids $UNSETTLED
+    $s --tag cpu-fp32 --traces 16 --adaptive-max 256 --levels 8 --no-focus
+    $s --tag cpu-fp32 --traces 16 --adaptive-max 256 --levels 8    # + attribute.refine_on=decisions
     $s --tag cpu-fp32 --traces 16 --adaptive-max 256 --levels 10 ;;
   whole)
     w="--tag cpu-fp32-whole --whole --max-tokens 5300 --traces 8"
-    $s $w --adaptive-max 64 --levels 6
-    $s $w --adaptive-max 128 --levels 7
+    $s $w --adaptive-max 64 --levels 6 --no-focus
+    $s $w --adaptive-max 128 --levels 7 --no-focus
     $s $w --adaptive-max 256 --levels 8 ;;
 esac
