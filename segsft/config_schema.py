@@ -83,9 +83,9 @@ class AttributeConf:
     # The error bound to reach: the sum of |exact local errors| over |f(1) - f(0)| (it bounds the
     # completeness gap and cannot cancel). On real traces it falls about as 1/N (the path is rough
     # below 1/512 of its length): on 16 cut traces it is 2 at about 60 evaluations and 0.4-0.8 at
-    # 128. With no borderline segment allowed, 7 of 16 converge within 128 (median 58), every one
-    # agreeing with a 129-point uniform reference; the rest have decisions near their threshold
-    # (docs/convergence.md, "The bound, measured"; the study goes on).
+    # 128. With these defaults 14 of 16 converge (median 72.5 evaluations), every firm decision
+    # equal to a 257-513-point uniform reference and to a 4x tighter run, 4% of the segments
+    # flagged borderline (docs/convergence.md, "Error margins, measured").
     target_gap: float = 2.0
     # Share of the non-borderline decisions that must be settled over the last doubling.
     target_stability: float = 1.0
@@ -106,6 +106,10 @@ class AttributeConf:
     # local error of the total) or decisions (where the flagged segments' integrand changes most,
     # so their error shrinks first). Chosen by the study (docs/convergence.md).
     refine_on: str = "total"
+    # How a decision is moved within its errors to call it borderline: adversarial (its own
+    # strength and every other segment's towards the flip at once) or own (its own only: cheaper,
+    # fewer flags, but one overclaim on the study's 16 traces; docs/convergence.md).
+    margin: str = "adversarial"
     # The model's dtype during attribution (null: model.dtype). float32: in bf16 the path is rough
     # with rounding noise (bench/results/convergence_study_gpu_bf16.json).
     dtype: Optional[str] = "float32"
@@ -142,7 +146,7 @@ class AttributeConf:
 #: The keys of `attribute` that the adaptive rule reads (they move its nodes): its settings
 #: (segsft.method.adaptive.AdaptiveSettings) and the fingerprint of its scores are made of them.
 ADAPTIVE_KEYS = ("target_gap", "target_stability", "max_steps", "init_points", "stable_ranks", "per_round",
-                 "max_borderline", "refine_on")
+                 "max_borderline", "refine_on", "margin")
 
 
 @dataclass

@@ -155,7 +155,7 @@ def test_a_decision_that_flipped_and_flipped_back_within_the_doubling_is_not_set
 def test_verdict_errors_equal_an_independent_recomputation_on_a_real_path(model, tokenizer, seq):
     ids, pos = _inputs(seq)
     path = IGPath(model, ids, pos, pad_id=tokenizer.pad_token_id, batch_alphas=2)
-    test = StopTest(1e-9, 1.0, _decide(seq))  # never met: refine to max_steps
+    test = StopTest(1e-9, 1.0, _decide(seq), margin="own")  # never met: refine to max_steps
     res = refine(path, max_steps=30, per_round=1, stop=test)
     v = test.verdict(res.history)
     strength = lambda a: np.array([m["strength"] for m in segment_metrics(a, seq.segment_tokens)])  # noqa: E731
@@ -166,6 +166,24 @@ def test_verdict_errors_equal_an_independent_recomputation_on_a_real_path(model,
     decisions = [decide(strength(e.token_attr), [m["consistency"] for m in segment_metrics(e.token_attr, seq.segment_tokens)],
                         SelectConfig()) for e in window]
     assert v.settled.tolist() == np.all([d == decisions[-1] for d in decisions], axis=0).tolist()
+    # Borderline with attribute.margin=own, recomputed one segment and one move at a time with the
+    # select rule itself: its own strength +-err or its consistency +-its largest change over the
+    # window, the others as they are.
+    cons = lambda a: np.array([np.nan if m["consistency"] is None else m["consistency"]  # noqa: E731
+                               for m in segment_metrics(a, seq.segment_tokens)])
+    c_now = cons(res.final.token_attr)
+    c_err = np.max([np.nan_to_num(np.abs(cons(e.token_attr) - c_now)) for e in window], axis=0)
+    train = decisions[-1]
+    expect_bl = []
+    for k in range(len(now)):
+        flips = False
+        for ds, dc in ((expect[k], 0.0), (-expect[k], 0.0), (0.0, c_err[k]), (0.0, -c_err[k])):
+            s2, c2 = now.copy(), c_now.copy()
+            s2[k] = max(s2[k] + ds, 0.0)
+            c2[k] = min(max(c2[k] + dc, 0.0), 1.0)
+            flips |= bool(decide(s2, [None if np.isnan(x) else x for x in c2], SelectConfig())[k] != train[k])
+        expect_bl.append(flips)
+    assert v.borderline.tolist() == expect_bl
     # The bound is never below the gap it bounds.
     assert all(e.error_sum >= e.gap - 1e-12 for e in res.history)
 
@@ -300,9 +318,11 @@ def test_config_checks_name_the_adaptive_and_select_problems_before_any_model_lo
     assert "select.top_mass=2" in errs and "stop test uses the select settings" in errs
     # Targets that cannot be met, and an unknown borderline policy, before any model loads.
     floor = compose_config(f"run_dir={tmp_path}", "attribute.dtype=bfloat16", "attribute.target_gap=0.01",
-                           "attribute.max_borderline=2", "select.borderline=maybe", "attribute.refine_on=segments")
+                           "attribute.max_borderline=2", "select.borderline=maybe", "attribute.refine_on=segments",
+                           "attribute.margin=rss")
     errs = "\n".join(check_attribute(floor))
     assert "attribute.refine_on='segments': use one of total, decisions" in errs
+    assert "attribute.margin='rss': use one of adversarial, own" in errs
     assert "attribute.target_gap=0.01 is below the rounding floor of bfloat16 (0.016" in errs
     assert "attribute.max_borderline=2" in errs and "select.borderline='maybe': use one of ['rule', 'keep', 'drop']" in errs
     assert not any("rounding floor" in e for e in check_attribute(compose_config(
@@ -380,3 +400,41 @@ def test_refine_follows_the_focus_and_falls_back_to_the_local_errors():
     firsts = [float(p[0]) for p in picked[1:4]]
     assert firsts == [0.0625, 0.03125, 0.015625]  # three bisections of the first subinterval
     assert res.final.steps == 14 and len(np.unique(res.alphas)) == 14
+
+
+def test_the_own_margin_moves_the_segments_own_strength_only_the_adversarial_one_all():
+    # attribute.margin=own: a segment is borderline when its own strength +-err flips its decision,
+    # the other segments as they are; adversarial (default) moves the others towards the flip too.
+    rule = SegmentRule([(0, 1), (1, 2), (2, 3)], SelectConfig(always_keep=(), max_consistency=None))
+    rule.metrics = lambda a: (np.asarray(a, dtype=np.float64), np.full(3, 0.5))
+    # 0.45, 0.30, 0.25 (top_mass 0.7: 0.45, then 0.75 with segment 1, so segment 2 is out). Alone,
+    # segment 2 at 0.28 is still third (out) and segment 1 at 0.27 still second (0.72 / 0.97, in):
+    # nothing flips. Segment 2 up and segment 1 down at once swap them: adversarially, 2 is borderline.
+    hist = [_est(9, [0.48, 0.33, 0.22]), _est(18, [0.45, 0.30, 0.25])]
+    v = StopTest(1.0, 1.0, rule, margin="own").verdict(hist)
+    np.testing.assert_allclose(v.strength_err, [0.03, 0.03, 0.03])
+    assert v.train.tolist() == [True, True, False] and v.borderline.tolist() == [False, False, False]
+    assert StopTest(1.0, 1.0, rule).verdict(hist).borderline.tolist() == [False, False, True]
+    # A tie at 0.25: segment 1 (ranked first of the two by index) at 0.23 falls behind segment 2,
+    # which then completes 0.7 (0.75 / 0.98) instead: segment 1's decision flips on its own.
+    hist = [_est(9, [0.5, 0.27, 0.25]), _est(18, [0.5, 0.25, 0.25])]
+    v = StopTest(1.0, 1.0, rule, margin="own").verdict(hist)  # a new test: verdicts are memoised by steps
+    assert v.train.tolist() == [True, True, False] and v.borderline.tolist() == [False, True, False]
+
+
+def test_the_newer_adaptive_keys_leave_the_fingerprint_of_older_runs_alone(tmp_path):
+    # refine_on and margin came after runs were scored: at their defaults they are not in the
+    # fingerprint (so those runs resume), and any other value is (so scores are never mixed).
+    from conftest import compose_config
+    from segsft.config_schema import Settings
+    from segsft.store.fingerprint import fingerprint
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"id": "a", "question": "q", "solution": "s", "answer": "1"}\n')
+    fp = lambda *o: fingerprint(Settings.of(compose_config(f"run_dir={tmp_path}", f"data.path={corpus}", *o)),  # noqa: E731
+                                "float32", "x")
+    base = fp()
+    assert "refine_on" not in base and "margin" not in base and base["max_borderline"] == 0.1
+    assert fp("attribute.refine_on=decisions")["refine_on"] == "decisions"
+    assert fp("attribute.margin=own")["margin"] == "own"
+    assert {k: v for k, v in fp("attribute.margin=own").items() if k != "margin"} == base

@@ -102,7 +102,11 @@ def check_adaptive(a: "AttributeConf") -> list[str]:
     number("target_stability", 0.0, 1.0, "use a number in [0, 1], the share of decisions that must not change (e.g. 1.0)")
     number("max_borderline", 0.0, 1.0, "use a number in [0, 1], the share of a sample's segments that may be "
                                        "borderline when it is called converged (e.g. 0.1)")
-    from segsft.method.adaptive import REFINE_ON
+    from segsft.method.adaptive import MARGINS, REFINE_ON
+
+    if a.margin not in MARGINS:
+        errs.append(f"attribute.margin={a.margin!r}: use one of {', '.join(MARGINS)} (how a decision is moved "
+                    "within its errors to call it borderline)")
 
     if a.refine_on not in REFINE_ON:
         errs.append(f"attribute.refine_on={a.refine_on!r}: use one of {', '.join(REFINE_ON)} (where the adaptive "

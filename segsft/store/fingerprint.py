@@ -52,9 +52,10 @@ def fingerprint(cfg: "Settings", dtype: str, pattern: str) -> dict[str, Any]:
     if d.adapter not in (None, "", "none"):
         fp["data_adapter"] = d.adapter
     if a.rule == "adaptive":
-        # refine_on is newer than the other keys: at its default it is left out, so the scores of
-        # runs made before it existed keep their fingerprint (they were refined on the total).
-        fp.update({k: getattr(a, k) for k in ADAPTIVE_KEYS if not (k == "refine_on" and a.refine_on == "total")})
+        # refine_on and margin are newer than the other keys: at their defaults they are left out, so
+        # the scores of runs made before them keep their fingerprint (made with those defaults).
+        newer = {"refine_on": "total", "margin": "adversarial"}
+        fp.update({k: getattr(a, k) for k in ADAPTIVE_KEYS if not (k in newer and getattr(a, k) == newer[k])})
         fp["stop_test"] = STOP_TEST
     else:
         fp["steps"] = int(a.steps)
