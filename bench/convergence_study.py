@@ -283,6 +283,146 @@ class MarginVariant(StopTest):
         return flips_within(self.rule, train, s, c, scaled, c_err)
 
 
+def analyze(args: argparse.Namespace) -> None:
+    from machine import machine
+
+    from segsft.method.metrics import SegmentRule
+    from segsft.method.selection_config import SelectConfig
+
+    select_cfg = SelectConfig()
+    per_trace: list[dict] = []
+    frontier: list[dict] = []
+    for row, seq in traces(args.traces, args.model, args.whole, args.max_tokens, args.min_tokens):
+        baseline = "pad"
+        file = cache_file(args.cache, args.tag, row["id"], baseline)
+        if not file.exists():
+            continue
+        cache = PointCache(file)
+        rule = SegmentRule(seq.segment_tokens, select_cfg, seq.train_tokens)
+        a_all, f_all = cache.sorted_f()
+        delta = f_all[-1] - f_all[0]
+        replay = Replay(cache, args.adaptive_max, args.per_round)
+        if replay.max_steps < 2 * 9:
+            continue  # not even one doubling cached yet
+        adaptive_full = replay()
+        levels = [k for k in range(2, 16) if all(float(x) in cache.points for x in np.linspace(0, 1, 2**k + 1))]
+        kmax = levels[-1]
+        if kmax < args.min_ref_level:
+            print(f"{row['id']}: skipped, its densest uniform grid cached has {2**kmax + 1} points "
+                  f"(< 2^{args.min_ref_level} + 1): compute more first", flush=True)
+            continue
+        dense = np.linspace(0, 1, 2**kmax + 1)
+        # The reference is the densest uniform grid: independent of the rule under test.
+        ref_u = estimate_of(cache, dense, trapezoid_weights(dense))
+        ref_train, ref_strength = rule(ref_u)
+        ad_train = rule(adaptive_full.final.token_attr)[0]
+        # The most accurate estimate cached (the smaller error bound of the two references): what
+        # a strength error estimate should cover.
+        f_d, _ = cache(dense)
+        bound_u = float(local_errors(dense, f_d, cache(dense)[1].sum(axis=1)).sum() / abs(delta))
+        best = ref_u if bound_u <= adaptive_full.final.error_sum else adaptive_full.final.token_attr
+        best_strength = rule.metrics(best)[0]
+        roughness = float(np.abs(np.diff(f_all)).sum() / abs(delta))
+        n_seg = len(seq.segment_tokens)
+        base = {"trace": row["id"], "baseline": baseline, "n_tokens": int(seq.answer_positions[-1]) + 1,
+                "n_segments": n_seg, "roughness": roughness, "ref": f"uniform-{2**kmax + 1}",
+                "ref_agrees_adaptive_ref": float((ref_train == ad_train).mean()),
+                "adaptive_ref_steps": adaptive_full.final.steps, "ref_bound_uniform": bound_u,
+                "ref_bound_adaptive": float(adaptive_full.final.error_sum),
+                "seconds_per_eval": cache.seconds / cache.timed if cache.timed else None}
+
+        def row_of(name: str, family: str, cost: int, a: np.ndarray, **extra) -> dict:
+            train, strength = rule(a)
+            return {**base, "candidate": name, "family": family, "cost": cost,
+                    "gap": abs(float(a.sum()) - delta) / abs(delta),
+                    "agree_ref": float((train == ref_train).mean()),
+                    "spearman_ref": spearman(strength, ref_strength), **extra}
+
+        rows = []
+        for k in levels:
+            nodes = np.linspace(0, 1, 2**k + 1)
+            rows.append(row_of(f"uniform-{2**k + 1}", "uniform", 2**k + 1, estimate_of(cache, nodes, trapezoid_weights(nodes))))
+        for r, steps in FIXED:
+            a, w = quadrature(r, steps)
+            if all(float(x) in cache.points for x in a):
+                rows.append(row_of(f"{r}-{steps}", r, steps, estimate_of(cache, a, w)))
+        for tg, ts in LEGACY:
+            p = replay(LegacyStop(tg, ts, rule))
+            tight = replay(LegacyStop(tg / 4, ts, rule))
+            rows.append(row_of(f"legacy-g{tg}-s{ts}", "legacy", p.final.steps, p.final.token_attr,
+                               converged=p.converged, bound=float(p.final.error_sum),
+                               agree_4x_tighter=float((rule(p.final.token_attr)[0] == rule(tight.final.token_attr)[0]).mean())))
+        def adaptive_row(name: str, make_stop, tg: float, mb: float, max_steps: int | None = None,
+                         focus: bool = False) -> dict | None:
+            stop = make_stop(tg)
+            p = replay(stop, max_steps, focus)
+            if p is None:
+                return None  # the points of this candidate are not cached (compute them first)
+            v = stop.verdict(p.history)
+            tight = replay(make_stop(tg / 4), max_steps, focus)
+            train = rule(p.final.token_attr)[0]
+            flag = np.zeros(n_seg, bool) if v is None else (v.borderline | ~v.settled)
+            firm = ~flag
+            t_train = None if tight is None else rule(tight.final.token_attr)[0]
+            return row_of(
+                name, "adaptive", p.final.steps, p.final.token_attr,
+                target_gap=tg, max_borderline=mb, converged=p.converged, bound=float(p.final.error_sum),
+                borderline=int(flag.sum()), firm=int(firm.sum()),
+                firm_agree_ref=int((train == ref_train)[firm].sum()),
+                firm_agree_4x=None if tight is None else int((train == t_train)[firm].sum()),
+                tight_converged=None if tight is None else tight.converged,
+                tight_steps=None if tight is None else tight.final.steps,
+                agree_4x_tighter=None if tight is None else float((train == t_train).mean()),
+                strength_err_max=None if v is None else float(v.strength_err.max(initial=0.0)),
+                # Is the error estimate honest? |strength - best strength| within strength_err.
+                err_covers_ref=None if v is None else float(
+                    (np.abs(v.strength - best_strength) <= v.strength_err + 1e-12).mean()))
+
+        for tg in BOUNDS:
+            for mb in MAX_BORDERLINE:
+                rows.append(adaptive_row(f"bound-g{tg}-b{mb}", lambda g, mb=mb: StopTest(g, 1.0, rule, max_borderline=mb),
+                                         tg, mb))
+        tg, mb = DEFAULT_GAP, DEFAULT_MAX_BORDERLINE
+        for window, margin in MARGINS:
+            rows.append(adaptive_row(f"margin-{window}-{margin}", lambda g, w=window, m=margin: MarginVariant(
+                g, 1.0, rule, max_borderline=mb, window=w, margin=m), tg, mb))
+        for cap in CAPS:
+            rows.append(adaptive_row(f"default-max{cap}", lambda g: StopTest(g, 1.0, rule, max_borderline=mb), tg, mb,
+                                     max_steps=cap))
+        rows.append(adaptive_row("refine_on-decisions", lambda g: StopTest(
+            g, 1.0, rule, max_borderline=mb, refine_on="decisions"), tg, mb, focus=True))
+        rows = [r for r in rows if r is not None]
+        rows.append(row_of(f"reference-uniform-{2**kmax + 1}", "reference", 2**kmax + 1, ref_u))
+        rows.append(row_of("reference-adaptive", "reference", adaptive_full.final.steps, adaptive_full.final.token_attr))
+        curve = [{"steps": e.steps, "gap": e.gap, "bound": e.error_sum,
+                  "agree_ref": float((rule(e.token_attr)[0] == ref_train).mean())} for e in adaptive_full.history]
+        frontier.append({"trace": row["id"], "baseline": baseline, "adaptive": curve})
+        per_trace += rows
+        print(f"{row['id']}: {base['n_tokens']} tok, {n_seg} seg, roughness {roughness:.1f}, reference "
+              f"{base['ref']}, adaptive cached to {replay.max_steps}, references agree on "
+              f"{base['ref_agrees_adaptive_ref']:.2f} of decisions", flush=True)
+    table = summarize(per_trace)
+    print_table(table)
+    by_trace = default_by_trace(per_trace)
+    print(f"\nthe default stop test per trace ({DEFAULT_CANDIDATE}):")
+    for t in by_trace:
+        print("  " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in t.items()))
+    # A reference that disagrees with the other reference (the adaptive rule to its cache limit)
+    # is not settled itself: a candidate's agreement there says little. The same table without them.
+    unsettled = sorted({r["trace"] for r in per_trace if r["ref_agrees_adaptive_ref"] < 1.0})
+    table_settled = summarize([r for r in per_trace if r["trace"] not in unsettled])
+    print(f"\nthe same, only traces whose two references agree on every decision "
+          f"(left out: {', '.join(unsettled) or 'none'}; they need a denser grid):")
+    print_table(table_settled)
+    out = {"machine": machine("torch", "transformers"), "model": args.model, "tag": args.tag, "whole": args.whole,
+           "select": select_cfg.settings(), "adaptive_max": args.adaptive_max, "per_round": args.per_round,
+           "date": time.strftime("%Y-%m-%d"), "traces": len({r["trace"] for r in per_trace}),
+           "table": table, "default_by_trace": by_trace, "unsettled_references": unsettled, "table_settled_references": table_settled,
+           "per_trace": per_trace, "frontier": frontier}
+    Path(args.out).write_text(json.dumps(out, indent=1, default=float) + "\n")
+    print(f"wrote {args.out}")
+
+
 #: The product's defaults, as the study names them.
 DEFAULT_CANDIDATE = "margin-doubling-adversarial"
 
