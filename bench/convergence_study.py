@@ -245,7 +245,7 @@ LEGACY = [(0.05, 0.95), (0.025, 0.95)]
 #: the default targets: the error margins (which estimates the strength error is the largest
 #: change over; which segments a margin moves), where the points go (refine_on), and the cost
 #: cap (max_steps: how the borderline share falls with the budget).
-DEFAULT_GAP, DEFAULT_MAX_BORDERLINE = 2.0, 0.1
+DEFAULT_GAP, DEFAULT_MAX_BORDERLINE = 2.0, 0.0
 MARGINS = [("doubling", "adversarial"), ("doubling", "rss"), ("doubling", "own"), ("pair", "adversarial"),
            ("pair", "own")]
 CAPS = [32, 64, 128]

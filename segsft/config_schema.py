@@ -83,9 +83,9 @@ class AttributeConf:
     # The error bound to reach: the sum of |exact local errors| over |f(1) - f(0)| (it bounds the
     # completeness gap and cannot cancel). On real traces it falls about as 1/N (the path is rough
     # below 1/512 of its length): on 16 cut traces it is 2 at about 60 evaluations and 0.4-0.8 at
-    # 128. With these defaults 14 of 16 converge (median 72.5 evaluations), every firm decision
-    # equal to a 257-513-point uniform reference and to a 4x tighter run, 4% of the segments
-    # flagged borderline (docs/convergence.md, "Error margins, measured").
+    # 128-256. With these defaults 11 of 16 cut traces converge, every decision equal to a
+    # 129-513-point uniform reference and to a 4x tighter run; the other 5 end at max_steps with
+    # 9% of all segments flagged borderline (docs/convergence.md, "Error margins, measured").
     target_gap: float = 2.0
     # Share of the non-borderline decisions that must be settled over the last doubling.
     target_stability: float = 1.0
@@ -100,8 +100,10 @@ class AttributeConf:
     # GPU). Set it to get the same nodes on every machine.
     per_round: Optional[int] = None
     # The share of a sample's segments that may be borderline (rounded down) when it is called
-    # converged; borderline segments are flagged in the segments table and the masks.
-    max_borderline: float = 0.1
+    # converged; borderline segments are flagged in the segments table and the masks. 0: a
+    # converged sample has every decision firm (0.1 let a whole 13-segment trace stop at 28
+    # evaluations with a firm decision that a 4x tighter run makes otherwise; docs/convergence.md).
+    max_borderline: float = 0.0
     # Where the points go once the error bound is met: total (the subintervals of largest exact
     # local error of the total) or decisions (where the flagged segments' integrand changes most,
     # so their error shrinks first). Chosen by the study (docs/convergence.md).

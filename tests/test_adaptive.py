@@ -434,7 +434,7 @@ def test_the_newer_adaptive_keys_leave_the_fingerprint_of_older_runs_alone(tmp_p
     fp = lambda *o: fingerprint(Settings.of(compose_config(f"run_dir={tmp_path}", f"data.path={corpus}", *o)),  # noqa: E731
                                 "float32", "x")
     base = fp()
-    assert "refine_on" not in base and "margin" not in base and base["max_borderline"] == 0.1
+    assert "refine_on" not in base and "margin" not in base and base["max_borderline"] == 0.0
     assert fp("attribute.refine_on=decisions")["refine_on"] == "decisions"
     assert fp("attribute.margin=own")["margin"] == "own"
     assert {k: v for k, v in fp("attribute.margin=own").items() if k != "margin"} == base
