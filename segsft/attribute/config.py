@@ -101,7 +101,7 @@ def check_adaptive(a: "AttributeConf") -> list[str]:
     number("target_gap", 1e-9, 10.0, "use a number in (0, 10], the error bound to reach (e.g. 0.05)")
     number("target_stability", 0.0, 1.0, "use a number in [0, 1], the share of decisions that must not change (e.g. 1.0)")
     number("max_borderline", 0.0, 1.0, "use a number in [0, 1], the share of a sample's segments that may be "
-                                       "borderline when it is called converged (e.g. 0.1)")
+                                       "borderline when it is called converged (e.g. 0, the default)")
     from segsft.method.adaptive import MARGINS, REFINE_ON
 
     if a.margin not in MARGINS:

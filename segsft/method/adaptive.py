@@ -285,7 +285,7 @@ class StopTest:
         """Per segment: does the rule's decision flip within the errors? `adversarial` (default):
         its own strength moved by +-err and every other segment's by its err towards the flip,
         all at once, or its consistency by +-c_err. `own`: its own strength or consistency only,
-        the others as they are (half the cost and a third of the flags on the study's 16 traces,
+        the others as they are (about half the cost and a fifth of the flags on the study's 16 traces,
         but one trace called converged with a decision that a 513-point reference makes
         otherwise; docs/convergence.md, "Error margins, measured")."""
         n = len(train)
@@ -303,7 +303,7 @@ class StopTest:
     def error_window(self, window: Sequence[Estimate]) -> Sequence[Estimate]:
         """The estimates the errors are the largest change over: the whole last doubling (the
         study compared it with its two ends only, whose errors covered the reference's strengths
-        on 71-75% of the segments instead of 91-92%; docs/convergence.md, "Error margins, measured")."""
+        on 70-73% of the segments instead of 91-92%; docs/convergence.md, "Error margins, measured")."""
         return window
 
     def focus(self, path: AdaptivePath) -> np.ndarray | None:
