@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from segsft.config_schema import ModelConf  # noqa: E402
+from segsft.config_schema import AttributeConf, ModelConf  # noqa: E402
 
 from segsft.method.adaptive import (AdaptivePath, StopTest, flips_within, local_errors, refine,  # noqa: E402
                                       spearman, trapezoid_weights)
@@ -245,7 +245,7 @@ LEGACY = [(0.05, 0.95), (0.025, 0.95)]
 #: the default targets: the error margins (which estimates the strength error is the largest
 #: change over; which segments a margin moves), where the points go (refine_on), and the cost
 #: cap (max_steps: how the borderline share falls with the budget).
-DEFAULT_GAP, DEFAULT_MAX_BORDERLINE = 2.0, 0.0
+DEFAULT_GAP, DEFAULT_MAX_BORDERLINE = AttributeConf().target_gap, AttributeConf().max_borderline
 MARGINS = [("doubling", "adversarial"), ("doubling", "rss"), ("doubling", "own"), ("pair", "adversarial"),
            ("pair", "own")]
 CAPS = [32, 64, 128]
@@ -424,16 +424,27 @@ def analyze(args: argparse.Namespace) -> None:
 
 
 #: The product's defaults, as the study names them.
-DEFAULT_CANDIDATE = "margin-doubling-adversarial"
+DEFAULT_CANDIDATE = f"margin-doubling-{AttributeConf().margin}"
+
+
+def uniform_grids(rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """Per trace, (points, agreement with the reference) of each uniform grid."""
+    grids: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        if r["candidate"].startswith(("uniform", "reference-uniform")):
+            grids.setdefault(r["trace"], []).append((r["cost"], r["agree_ref"]))
+    return grids
+
+
+def uniform_for(grids: dict[str, list[tuple[int, float]]], r: dict) -> int | None:
+    """The fewest uniform points that reach row `r`'s agreement on its trace."""
+    return min((n for n, ag in sorted(grids.get(r["trace"], [])) if ag >= r["agree_ref"]), default=None)
 
 
 def default_by_trace(rows: list[dict]) -> list[dict]:
     """The default stop test on each trace: evaluations against tokens and segments, what it
     decided, the uniform grid that reaches its agreement, and its cost on this machine."""
-    grids: dict[str, list[tuple[int, float]]] = {}
-    for r in rows:
-        if r["candidate"].startswith(("uniform", "reference-uniform")):
-            grids.setdefault(r["trace"], []).append((r["cost"], r["agree_ref"]))
+    grids = uniform_grids(rows)
     out = []
     for r in rows:
         if r["candidate"] != DEFAULT_CANDIDATE:
@@ -442,8 +453,7 @@ def default_by_trace(rows: list[dict]) -> list[dict]:
         out.append({"trace": r["trace"], "tokens": r["n_tokens"], "segments": r["n_segments"],
                     "evaluations": r["cost"], "converged": r["converged"], "bound": r["bound"],
                     "borderline": r["borderline"], "agree_ref": r["agree_ref"], "ref": r["ref"],
-                    "uniform_for_same_agreement": min((n for n, ag in sorted(grids.get(r["trace"], []))
-                                                       if ag >= r["agree_ref"]), default=None),
+                    "uniform_for_same_agreement": uniform_for(grids, r),
                     "seconds_per_eval": spe, "minutes_per_trace": None if spe is None else spe * r["cost"] / 60})
     return out
 
@@ -453,11 +463,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     reference, how many traces it called converged while agreeing < 95%, and for the bound
     rule the borderline segments and the agreement of the others (pooled over the study)."""
     keys = sorted({r["candidate"] for r in rows}, key=_order)
-    # Per trace, the uniform grids by size: what a grid needs for a candidate's agreement.
-    grids: dict[str, list[tuple[int, float]]] = {}
-    for r in rows:
-        if r["family"] in ("uniform", "reference") and r["candidate"].startswith(("uniform", "reference-uniform")):
-            grids.setdefault(r["trace"], []).append((r["cost"], r["agree_ref"]))
+    grids = uniform_grids(rows)  # what a grid needs for a candidate's agreement
     table = []
     for c in keys:
         rs = [r for r in rows if r["candidate"] == c]
@@ -478,8 +484,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             t["agree_4x_tighter_worst_converged"] = float(min((r["agree_4x_tighter"] for r in conv
                                                                if r["agree_4x_tighter"] is not None), default=1.0))
             t["tighter_measured"] = len(a4)
-        same = [min((n for n, ag in sorted(grids.get(r["trace"], [])) if ag >= r["agree_ref"]), default=None) for r in rs]
-        same = [n for n in same if n is not None]
+        same = [n for n in (uniform_for(grids, r) for r in rs) if n is not None]
         if same and not c.startswith(("uniform", "reference")):
             t["uniform_for_same_agreement_median"] = float(np.median(same))
         if "firm" in rs[0]:

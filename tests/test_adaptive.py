@@ -438,3 +438,7 @@ def test_the_newer_adaptive_keys_leave_the_fingerprint_of_older_runs_alone(tmp_p
     assert fp("attribute.refine_on=decisions")["refine_on"] == "decisions"
     assert fp("attribute.margin=own")["margin"] == "own"
     assert {k: v for k, v in fp("attribute.margin=own").items() if k != "margin"} == base
+    # A refusal names the default, not a missing value.
+    from segsft.store.fingerprint import settings_diff
+
+    assert settings_diff(fp("attribute.margin=own"), base) == ["margin: 'own' there, 'adversarial' now"]

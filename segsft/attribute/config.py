@@ -104,13 +104,10 @@ def check_adaptive(a: "AttributeConf") -> list[str]:
                                        "borderline when it is called converged (e.g. 0, the default)")
     from segsft.method.adaptive import MARGINS, REFINE_ON
 
-    if a.margin not in MARGINS:
-        errs.append(f"attribute.margin={a.margin!r}: use one of {', '.join(MARGINS)} (how a decision is moved "
-                    "within its errors to call it borderline)")
-
-    if a.refine_on not in REFINE_ON:
-        errs.append(f"attribute.refine_on={a.refine_on!r}: use one of {', '.join(REFINE_ON)} (where the adaptive "
-                    "rule's points go once its error bound is met)")
+    for key, allowed, what in (("margin", MARGINS, "how a decision is moved within its errors to call it borderline"),
+                               ("refine_on", REFINE_ON, "where the adaptive rule's points go once its error bound is met")):
+        if getattr(a, key) not in allowed:
+            errs.append(f"attribute.{key}={getattr(a, key)!r}: use one of {', '.join(allowed)} ({what})")
     tg = a.target_gap
     floor = rounding_floor(a.dtype)
     if isinstance(tg, (int, float)) and not isinstance(tg, bool) and floor and 0 < tg < floor[1]:
