@@ -298,7 +298,7 @@ class StopTest:
     def error_window(self, window: Sequence[Estimate]) -> Sequence[Estimate]:
         """The estimates the errors are the largest change over: the whole last doubling (the
         study compared it with its two ends only, whose errors covered the reference's strengths
-        on 70-73% of the segments instead of 91-92%; docs/convergence.md, "Error margins, measured")."""
+        on 70-73% of the segments instead of 90-92%; docs/convergence.md, "Error margins, measured")."""
         return window
 
     def focus(self, path: AdaptivePath) -> np.ndarray | None:
