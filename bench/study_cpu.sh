@@ -3,7 +3,7 @@
 # cache under bench/cache/convergence keeps every evaluation and is committed, since a home
 # directory does not outlive a session; a rerun computes only what is missing). Two lanes, one thread each, nice'd so interactive work keeps priority:
 #   cut   : the 16 cut traces (200-400 tokens), adaptive to 256 points, then the points of
-#           attribute.refine_on=decisions, then uniform grids to 1025
+#           attribute.refine_on=decisions, then uniform grids to 257 and 1025
 #   whole : the whole traces of <= 5,300 SmolLM2 tokens (8 traces, 5-28 segments), no cut
 # Each lane widens in passes, so whatever is cached when a session ends is balanced over
 # the traces. Analyze with bench/study_analyze.sh (it reads only what is cached).
@@ -21,8 +21,10 @@ case "${1:?cut or whole}" in
     # The traces whose two references disagreed at 129 points first: what decides the margins.
     $s --tag cpu-fp32 --traces 16 --adaptive-max 256 --levels 8 --no-focus --ids $UNSETTLED
     $s --tag cpu-fp32 --traces 16 --adaptive-max 256 --levels 9 --no-focus --ids $UNSETTLED
-    $s --tag cpu-fp32 --traces 16 --adaptive-max 256 --levels 8 --no-focus
-    $s --tag cpu-fp32 --traces 16 --adaptive-max 256 --levels 8    # + attribute.refine_on=decisions
+    # attribute.refine_on=decisions (default targets and 4x tighter) before the wider grids:
+    # what decides where the default's points go.
+    $s --tag cpu-fp32 --traces 16 --adaptive-max 256 --levels 7
+    $s --tag cpu-fp32 --traces 16 --adaptive-max 256 --levels 8
     $s --tag cpu-fp32 --traces 16 --adaptive-max 256 --levels 10 ;;
   whole)
     w="--tag cpu-fp32-whole --whole --max-tokens 5300 --traces 8"

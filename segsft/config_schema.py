@@ -108,9 +108,10 @@ class AttributeConf:
     # local error of the total) or decisions (where the flagged segments' integrand changes most,
     # so their error shrinks first). Chosen by the study (docs/convergence.md).
     refine_on: str = "total"
-    # How a decision is moved within its errors to call it borderline: adversarial (its own
-    # strength and every other segment's towards the flip at once) or own (its own only: cheaper,
-    # fewer flags, but one overclaim on the study's 16 traces; docs/convergence.md).
+    # How a decision is moved within its errors to call it borderline: adversarial (the worst case
+    # over every strength within its error at once, rank swaps included) or own (its own strength
+    # and consistency only: cheaper, fewer flags, but one overclaim on the study's 16 traces;
+    # docs/convergence.md).
     margin: str = "adversarial"
     # The model's dtype during attribution (null: model.dtype). float32: in bf16 the path is rough
     # with rounding noise (bench/results/convergence_study_gpu_bf16.json).

@@ -145,9 +145,12 @@ def test_a_decision_that_flipped_and_flipped_back_within_the_doubling_is_not_set
     hist = [_est(9, [3.0, 0.9]), _est(14, [3.0, 1.05]), _est(18, [3.0, 0.92])]
     v = StopTest(0.05, 1.0, _Rule()).verdict(hist)
     assert v.train.tolist() == [True, False] and v.settled.tolist() == [True, False]
-    # The strength error is the largest change over the window: |1.05 - 0.92| for segment 1.
-    np.testing.assert_allclose(v.strength_err, [0.0, 0.13], atol=1e-12)
-    assert v.borderline.tolist() == [False, True]  # 0.92 + 0.13 reaches the threshold 1
+    # The strength error is the largest change of the strength's share over the window, in units
+    # of strength: at 14 steps segment 1 held 1.05 of 4.05, now 0.92 of 3.92 (and segment 0 the rest).
+    e = abs(1.05 / 4.05 - 0.92 / 3.92) * 3.92
+    assert e > abs(0.9 / 3.9 - 0.92 / 3.92) * 3.92  # the largest change is the one at 14 steps
+    np.testing.assert_allclose(v.strength_err, [e, e], atol=1e-12)
+    assert v.borderline.tolist() == [False, True]  # 0.92 + 0.096 reaches the threshold 1
     assert not StopTest(0.05, 1.0, _Rule())(hist)  # borderline, and max_borderline=0 allows none
     assert StopTest(0.05, 1.0, _Rule(), max_borderline=0.5)(hist)  # one of two may be borderline
 
@@ -161,14 +164,21 @@ def test_verdict_errors_equal_an_independent_recomputation_on_a_real_path(model,
     strength = lambda a: np.array([m["strength"] for m in segment_metrics(a, seq.segment_tokens)])  # noqa: E731
     now = strength(res.final.token_attr)
     window = [e for e in res.history if e.steps >= 15]  # the estimate at 15 = 30 / 2, and every later one
-    expect = np.max([np.abs(strength(e.token_attr) - now) for e in window], axis=0)
+    # The largest change of each strength's share of their sum, in units of strength.
+    share = lambda x: x / x.sum()  # noqa: E731
+    expect = np.max([np.abs(share(strength(e.token_attr)) - share(now)) for e in window], axis=0) * now.sum()
     np.testing.assert_allclose(v.strength_err, expect, rtol=1e-9, atol=1e-12)
+    # The shares take out the scale common to every strength, which no decision sees: here most of
+    # the strengths' own change.
+    raw = np.max([np.abs(strength(e.token_attr) - now) for e in window], axis=0)
+    assert (expect < raw).all()
     decisions = [decide(strength(e.token_attr), [m["consistency"] for m in segment_metrics(e.token_attr, seq.segment_tokens)],
                         SelectConfig()) for e in window]
     assert v.settled.tolist() == np.all([d == decisions[-1] for d in decisions], axis=0).tolist()
     # Borderline with attribute.margin=own, recomputed one segment and one move at a time with the
-    # select rule itself: its own strength +-err or its consistency +-its largest change over the
-    # window, the others as they are.
+    # select rule itself: its own strength +-err with its consistency at either end of +-its largest
+    # change over the window or at select.max_consistency where that is within reach, the others
+    # as they are.
     cons = lambda a: np.array([np.nan if m["consistency"] is None else m["consistency"]  # noqa: E731
                                for m in segment_metrics(a, seq.segment_tokens)])
     c_now = cons(res.final.token_attr)
@@ -177,11 +187,15 @@ def test_verdict_errors_equal_an_independent_recomputation_on_a_real_path(model,
     expect_bl = []
     for k in range(len(now)):
         flips = False
-        for ds, dc in ((expect[k], 0.0), (-expect[k], 0.0), (0.0, c_err[k]), (0.0, -c_err[k])):
-            s2, c2 = now.copy(), c_now.copy()
-            s2[k] = max(s2[k] + ds, 0.0)
-            c2[k] = min(max(c2[k] + dc, 0.0), 1.0)
-            flips |= bool(decide(s2, [None if np.isnan(x) else x for x in c2], SelectConfig())[k] != train[k])
+        cs = [c_now[k] + c_err[k], c_now[k] - c_err[k]]
+        if abs(c_now[k] - SelectConfig().max_consistency) <= c_err[k]:
+            cs.append(SelectConfig().max_consistency)
+        for ds in (expect[k], -expect[k]):
+            for ck in cs:
+                s2, c2 = now.copy(), c_now.copy()
+                s2[k] = max(s2[k] + ds, 0.0)
+                c2[k] = min(max(ck, 0.0), 1.0)
+                flips |= bool(decide(s2, [None if np.isnan(x) else x for x in c2], SelectConfig())[k] != train[k])
         expect_bl.append(flips)
     assert v.borderline.tolist() == expect_bl
     # The bound is never below the gap it bounds.
@@ -404,22 +418,68 @@ def test_refine_follows_the_focus_and_falls_back_to_the_local_errors():
 
 def test_the_own_margin_moves_the_segments_own_strength_only_the_adversarial_one_all():
     # attribute.margin=own: a segment is borderline when its own strength +-err flips its decision,
-    # the other segments as they are; adversarial (default) moves the others towards the flip too.
+    # the other segments as they are; adversarial (default) takes the worst case over all of them.
     rule = SegmentRule([(0, 1), (1, 2), (2, 3)], SelectConfig(always_keep=(), max_consistency=None))
     rule.metrics = lambda a: (np.asarray(a, dtype=np.float64), np.full(3, 0.5))
-    # 0.45, 0.30, 0.25 (top_mass 0.7: 0.45, then 0.75 with segment 1, so segment 2 is out). Alone,
-    # segment 2 at 0.28 is still third (out) and segment 1 at 0.27 still second (0.72 / 0.97, in):
-    # nothing flips. Segment 2 up and segment 1 down at once swap them: adversarially, 2 is borderline.
+    # Now 0.45, 0.30, 0.25 (top_mass 0.7: 0.45 before segment 1, in; 0.75 before segment 2, out);
+    # before, 0.48, 0.33, 0.22 of 1.03. The errors are the shares' changes times the sum now (1.0).
     hist = [_est(9, [0.48, 0.33, 0.22]), _est(18, [0.45, 0.30, 0.25])]
+    err = np.abs(np.array([0.48, 0.33, 0.22]) / 1.03 - [0.45, 0.30, 0.25])
     v = StopTest(1.0, 1.0, rule, margin="own").verdict(hist)
-    np.testing.assert_allclose(v.strength_err, [0.03, 0.03, 0.03])
+    np.testing.assert_allclose(v.strength_err, err, rtol=1e-12)
+    # Alone, segment 2 at 0.25 + 0.036 is still third (0.75 / 1.036 before it: out) and segment 1
+    # at 0.30 - 0.020 still second (0.45 / 0.98: in): nothing flips.
     assert v.train.tolist() == [True, True, False] and v.borderline.tolist() == [False, False, False]
-    assert StopTest(1.0, 1.0, rule).verdict(hist).borderline.tolist() == [False, False, True]
-    # A tie at 0.25: segment 1 (ranked first of the two by index) at 0.23 falls behind segment 2,
-    # which then completes 0.7 (0.75 / 0.98) instead: segment 1's decision flips on its own.
+    # Adversarially, segment 2 at 0.286 overtakes segment 1 at 0.280: with segment 0 at 0.466
+    # before it, segment 2 is in (0.466 / 1.032 < 0.7) and segment 1 out ((0.466 + 0.286) / 1.032
+    # = 0.729 >= 0.7). A margin that moves each segment only towards the flip, with the order
+    # kept (the margin before this one), flags segment 2 alone.
+    assert StopTest(1.0, 1.0, rule).verdict(hist).borderline.tolist() == [False, True, True]
+    # A tie at 0.25 (segment 1 ranked first of the two by index, in; segment 2 out): either one
+    # moved alone by its error (0.015 and 0.005, the shares' changes from 0.27 and 0.25 of 1.02)
+    # takes the other's place, so both flip on their own; segment 0 (0.5 +- 0.01) does not.
     hist = [_est(9, [0.5, 0.27, 0.25]), _est(18, [0.5, 0.25, 0.25])]
     v = StopTest(1.0, 1.0, rule, margin="own").verdict(hist)  # a new test: verdicts are memoised by steps
-    assert v.train.tolist() == [True, True, False] and v.borderline.tolist() == [False, True, False]
+    np.testing.assert_allclose(v.strength_err, np.abs(np.array([0.5, 0.27, 0.25]) / 1.02 - [0.5, 0.25, 0.25]))
+    assert v.train.tolist() == [True, True, False] and v.borderline.tolist() == [False, True, True]
+
+
+def test_the_adversarial_margin_is_the_worst_case_over_the_error_box():
+    # flips_within against brute force: for random strengths, errors and consistencies, a segment
+    # is borderline exactly when some point of the box (every strength within +-err, its own
+    # consistency within +-c_err) changes its decision. The search grid puts each strength at its
+    # ends, its middle, and every other strength's ends (and just below them, for the rule's ties
+    # by index) that lie in its range: wherever the order of two segments can change.
+    from itertools import product
+
+    from segsft.method.adaptive import flips_within
+
+    rng = np.random.default_rng(0)
+    cfg = SelectConfig(always_keep=(), max_consistency=0.8)
+    flagged_any = 0
+    for trial in range(40):
+        n = int(rng.integers(2, 5))
+        rule = SegmentRule([(i, i + 1) for i in range(n)], cfg)
+        s = rng.uniform(0.05, 1.0, n)
+        err = rng.uniform(0.0, 0.25, n) * (rng.random(n) < 0.8)
+        c = rng.uniform(0.5, 1.0, n)
+        c_err = rng.uniform(0.0, 0.15, n)
+        train = rule.decide(s[None, :], c[None, :])[0]
+        flagged = flips_within(rule, train, s, c, np.tile(err, (n, 1)), c_err)
+        lo, hi = np.clip(s - err, 0.0, None), s + err
+        ends = np.concatenate([lo, hi])
+        axes = [sorted({lo[j], s[j], hi[j], *(v for e in ends for v in (e, np.nextafter(e, -np.inf))
+                                              if lo[j] <= v <= hi[j])}) for j in range(n)]
+        grid = np.array(list(product(*axes)))
+        found = np.zeros(n, dtype=bool)
+        # A decision depends on the strengths and its own consistency only: every segment's
+        # consistency takes the same move at once, and each segment reads its own.
+        for move in (-c_err, 0.0 * c_err, c_err, np.where(np.abs(c - 0.8) <= c_err, 0.8 - c, 0.0)):
+            c2 = np.clip(c + move, 0.0, 1.0)
+            found |= (rule.decide(grid, np.tile(c2, (len(grid), 1))) != train[None, :]).any(axis=0)
+        assert flagged.tolist() == found.tolist(), (trial, s, err, c, c_err)
+        flagged_any += int(flagged.sum())
+    assert flagged_any > 10  # the draws do reach borderline decisions
 
 
 def test_the_newer_adaptive_keys_leave_the_fingerprint_of_older_runs_alone(tmp_path):

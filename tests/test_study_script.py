@@ -18,7 +18,7 @@ def test_the_study_script_parses_its_arguments_and_has_its_steps():
     assert out.returncode == 0 and "compute" in out.stdout and "analyze" in out.stdout
 
 
-def test_the_studys_margins_are_the_products_and_rss_lies_between_own_and_adversarial():
+def test_the_studys_margins_are_the_products_and_the_old_push_margin_sees_less():
     sys.path.insert(0, str(REPO / "bench"))
     import convergence_study as cs
 
@@ -29,9 +29,45 @@ def test_the_studys_margins_are_the_products_and_rss_lies_between_own_and_advers
     rule = SegmentRule([(0, 1), (1, 2), (2, 3)], SelectConfig(always_keep=(), max_consistency=None))
     rule.metrics = lambda a: (np.asarray(a, dtype=np.float64), np.full(3, 0.5))
     hist = [Estimate(9, np.array([0.48, 0.33, 0.22]), 0.01, 0.01), Estimate(18, np.array([0.45, 0.30, 0.25]), 0.01, 0.01)]
-    flags = {m: cs.MarginVariant(1.0, 1.0, rule, margin=m).verdict(hist).borderline.tolist()
-             for m in ("own", "rss", "adversarial")}
-    assert flags["own"] == StopTest(1.0, 1.0, rule, margin="own").verdict(hist).borderline.tolist() == [False] * 3
-    assert flags["adversarial"] == StopTest(1.0, 1.0, rule).verdict(hist).borderline.tolist() == [False, False, True]
-    # rss moves the others by sqrt(sum e^2) / sum e of their errors: less than all at once, more than none.
-    assert all(o <= r <= a for o, r, a in zip(flags["own"], flags["rss"], flags["adversarial"]))
+    flags = {(m, e): cs.MarginVariant(1.0, 1.0, rule, margin=m, errors=e).verdict(hist).borderline.tolist()
+             for m in ("own", "push", "adversarial") for e in ("share", "raw")}
+    assert flags["own", "share"] == StopTest(1.0, 1.0, rule, margin="own").verdict(hist).borderline.tolist() == [False] * 3
+    assert flags["adversarial", "share"] == StopTest(1.0, 1.0, rule).verdict(hist).borderline.tolist() == [False, True, True]
+    # The push margin (no rank swap) misses segment 1, which segment 2 can overtake.
+    assert flags["push", "share"] == [False, False, True]
+    for e in ("share", "raw"):  # push's variants lie in the box: it never flags what the box does not
+        assert all(p <= a for p, a in zip(flags["push", e], flags["adversarial", e]))
+    # raw: the strengths' own changes (0.03 each), not their shares'.
+    v = cs.MarginVariant(1.0, 1.0, rule, errors="raw").verdict(hist)
+    np.testing.assert_allclose(v.strength_err, [0.03, 0.03, 0.03])
+
+
+def test_the_tighter_check_runs_at_least_twice_the_evaluations():
+    sys.path.insert(0, str(REPO / "bench"))
+    import convergence_study as cs
+
+    from segsft.method.adaptive import refine
+
+    # A smooth path (f(a) = a^2 on one token): the bound is met early, and a 4x tighter target
+    # would stop at the same point; AtLeast keeps going to twice the evaluations.
+    def evaluate(a):
+        a = np.asarray(a, dtype=np.float64)
+        return a ** 2, (2 * a)[:, None]
+
+    class Rule:
+        segment_tokens = [(0, 1)]
+
+        def metrics(self, t):
+            return np.abs(np.asarray(t)), np.ones(len(t))
+
+        def decide(self, s, c):
+            return np.ones_like(s, dtype=bool)
+
+        def __call__(self, t):
+            return np.ones(1, dtype=bool), np.abs(np.asarray(t))
+
+    from segsft.method.adaptive import StopTest
+
+    plain = refine(evaluate, max_steps=64, stop=StopTest(0.5, 1.0, Rule()))
+    longer = refine(evaluate, max_steps=64, stop=cs.AtLeast(StopTest(0.5, 1.0, Rule()), 2 * plain.final.steps))
+    assert plain.converged and longer.converged and longer.final.steps == 2 * plain.final.steps

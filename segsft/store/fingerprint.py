@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The stop test's definition: a run made under another one is refused, not mixed.
-STOP_TEST = "bound+margins"
+#: The stop test's definition: a run made under another one is refused, not mixed ("bound+margins"
+#: moved each segment towards the flip without rank swaps, on errors of the strengths themselves).
+STOP_TEST = "bound+box-margins-on-shares"
 
 
 class SettingsChanged(PipelineError):
