@@ -424,9 +424,10 @@ def analyze(args: argparse.Namespace) -> None:
         for window, margin, errors in MARGINS:
             rows.append(adaptive_row(f"margin-{window}-{margin}-{errors}", lambda g, w=window, m=margin, e=errors: MarginVariant(
                 g, 1.0, rule, max_borderline=mb, window=w, margin=m, errors=e), tg, mb))
-        for cap in CAPS:
-            rows.append(adaptive_row(f"default-max{cap}", lambda g: StopTest(g, 1.0, rule, max_borderline=mb), tg, mb,
-                                     max_steps=cap))
+        on = AttributeConf().refine_on
+        for cap in CAPS:  # the default with less budget (its points are the uncapped run's first ones)
+            rows.append(adaptive_row(f"default-max{cap}", lambda g: StopTest(g, 1.0, rule, max_borderline=mb, refine_on=on),
+                                     tg, mb, max_steps=cap, focus=on == "decisions"))
         rows.append(adaptive_row("refine_on-decisions", lambda g: StopTest(
             g, 1.0, rule, max_borderline=mb, refine_on="decisions"), tg, mb, focus=True))
         rows = [r for r in rows if r is not None]
@@ -462,7 +463,8 @@ def analyze(args: argparse.Namespace) -> None:
 
 
 #: The product's defaults, as the study names them.
-DEFAULT_CANDIDATE = f"margin-doubling-{AttributeConf().margin}-share"
+DEFAULT_CANDIDATE = ("refine_on-decisions" if AttributeConf().refine_on == "decisions"
+                     else f"margin-doubling-{AttributeConf().margin}-share")
 
 
 def uniform_grids(rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
@@ -475,8 +477,14 @@ def uniform_grids(rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
 
 
 def uniform_for(grids: dict[str, list[tuple[int, float]]], r: dict) -> int | None:
-    """The fewest uniform points that reach row `r`'s agreement on its trace."""
-    return min((n for n, ag in sorted(grids.get(r["trace"], [])) if ag >= r["agree_ref"]), default=None)
+    """The fewest uniform points from which on every denser grid of the trace reaches row `r`'s
+    agreement (a 5-point grid that agrees by chance, with a 65-point one that does not, does not count)."""
+    out = None
+    for n, ag in sorted(grids.get(r["trace"], []), reverse=True):
+        if ag < r["agree_ref"]:
+            break
+        out = n
+    return out
 
 
 def default_by_trace(rows: list[dict]) -> list[dict]:

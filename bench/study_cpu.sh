@@ -4,7 +4,8 @@
 # directory does not outlive a session; a rerun computes only what is missing). Two lanes, one thread each, nice'd so interactive work keeps priority:
 #   cut   : the 16 cut traces (200-400 tokens), adaptive to 256 points, then the points of
 #           attribute.refine_on=decisions, then uniform grids to 257 and 1025
-#   whole : the whole traces of <= 5,300 SmolLM2 tokens (8 traces, 5-28 segments), no cut
+#   whole : the whole traces of <= 5,300 SmolLM2 tokens (8 traces, 5-28 segments), no cut,
+#           the default's points (refine_on=decisions) with each pass
 # Each lane widens in passes, so whatever is cached when a session ends is balanced over
 # the traces. Analyze with bench/study_analyze.sh (it reads only what is cached).
 #   nohup bash bench/study_cpu.sh cut   > bench/cache/study-cut.log 2>&1 &
@@ -28,7 +29,9 @@ case "${1:?cut or whole}" in
     $s --tag cpu-fp32 --traces 16 --adaptive-max 256 --levels 10 ;;
   whole)
     w="--tag cpu-fp32-whole --whole --max-tokens 5300 --traces 8"
-    $s $w --adaptive-max 64 --levels 6 --no-focus
+    # The default's points (attribute.refine_on=decisions) on the traces that have pass 1 first.
+    $s $w --adaptive-max 64 --levels 6 --ids aime24-024,aime24-009,aime24-000,aime24-019,aime24-008
+    $s $w --adaptive-max 64 --levels 6
     $s $w --adaptive-max 128 --levels 7 --no-focus
     $s $w --adaptive-max 256 --levels 8 ;;
 esac

@@ -482,23 +482,22 @@ def test_the_adversarial_margin_is_the_worst_case_over_the_error_box():
     assert flagged_any > 10  # the draws do reach borderline decisions
 
 
-def test_the_newer_adaptive_keys_leave_the_fingerprint_of_older_runs_alone(tmp_path):
-    # refine_on and margin came after runs were scored: at their defaults they are not in the
-    # fingerprint (so those runs resume), and any other value is (so scores are never mixed).
+def test_a_run_made_under_the_earlier_stop_test_is_refused_naming_what_changed(tmp_path):
+    # Runs scored before refine_on and margin existed stored neither key, and the stop test
+    # "bound+margins" (margins without rank swaps, on the strengths' own changes): resuming one
+    # would mix two kinds of flags, so it is refused, naming the values those runs had.
     from conftest import compose_config
     from segsft.config_schema import Settings
-    from segsft.store.fingerprint import fingerprint
+    from segsft.store.fingerprint import fingerprint, settings_diff
 
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('{"id": "a", "question": "q", "solution": "s", "answer": "1"}\n')
     fp = lambda *o: fingerprint(Settings.of(compose_config(f"run_dir={tmp_path}", f"data.path={corpus}", *o)),  # noqa: E731
                                 "float32", "x")
-    base = fp()
-    assert "refine_on" not in base and "margin" not in base and base["max_borderline"] == 0.0
-    assert fp("attribute.refine_on=decisions")["refine_on"] == "decisions"
-    assert fp("attribute.margin=own")["margin"] == "own"
-    assert {k: v for k, v in fp("attribute.margin=own").items() if k != "margin"} == base
-    # A refusal names the default, not a missing value.
-    from segsft.store.fingerprint import settings_diff
-
-    assert settings_diff(fp("attribute.margin=own"), base) == ["margin: 'own' there, 'adversarial' now"]
+    now = fp()
+    assert now["refine_on"] == "decisions" and now["margin"] == "adversarial" and now["max_borderline"] == 0.0
+    older = {k: v for k, v in now.items() if k not in ("refine_on", "margin")} | {"stop_test": "bound+margins"}
+    assert settings_diff(older, now) == [
+        "refine_on: 'total' there, 'decisions' now",
+        "stop_test: 'bound+margins' there, 'bound+box-margins-on-shares' now"]
+    assert settings_diff(fp("attribute.margin=own"), now) == ["margin: 'own' there, 'adversarial' now"]

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
-from segsft.config_schema import ADAPTIVE_KEYS, AttributeConf  # a fixed rule depends on `steps` instead
+from segsft.config_schema import ADAPTIVE_KEYS  # a fixed rule depends on `steps` instead
 from segsft.errors import PipelineError
 from segsft.store.corpus import corpus_identity
 from segsft.store.hub import is_dataset
@@ -34,9 +34,9 @@ class SettingsChanged(PipelineError):
     """The run dir holds attribution made with other settings."""
 
 
-#: Adaptive keys newer than the others: at their defaults they are left out of the fingerprint, so
-#: the scores of runs made before them (with those defaults) keep theirs.
-AT_DEFAULT = {k: getattr(AttributeConf(), k) for k in ("refine_on", "margin")}
+#: Adaptive keys newer than the others, with the value that runs made before them had: their stored
+#: fingerprints lack the keys, and a refusal names that value rather than None.
+BEFORE_KEYS = {"refine_on": "total", "margin": "adversarial"}
 
 
 def fingerprint(cfg: "Settings", dtype: str, pattern: str) -> dict[str, Any]:
@@ -58,7 +58,7 @@ def fingerprint(cfg: "Settings", dtype: str, pattern: str) -> dict[str, Any]:
     if d.adapter not in (None, "", "none"):
         fp["data_adapter"] = d.adapter
     if a.rule == "adaptive":
-        fp.update({k: getattr(a, k) for k in ADAPTIVE_KEYS if not (k in AT_DEFAULT and getattr(a, k) == AT_DEFAULT[k])})
+        fp.update({k: getattr(a, k) for k in ADAPTIVE_KEYS})
         fp["stop_test"] = STOP_TEST
     else:
         fp["steps"] = int(a.steps)
@@ -67,10 +67,10 @@ def fingerprint(cfg: "Settings", dtype: str, pattern: str) -> dict[str, Any]:
 
 def settings_diff(stored: Mapping[str, Any], now: Mapping[str, Any], keys: Iterable[str] | None = None) -> list[str]:
     """`key: <stored> there, <now> now` for every key (all of both by default) whose value changed
-    (a key of AT_DEFAULT that a side lacks holds its default)."""
+    (a key of BEFORE_KEYS that a side lacks holds the value runs had before it)."""
     keys = sorted({*stored, *now}) if keys is None else list(keys)
-    there = {k: stored.get(k, AT_DEFAULT.get(k)) for k in keys}
-    here = {k: now.get(k, AT_DEFAULT.get(k)) for k in keys}
+    there = {k: stored.get(k, BEFORE_KEYS.get(k)) for k in keys}
+    here = {k: now.get(k, BEFORE_KEYS.get(k)) for k in keys}
     return [f"{k}: {_short(there[k])} there, {_short(here[k])} now" for k in keys if there[k] != here[k]]
 
 
