@@ -168,10 +168,6 @@ def test_verdict_errors_equal_an_independent_recomputation_on_a_real_path(model,
     share = lambda x: x / x.sum()  # noqa: E731
     expect = np.max([np.abs(share(strength(e.token_attr)) - share(now)) for e in window], axis=0) * now.sum()
     np.testing.assert_allclose(v.strength_err, expect, rtol=1e-9, atol=1e-12)
-    # The shares take out the scale common to every strength, which no decision sees: here most of
-    # the strengths' own change.
-    raw = np.max([np.abs(strength(e.token_attr) - now) for e in window], axis=0)
-    assert (expect < raw).all()
     decisions = [decide(strength(e.token_attr), [m["consistency"] for m in segment_metrics(e.token_attr, seq.segment_tokens)],
                         SelectConfig()) for e in window]
     assert v.settled.tolist() == np.all([d == decisions[-1] for d in decisions], axis=0).tolist()
