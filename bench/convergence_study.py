@@ -211,11 +211,15 @@ class Replay:
         """The rule replayed with `stop` (capped at `max_steps`); with `focus`, its points go where
         `stop.focus` says (attribute.refine_on=decisions): None when those points are not cached."""
         cap = self.max_steps if max_steps is None else min(max_steps, self.max_steps)
-        try:
-            return refine(self.cache, max_steps=cap, per_round=self.per_round, stop=stop,
-                          focus=stop.focus if focus else None)
-        except KeyError:
-            return None
+        # The rule's own points may reach past a power of two (the grids share its nodes), while
+        # `compute` ran the focused ones to --adaptive-max (a power of two): fall back to that.
+        for c in dict.fromkeys((cap, 1 << (cap.bit_length() - 1))):
+            try:
+                return refine(self.cache, max_steps=c, per_round=self.per_round, stop=stop,
+                              focus=stop.focus if focus else None)
+            except KeyError:
+                continue
+        return None
 
 
 def estimate_of(cache: PointCache, alphas: np.ndarray, weights: np.ndarray) -> np.ndarray:
