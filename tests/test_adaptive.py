@@ -451,15 +451,19 @@ def test_the_adversarial_margin_is_the_worst_case_over_the_error_box():
     from segsft.method.adaptive import flips_within
 
     rng = np.random.default_rng(0)
-    cfg = SelectConfig(always_keep=(), max_consistency=0.8)
     flagged_any = 0
-    for trial in range(40):
+    # Values on a grid of 1/8 (exact in binary), so ties and exact thresholds do occur; half the
+    # draws set both consistency bounds, where a move past one end can land between them.
+    for trial in range(60):
+        both = trial % 2 == 1
+        cfg = SelectConfig(always_keep=(), top_mass=float(rng.choice([0.5, 0.625, 0.75])), max_consistency=0.75,
+                           min_consistency=0.375 if both else None)
         n = int(rng.integers(2, 5))
         rule = SegmentRule([(i, i + 1) for i in range(n)], cfg)
-        s = rng.uniform(0.05, 1.0, n)
-        err = rng.uniform(0.0, 0.25, n) * (rng.random(n) < 0.8)
-        c = rng.uniform(0.5, 1.0, n)
-        c_err = rng.uniform(0.0, 0.15, n)
+        s = rng.integers(0, 9, n) / 8
+        err = rng.integers(0, 3, n) / 8
+        c = rng.integers(0, 9, n) / 8
+        c_err = rng.integers(0, 5, n) / 8
         train = rule.decide(s[None, :], c[None, :])[0]
         flagged = flips_within(rule, train, s, c, np.tile(err, (n, 1)), c_err)
         lo, hi = np.clip(s - err, 0.0, None), s + err
@@ -470,12 +474,31 @@ def test_the_adversarial_margin_is_the_worst_case_over_the_error_box():
         found = np.zeros(n, dtype=bool)
         # A decision depends on the strengths and its own consistency only: every segment's
         # consistency takes the same move at once, and each segment reads its own.
-        for move in (-c_err, 0.0 * c_err, c_err, np.where(np.abs(c - 0.8) <= c_err, 0.8 - c, 0.0)):
-            c2 = np.clip(c + move, 0.0, 1.0)
+        # Every consistency on the 1/8 grid within reach (the bounds are on it too).
+        for step in range(-8, 9):
+            c2 = np.where(np.abs(step / 8) <= c_err, np.clip(c + step / 8, 0.0, 1.0), c)
             found |= (rule.decide(grid, np.tile(c2, (len(grid), 1))) != train[None, :]).any(axis=0)
         assert flagged.tolist() == found.tolist(), (trial, s, err, c, c_err)
         flagged_any += int(flagged.sum())
     assert flagged_any > 10  # the draws do reach borderline decisions
+    # Cases that a margin missing one piece of the worst case gets wrong (each checked by hand):
+    # - a tie: segment 0 at 0.5 ties segment 1 and, first by index, ranks before it: 0.5 of 1.0
+    #   before segment 1 reaches top_mass 0.5, so segment 1 leaves the prefix;
+    # - the others at their lowest: segment 1 has 0.5 of 0.875 before it (0.57 < 0.6, in); with
+    #   segment 2 at its lowest, 0.5 of 0.8125 (0.615): out;
+    # - a consistency bound within reach: 0.9 - 0.6 overshoots [0.4, 0.6], the bound itself does not.
+    cases = [
+        (SelectConfig(always_keep=(), top_mass=0.5, max_consistency=None), [0.25, 0.5], [0.25, 0.0], [0.5, 0.5], [0.0, 0.0], 1),
+        (SelectConfig(always_keep=(), top_mass=0.6, max_consistency=None), [0.5, 0.25, 0.125], [0.0, 0.0, 0.0625],
+         [0.5, 0.5, 0.5], [0.0, 0.0, 0.0], 1),
+        (SelectConfig(always_keep=(), top_mass=0.9, min_consistency=0.4, max_consistency=0.6), [0.5, 0.5], [0.0, 0.0],
+         [0.9, 0.5], [0.6, 0.0], 0),
+    ]
+    for cfg, s, err, c, c_err, k in cases:
+        rule = SegmentRule([(i, i + 1) for i in range(len(s))], cfg)
+        s, err, c, c_err = (np.array(x, dtype=np.float64) for x in (s, err, c, c_err))
+        train = rule.decide(s[None, :], c[None, :])[0]
+        assert flips_within(rule, train, s, c, np.tile(err, (len(s), 1)), c_err)[k], (s, err, c)
 
 
 def test_a_run_made_under_the_earlier_stop_test_is_refused_naming_what_changed(tmp_path):

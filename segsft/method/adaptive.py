@@ -224,7 +224,9 @@ def flips_within(rule: Any, train: np.ndarray, s: np.ndarray, c: np.ndarray, err
     at their lowest (the mass before k is largest and the rest smallest); *in*, k at its highest,
     every segment that can rank below it as high as it can while staying below and the others at
     their lowest. Each is combined with every consistency move of `_consistency_moves`. A row
-    with only the diagonal (attribute.margin=own) moves k alone."""
+    with only the diagonal (attribute.margin=own) moves k alone. Exact up to rounding: where the
+    share before k equals top_mass exactly, a point of the box whose float sums round the other
+    way can flip k unflagged."""
     n = len(train)
     idx = np.arange(n)
     eye = np.eye(n, dtype=bool)
