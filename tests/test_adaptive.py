@@ -520,3 +520,9 @@ def test_a_run_made_under_the_earlier_stop_test_is_refused_naming_what_changed(t
         "refine_on: 'total' there, 'decisions' now",
         "stop_test: 'bound+margins' there, 'bound+box-margins-on-shares' now"]
     assert settings_diff(fp("attribute.margin=own"), now) == ["margin: 'own' there, 'adversarial' now"]
+
+
+def test_strength_errors_count_a_non_finite_strength_as_zero_as_the_rule_does():
+    # Shares of [0, 0.5, 0.5] now against [0.2, 0.4, 0.4] of 1.0 before: 0.2 and 0.1 of a sum of 1.
+    err = StopTest(1.0, 1.0, None).strength_errors(np.array([np.nan, 0.5, 0.5]), [np.array([0.2, 0.4, np.inf])])
+    np.testing.assert_allclose(err, [0.2 / 0.6, abs(0.4 / 0.6 - 0.5), 0.5])

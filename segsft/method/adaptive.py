@@ -332,6 +332,9 @@ class StopTest:
         change common to all of them (the L2 norm that scales them) is no error of any decision.
         On the study's 16 cut traces the same segments are flagged either way, at a median of 184
         evaluations instead of 205 (docs/convergence.md, "Error margins, measured")."""
+        # A non-finite strength counts as 0, as the rule counts it.
+        finite = lambda x: np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)  # noqa: E731
+        strength, earlier = finite(strength), [finite(s_e) for s_e in earlier]
         err = np.zeros(len(strength))
         total = float(strength.sum())
         for s_e in earlier:
