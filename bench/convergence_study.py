@@ -41,8 +41,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from segsft.config_schema import AttributeConf, ModelConf  # noqa: E402
 
-from segsft.method.adaptive import (AdaptivePath, StopTest, local_errors, refine, spearman,  # noqa: E402
-                                      strength_shares, trapezoid_weights)
+from segsft.method.adaptive import (AdaptivePath, StopTest, flips_within, local_errors, refine,  # noqa: E402
+                                      spearman, trapezoid_weights)
 from segsft.method.quadrature import quadrature  # noqa: E402
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -179,7 +179,8 @@ def compute(args: argparse.Namespace) -> None:
                 seg_rule = SegmentRule(seq.segment_tokens, SelectConfig(), seq.train_tokens)
                 for g in (DEFAULT_GAP, DEFAULT_GAP / 4):
                     st = StopTest(g, 1.0, seg_rule, max_borderline=DEFAULT_MAX_BORDERLINE, refine_on="decisions")
-                    refine(cache, max_steps=args.adaptive_max, per_round=args.per_round, stop=st, focus=st.focus)
+                    refine(cache, max_steps=args.focus_max or args.adaptive_max, per_round=args.per_round,
+                           stop=st, focus=st.focus)
             print(f"{args.tag} {baseline:9s} {row['id']}: {len(cache.points)} points cached, {cache.computed} new "
                   f"in {time.time() - t0:.0f}s", flush=True)
 
@@ -210,10 +211,14 @@ class Replay:
     def __call__(self, stop=None, max_steps: int | None = None, focus: bool = False) -> AdaptivePath | None:
         """The rule replayed with `stop` (capped at `max_steps`); with `focus`, its points go where
         `stop.focus` says (attribute.refine_on=decisions): None when those points are not cached."""
-        cap = self.max_steps if max_steps is None else min(max_steps, self.max_steps)
+        # Focused points may reach past the rule's own (compute --focus-max).
+        cap = self.max_steps if max_steps is None else max_steps if focus else min(max_steps, self.max_steps)
         # The rule's own points may reach past a power of two (the grids share its nodes), while
-        # `compute` ran the focused ones to --adaptive-max (a power of two): fall back to that.
-        for c in dict.fromkeys((cap, 1 << (cap.bit_length() - 1))):
+        # `compute` ran the focused ones to a power of two (--adaptive-max or --focus-max): fall
+        # back to those, down to the one below the rule's own.
+        floor = 1 << (self.max_steps.bit_length() - 1)
+        caps = [cap] + [1 << k for k in range(cap.bit_length() - 1, floor.bit_length() - 2, -1)]
+        for c in dict.fromkeys(c for c in caps if c <= cap):
             try:
                 return refine(self.cache, max_steps=c, per_round=self.per_round, stop=stop,
                               focus=stop.focus if focus else None)
@@ -254,6 +259,8 @@ MARGINS = [("doubling", "adversarial", "share"), ("doubling", "own", "share"), (
            ("doubling", "push", "raw"), ("doubling", "own", "raw"), ("pair", "adversarial", "share"),
            ("pair", "own", "share")]
 CAPS = [32, 64, 128]
+#: A budget beyond the default max_steps, on the traces whose focused points reach it.
+MORE = 512
 
 
 def push_flips(rule, train, s, c, err, c_err):
@@ -311,6 +318,42 @@ class AtLeast:
 
     def __call__(self, history) -> bool:
         return self.stop(history) and history[-1].steps >= self.steps  # the stop test sees every round
+
+
+def shrink_to_settle(rule, train: np.ndarray, s: np.ndarray, c: np.ndarray, err: np.ndarray,
+                     c_err: np.ndarray, which: np.ndarray) -> list[float]:
+    """Per segment in `which`: the largest factor (<= 1) by which the errors `err` / `c_err` may
+    be scaled before decision `train` (of strengths `s`, consistencies `c`: the reference's) no
+    longer flips within them under the default margin. How far a flagged segment's errors must
+    shrink before even the reference settles it: near 0 is a near tie."""
+    n = len(train)
+
+    def flips(lam: float) -> np.ndarray:
+        return flips_within(rule, train, s, c, np.tile(lam * err, (n, 1)), lam * c_err)
+
+    out = []
+    for k in np.flatnonzero(which):
+        lo, hi = 0.0, 1.0
+        if not flips(hi)[k]:
+            out.append(1.0)
+            continue
+        for _ in range(30):  # flipping is monotone in the factor: the box only grows
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if flips(mid)[k] else (mid, hi)
+        out.append(lo)
+    return out
+
+
+def err_rate(stop: StopTest, history) -> float | None:
+    """How fast the strength errors fall: the median over segments of log2(error at the last
+    estimate with half the evaluations / error now) (1.0 is errors ~ 1/N)."""
+    now = stop.verdict(history)
+    half = [i for i, e in enumerate(history) if 2 * e.steps <= history[-1].steps]
+    then = stop.verdict(history[:half[-1] + 1]) if half else None
+    if now is None or then is None:
+        return None
+    ok = (now.strength_err > 0) & (then.strength_err > 0)
+    return float(np.median(np.log2(then.strength_err[ok] / now.strength_err[ok]))) if ok.any() else None
 
 
 def analyze(args: argparse.Namespace) -> None:
@@ -383,11 +426,13 @@ def analyze(args: argparse.Namespace) -> None:
                                converged=p.converged, bound=float(p.final.error_sum),
                                agree_4x_tighter=float((rule(p.final.token_attr)[0] == rule(tight.final.token_attr)[0]).mean())))
         def adaptive_row(name: str, make_stop, tg: float, mb: float, max_steps: int | None = None,
-                         focus: bool = False) -> dict | None:
+                         focus: bool = False, whole_budget: bool = False) -> dict | None:
             stop = make_stop(tg)
             p = replay(stop, max_steps, focus)
             if p is None:
                 return None  # the points of this candidate are not cached (compute them first)
+            if whole_budget and not p.converged and p.final.steps < max_steps:
+                return None  # the cache ends before max_steps: this trace does not tell
             v = stop.verdict(p.history)
             tight = replay(make_stop(tg / 4), max_steps, focus)
             # The stricter check: 4x tighter and at least twice the evaluations (to the cache's limit).
@@ -398,14 +443,15 @@ def analyze(args: argparse.Namespace) -> None:
             t_train = None if tight is None else rule(tight.final.token_attr)[0]
             t2_train = None if tight2 is None else rule(tight2.final.token_attr)[0]
             # Is the error estimate honest? The change to the most accurate estimate within it, on
-            # what the errors measure (the shares, in units of strength, or the strengths themselves).
-            if v is None:
-                covers = None
-            elif getattr(stop, "errors", "share") == "raw":
-                covers = float((np.abs(v.strength - best_strength) <= v.strength_err + 1e-12).mean())
-            else:
-                off = np.abs(strength_shares(v.strength) - strength_shares(best_strength)) * v.strength.sum()
-                covers = float((off <= v.strength_err + 1e-12).mean())
+            # what the errors measure (the stop test's own formula, with that estimate as the earlier one).
+            covers = None if v is None else float(
+                (stop.strength_errors(v.strength, [best_strength]) <= v.strength_err + 1e-12).mean())
+            settle = {}
+            if name == DEFAULT_CANDIDATE and v is not None:
+                # The flags the default leaves: how near the reference itself is to flipping them.
+                settle = {"err_rate": err_rate(stop, p.history),
+                          "shrink_to_settle": shrink_to_settle(rule, ref_train, *rule.metrics(ref_u), v.strength_err,
+                                                               v.consistency_err, flag)}
             return row_of(
                 name, "adaptive", p.final.steps, p.final.token_attr,
                 target_gap=tg, max_borderline=mb, converged=p.converged, bound=float(p.final.error_sum),
@@ -418,7 +464,7 @@ def analyze(args: argparse.Namespace) -> None:
                 firm_agree_4x2x=None if tight2 is None else int((train == t2_train)[firm].sum()),
                 tight2_steps=None if tight2 is None else tight2.final.steps,
                 strength_err_max=None if v is None else float(v.strength_err.max(initial=0.0)),
-                err_covers_ref=covers)
+                err_covers_ref=covers, **settle)
 
         for tg in BOUNDS:
             for mb in MAX_BORDERLINE:
@@ -432,6 +478,9 @@ def analyze(args: argparse.Namespace) -> None:
         for cap in CAPS:  # the default with less budget (its points are the uncapped run's first ones)
             rows.append(adaptive_row(f"default-max{cap}", lambda g: StopTest(g, 1.0, rule, max_borderline=mb, refine_on=on),
                                      tg, mb, max_steps=cap, focus=on == "decisions"))
+        # ... and with more (compute --focus-max 512): a trace the cache cuts short of it is left out.
+        rows.append(adaptive_row(f"default-max{MORE}", lambda g: StopTest(g, 1.0, rule, max_borderline=mb, refine_on=on),
+                                 tg, mb, max_steps=MORE, focus=on == "decisions", whole_budget=True))
         rows.append(adaptive_row("refine_on-decisions", lambda g: StopTest(
             g, 1.0, rule, max_borderline=mb, refine_on="decisions"), tg, mb, focus=True))
         rows = [r for r in rows if r is not None]
@@ -495,16 +544,24 @@ def default_by_trace(rows: list[dict]) -> list[dict]:
     """The default stop test on each trace: evaluations against tokens and segments, what it
     decided, the uniform grid that reaches its agreement, and its cost on this machine."""
     grids = uniform_grids(rows)
+    # Errors fall as N^-rate; the study's median rate turns "shrink the errors x-fold" into evaluations.
+    rates = [r["err_rate"] for r in rows if r["candidate"] == DEFAULT_CANDIDATE and r.get("err_rate") is not None]
+    rate = float(np.median(rates)) if rates else None
     out = []
     for r in rows:
         if r["candidate"] != DEFAULT_CANDIDATE:
             continue
+        shrink = r.get("shrink_to_settle") or []
+        settle = {"shrink_to_settle": shrink, "err_rate_study": rate,
+                  "evaluations_to_settle": [None if rate is None or rate <= 0 or x <= 0 else int(round(r["cost"] * x ** (-1 / rate)))
+                                            for x in shrink]} if shrink else {}
         spe = r.get("seconds_per_eval")
         out.append({"trace": r["trace"], "tokens": r["n_tokens"], "segments": r["n_segments"],
                     "evaluations": r["cost"], "converged": r["converged"], "bound": r["bound"],
                     "borderline": r["borderline"], "agree_ref": r["agree_ref"], "ref": r["ref"],
                     "uniform_for_same_agreement": uniform_for(grids, r),
-                    "seconds_per_eval": spe, "minutes_per_trace": None if spe is None else spe * r["cost"] / 60})
+                    "seconds_per_eval": spe, "minutes_per_trace": None if spe is None else spe * r["cost"] / 60,
+                    **settle})
     return out
 
 
@@ -592,6 +649,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4, help="points per forward/backward pass")
     p.add_argument("--no-fixed", action="store_true", help="skip today's fixed rules")
     p.add_argument("--no-focus", action="store_true", help="skip the points of attribute.refine_on=decisions")
+    p.add_argument("--focus-max", type=int, default=0,
+                   help="compute: run the points of refine_on=decisions to this many (default --adaptive-max)")
     p.add_argument("--ids", default="", help="compute: only these trace ids, in this order (comma-separated)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32")

@@ -3,7 +3,8 @@
 # cache under bench/cache/convergence keeps every evaluation and is committed, since a home
 # directory does not outlive a session; a rerun computes only what is missing). Two lanes, one thread each, nice'd so interactive work keeps priority:
 #   cut   : the 16 cut traces (200-400 tokens), adaptive to 256 points, then the points of
-#           attribute.refine_on=decisions, then uniform grids to 257 and 1025
+#           attribute.refine_on=decisions (to 512 where 256 leaves a trace unconverged),
+#           then uniform grids to 257 and 1025
 #   whole : the whole traces of <= 5,300 SmolLM2 tokens (8 traces, 5-28 segments), no cut,
 #           the default's points (refine_on=decisions) with each pass
 # Each lane widens in passes, so whatever is cached when a session ends is balanced over
@@ -15,6 +16,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 UNSETTLED=aime24-004,aime24-006,aime24-010,aime24-021,aime24-025
+AT_CAP=aime24-021,aime24-025,aime24-029
 s="nice -n 10 $PY bench/convergence_study.py compute --baselines pad --no-fixed --per-round 1 --batch 1"
 case "${1:?cut or whole}" in
   cut)
@@ -26,6 +28,12 @@ case "${1:?cut or whole}" in
     # what decides where the default's points go.
     $s --tag cpu-fp32 --traces 16 --adaptive-max 256 --levels 7
     $s --tag cpu-fp32 --traces 16 --adaptive-max 256 --levels 8
+    # The traces the default leaves unconverged at max_steps=256: does a larger budget settle
+    # their flags (the default-max512 row)?
+    $s --tag cpu-fp32 --traces 16 --adaptive-max 256 --focus-max 512 --levels 2 --ids $AT_CAP
+    # 1,025-point references, first where the default leaves flags (what settles them is measured
+    # there), the one with only a 257-point reference first.
+    $s --tag cpu-fp32 --traces 16 --adaptive-max 256 --levels 10 --ids aime24-029,aime24-025,aime24-021
     $s --tag cpu-fp32 --traces 16 --adaptive-max 256 --levels 10 ;;
   whole)
     w="--tag cpu-fp32-whole --whole --max-tokens 5300 --traces 8"

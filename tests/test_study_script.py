@@ -71,3 +71,31 @@ def test_the_tighter_check_runs_at_least_twice_the_evaluations():
     plain = refine(evaluate, max_steps=64, stop=StopTest(0.5, 1.0, Rule()))
     longer = refine(evaluate, max_steps=64, stop=cs.AtLeast(StopTest(0.5, 1.0, Rule()), 2 * plain.final.steps))
     assert plain.converged and longer.converged and longer.final.steps == 2 * plain.final.steps
+
+
+def test_the_errors_a_flag_must_shrink_by_before_the_reference_settles_it():
+    sys.path.insert(0, str(REPO / "bench"))
+    import convergence_study as cs
+
+    from segsft.method.metrics import SegmentRule
+    from segsft.method.selection_config import SelectConfig
+
+    rule = SegmentRule([(0, 1), (1, 2)], SelectConfig(always_keep=(), max_consistency=None, top_mass=0.7))
+    s, c = np.array([0.6, 0.4]), np.array([0.5, 0.5])
+    train = rule.decide(s[None], c[None])[0]
+    assert train.tolist() == [True, True]  # 0 before segment 1: 0.6 of the total < 0.7
+    # Segment 1 leaves the prefix once segment 0's share reaches 0.7: 0.6 + 0.2x over 1.0, so at
+    # x = 0.5 of errors 0.2. Segment 0 stays in unless segment 1 overtakes it and holds 0.7 of
+    # the total, which errors of 0.2 cannot do: it needs no shrinking (1.0).
+    got = cs.shrink_to_settle(rule, train, s, c, np.array([0.2, 0.2]), np.zeros(2), np.array([True, True]))
+    assert got[0] == 1.0 and abs(got[1] - 0.5) < 1e-6
+
+
+def test_the_uniform_grid_for_an_agreement_needs_every_denser_grid_to_reach_it():
+    sys.path.insert(0, str(REPO / "bench"))
+    import convergence_study as cs
+
+    grids = {"t": [(5, 1.0), (9, 0.8), (17, 1.0), (33, 1.0)]}
+    assert cs.uniform_for(grids, {"trace": "t", "agree_ref": 1.0}) == 17  # 5 agrees by chance, 9 does not
+    assert cs.uniform_for(grids, {"trace": "t", "agree_ref": 0.8}) == 5
+    assert cs.uniform_for(grids, {"trace": "other", "agree_ref": 1.0}) is None

@@ -179,6 +179,8 @@ class Verdict:
       the segment's consistency within +-its change over the doubling: `flips_within`). Such
       a decision is not settled by the quadrature; it is reported as it is and flagged.
     - settled: the decision is the same in every estimate of the last doubling.
+    - consistency_err: the largest change of the segment's consistency over that doubling (the
+      consistency half of the margin).
     """
 
     steps: int
@@ -188,6 +190,7 @@ class Verdict:
     borderline: np.ndarray  # bool [n]
     settled: np.ndarray  # bool [n]
     rank_stability: float  # Spearman of the strengths against the half-budget estimate
+    consistency_err: np.ndarray | None = None  # [n]
 
     @property
     def decision_stability(self) -> float:
@@ -306,7 +309,7 @@ class StopTest:
         if rho is None:  # too few segments or a constant side: stable only when the order is the same
             rho = 1.0 if np.array_equal(ranks(strength), ranks(s_half)) else 0.0
         v = Verdict(now.steps, train, strength, err, self._borderline(train, strength, consistency, err, c_err),
-                    settled, rho)
+                    settled, rho, c_err)
         self._verdicts[now.steps] = v
         return v
 
