@@ -447,9 +447,9 @@ def analyze(args: argparse.Namespace) -> None:
             covers = None if v is None else float(
                 (stop.strength_errors(v.strength, [best_strength]) <= v.strength_err + 1e-12).mean())
             settle = {}
-            if name == DEFAULT_CANDIDATE and v is not None:
+            if name in (DEFAULT_CANDIDATE, f"default-max{MORE}") and v is not None:
                 # The flags the default leaves: how near the reference itself is to flipping them.
-                settle = {"err_rate": err_rate(stop, p.history),
+                settle = {"err_rate": err_rate(stop, p.history), "flagged": np.flatnonzero(flag).tolist(),
                           "shrink_to_settle": shrink_to_settle(rule, ref_train, *rule.metrics(ref_u), v.strength_err,
                                                                v.consistency_err, flag)}
             return row_of(
@@ -496,6 +496,7 @@ def analyze(args: argparse.Namespace) -> None:
     table = summarize(per_trace)
     print_table(table)
     by_trace = default_by_trace(per_trace)
+    by_trace_more = default_by_trace(per_trace, f"default-max{MORE}")
     print(f"\nthe default stop test per trace ({DEFAULT_CANDIDATE}):")
     for t in by_trace:
         print("  " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in t.items()))
@@ -509,7 +510,8 @@ def analyze(args: argparse.Namespace) -> None:
     out = {"machine": machine("torch", "transformers"), "model": args.model, "tag": args.tag, "whole": args.whole,
            "select": select_cfg.settings(), "adaptive_max": args.adaptive_max, "per_round": args.per_round,
            "date": time.strftime("%Y-%m-%d"), "traces": len({r["trace"] for r in per_trace}),
-           "table": table, "default_by_trace": by_trace, "unsettled_references": unsettled, "table_settled_references": table_settled,
+           "table": table, "default_by_trace": by_trace, f"default_max{MORE}_by_trace": by_trace_more,
+           "unsettled_references": unsettled, "table_settled_references": table_settled,
            "per_trace": per_trace, "frontier": frontier}
     Path(args.out).write_text(json.dumps(out, indent=1, default=float) + "\n")
     print(f"wrote {args.out}")
@@ -540,19 +542,20 @@ def uniform_for(grids: dict[str, list[tuple[int, float]]], r: dict) -> int | Non
     return out
 
 
-def default_by_trace(rows: list[dict]) -> list[dict]:
+def default_by_trace(rows: list[dict], candidate: str = DEFAULT_CANDIDATE) -> list[dict]:
     """The default stop test on each trace: evaluations against tokens and segments, what it
-    decided, the uniform grid that reaches its agreement, and its cost on this machine."""
+    decided, the uniform grid that reaches its agreement, its cost on this machine, and for the
+    segments it leaves flagged how far their errors must shrink before the reference settles them."""
     grids = uniform_grids(rows)
     # Errors fall as N^-rate; the study's median rate turns "shrink the errors x-fold" into evaluations.
     rates = [r["err_rate"] for r in rows if r["candidate"] == DEFAULT_CANDIDATE and r.get("err_rate") is not None]
     rate = float(np.median(rates)) if rates else None
     out = []
     for r in rows:
-        if r["candidate"] != DEFAULT_CANDIDATE:
+        if r["candidate"] != candidate:
             continue
         shrink = r.get("shrink_to_settle") or []
-        settle = {"shrink_to_settle": shrink, "err_rate_study": rate,
+        settle = {"flagged": r["flagged"], "shrink_to_settle": shrink, "err_rate_study": rate,
                   "evaluations_to_settle": [None if rate is None or rate <= 0 or x <= 0 else int(round(r["cost"] * x ** (-1 / rate)))
                                             for x in shrink]} if shrink else {}
         spe = r.get("seconds_per_eval")
