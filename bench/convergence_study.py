@@ -217,7 +217,7 @@ class Replay:
         # `compute` ran the focused ones to a power of two (--adaptive-max or --focus-max): fall
         # back to those, down to the one below the rule's own.
         floor = 1 << (self.max_steps.bit_length() - 1)
-        caps = [cap] + [1 << k for k in range(cap.bit_length() - 1, floor.bit_length() - 2, -1)]
+        caps = [cap, 1 << (cap.bit_length() - 1)] + [1 << k for k in range(cap.bit_length() - 1, floor.bit_length() - 2, -1)]
         for c in dict.fromkeys(c for c in caps if c <= cap):
             try:
                 return refine(self.cache, max_steps=c, per_round=self.per_round, stop=stop,
@@ -431,8 +431,9 @@ def analyze(args: argparse.Namespace) -> None:
             p = replay(stop, max_steps, focus)
             if p is None:
                 return None  # the points of this candidate are not cached (compute them first)
-            if whole_budget and not p.converged and p.final.steps < max_steps:
-                return None  # the cache ends before max_steps: this trace does not tell
+            # The cache ends before max_steps on this trace: keeping the others would leave only
+            # converged traces in the row, so the whole row is left out of the tables (`summarize`).
+            short = whole_budget and not p.converged and p.final.steps < max_steps
             v = stop.verdict(p.history)
             tight = replay(make_stop(tg / 4), max_steps, focus)
             # The stricter check: 4x tighter and at least twice the evaluations (to the cache's limit).
@@ -464,7 +465,7 @@ def analyze(args: argparse.Namespace) -> None:
                 firm_agree_4x2x=None if tight2 is None else int((train == t2_train)[firm].sum()),
                 tight2_steps=None if tight2 is None else tight2.final.steps,
                 strength_err_max=None if v is None else float(v.strength_err.max(initial=0.0)),
-                err_covers_ref=covers, **settle)
+                err_covers_ref=covers, cache_short=short, **settle)
 
         for tg in BOUNDS:
             for mb in MAX_BORDERLINE:
@@ -478,7 +479,7 @@ def analyze(args: argparse.Namespace) -> None:
         for cap in CAPS:  # the default with less budget (its points are the uncapped run's first ones)
             rows.append(adaptive_row(f"default-max{cap}", lambda g: StopTest(g, 1.0, rule, max_borderline=mb, refine_on=on),
                                      tg, mb, max_steps=cap, focus=on == "decisions"))
-        # ... and with more (compute --focus-max 512): a trace the cache cuts short of it is left out.
+        # ... and with more (compute --focus-max 512): only where the cache reaches it on every trace.
         rows.append(adaptive_row(f"default-max{MORE}", lambda g: StopTest(g, 1.0, rule, max_borderline=mb, refine_on=on),
                                  tg, mb, max_steps=MORE, focus=on == "decisions", whole_budget=True))
         rows.append(adaptive_row("refine_on-decisions", lambda g: StopTest(
@@ -551,6 +552,8 @@ def default_by_trace(rows: list[dict], candidate: str = DEFAULT_CANDIDATE) -> li
     rates = [r["err_rate"] for r in rows if r["candidate"] == DEFAULT_CANDIDATE and r.get("err_rate") is not None]
     rate = float(np.median(rates)) if rates else None
     out = []
+    if any(r.get("cache_short") for r in rows if r["candidate"] == candidate):
+        return []  # not computed on every trace (see `summarize`)
     for r in rows:
         if r["candidate"] != candidate:
             continue
@@ -572,7 +575,10 @@ def summarize(rows: list[dict]) -> list[dict]:
     """Per candidate: the median cost, the mean and the *worst* trace's agreement with the
     reference, how many traces it called converged while agreeing < 95%, and for the bound
     rule the borderline segments and the agreement of the others (pooled over the study)."""
-    keys = sorted({r["candidate"] for r in rows}, key=_order)
+    # A candidate that the cache cuts short on some trace (default-max512 where its points are not
+    # computed) is not comparable: it would keep only the traces that converge sooner.
+    short = {r["candidate"] for r in rows if r.get("cache_short")}
+    keys = sorted({r["candidate"] for r in rows} - short, key=_order)
     grids = uniform_grids(rows)  # what a grid needs for a candidate's agreement
     table = []
     for c in keys:

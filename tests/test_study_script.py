@@ -88,7 +88,11 @@ def test_the_errors_a_flag_must_shrink_by_before_the_reference_settles_it():
     # x = 0.5 of errors 0.2. Segment 0 stays in unless segment 1 overtakes it and holds 0.7 of
     # the total, which errors of 0.2 cannot do: it needs no shrinking (1.0).
     got = cs.shrink_to_settle(rule, train, s, c, np.array([0.2, 0.2]), np.zeros(2), np.array([True, True]))
-    assert got[0] == 1.0 and abs(got[1] - 0.5) < 1e-6
+    assert got[0] == 1.0 and 0.5 - 1e-6 < got[1] <= 0.5  # the side that does not flip
+    # The consistency moves too: segment 0 (0.5, bound 0.6) turns too consistent past 0.5 + 0.4x.
+    rule = SegmentRule([(0, 1), (1, 2)], SelectConfig(always_keep=(), max_consistency=0.6, top_mass=0.7))
+    got = cs.shrink_to_settle(rule, train, s, c, np.array([0.2, 0.2]), np.array([0.4, 0.0]), np.array([True, True]))
+    assert 0.25 - 1e-6 < got[0] <= 0.25 and 0.5 - 1e-6 < got[1] <= 0.5
 
 
 def test_the_uniform_grid_for_an_agreement_needs_every_denser_grid_to_reach_it():
