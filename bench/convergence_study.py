@@ -31,6 +31,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from segsft.config_schema import AttributeConf, ModelConf  # noqa: E402
 
-from segsft.method.adaptive import (AdaptivePath, StopTest, flips_within, local_errors, refine,  # noqa: E402
+from segsft.method.adaptive import (AdaptivePath, StopTest, Verdict, flips_within, local_errors, refine,  # noqa: E402
                                       spearman, trapezoid_weights)
 from segsft.method.quadrature import quadrature  # noqa: E402
 
@@ -177,7 +178,7 @@ def compute(args: argparse.Namespace) -> None:
                 # attribute.refine_on=decisions at the default targets and 4x tighter: its points
                 # leave the dyadic grids where the flagged segments' integrand changes.
                 seg_rule = SegmentRule(seq.segment_tokens, SelectConfig(), seq.train_tokens)
-                for g in (DEFAULT_GAP, DEFAULT_GAP / 4):
+                for g in (DEFAULT_GAP,) if args.no_focus_tight else (DEFAULT_GAP, DEFAULT_GAP / 4):
                     st = StopTest(g, 1.0, seg_rule, max_borderline=DEFAULT_MAX_BORDERLINE, refine_on="decisions")
                     refine(cache, max_steps=args.focus_max or args.adaptive_max, per_round=args.per_round,
                            stop=st, focus=st.focus)
@@ -217,7 +218,7 @@ class Replay:
         # `compute` ran the focused ones to a power of two (--adaptive-max or --focus-max): fall
         # back to those, down to the one below the rule's own.
         floor = 1 << (self.max_steps.bit_length() - 1)
-        caps = [cap, 1 << (cap.bit_length() - 1)] + [1 << k for k in range(cap.bit_length() - 1, floor.bit_length() - 2, -1)]
+        caps = [cap] + [1 << k for k in range(cap.bit_length() - 1, floor.bit_length() - 2, -1)]
         for c in dict.fromkeys(c for c in caps if c <= cap):
             try:
                 return refine(self.cache, max_steps=c, per_round=self.per_round, stop=stop,
@@ -259,8 +260,11 @@ MARGINS = [("doubling", "adversarial", "share"), ("doubling", "own", "share"), (
            ("doubling", "push", "raw"), ("doubling", "own", "raw"), ("pair", "adversarial", "share"),
            ("pair", "own", "share")]
 CAPS = [32, 64, 128]
-#: A budget beyond the default max_steps, on the traces whose focused points reach it.
-MORE = 512
+#: Sharper strength errors (`SharperErrors`): fixed factors, and Richardson's from the trace's own rate.
+SHARPER = [0.5, 0.25, "richardson"]
+#: Budgets beyond the default max_steps, on the traces whose focused points reach them
+#: (compute --focus-max).
+MORE = [512, 1024]
 
 
 def push_flips(rule, train, s, c, err, c_err):
@@ -308,6 +312,41 @@ class MarginVariant(StopTest):
         return push_flips(self.rule, train, s, c, err, c_err) if self.push else super()._borderline(train, s, c, err, c_err)
 
 
+class SharperErrors(StopTest):
+    """The product's stop test with sharper strength errors (the frontier only): the errors of
+    the default margin (and the consistency's) times a fixed `factor`, or, with
+    factor="richardson", divided by 2^p - 1. Errors falling as N^-p make the change over a
+    doubling (2^p - 1) times the error left after it (Richardson); p is measured on the trace
+    as `err_rate` does, kept within [0.5, 2] (2 is the trapezoid's order on a smooth path).
+    Whether a sharper estimate than the largest change over a doubling clears the near ties
+    honestly: the flags it clears against the firm decisions it gets wrong."""
+
+    P_RANGE = (0.5, 2.0)
+
+    def __init__(self, *args, factor: float | str, **kw):
+        super().__init__(*args, **kw)
+        self.factor = factor
+        self._sharp: dict[int, Verdict] = {}
+
+    def scale(self, history) -> float:
+        if self.factor != "richardson":
+            return float(self.factor)
+        p = err_rate(self, history, verdict=super().verdict)
+        return 1.0 if p is None else 1.0 / (2.0 ** float(np.clip(p, *self.P_RANGE)) - 1.0)
+
+    def verdict(self, history):
+        v = super().verdict(history)
+        if v is None:
+            return None
+        if v.steps not in self._sharp:
+            f = self.scale(history)
+            err, c_err = v.strength_err * f, v.consistency_err * f
+            c = self.decisions(history[-1])[2]
+            self._sharp[v.steps] = replace(v, strength_err=err, consistency_err=c_err,
+                                           borderline=self._borderline(v.train, v.strength, c, err, c_err))
+        return self._sharp[v.steps]
+
+
 class AtLeast:
     """`stop`, not before `steps` evaluations: the tighter run of the check "4x tighter target
     *and* at least twice the evaluations". A 4x tighter target alone is blind where the bound
@@ -344,12 +383,14 @@ def shrink_to_settle(rule, train: np.ndarray, s: np.ndarray, c: np.ndarray, err:
     return out
 
 
-def err_rate(stop: StopTest, history) -> float | None:
+def err_rate(stop: StopTest, history, verdict=None) -> float | None:
     """How fast the strength errors fall: the median over segments of log2(error at the last
-    estimate with half the evaluations / error now) (1.0 is errors ~ 1/N)."""
-    now = stop.verdict(history)
+    estimate with half the evaluations / error now) (1.0 is errors ~ 1/N). `verdict`: the one
+    to read the errors from (default `stop.verdict`)."""
+    verdict = verdict or stop.verdict
+    now = verdict(history)
     half = [i for i, e in enumerate(history) if 2 * e.steps <= history[-1].steps]
-    then = stop.verdict(history[:half[-1] + 1]) if half else None
+    then = verdict(history[:half[-1] + 1]) if half else None
     if now is None or then is None:
         return None
     ok = (now.strength_err > 0) & (then.strength_err > 0)
@@ -438,6 +479,9 @@ def analyze(args: argparse.Namespace) -> None:
             tight = replay(make_stop(tg / 4), max_steps, focus)
             # The stricter check: 4x tighter and at least twice the evaluations (to the cache's limit).
             tight2 = replay(AtLeast(make_stop(tg / 4), 2 * p.final.steps), max_steps, focus)
+            if whole_budget:  # a tighter run the cache cuts short is not measured (compute --no-focus-tight)
+                tight, tight2 = (None if t is None or (not t.converged and t.final.steps < max_steps) else t
+                                 for t in (tight, tight2))
             train = rule(p.final.token_attr)[0]
             flag = np.zeros(n_seg, bool) if v is None else (v.borderline | ~v.settled)
             firm = ~flag
@@ -448,7 +492,7 @@ def analyze(args: argparse.Namespace) -> None:
             covers = None if v is None else float(
                 (stop.strength_errors(v.strength, [best_strength]) <= v.strength_err + 1e-12).mean())
             settle = {}
-            if name in (DEFAULT_CANDIDATE, f"default-max{MORE}") and v is not None:
+            if (name == DEFAULT_CANDIDATE or whole_budget) and v is not None:
                 # The flags the default leaves: how near the reference itself is to flipping them.
                 settle = {"err_rate": err_rate(stop, p.history), "flagged": np.flatnonzero(flag).tolist(),
                           "shrink_to_settle": shrink_to_settle(rule, ref_train, *rule.metrics(ref_u), v.strength_err,
@@ -475,13 +519,17 @@ def analyze(args: argparse.Namespace) -> None:
         for window, margin, errors in MARGINS:
             rows.append(adaptive_row(f"margin-{window}-{margin}-{errors}", lambda g, w=window, m=margin, e=errors: MarginVariant(
                 g, 1.0, rule, max_borderline=mb, window=w, margin=m, errors=e), tg, mb))
+        for factor in SHARPER:
+            rows.append(adaptive_row(f"sharper-{factor if isinstance(factor, str) else f'x{factor}'}",
+                                     lambda g, f=factor: SharperErrors(g, 1.0, rule, max_borderline=mb, factor=f), tg, mb))
         on = AttributeConf().refine_on
         for cap in CAPS:  # the default with less budget (its points are the uncapped run's first ones)
             rows.append(adaptive_row(f"default-max{cap}", lambda g: StopTest(g, 1.0, rule, max_borderline=mb, refine_on=on),
                                      tg, mb, max_steps=cap, focus=on == "decisions"))
-        # ... and with more (compute --focus-max 512): only where the cache reaches it on every trace.
-        rows.append(adaptive_row(f"default-max{MORE}", lambda g: StopTest(g, 1.0, rule, max_borderline=mb, refine_on=on),
-                                 tg, mb, max_steps=MORE, focus=on == "decisions", whole_budget=True))
+        # ... and with more (compute --focus-max): only where the cache reaches it on every trace.
+        for cap in MORE:
+            rows.append(adaptive_row(f"default-max{cap}", lambda g: StopTest(g, 1.0, rule, max_borderline=mb, refine_on=on),
+                                     tg, mb, max_steps=cap, focus=on == "decisions", whole_budget=True))
         rows.append(adaptive_row("refine_on-decisions", lambda g: StopTest(
             g, 1.0, rule, max_borderline=mb, refine_on="decisions"), tg, mb, focus=True))
         rows = [r for r in rows if r is not None]
@@ -497,7 +545,6 @@ def analyze(args: argparse.Namespace) -> None:
     table = summarize(per_trace)
     print_table(table)
     by_trace = default_by_trace(per_trace)
-    by_trace_more = default_by_trace(per_trace, f"default-max{MORE}")
     print(f"\nthe default stop test per trace ({DEFAULT_CANDIDATE}):")
     for t in by_trace:
         print("  " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in t.items()))
@@ -511,7 +558,8 @@ def analyze(args: argparse.Namespace) -> None:
     out = {"machine": machine("torch", "transformers"), "model": args.model, "tag": args.tag, "whole": args.whole,
            "select": select_cfg.settings(), "adaptive_max": args.adaptive_max, "per_round": args.per_round,
            "date": time.strftime("%Y-%m-%d"), "traces": len({r["trace"] for r in per_trace}),
-           "table": table, "default_by_trace": by_trace, f"default_max{MORE}_by_trace": by_trace_more,
+           "table": table, "default_by_trace": by_trace,
+           **{f"default_max{cap}_by_trace": default_by_trace(per_trace, f"default-max{cap}") for cap in MORE},
            "unsettled_references": unsettled, "table_settled_references": table_settled,
            "per_trace": per_trace, "frontier": frontier}
     Path(args.out).write_text(json.dumps(out, indent=1, default=float) + "\n")
@@ -551,9 +599,9 @@ def default_by_trace(rows: list[dict], candidate: str = DEFAULT_CANDIDATE) -> li
     # Errors fall as N^-rate; the study's median rate turns "shrink the errors x-fold" into evaluations.
     rates = [r["err_rate"] for r in rows if r["candidate"] == DEFAULT_CANDIDATE and r.get("err_rate") is not None]
     rate = float(np.median(rates)) if rates else None
-    out = []
     if any(r.get("cache_short") for r in rows if r["candidate"] == candidate):
         return []  # not computed on every trace (see `summarize`)
+    out = []
     for r in rows:
         if r["candidate"] != candidate:
             continue
@@ -627,7 +675,7 @@ def summarize(rows: list[dict]) -> list[dict]:
 def _order(name: str) -> tuple:
     fam = name.split("-")[0]
     return ({"reference": 0, "uniform": 1, "linspace": 2, "gauss_legendre": 3, "legacy": 4, "bound": 5, "default": 6,
-             "margin": 7}.get(fam, 8), name)
+             "margin": 7, "sharper": 8}.get(fam, 9), name)
 
 
 def print_table(table: list[dict]) -> None:
@@ -660,6 +708,9 @@ def main() -> None:
     p.add_argument("--no-focus", action="store_true", help="skip the points of attribute.refine_on=decisions")
     p.add_argument("--focus-max", type=int, default=0,
                    help="compute: run the points of refine_on=decisions to this many (default --adaptive-max)")
+    p.add_argument("--no-focus-tight", action="store_true",
+                   help="compute: the default's focused points only, not those of the 4x tighter run (which "
+                        "matter only where the default converges)")
     p.add_argument("--ids", default="", help="compute: only these trace ids, in this order (comma-separated)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32")

@@ -103,3 +103,32 @@ def test_the_uniform_grid_for_an_agreement_needs_every_denser_grid_to_reach_it()
     assert cs.uniform_for(grids, {"trace": "t", "agree_ref": 1.0}) == 17  # 5 agrees by chance, 9 does not
     assert cs.uniform_for(grids, {"trace": "t", "agree_ref": 0.8}) == 5
     assert cs.uniform_for(grids, {"trace": "other", "agree_ref": 1.0}) is None
+
+
+def test_sharper_errors_scale_the_products_errors_by_a_factor_or_by_richardsons():
+    sys.path.insert(0, str(REPO / "bench"))
+    import convergence_study as cs
+
+    from segsft.method.adaptive import Estimate, StopTest, flips_within
+    from segsft.method.metrics import SegmentRule
+    from segsft.method.selection_config import SelectConfig
+
+    rule = SegmentRule([(0, 1), (1, 2), (2, 3)], SelectConfig(always_keep=(), max_consistency=None))
+    rule.metrics = lambda a: (np.asarray(a, dtype=np.float64), np.full(3, 0.5))
+    now, d = np.array([0.45, 0.30, 0.25]), np.array([0.016, 0.02, -0.036])
+
+    def history(shrink: float) -> list:
+        # Strengths summing to 1 whose changes over a doubling fall `shrink`-fold: errors ~ N^-log2(shrink).
+        return [Estimate(9, now + d + shrink * d, 0.01, 0.01), Estimate(18, now + d, 0.01, 0.01), Estimate(36, now, 0.01, 0.01)]
+
+    plain = StopTest(1.0, 1.0, rule).verdict(history(4.0))
+    np.testing.assert_allclose(plain.strength_err, np.abs(d))
+    for factor, shrink, expect in ((0.5, 4.0, 0.5), ("richardson", 4.0, 1 / 3), ("richardson", 2.0, 1.0),
+                                   ("richardson", 1.0, 1 / (2 ** 0.5 - 1))):  # p = 2, 1, and 0 kept at 0.5
+        v = cs.SharperErrors(1.0, 1.0, rule, factor=factor).verdict(history(shrink))
+        np.testing.assert_allclose(v.strength_err, np.abs(d) * expect, rtol=1e-9)
+        box = flips_within(rule, v.train, v.strength, np.full(3, 0.5), np.tile(v.strength_err, (3, 1)), np.zeros(3))
+        assert v.borderline.tolist() == box.tolist()
+    # The flags shrink with the errors: at a third of them segment 1 is no longer borderline.
+    assert plain.borderline.tolist() == [False, True, True]
+    assert cs.SharperErrors(1.0, 1.0, rule, factor="richardson").verdict(history(4.0)).borderline.tolist() == [False, False, False]
