@@ -665,6 +665,8 @@ def summarize(rows: list[dict]) -> list[dict]:
             # where the bound already meets the tighter target).
             t["converged_firm_differs_4x2x"] = sum(r["firm"] - r["firm_agree_4x2x"] for r in conv
                                                    if r.get("firm_agree_4x2x") is not None)
+            # Converged traces whose tighter run is not cached (compute --no-focus-tight): unchecked, not agreeing.
+            t["converged_unchecked_4x2x"] = sum(r.get("firm_agree_4x2x") is None for r in conv)
             t["converged_firm_differs_ref"] = sum(r["firm"] - r["firm_agree_ref"] for r in conv)
             covers = [r["err_covers_ref"] for r in rs if r.get("err_covers_ref") is not None]
             t["err_covers_ref_mean"] = float(np.mean(covers)) if covers else None
@@ -682,7 +684,7 @@ def print_table(table: list[dict]) -> None:
     cols = [("cost_median", "cost"), ("agree_ref_mean", "agree"), ("agree_ref_worst", "worst"),
             ("converged_share", "conv"), ("converged_below_95", "conv<95%"), ("agree_4x_tighter_worst_converged", "4x worst"),
             ("borderline_median", "bl med"), ("borderline_share", "bl share"), ("firm_agree_ref", "firm agree"),
-            ("converged_firm_differs_4x", "firm!=4x"), ("converged_firm_differs_4x2x", "!=4x,2x"),
+            ("converged_firm_differs_4x", "firm!=4x"), ("converged_firm_differs_4x2x", "!=4x,2x"), ("converged_unchecked_4x2x", "unchecked"),
             ("err_covers_ref_mean", "err covers")]
     print(f"\n{'candidate':32s} {'n':>3s} " + " ".join(f"{h:>10s}" for _, h in cols))
     for t in table:

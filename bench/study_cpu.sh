@@ -3,7 +3,7 @@
 # cache under bench/cache/convergence keeps every evaluation and is committed, since a home
 # directory does not outlive a session; a rerun computes only what is missing). Two lanes, one thread each, nice'd so interactive work keeps priority:
 #   cut   : the 16 cut traces (200-400 tokens), adaptive to 256 points, then the points of
-#           attribute.refine_on=decisions (to 512 where 256 leaves a trace unconverged),
+#           attribute.refine_on=decisions (to 512, then 1024, where 256 leaves a trace unconverged),
 #           then uniform grids to 257 and 1025
 #   whole : the whole traces of <= 5,300 SmolLM2 tokens (8 traces, 5-28 segments), no cut,
 #           the default's points (refine_on=decisions) with each pass
@@ -31,6 +31,9 @@ case "${1:?cut or whole}" in
     # The traces the default leaves unconverged at max_steps=256: does a larger budget settle
     # their flags (the default-max512 row)?
     $s --tag cpu-fp32 --traces 16 --adaptive-max 256 --focus-max 512 --levels 2 --ids $AT_CAP
+    # ... and to 1024, the default's points only (the default-max1024 row: is the 5% target
+    # reachable by budget without an overclaim?).
+    $s --tag cpu-fp32 --traces 16 --adaptive-max 256 --focus-max 1024 --no-focus-tight --levels 2 --ids $AT_CAP
     # 1,025-point references, first where the default leaves flags (what settles them is measured
     # there), the one with only a 257-point reference first.
     $s --tag cpu-fp32 --traces 16 --adaptive-max 256 --levels 10 --ids aime24-029,aime24-025,aime24-021

@@ -114,7 +114,8 @@ def test_sharper_errors_scale_the_products_errors_by_a_factor_or_by_richardsons(
     from segsft.method.selection_config import SelectConfig
 
     rule = SegmentRule([(0, 1), (1, 2), (2, 3)], SelectConfig(always_keep=(), max_consistency=None))
-    rule.metrics = lambda a: (np.asarray(a, dtype=np.float64), np.full(3, 0.5))
+    # The consistencies move with the strengths, so their errors are |d| too and must scale alike.
+    rule.metrics = lambda a: (np.asarray(a, dtype=np.float64), 0.3 + np.asarray(a, dtype=np.float64))
     now, d = np.array([0.45, 0.30, 0.25]), np.array([0.016, 0.02, -0.036])
 
     def history(shrink: float) -> list:
@@ -123,11 +124,14 @@ def test_sharper_errors_scale_the_products_errors_by_a_factor_or_by_richardsons(
 
     plain = StopTest(1.0, 1.0, rule).verdict(history(4.0))
     np.testing.assert_allclose(plain.strength_err, np.abs(d))
+    np.testing.assert_allclose(plain.consistency_err, np.abs(d))
     for factor, shrink, expect in ((0.5, 4.0, 0.5), ("richardson", 4.0, 1 / 3), ("richardson", 2.0, 1.0),
-                                   ("richardson", 1.0, 1 / (2 ** 0.5 - 1))):  # p = 2, 1, and 0 kept at 0.5
+                                   ("richardson", 8.0, 1 / 3),  # p = 3 kept at 2
+                                   ("richardson", 1.0, 1 / (2 ** 0.5 - 1))):  # p = 0 kept at 0.5
         v = cs.SharperErrors(1.0, 1.0, rule, factor=factor).verdict(history(shrink))
         np.testing.assert_allclose(v.strength_err, np.abs(d) * expect, rtol=1e-9)
-        box = flips_within(rule, v.train, v.strength, np.full(3, 0.5), np.tile(v.strength_err, (3, 1)), np.zeros(3))
+        np.testing.assert_allclose(v.consistency_err, np.abs(d) * expect, rtol=1e-9)
+        box = flips_within(rule, v.train, v.strength, 0.3 + now, np.tile(v.strength_err, (3, 1)), v.consistency_err)
         assert v.borderline.tolist() == box.tolist()
     # The flags shrink with the errors: at a third of them segment 1 is no longer borderline.
     assert plain.borderline.tolist() == [False, True, True]

@@ -361,7 +361,7 @@ class StopTest:
         None (the total's local errors) while the bound is not met or nothing is flagged."""
         if self.refine_on != "decisions" or path.final.error_sum > self.target_gap:
             return None
-        v = self._verdicts.get(path.final.steps)
+        v = self.verdict(path.history)  # memoised: the stop test has just computed it
         if v is None:
             return None
         flagged = np.flatnonzero(v.borderline | ~v.settled)
