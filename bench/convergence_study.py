@@ -178,10 +178,18 @@ def compute(args: argparse.Namespace) -> None:
                 # attribute.refine_on=decisions at the default targets and 4x tighter: its points
                 # leave the dyadic grids where the flagged segments' integrand changes.
                 seg_rule = SegmentRule(seq.segment_tokens, SelectConfig(), seq.train_tokens)
-                for g in (DEFAULT_GAP,) if args.no_focus_tight else (DEFAULT_GAP, DEFAULT_GAP / 4):
-                    st = StopTest(g, 1.0, seg_rule, max_borderline=DEFAULT_MAX_BORDERLINE, refine_on="decisions")
-                    refine(cache, max_steps=args.focus_max or args.adaptive_max, per_round=args.per_round,
-                           stop=st, focus=st.focus)
+                cap = args.focus_max or args.adaptive_max
+                st = StopTest(DEFAULT_GAP, 1.0, seg_rule, max_borderline=DEFAULT_MAX_BORDERLINE, refine_on="decisions")
+                default = refine(cache, max_steps=cap, per_round=args.per_round, stop=st, focus=st.focus)
+                tight = StopTest(DEFAULT_GAP / 4, 1.0, seg_rule, max_borderline=DEFAULT_MAX_BORDERLINE,
+                                 refine_on="decisions")
+                if args.focus_tight == "all":
+                    refine(cache, max_steps=cap, per_round=args.per_round, stop=tight, focus=tight.focus)
+                elif args.focus_tight == "converged" and default.converged:
+                    # The stricter check's run (AtLeast: 4x tighter and twice the evaluations, to the
+                    # cap); its points include those of the plain 4x tighter run.
+                    refine(cache, max_steps=cap, per_round=args.per_round,
+                           stop=AtLeast(tight, 2 * default.final.steps), focus=tight.focus)
             print(f"{args.tag} {baseline:9s} {row['id']}: {len(cache.points)} points cached, {cache.computed} new "
                   f"in {time.time() - t0:.0f}s", flush=True)
 
@@ -479,7 +487,7 @@ def analyze(args: argparse.Namespace) -> None:
             tight = replay(make_stop(tg / 4), max_steps, focus)
             # The stricter check: 4x tighter and at least twice the evaluations (to the cache's limit).
             tight2 = replay(AtLeast(make_stop(tg / 4), 2 * p.final.steps), max_steps, focus)
-            if whole_budget:  # a tighter run the cache cuts short is not measured (compute --no-focus-tight)
+            if whole_budget:  # a tighter run the cache cuts short is not measured (compute --focus-tight)
                 tight, tight2 = (None if t is None or (not t.converged and t.final.steps < max_steps) else t
                                  for t in (tight, tight2))
             train = rule(p.final.token_attr)[0]
@@ -596,7 +604,8 @@ def default_by_trace(rows: list[dict], candidate: str = DEFAULT_CANDIDATE) -> li
     decided, the uniform grid that reaches its agreement, its cost on this machine, and for the
     segments it leaves flagged how far their errors must shrink before the reference settles them."""
     grids = uniform_grids(rows)
-    # Errors fall as N^-rate; the study's median rate turns "shrink the errors x-fold" into evaluations.
+    # How fast the errors fall, the study's median (a projection of evaluations from it and the
+    # shrink factor missed by up to 15x: focused points settle a flag far faster than the median).
     rates = [r["err_rate"] for r in rows if r["candidate"] == DEFAULT_CANDIDATE and r.get("err_rate") is not None]
     rate = float(np.median(rates)) if rates else None
     if any(r.get("cache_short") for r in rows if r["candidate"] == candidate):
@@ -606,9 +615,7 @@ def default_by_trace(rows: list[dict], candidate: str = DEFAULT_CANDIDATE) -> li
         if r["candidate"] != candidate:
             continue
         shrink = r.get("shrink_to_settle") or []
-        settle = {"flagged": r["flagged"], "shrink_to_settle": shrink, "err_rate_study": rate,
-                  "evaluations_to_settle": [None if rate is None or rate <= 0 or x <= 0 else int(round(r["cost"] * x ** (-1 / rate)))
-                                            for x in shrink]} if shrink else {}
+        settle = {"flagged": r["flagged"], "shrink_to_settle": shrink, "err_rate_study": rate} if shrink else {}
         spe = r.get("seconds_per_eval")
         out.append({"trace": r["trace"], "tokens": r["n_tokens"], "segments": r["n_segments"],
                     "evaluations": r["cost"], "converged": r["converged"], "bound": r["bound"],
@@ -665,7 +672,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             # where the bound already meets the tighter target).
             t["converged_firm_differs_4x2x"] = sum(r["firm"] - r["firm_agree_4x2x"] for r in conv
                                                    if r.get("firm_agree_4x2x") is not None)
-            # Converged traces whose tighter run is not cached (compute --no-focus-tight): unchecked, not agreeing.
+            # Converged traces whose tighter run is not cached (compute --focus-tight): unchecked, not agreeing.
             t["converged_unchecked_4x2x"] = sum(r.get("firm_agree_4x2x") is None for r in conv)
             t["converged_firm_differs_ref"] = sum(r["firm"] - r["firm_agree_ref"] for r in conv)
             covers = [r["err_covers_ref"] for r in rs if r.get("err_covers_ref") is not None]
@@ -710,9 +717,9 @@ def main() -> None:
     p.add_argument("--no-focus", action="store_true", help="skip the points of attribute.refine_on=decisions")
     p.add_argument("--focus-max", type=int, default=0,
                    help="compute: run the points of refine_on=decisions to this many (default --adaptive-max)")
-    p.add_argument("--no-focus-tight", action="store_true",
-                   help="compute: the default's focused points only, not those of the 4x tighter run (which "
-                        "matter only where the default converges)")
+    p.add_argument("--focus-tight", choices=["all", "converged", "none"], default="all",
+                   help="compute: the focused points of the 4x tighter run too (all), only where the default "
+                        "converges (converged: the stricter check's run, twice the evaluations, to the cap), or not")
     p.add_argument("--ids", default="", help="compute: only these trace ids, in this order (comma-separated)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32")
