@@ -166,7 +166,7 @@ def run(cfg: Settings | Any) -> dict:
                  "select.borderline=%s)", n_borderline, scfg.borderline)
     if unconverged:
         log.warning("select: %d sample(s) whose attribution did not converge (select.unconverged=%s; a larger "
-                    "attribute.max_steps settles some, not near ties: docs/stages.md, Quadrature): %s",
+                    "attribute.max_steps settles most: docs/stages.md, Quadrature): %s",
                     len(unconverged), scfg.unconverged, ", ".join(unconverged[:20]) + (" ..." if len(unconverged) > 20 else ""))
     stale = _stop_test_differs(tables.dir, scfg)
     if stale:
