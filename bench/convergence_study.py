@@ -179,10 +179,9 @@ def compute(args: argparse.Namespace) -> None:
                 # leave the dyadic grids where the flagged segments' integrand changes.
                 seg_rule = SegmentRule(seq.segment_tokens, SelectConfig(), seq.train_tokens)
                 cap = args.focus_max or args.adaptive_max
-                st = StopTest(DEFAULT_GAP, 1.0, seg_rule, max_borderline=DEFAULT_MAX_BORDERLINE, refine_on="decisions")
+                st, tight = (StopTest(g, 1.0, seg_rule, max_borderline=DEFAULT_MAX_BORDERLINE, refine_on="decisions")
+                             for g in (DEFAULT_GAP, DEFAULT_GAP / 4))
                 default = refine(cache, max_steps=cap, per_round=args.per_round, stop=st, focus=st.focus)
-                tight = StopTest(DEFAULT_GAP / 4, 1.0, seg_rule, max_borderline=DEFAULT_MAX_BORDERLINE,
-                                 refine_on="decisions")
                 if args.focus_tight == "all":
                     refine(cache, max_steps=cap, per_round=args.per_round, stop=tight, focus=tight.focus)
                 elif args.focus_tight == "converged" and default.converged:
