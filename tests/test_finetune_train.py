@@ -31,6 +31,7 @@ LAUNCHER = textwrap.dedent(
     from omegaconf import OmegaConf
     from transformers import TrainerCallback
     from segsft.finetune.stage import run
+    from segsft.run.dist import end_process_after_group
 
     class KillAt(TrainerCallback):
         def __init__(self, step, path):
@@ -59,6 +60,9 @@ LAUNCHER = textwrap.dedent(
     if os.environ.get("FT_PROBE"):
         callbacks.append(Probe(json.loads(os.environ["FT_PROBE"]), os.path.join(cfg.finetune_dir, "probe_logits.npy")))
     run(cfg, callbacks)
+    # As the command does (segsft.run.cli): a rank ends past the interpreter's teardown, which
+    # gloo's worker threads can abort after the model is written.
+    end_process_after_group(0)
     """
 )
 

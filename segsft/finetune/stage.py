@@ -27,7 +27,7 @@ from segsft.finetune.examples import build_examples, log_report, write_train_tok
 from segsft.finetune.masks import read_masks
 from segsft.finetune.settings import FinetuneError, check_config, deepspeed_config_path
 from segsft.run.dist import is_main as _is_main
-from segsft.run.dist import rank_and_world
+from segsft.run.dist import leave_process_group, rank_and_world
 from segsft.store.fingerprint import SettingsChanged, check_or_store
 from segsft.store.io import file_sha256, write_json
 from segsft.store.layout import FinetuneLayout, SelectionLayout
@@ -178,9 +178,6 @@ def run(cfg: Settings | Any, callbacks: Sequence[Any] = (), checked: bool = Fals
         f", resumed from {outcome.resumed_from.name}" if outcome.resumed_from else "",
         history["first_loss"], history["last_loss"], lay.model,
     )
-    if torch.distributed.is_initialized():
-        # Every rank leaves together; a rank still in a collective would otherwise abort.
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    leave_process_group()
     return FinetuneResult(out, lay.model, lay.train_tokens, lay.loss_history,
                           outcome.resumed_from, outcome.steps_run, trainer)

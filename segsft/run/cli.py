@@ -46,6 +46,7 @@ def main(cfg: DictConfig) -> None:
 def console(hints: Callable[[str], str] | None = None) -> None:
     """Hydra's main with our exit codes (2 for the user's errors, 130 on Ctrl-C); `hints` words
     the errors' commands (default: make's)."""
+    from segsft.run.dist import end_process_after_group
     from segsft.run.hydra_errors import install
     from segsft.run.interrupt import INTERRUPTED
 
@@ -57,13 +58,17 @@ def console(hints: Callable[[str], str] | None = None) -> None:
     except KeyboardInterrupt:
         logging.getLogger("segsft").warning("%s", INTERRUPTED)
         print(f"\n{INTERRUPTED}", file=sys.stderr, flush=True)
+        end_process_after_group(130)
         sys.exit(130)
     except SystemExit as e:
         # Hydra exits 1 when the config does not compose (a value of the wrong type, an unknown
         # key: it names the key in its message). That is the user's to fix, like our checks: 2.
         if e.code == 1 and not _ENTERED:
             sys.exit(2)
+        end_process_after_group(e.code if isinstance(e.code, int) else (0 if e.code is None else 1))
         raise
+    # A torchrun rank of stage=finetune ends here, past the teardown crash of gloo's threads.
+    end_process_after_group(0)
 
 
 def segsft() -> None:

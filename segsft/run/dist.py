@@ -189,3 +189,50 @@ def barrier() -> None:
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+#: Whether this process has left a torch process group (leave_process_group).
+_LEFT_GROUP = False
+
+
+def leave_process_group() -> None:
+    """Every rank leaves together (a rank still in a collective would otherwise abort), then the
+    default group and its subgroups are destroyed; a no-op in one process."""
+    global _LEFT_GROUP
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+        _LEFT_GROUP = True
+
+
+def took_part_in_process_group() -> bool:
+    """Whether a torch process group is up in this process or was left by leave_process_group."""
+    if _LEFT_GROUP:
+        return True
+    dist = sys.modules.get("torch.distributed")
+    return dist is not None and dist.is_available() and dist.is_initialized()
+
+
+def end_process_after_group(code: int) -> None:
+    """End this process now with `code` when it took part in a torch process group; else return.
+
+    Why: destroy_process_group does not stop gloo's worker threads while DeepSpeed still holds the
+    group (every ZeRO-3 parameter does), and a worker that frees a finished collective's tensors
+    asks for the GIL. During the interpreter's own shutdown that request ends the thread from under
+    a C++ destructor: "terminate called without an active exception", SIGABRT, after the model was
+    written (pytorch/pytorch#190489). So the exit handlers run here, while the interpreter is
+    whole, the streams are flushed, and the process ends without the interpreter's teardown.
+    """
+    if not took_part_in_process_group():
+        return
+    import atexit
+
+    atexit._run_exitfuncs()  # logging.shutdown and every library's handler, as a normal exit would
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
