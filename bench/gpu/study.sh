@@ -29,7 +29,8 @@ if [ "$SCALE" = 0 ]; then
   python3 $s compute $c --tag gpu-fp32 --baselines pad --levels 3 --adaptive-max 12 --no-fixed --budget 60
   python3 $s compute $c --tag gpu-fp32-whole --whole --traces 1 --baselines pad --levels 2 --adaptive-max 10 --no-fixed --budget 60
 else
-  python3 $s compute $c --tag gpu-fp32 --baselines pad --levels 10 --adaptive-max 512 --budget 170
+  # The default's points run on to max_steps=1024 where 512 leaves a trace unconverged (default-max1024 row).
+  python3 $s compute $c --tag gpu-fp32 --baselines pad --levels 10 --adaptive-max 512 --focus-max 1024 --budget 170
   python3 $s compute $c --tag gpu-bf16 --dtype bfloat16 --baselines pad --levels 6 --adaptive-max 256 --no-fixed --budget 30
   python3 $s compute $c --tag gpu-fp32 --baselines zero,mean,pad_trace --other-levels 8 --adaptive-max 512 --budget 90
   # Whole traces, no cut, the longer ones (> 5,300 tokens) that the CPU lane cannot afford:
