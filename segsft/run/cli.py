@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from typing import Callable
 
 import hydra
@@ -46,7 +47,7 @@ def main(cfg: DictConfig) -> None:
 def console(hints: Callable[[str], str] | None = None) -> None:
     """Hydra's main with our exit codes (2 for the user's errors, 130 on Ctrl-C); `hints` words
     the errors' commands (default: make's)."""
-    from segsft.run.dist import end_process_after_group
+    from segsft.run.dist import end_process_after_group, took_part_in_process_group
     from segsft.run.hydra_errors import install
     from segsft.run.interrupt import INTERRUPTED
 
@@ -65,7 +66,16 @@ def console(hints: Callable[[str], str] | None = None) -> None:
         # key: it names the key in its message). That is the user's to fix, like our checks: 2.
         if e.code == 1 and not _ENTERED:
             sys.exit(2)
-        end_process_after_group(e.code if isinstance(e.code, int) else (0 if e.code is None else 1))
+        if took_part_in_process_group():
+            if e.code is not None and not isinstance(e.code, int):
+                print(e.code, file=sys.stderr, flush=True)  # what `raise` would print
+            end_process_after_group(e.code if isinstance(e.code, int) else (0 if e.code is None else 1))
+        raise
+    except Exception:
+        # Hydra re-raises (HYDRA_FULL_ERROR=1, a debugger): the traceback, then exit 1.
+        if took_part_in_process_group():
+            traceback.print_exc()
+            end_process_after_group(1)
         raise
     # A torchrun rank of stage=finetune ends here, past the teardown crash of gloo's threads.
     end_process_after_group(0)

@@ -197,7 +197,7 @@ _LEFT_GROUP = False
 
 def leave_process_group() -> None:
     """Every rank leaves together (a rank still in a collective would otherwise abort), then the
-    default group and its subgroups are destroyed; a no-op in one process."""
+    default group and its subgroups are destroyed; a no-op without a process group."""
     global _LEFT_GROUP
     import torch
 
@@ -216,19 +216,23 @@ def took_part_in_process_group() -> bool:
 
 
 def end_process_after_group(code: int) -> None:
-    """End this process now with `code` when it took part in a torch process group; else return.
+    """End this process now with `code` when it took part in a torch process group (the finetune
+    stage's, or any library's still up, e.g. a vLLM engine's); else return. Nothing after it runs.
 
     Why: destroy_process_group does not stop gloo's worker threads while DeepSpeed still holds the
     group (every ZeRO-3 parameter does), and a worker that frees a finished collective's tensors
     asks for the GIL. During the interpreter's own shutdown that request ends the thread from under
     a C++ destructor: "terminate called without an active exception", SIGABRT, after the model was
-    written (pytorch/pytorch#190489). So the exit handlers run here, while the interpreter is
-    whole, the streams are flushed, and the process ends without the interpreter's teardown.
+    written (pytorch/pytorch#190489). So what a normal exit does first happens here, while the
+    interpreter is whole (other threads joined, exit handlers run, streams flushed), and the
+    process ends without the interpreter's teardown (module finalizers do not run).
     """
     if not took_part_in_process_group():
         return
     import atexit
+    import threading
 
+    threading._shutdown()  # type: ignore[attr-defined]  # joins non-daemon threads, as a normal exit does
     atexit._run_exitfuncs()  # logging.shutdown and every library's handler, as a normal exit would
     for stream in (sys.stdout, sys.stderr):
         try:
