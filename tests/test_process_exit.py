@@ -56,14 +56,14 @@ def _port() -> str:
         return str(s.getsockname()[1])
 
 
-def _run(body: str, tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, str]:
+def _run(body: str, tmp_path, *args: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, str]:
     script = tmp_path / "script.py"
     script.write_text(GROUP + textwrap.dedent(body))
     log = tmp_path / "log.txt"
     log.unlink(missing_ok=True)
     proc = subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, capture_output=True, text=True,
                           timeout=120, env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
-                                            "LOG": str(log), "MASTER_PORT": _port()})
+                                            "LOG": str(log), "MASTER_PORT": _port(), **(env or {})})
     return proc, log.read_text() if log.exists() else ""
 
 
@@ -92,13 +92,16 @@ def test_without_a_process_group_nothing_ends_early(tmp_path):
     assert log == "done\n"
 
 
-@pytest.mark.parametrize("leave, body, code, stderr", [
-    (True, "pass", 0, None),
-    (True, "raise SystemExit(2)", 2, None),
-    (True, "raise SystemExit('fatal: the message')", 1, "fatal: the message"),
-    (False, "raise RuntimeError('a rank failed mid-training')", 1, "a rank failed mid-training"),
+@pytest.mark.parametrize("leave, body, code, stderr, env", [
+    (True, "pass", 0, None, {}),
+    (True, "raise SystemExit(2)", 2, None, {}),
+    (True, "raise SystemExit('fatal: the message')", 1, "fatal: the message", {}),
+    (False, "raise RuntimeError('a rank failed mid-training')", 1, "a rank failed mid-training", {}),
+    # Hydra re-raises instead of exiting 1:
+    (False, "raise RuntimeError('a rank failed mid-training')", 1, "a rank failed mid-training",
+     {"HYDRA_FULL_ERROR": "1"}),
 ])
-def test_the_command_ends_a_rank_with_the_stage_s_exit_code(tmp_path, leave, body, code, stderr):
+def test_the_command_ends_a_rank_with_the_stage_s_exit_code(tmp_path, leave, body, code, stderr, env):
     """Through Hydra, as `python pipeline.py stage=...` runs: the stage (patched) used a group."""
     proc, log = _run(f"""
         import segsft.run.stages as stages
@@ -110,7 +113,7 @@ def test_the_command_ends_a_rank_with_the_stage_s_exit_code(tmp_path, leave, bod
         import segsft.run.cli as cli
         cli.console()
         print("after the command", flush=True)
-    """, tmp_path, "stage=select", f"run_dir={tmp_path / 'run'}")
+    """, tmp_path, "stage=select", f"run_dir={tmp_path / 'run'}", env=env)
     assert proc.returncode == code, proc.stderr[-2000:]
     assert proc.stdout.splitlines()[-1] == "exit handler ran" and "teardown" not in proc.stdout
     assert "stage ran\n" in log
