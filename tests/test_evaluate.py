@@ -232,3 +232,25 @@ def test_a_second_writer_of_a_generation_part_is_refused_in_one_line(tmp_path):
             generate_graded(ModelConf(name_or_path="unused"), "m", [("b", [])], 1, EvaluateConf(), lay, 1, 2)
     # Released: the same call goes on (nothing to do, no model loaded).
     assert generate_graded(ModelConf(name_or_path="unused"), "m", [("b", [])], 1, EvaluateConf(), lay, 1, 2) == 0
+
+
+def test_evaluation_refuses_a_fine_tuning_run_without_its_model(tmp_path):
+    """A killed finetune leaves its records but no model/: evaluating would quietly leave the tuned
+    model out, so the stage stops with one line; a finished run or evaluate.models go ahead."""
+    from segsft.config_schema import Settings
+    from segsft.errors import PipelineError
+    from segsft.evaluate.stage import run, unfinished_finetune
+
+    ft = tmp_path / "ft"
+    ft.mkdir()
+    (ft / "run_config.json").write_text("{}")
+    common = ("stage=evaluate", f"finetune_dir={ft}", f"eval_dir={tmp_path / 'eval'}")
+    with pytest.raises(PipelineError) as e:
+        run(compose_config(*common))
+    assert str(e.value).startswith(f"finetune_dir={ft} holds a fine-tuning run without its model")
+    assert not (tmp_path / "eval").exists()  # nothing loaded, nothing written
+    assert unfinished_finetune(Settings.of(compose_config(*common, "evaluate.models=[base]"))) is None
+    (ft / "model").mkdir()
+    (ft / "model" / "config.json").write_text("{}")
+    assert unfinished_finetune(Settings.of(compose_config(*common))) is None
+    assert unfinished_finetune(Settings.of(compose_config("stage=evaluate", f"finetune_dir={tmp_path / 'none'}"))) is None

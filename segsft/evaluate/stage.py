@@ -39,6 +39,20 @@ def models_of(cfg: Settings) -> list[str]:
     return out
 
 
+def unfinished_finetune(cfg: Settings) -> str | None:
+    """One line when evaluation would quietly leave out the run's fine-tuned model: a fine-tuning
+    run started in finetune_dir (its records are there) but has no model yet (killed, or still
+    running). Checked when the stage runs, so stage=all's own finetune finishes first."""
+    lay = FinetuneLayout(Path(cfg.finetune_dir))
+    if cfg.evaluate.models or cfg.evaluate.generations is not None or (lay.model / "config.json").is_file():
+        return None
+    if not (lay.fingerprint.exists() or lay.run_config.exists()):
+        return None
+    return (f"finetune_dir={lay.dir} holds a fine-tuning run without its model ({lay.model} is absent: it was "
+            "stopped, or is still running): rerun stage=finetune with this finetune_dir to resume it, or set "
+            "evaluate.models=[...] to name the models to evaluate (e.g. the base model alone)")
+
+
 def check_config(cfg: Settings) -> list[str]:
     """Every problem of evaluate.* at once."""
     from segsft.run.models import check_model_location
@@ -104,6 +118,9 @@ def grade_file(cfg: Settings, layout: GenerationLayout) -> int:
 def run(cfg: Settings | Any, rank: int = 0, world: int = 1) -> Path | None:
     cfg = Settings.of(cfg)
     e = cfg.evaluate
+    unfinished = unfinished_finetune(cfg)
+    if unfinished:
+        raise PipelineError(unfinished)
     layout = GenerationLayout(Path(cfg.eval_dir))
     layout.dir.mkdir(parents=True, exist_ok=True)
     if e.generations is not None:
