@@ -143,9 +143,13 @@ def test_ctrl_c_in_any_stage_is_one_line_exit_130(tmp_path, stage):
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "READY"
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert _error_lines(err) == ["interrupted: rerun the same command to resume"] and "Traceback" not in err
+    # Once on the console (not again on stdout through the log's console handler); kept in the run's log.
+    assert "interrupted" not in out
+    (log,) = (tmp_path / "r").rglob("segsft.log")
+    assert log.read_text().count("interrupted: rerun the same command to resume") == 1
 
 
 def test_ctrl_c_during_attribution_is_one_line_and_the_rerun_resumes(tmp_path, tiny_model_dir):
@@ -292,6 +296,16 @@ def test_select_with_an_escaping_name_writes_nothing_outside(tmp_path):
     out = run_pipeline("stage=select", f"run_dir={run_dir}", "select.name=../../escape")
     assert out.returncode == 2 and "select.name='../../escape'" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "deep" / "escape").exists() and not (run_dir / "selection").exists()
+
+
+def test_a_users_error_is_shown_once_and_kept_in_the_run_log(tmp_path):
+    out = run_pipeline("stage=select", f"run_dir={tmp_path / 'r'}", "select.borderline=maybe")
+    assert out.returncode == 2
+    said = "select.borderline='maybe': use one of ['rule', 'keep', 'drop']"
+    assert (out.stdout + out.stderr).count(said) == 1, out.stdout + out.stderr
+    assert said in out.stderr
+    (log,) = (tmp_path / "r").rglob("segsft.log")
+    assert log.read_text().count(said) == 1 and "[ERROR]" in log.read_text()
 
 
 # ---- 8, 9. formats we do not read; data.limit=0 ------------------------------------------------------------

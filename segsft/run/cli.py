@@ -39,9 +39,19 @@ def main(cfg: DictConfig) -> None:
         msg = hints(str(e)) if isinstance(e, PipelineError) else storage_error(e)
         if msg is None:
             raise
-        logging.getLogger("segsft").error("%s", msg)
+        _to_log_files(logging.ERROR, msg)
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)
+
+
+def _to_log_files(level: int, msg: str) -> None:
+    """Record `msg` in the run's log file but not on the console, where the caller prints it
+    once on stderr (the console handler would show it a second time, on stdout)."""
+    logger = logging.getLogger("segsft")
+    record = logger.makeRecord(logger.name, level, __file__, 0, "%s", (msg,), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and record.levelno >= handler.level:
+            handler.handle(record)
 
 
 def console(hints: Callable[[str], str] | None = None) -> None:
@@ -57,7 +67,7 @@ def console(hints: Callable[[str], str] | None = None) -> None:
     try:
         main()
     except KeyboardInterrupt:
-        logging.getLogger("segsft").warning("%s", INTERRUPTED)
+        _to_log_files(logging.WARNING, INTERRUPTED)
         print(f"\n{INTERRUPTED}", file=sys.stderr, flush=True)
         end_process_after_group(130)
         sys.exit(130)
