@@ -69,6 +69,7 @@ class PointCache:
                 self.points[float(a)] = (float(f), g.astype(np.float64))
             if "seconds" in z.files:
                 self.seconds, self.timed = float(z["seconds"]), int(z["timed"])
+        self._saved = (self.seconds, self.timed)  # the timing the file holds, as this process last saw it
         self.computed = 0
 
     def __call__(self, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -92,13 +93,28 @@ class PointCache:
                 np.stack([self.points[float(a)][1] for a in alphas]))
 
     def save(self) -> None:
-        a = np.array(sorted(self.points))
+        # Two lanes may widen the same trace: each merges what the other saved since, under a
+        # lock, so neither overwrites the other's points (their seconds add up the same way).
+        from filelock import FileLock
+
         self.file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.file.with_suffix(".tmp.npz")
-        np.savez(tmp, alphas=a, f=np.array([self.points[x][0] for x in a]),
-                 g=np.stack([self.points[x][1] for x in a]).astype(self.store),
-                 seconds=np.float64(self.seconds), timed=np.int64(self.timed))
-        os.replace(tmp, self.file)
+        with FileLock(str(self.file) + ".lock"):
+            if self.file.exists():
+                z = np.load(self.file)
+                for x, f, g in zip(z["alphas"], z["f"], z["g"]):
+                    self.points.setdefault(float(x), (float(f), g.astype(np.float64)))
+                if "seconds" in z.files:
+                    saved_s, saved_n = float(z["seconds"]), int(z["timed"])
+                    # What this process timed since its last save, on top of what is on disk.
+                    self.seconds, self.timed = (saved_s + self.seconds - self._saved[0],
+                                                saved_n + self.timed - self._saved[1])
+            a = np.array(sorted(self.points))
+            tmp = self.file.with_suffix(".tmp.npz")
+            np.savez(tmp, alphas=a, f=np.array([self.points[x][0] for x in a]),
+                     g=np.stack([self.points[x][1] for x in a]).astype(self.store),
+                     seconds=np.float64(self.seconds), timed=np.int64(self.timed))
+            os.replace(tmp, self.file)
+            self._saved = (self.seconds, self.timed)
 
     def sorted_f(self) -> tuple[np.ndarray, np.ndarray]:
         a = np.array(sorted(self.points))
