@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import polars as pl
+
 import pytest
 
 from conftest import REPO, compose_config, needs_shared_data, shared_rows, write_jsonl
@@ -130,6 +132,40 @@ def test_grading_a_generations_file_loads_no_model(tmp_path):
     assert res["accuracy"] == pytest.approx(18 / 30)
     gens = pl.read_parquet(tmp_path / "eval" / "generations-*.parquet")
     assert set(gens["verdict"]) <= {"match", "mismatch"} and gens["pred"].null_count() == 0
+
+
+def test_grading_a_file_rejects_bad_rows_with_their_reason_and_a_regrade_replaces_its_rows(tmp_path):
+    from segsft.evaluate.stage import run
+
+    good = {"id": "p1", "answer": "4", "output": "so </think> \\boxed{4}", "model": "m", "benchmark": "b"}
+    rows = [good, {**good, "id": "p2", "sample": "abc"}, {**good, "id": "p3", "output_tokens": "many"},
+            {**good, "id": "p4", "sample": [1]}, {**good, "id": "p5", "sample": 2**40}, {**good, "id": "p6", "answer": float("nan")},
+            {**good, "id": "p7", "sample": "2", "output_tokens": 12.0}]
+    path = tmp_path / "outs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")  # json writes NaN for the float
+    cfg = compose_config("stage=evaluate", f"run_dir={tmp_path}", f"evaluate.generations={path}")
+    run(cfg)
+    gens = pl.read_parquet(tmp_path / "eval" / "generations-*.parquet").sort("problem_id")
+    assert gens.select("problem_id", "sample", "output_tokens").rows() == [("p1", 0, 0), ("p7", 2, 12)]
+    rej = pl.read_parquet(tmp_path / "eval" / "rejects.parquet").sort("row")
+    assert rej["sample_id"].to_list() == ["p2", "p3", "p4", "p5", "p6"] and rej["row"].to_list() == [1, 2, 3, 4, 5]  # 0-based, as every rejects table
+    assert rej["reason"].to_list() == ["sample='abc' is not a whole number in [0, 2^31)",
+                                       "output_tokens='many' is not a whole number in [0, 2^31)",
+                                       "sample=[1] is not a whole number in [0, 2^31)",
+                                       f"sample={2**40} is not a whole number in [0, 2^31)", "answer is NaN"]
+    assert set(rej["source"]) == {str(path)}
+    # Every input row is accounted for: graded or rejected.
+    assert gens.height + rej.height == len(rows)
+    # The same file, corrected and graded again: its rows replace the first grading's, no duplicates.
+    path.write_text(json.dumps({**good, "output": "so </think> \\boxed{5}"}) + "\n")
+    res = pl.read_parquet(run(cfg)).row(0, named=True)
+    gens = pl.read_parquet(tmp_path / "eval" / "generations-*.parquet")
+    assert gens.select("problem_id", "correct").rows() == [("p1", False)] and res["accuracy"] == 0
+    assert pl.read_parquet(tmp_path / "eval" / "rejects.parquet").height == 0
+    # Another file's rows sit beside them.
+    other = write_jsonl(tmp_path / "other.jsonl", [{**good, "model": "m2"}])
+    res = pl.read_parquet(run(compose_config("stage=evaluate", f"run_dir={tmp_path}", f"evaluate.generations={other}")))
+    assert sorted(res["model"].to_list()) == ["m", "m2"]
 
 
 def test_generate_keeps_the_chosen_sample_and_rejects_the_rest():

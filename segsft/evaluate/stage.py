@@ -87,32 +87,77 @@ def grade_file(cfg: Settings, layout: GenerationLayout) -> int:
     refused = format_problem(path, "evaluate.generations") or nested_column_problem(path, text_columns, "evaluate.generations")
     if refused:
         raise PipelineError(refused)
-    rows, bad, first_why = [], 0, None
+    rows, rejected, first_why = [], [], None
     lines = FileRows(path, None, "evaluate.generations",
                      f"evaluate.generations={path} is empty: give a JSONL or Parquet file with id, answer and output")
     for i, rec, unreadable in lines:
         why = (unreadable.reason.partition(": ")[2] if unreadable is not None
                else "no output or answer" if rec.get("output") is None or rec.get(text_columns[1]) is None
-               else next((p for p in (nested_value_problem(c, rec.get(c)) for c in text_columns) if p), None))
+               else next((p for p in (nested_value_problem(c, rec.get(c)) for c in text_columns) if p), None)
+               or next((f"{c} is NaN" for c in text_columns if _is_nan(rec.get(c))), None))
+        counts = {}
+        for column in ("sample", "output_tokens"):
+            if why is None:
+                counts[column], why = _count(column, rec.get(column))
         if why:
-            bad += 1
             first_why = first_why or f"row {i}: {why}"
             log.warning("evaluate.generations: row %d of %s skipped: %s", i, path, why)
+            pid = unreadable.sample_id if unreadable is not None else rec.get(f.get("id", "id"))
+            rejected.append({"sample_id": str(pid if pid is not None else f"row{i}"), "reason": why,
+                             "source": str(path), "row": i})
             continue
         answer = str(rec[f.get("answer", "answer")])
         fin = str(rec.get("finish_reason") or "unknown")
         g = grade(str(rec["output"]), answer, fin, rec.get("choices"))
         rows.append({"model": str(rec.get("model") or path.stem), "benchmark": str(rec.get("benchmark") or path.stem),
-                     "problem_id": str(rec.get(f.get("id", "id")) or f"row{i}"), "sample": int(rec.get("sample") or 0),
-                     "output": str(rec["output"]), "output_tokens": int(rec.get("output_tokens") or 0),
+                     "problem_id": str(rec.get(f.get("id", "id")) or f"row{i}"), "sample": counts["sample"],
+                     "output": str(rec["output"]), "output_tokens": counts["output_tokens"],
                      "finish_reason": fin, "answer": answer, "pred": g.pred, "correct": g.correct, "verdict": g.verdict})
     lines.check()  # an empty file, or one without a JSON line, is said as such
     if not rows:
         raise PipelineError(f"evaluate.generations={path}: no row has both an output and an answer as text "
                             f"(first: {first_why}): give id, answer and output columns of text")
-    write_parquet(layout.chunk("graded", len(layout.chunks("graded"))), rows, GENERATIONS_SCHEMA)
-    print(f"evaluate: graded {len(rows)} outputs of {path} ({bad} skipped)", flush=True)
+    # One chunk per graded file, named for its path: grading the same file again replaces its
+    # rows (a corrected file is not shadowed by its first grading); other files' rows stay.
+    write_parquet(layout.chunk(f"graded-{_path_key(path)}", 0), rows, GENERATIONS_SCHEMA)
+    _write_rejects(layout, str(path), rejected)
+    print(f"evaluate: graded {len(rows)} outputs of {path} ({len(rejected)} skipped: {layout.rejects})", flush=True)
     return len(rows)
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and value != value
+
+
+def _count(column: str, value: Any) -> tuple[int, str | None]:
+    """A whole number for the int32 column `column` (absent or empty: 0), or why not."""
+    if value is None or value == "":
+        return 0, None
+    n = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    elif isinstance(value, float) and value.is_integer():
+        n = int(value)
+    elif isinstance(value, str) and value.strip().isdigit():
+        n = int(value.strip())
+    if n is None or not 0 <= n < 2**31:
+        return 0, f"{column}={value!r} is not a whole number in [0, 2^31)"
+    return n, None
+
+
+def _path_key(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+
+
+def _write_rejects(layout: GenerationLayout, source: str, rejected: list[dict]) -> None:
+    """The rows of `source` skipped now, in place of those of its last grading; other files' stay."""
+    kept: list[dict] = []
+    if layout.rejects.is_file():
+        old = pl.read_parquet(layout.rejects)
+        kept = old.filter(pl.col("source") != source).to_dicts()
+    write_parquet(layout.rejects, kept + rejected, REJECTS_SCHEMA)
 
 
 def run(cfg: Settings | Any, rank: int = 0, world: int = 1) -> Path | None:
