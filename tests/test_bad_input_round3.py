@@ -308,6 +308,20 @@ def test_a_users_error_is_shown_once_and_kept_in_the_run_log(tmp_path):
     assert log.read_text().count(said) == 1 and "[ERROR]" in log.read_text()
 
 
+@pytest.mark.parametrize("table,content", [("segments", b"PAR1garbagegarbage"), ("samples", b""), ("rejects", b"junk")])
+def test_an_unreadable_attribution_table_is_named_for_select_and_report(tmp_path, table, content):
+    run_dir = _synthetic_run(tmp_path / "r")
+    (bad,) = (run_dir / "attribution").glob(f"{table}-*.parquet")
+    bad.write_bytes(content)
+    for stage in ("select", "report"):
+        out = run_pipeline(f"stage={stage}", f"run_dir={run_dir}")
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        lines = _error_lines(out.stderr)
+        assert lines[0].startswith("error: ") and lines[0].endswith("attribution tables that are not readable Parquet files:")
+        assert lines[1].startswith(f"  - {bad} (") and "part-00000-of-00001.done" in lines[2]
+    assert not (run_dir / "selection").exists()
+
+
 # ---- 8, 9. formats we do not read; data.limit=0 ------------------------------------------------------------
 
 def test_csv_gzip_and_garbage_say_what_is_wrong(tmp_path):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from segsft.errors import PipelineError
@@ -171,10 +172,16 @@ def open_attribution(run_dir: str | Path) -> AttributionTables:
         )
     files = {t: {p: f for p, f in all_files[t].items() if p in finished} for t in ATTRIBUTION_TABLES}
 
-    bad = []
-    for table in ("segments", "samples"):
+    bad, unreadable = [], []
+    for table in ATTRIBUTION_TABLES:
         for part, path in sorted(files[table].items()):
-            schema = pq.read_schema(path)
+            try:
+                schema = pq.read_schema(path)
+            except (OSError, pa.ArrowException) as e:  # cut short, overwritten, or not a file
+                unreadable.append(f"{path} ({str(e).splitlines()[0]})")
+                continue
+            if table not in REQUIRED:
+                continue
             need = REQUIRED[table]
             missing = [c for c in need if c not in schema.names]
             wrong = [f"{c} is {schema.field(c).type}, expected {t}" for c, t in need.items()
@@ -183,6 +190,13 @@ def open_attribution(run_dir: str | Path) -> AttributionTables:
                 bad.append(f"{path} lacks column(s) {missing}")
             if wrong:
                 bad.append(f"{path}: {'; '.join(wrong)}")
+    if unreadable:
+        parts = sorted({_part_of(Path(x.split(" (")[0])) for x in unreadable})
+        raise AttributionNotReady(
+            "attribution tables that are not readable Parquet files:\n  - " + "\n  - ".join(unreadable)
+            + f"\nDelete them with the completion markers of their parts ({', '.join(lay.marker(p).name for p in parts)}) "
+            f"and run `python pipeline.py stage=attribute run_dir={run_dir}` again: it recomputes those parts only."
+        )
     if bad:
         raise AttributionNotReady(
             "attribution tables without the columns selection reads:\n  - " + "\n  - ".join(bad)
