@@ -322,6 +322,34 @@ def test_an_unreadable_attribution_table_is_named_for_select_and_report(tmp_path
     assert not (run_dir / "selection").exists()
 
 
+@pytest.mark.parametrize("how", ["garbled", "empty", "no train column", "summary garbled"])
+def test_compare_names_a_selection_it_cannot_read(tmp_path, how):
+    import pyarrow.parquet as pq
+
+    run_dir = _synthetic_run(tmp_path / "r")
+    for method in ("attribution", "random"):
+        assert run_pipeline("stage=select", f"run_dir={run_dir}", f"select.method={method}").returncode == 0
+    (sel,) = (run_dir / "selection").glob("random-*")
+    masks, summary = sel / "masks.parquet", sel / "summary.json"
+    if how == "garbled":
+        masks.write_bytes(b"PAR1junk")
+    elif how == "empty":
+        masks.write_bytes(b"")
+    elif how == "no train column":
+        pq.write_table(pq.read_table(masks).drop(["train"]), masks)
+    else:
+        summary.write_text("{not json")
+    out = run_pipeline("stage=compare", f"run_dir={run_dir}")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    (line,) = _error_lines(out.stderr)
+    said = {"garbled": f"error: {masks} is not a readable Parquet file (", "empty": f"error: {masks} is not a readable Parquet file (",
+            "no train column": f"error: {masks} lacks column(s) ['train']: ",
+            "summary garbled": f"error: {summary} is not a select stage's summary ("}[how]
+    assert line.startswith(said) and line.endswith(f"delete {sel} and rerun the select stage that made it (its settings: "
+                                                   f"{sel / 'config.yaml'})"), line
+    assert not (run_dir / "compare").exists()
+
+
 # ---- 8, 9. formats we do not read; data.limit=0 ------------------------------------------------------------
 
 def test_csv_gzip_and_garbage_say_what_is_wrong(tmp_path):

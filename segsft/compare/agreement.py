@@ -12,7 +12,9 @@ from typing import Any
 
 import polars as pl
 
+from segsft.errors import PipelineError
 from segsft.store.attribution_tables import AttributionTables
+from segsft.store.io import parquet_columns
 from segsft.store.layout import SelectionLayout
 from segsft.method.adaptive import spearman
 from segsft.schemas import AGREEMENT_SCHEMA, SID
@@ -30,8 +32,17 @@ class SelectionRanking:
 
 
 def describe(lay: SelectionLayout) -> SelectionRanking:
-    """A finished selection's method and the score it ranks by, from its summary."""
-    s = json.loads(lay.summary.read_text())["settings"]
+    """A finished selection's method and the score it ranks by, from its summary; PipelineError
+    naming the file when its summary or masks cannot be read."""
+    redo = f"delete {lay.dir} and rerun the select stage that made it (its settings: {lay.config})"
+    try:
+        s = json.loads(lay.summary.read_text())["settings"]
+        s["method"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PipelineError(f"{lay.summary} is not a select stage's summary ({type(e).__name__}: {e}): {redo}") from None
+    missing = [c for c in (SID, "segment", "train") if c not in parquet_columns(lay.masks, redo)]
+    if missing:
+        raise PipelineError(f"{lay.masks} lacks column(s) {missing}: {redo}")
     method = s["method"]
     score = {"attribution": "strength", "score": s.get("score")}.get(method)
     return SelectionRanking(lay.dir.name, method, score, s.get("order", "high") == "high", lay.masks)

@@ -8,6 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from segsft.errors import PipelineError
+from segsft.store.io import parquet_columns
 from segsft.store.layout import SelectionLayout
 from segsft.schemas import FINETUNE_MASKS_COLUMNS
 
@@ -58,11 +59,11 @@ def read_masks(selection_dir: str | Path) -> dict[str, SampleMask]:
     unfinished = SelectionLayout(Path(selection_dir)).unfinished_problem()
     if unfinished:
         raise MasksError(unfinished)
-    lf = pl.scan_parquet(path)
-    missing = [c for c in FINETUNE_MASKS_COLUMNS if c not in lf.collect_schema().names()]
+    names = parquet_columns(path, f"run the select stage again with this selection_dir to rewrite it")
+    missing = [c for c in FINETUNE_MASKS_COLUMNS if c not in names]
     if missing:
         raise MasksError(f"{path} lacks columns {missing}: it is not a masks table of the select stage")
-    df = lf.select(FINETUNE_MASKS_COLUMNS).sort(["sample_id", "segment"]).collect()
+    df = pl.scan_parquet(path).select(FINETUNE_MASKS_COLUMNS).sort(["sample_id", "segment"]).collect()
     if df["train"].null_count():
         raise MasksError(f"{path}: column train has nulls; every segment must say train true/false")
     out: dict[str, SampleMask] = {}

@@ -1,4 +1,5 @@
-"""Atomic file writes (the schemas of the tables: segsft.schemas)."""
+"""Atomic file writes, and the one checked read of a Parquet file's columns (the schemas of the
+tables: segsft.schemas)."""
 
 from __future__ import annotations
 
@@ -65,3 +66,14 @@ def file_sha256(path: str | Path, block: int = 1 << 22) -> str:
         while chunk := f.read(block):
             h.update(chunk)
     return h.hexdigest()
+
+
+def parquet_columns(path: str | Path, redo: str) -> list[str]:
+    """The column names of the Parquet file `path`, or PipelineError naming it when it cannot be
+    read (cut short, 0 bytes, overwritten, a directory); `redo` says what rewrites it."""
+    from segsft.errors import PipelineError
+
+    try:
+        return list(pq.read_schema(path).names)
+    except (OSError, pa.ArrowException) as e:
+        raise PipelineError(f"{path} is not a readable Parquet file ({str(e).splitlines()[0]}): {redo}") from None
