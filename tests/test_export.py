@@ -96,3 +96,58 @@ def test_export_of_a_gone_run_is_one_line_naming_the_directory(tmp_path):
     ft = RunLayout(gone).finetune
     assert len(errors) == 1 and f"{ft.dir} does not exist" in errors[0] and "Traceback" not in proc.stderr
     assert not ft.export.dir.exists()
+
+
+def _train_tokens(path, table) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(table, bytes):
+        path.write_bytes(table)
+    else:
+        pq.write_table(table, path)
+
+
+@pytest.mark.parametrize("case,said", [
+    ("garbled", "is not a readable Parquet file (Parquet magic bytes not found"),
+    ("empty", "is not a readable Parquet file (Parquet file size is 0 bytes)"),
+    ("no rows", "holds no rows: nothing to export"),
+    ("strings", "columns of other types than segsft writes (Failed to parse string: 'y'"),
+    ("too big", "columns of other types than segsft writes (Integer value 1099511627776 not in range"),
+    ("null row", "null values in {'input_ids': 1, 'labels': 1} (column: rows), which segsft never writes"),
+])
+def test_export_refuses_a_train_tokens_file_it_cannot_trust_naming_it(tmp_path, case, said):
+    import pyarrow as pa
+
+    from segsft.errors import PipelineError
+    from segsft.export.stage import run
+    from segsft.schemas import TRAIN_TOKENS_SCHEMA as S
+
+    good = pa.table({"sample_id": ["a", "b"], "input_ids": [[1, 2, 3], [4, 5]], "labels": [[-100, 2, 3], [-100, 5]]}, schema=S)
+    table = {"garbled": b"PAR1 not parquet", "empty": b"", "no rows": good.slice(0, 0),
+             "strings": pa.table({"sample_id": ["a"], "input_ids": [["x", "y"]], "labels": [["x", "y"]]}),
+             "too big": pa.table({"sample_id": ["a"], "input_ids": [[1, 2**40]], "labels": [[-100, 2**40]]}),
+             "null row": pa.table({"sample_id": ["a", "b"], "input_ids": [[1, 2], None], "labels": [[-100, 2], None]}, schema=S),
+             }[case]
+    ft = RunLayout(tmp_path / "r").finetune
+    _train_tokens(ft.train_tokens, table)
+    with pytest.raises(PipelineError) as e:
+        run(compose_config("stage=export", f"run_dir={tmp_path / 'r'}"))
+    assert str(e.value).startswith(f"{ft.train_tokens}") and said in str(e.value)
+    assert str(e.value).endswith("rerun stage=finetune into a new finetune_dir") and "\n" not in str(e.value)
+    assert not ft.export.dir.exists()
+
+
+@pytest.mark.parametrize("record", ["{garbage", "[1, 2]"])
+def test_an_unreadable_fingerprint_leaves_the_sources_out_of_the_card_only(tmp_path, record, caplog):
+    import pyarrow as pa
+
+    from segsft.export.stage import run
+    from segsft.schemas import TRAIN_TOKENS_SCHEMA as S
+
+    ft = RunLayout(tmp_path / "r").finetune
+    _train_tokens(ft.train_tokens, pa.table({"sample_id": ["a"], "input_ids": [[1, 2]], "labels": [[-100, 2]]}, schema=S))
+    ft.fingerprint.write_text(record)
+    out = run(compose_config("stage=export", f"run_dir={tmp_path / 'r'}"))
+    assert pq.read_table(ft.export.trl).column("completion_mask").to_pylist() == [[0, 1]]
+    assert "- mode:" not in ft.export.card.read_text()
+    assert [r.message for r in caplog.records if r.levelname == "WARNING"][0].startswith(f"export: {ft.fingerprint} is not")
+    assert out

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from segsft.config_schema import Settings
 from segsft.errors import PipelineError
 from segsft.schemas import EXPORT_AXOLOTL_SCHEMA, EXPORT_TRL_SCHEMA, IGNORE_INDEX, TRAIN_TOKENS_SCHEMA
-from segsft.store.io import write_parquet, write_text
+from segsft.store.io import parquet_columns, write_parquet, write_text
 from segsft.store.layout import ExportLayout, FinetuneLayout
 
 log = logging.getLogger(__name__)
@@ -48,12 +48,39 @@ def _read_train_tokens(ft: FinetuneLayout) -> pa.Table:
     if not ft.train_tokens.is_file():
         raise ExportError(f"{ft.train_tokens} does not exist: {ft.dir} holds no fine-tuning run; run stage=finetune "
                           "first (it writes the file before training) or point finetune_dir to one that ran")
-    names = pq.read_schema(ft.train_tokens).names
+    redo = "rerun stage=finetune into a new finetune_dir"
+    names = parquet_columns(ft.train_tokens, redo)
     lacking = [c for c in TRAIN_TOKENS_SCHEMA.names if c not in names]
     if lacking:
         raise ExportError(f"{ft.train_tokens} lacks the columns {lacking}: it is not a train_tokens table of "
-                          "segsft; rerun stage=finetune into a new finetune_dir")
-    return pq.read_table(ft.train_tokens, columns=list(TRAIN_TOKENS_SCHEMA.names)).cast(TRAIN_TOKENS_SCHEMA).combine_chunks()
+                          f"segsft; {redo}")
+    try:
+        table = pq.read_table(ft.train_tokens, columns=list(TRAIN_TOKENS_SCHEMA.names)).cast(TRAIN_TOKENS_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+        raise ExportError(f"{ft.train_tokens}: columns of other types than segsft writes ({str(e).splitlines()[0]}): "
+                          f"{redo}") from None
+    if table.num_rows == 0:
+        raise ExportError(f"{ft.train_tokens} holds no rows: nothing to export; {redo}")
+    nulls = {c: table.column(c).null_count for c in TRAIN_TOKENS_SCHEMA.names if table.column(c).null_count}
+    if nulls:
+        raise ExportError(f"{ft.train_tokens}: null values in {nulls} (column: rows), which segsft never writes; {redo}")
+    return table.combine_chunks()
+
+
+def _fingerprint(ft: FinetuneLayout) -> dict:
+    """What the fine-tuning run recorded of its inputs ({} without a readable record: the export
+    needs only the tokens, so it says so and goes on)."""
+    if not ft.fingerprint.is_file():
+        return {}
+    try:
+        fp = json.loads(ft.fingerprint.read_text())
+    except (OSError, ValueError) as e:
+        log.warning("export: %s is not readable JSON (%s): the export's card leaves out its sources", ft.fingerprint, e)
+        return {}
+    if not isinstance(fp, dict):
+        log.warning("export: %s is not a JSON object: the export's card leaves out its sources", ft.fingerprint)
+        return {}
+    return fp
 
 
 def _masks(ids: pa.ListArray, labels: pa.ListArray, where: Path) -> tuple[pa.ListArray, pa.ListArray]:
@@ -73,11 +100,8 @@ def _masks(ids: pa.ListArray, labels: pa.ListArray, where: Path) -> tuple[pa.Lis
     return completion, ones
 
 
-def _card(ft: FinetuneLayout, out: ExportLayout, rows: int, tokens: int, learned: int) -> str:
-    source = {}
-    if ft.fingerprint.is_file():
-        fp = json.loads(ft.fingerprint.read_text())
-        source = {k: fp.get(k) for k in ("mode", "selection_dir", "data_path", "model", "max_length")}
+def _card(ft: FinetuneLayout, fp: dict, out: ExportLayout, rows: int, tokens: int, learned: int) -> str:
+    source = {k: fp.get(k) for k in ("mode", "selection_dir", "data_path", "model", "max_length")} if fp else {}
     lines = [
         "# segsft export",
         "",
@@ -118,8 +142,9 @@ def run(cfg: Settings | Any) -> dict[str, Path]:
     out = export_dir(cfg)
     ids, labels = table.column("input_ids").chunk(0), table.column("labels").chunk(0)
     completion, ones = _masks(ids, labels, ft.train_tokens)
-    if ft.fingerprint.is_file() and cfg.selection_dir:
-        trained_on = json.loads(ft.fingerprint.read_text()).get("selection_dir")
+    fp = _fingerprint(ft)
+    if cfg.selection_dir:
+        trained_on = fp.get("selection_dir")
         if trained_on and Path(trained_on).resolve() != Path(str(cfg.selection_dir)).resolve():
             log.warning("export: %s was fine-tuned on the selection %s (not selection_dir=%s): exporting its tokens",
                         ft.dir, trained_on, cfg.selection_dir)
@@ -127,7 +152,7 @@ def run(cfg: Settings | Any) -> dict[str, Path]:
                   EXPORT_TRL_SCHEMA)
     write_parquet(out.axolotl, pa.table([ids, ones, labels], schema=EXPORT_AXOLOTL_SCHEMA), EXPORT_AXOLOTL_SCHEMA)
     learned = pc.sum(pc.cast(completion.flatten(), pa.int64())).as_py() or 0
-    write_text(out.card, _card(ft, out, table.num_rows, len(ids.flatten()), learned))
+    write_text(out.card, _card(ft, fp, out, table.num_rows, len(ids.flatten()), learned))
     log.info("export: %d sequences (%d tokens, %d carry loss) of %s -> %s", table.num_rows, len(ids.flatten()),
              learned, ft.train_tokens, out.dir)
     return out.outputs()
