@@ -350,6 +350,38 @@ def test_compare_names_a_selection_it_cannot_read(tmp_path, how):
     assert not (run_dir / "compare").exists()
 
 
+def test_select_says_how_many_strengths_are_not_finite_and_counts_them_as_zero(tmp_path, caplog):
+    from segsft.select.stage import run
+
+    nan = float("nan")
+    rows = (segment_rows("a", [nan, 0.3, 0.1, 0.05, 0.05], [0.2, 0.9, 0.5, None, 0.1], [4, 6, 3, 2, 5])
+            + segment_rows("b", [0.2, float("inf"), 0.2], [0.3, 0.5, 0.7], [10, 1, 2]) + segment_rows("c", [1.0], [0.99], [8]))
+    write_attribution(tmp_path / "r", rows, world=1)
+    zero = segment_rows("a", [0.0, 0.3, 0.1, 0.05, 0.05], [0.2, 0.9, 0.5, None, 0.1], [4, 6, 3, 2, 5])
+    write_attribution(tmp_path / "z", zero, world=1)
+    with caplog.at_level(logging.WARNING):
+        run(compose_config("stage=select", f"run_dir={tmp_path / 'r'}", "select.always_keep=[]"))
+    said = [r.message for r in caplog.records if "not finite" in r.message or "NaN, infinite or null" in r.message]
+    assert len(said) == 1 and said[0].startswith("select: 2 segment(s) of 2 sample(s) have a strength that is NaN")
+    # The NaN counts as 0: sample a's decisions are those of the same sample with a 0 there.
+    run(compose_config("stage=select", f"run_dir={tmp_path / 'z'}", "select.always_keep=[]"))
+    got = {d: pl.read_parquet(tmp_path / d / "selection" / "*" / "masks.parquet").filter(pl.col("sample_id") == "a")
+           .sort("segment")["train"].to_list() for d in ("r", "z")}
+    assert got["r"] == got["z"]
+
+
+def test_select_refuses_tables_with_samples_but_no_segment(tmp_path):
+    run_dir = _synthetic_run(tmp_path / "r")
+    (seg,) = (run_dir / "attribution").glob("segments-*.parquet")
+    pq.write_table(pq.read_table(seg).slice(0, 0), seg)
+    out = run_pipeline("stage=select", f"run_dir={run_dir}")
+    assert out.returncode == 2
+    assert _error_lines(out.stderr) == [f"error: the attribution tables under {run_dir / 'attribution'} hold 3 sample(s) "
+                                        "but no segment: they were cut short or rewritten; rerun stage=attribute into a "
+                                        "new run_dir"]
+    assert not (run_dir / "selection").exists()
+
+
 # ---- 8, 9. formats we do not read; data.limit=0 ------------------------------------------------------------
 
 def test_csv_gzip_and_garbage_say_what_is_wrong(tmp_path):

@@ -71,6 +71,23 @@ def _check_score_column(tables: Any, score: str) -> None:
                     "memory): their segments are ranked by index within the budget", empty, score)
 
 
+def _check_strengths(segments: pl.LazyFrame, samples: pl.LazyFrame, adir: Path) -> None:
+    """Refuse tables with samples but no segment; say how many strengths are not finite (the
+    rule counts them as 0, docs/method.md step 7, which changes those samples' decisions)."""
+    n_samples = samples.select(pl.len()).collect().item()
+    counts = (segments.select(bad=(~pl.col("strength").is_finite()).fill_null(True), sid=pl.col(SID))
+              .select(n=pl.len(), bad=pl.col("bad").sum(), bad_samples=pl.col("sid").filter(pl.col("bad")).n_unique())
+              .collect().row(0, named=True))
+    if n_samples and not counts["n"]:
+        raise PipelineError(f"the attribution tables under {adir} hold {n_samples} sample(s) but no segment: they were "
+                            "cut short or rewritten; rerun stage=attribute into a new run_dir")
+    if counts["bad"]:
+        log.warning("select: %d segment(s) of %d sample(s) have a strength that is NaN, infinite or null (the "
+                    "attribution overflowed, e.g. in float16): the rule counts them as 0, so those samples' decisions "
+                    "rest on their other segments; rerun their attribution with attribute.dtype=float32",
+                    counts["bad"], counts["bad_samples"])
+
+
 def apply_unconverged(mask: pl.DataFrame, unconverged: list[str], policy: str) -> pl.DataFrame:
     """select.unconverged: keep the decisions of samples whose adaptive attribution did not
     converge, train them in full (why=unconverged), or leave them out of the masks. A sample
@@ -157,6 +174,7 @@ def run(cfg: Settings | Any) -> dict:
         _check_score_column(tables, scfg.score)
         columns = tuple(dict.fromkeys((*columns, scfg.score)))
     segments = tables.scan_segments(columns, SELECT_OPTIONAL_SEGMENT_COLUMNS)
+    _check_strengths(segments, samples_in, tables.dir)
     masks = select_masks(segments, scfg, samples_in if scfg.min_tokens > 0 else None)
     masks = {k: apply_unconverged(apply_borderline(m, scfg.borderline, scfg.always_keep), unconverged, scfg.unconverged)
              for k, m in masks.items()}
