@@ -532,8 +532,12 @@ def test_an_empty_or_unreadable_generations_file_is_named_as_such(tmp_path):
     empty, garbage = tmp_path / "empty.jsonl", tmp_path / "garbage.jsonl"
     empty.write_text("")
     garbage.write_text("{not json\n")
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(b"PAR1 cut short")
     for f, said in ((empty, f"error: evaluate.generations={empty} is empty: give a JSONL or Parquet file"),
-                    (garbage, f"error: evaluate.generations={garbage}: no line is a valid JSON object (first bad line 1")):
+                    (garbage, f"error: evaluate.generations={garbage}: no line is a valid JSON object (first bad line 1"),
+                    (cut, f"error: evaluate.generations={cut} is not a readable Parquet file (")):
         out = run_pipeline("stage=evaluate", f"run_dir={tmp_path / 'r'}", f"evaluate.generations={f}")
         assert out.returncode == 2 and "Traceback" not in out.stderr
         assert [x for x in out.stderr.splitlines() if x.startswith("error:")][0].startswith(said), out.stderr
+        assert "data.path" not in out.stderr

@@ -115,16 +115,17 @@ def _no_json(path: Path, rows: int, first_bad: tuple[int, str] | None, key: str)
                        "(one JSON object per line) or a Parquet file")
 
 
-def raw_rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any] | None, str]]:
-    """(row index, record or None when unparsable, parse error or raw line)."""
+def raw_rows(path: Path, key: str = "data.path") -> Iterator[tuple[int, Mapping[str, Any] | None, str]]:
+    """(row index, record or None when unparsable, parse error or raw line); `key` is the setting
+    that named the file (for the message when it is not readable at all)."""
     if path.suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
         try:
             table = pq.read_table(path)
         except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
-            raise CorpusError(f"{path} is not a readable Parquet file ({str(e).splitlines()[0]}): "
-                              "point data.path to a Parquet or JSONL (.jsonl) corpus") from None
+            raise CorpusError(f"{key}={path} is not a readable Parquet file ({str(e).splitlines()[0]}): "
+                              f"point {key} to a readable Parquet or JSONL (.jsonl) file") from None
         for i, rec in enumerate(table.to_pylist()):
             yield i, rec, ""
         return
@@ -166,7 +167,7 @@ class FileRows:
         self.fields: set[str] = set()
 
     def __iter__(self) -> Iterator[tuple[int, Mapping[str, Any] | None, Reject | None]]:
-        for i, rec, err in raw_rows(self.path):
+        for i, rec, err in raw_rows(self.path, self.key):
             self.rows += 1
             if self.limit is not None and i >= self.limit:
                 break
