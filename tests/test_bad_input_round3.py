@@ -461,8 +461,10 @@ def test_rerunning_a_run_that_scored_nothing_with_the_fixed_corpus_works(tmp_pat
 # ---- 11. Hydra's own messages ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("override,line", [
-    ("select.always_keep=abc", "error: select.always_keep=abc: select.always_keep is a list: use a list like "
-                               "select.always_keep=[0,-1]"),
+    ("select.always_keep=0", "error: select.always_keep=0: select.always_keep is a list: write it in brackets, e.g. "
+                             "select.always_keep=[0]"),
+    ("evaluate.benchmarks=aime24", "error: evaluate.benchmarks=aime24: evaluate.benchmarks is a list: write it in "
+                                   "brackets, e.g. evaluate.benchmarks=[aime24]"),
     ("select.top_mass=abc", "error: select.top_mass=abc: select.top_mass takes a number (e.g. 0.7), not 'abc'"),
     ("select.max_consistancy=0.5", "error: select.max_consistancy is not a key of select.*: did you mean "
                                    "select.max_consistency? check the spelling (select.* has: "),

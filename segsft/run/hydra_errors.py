@@ -89,7 +89,10 @@ def one_line(ex: BaseException, argv: Sequence[str]) -> str | None:
         override = _override_of(full_key, argv)
         msg = str(cause).splitlines()[0]
         if "is not a ListConfig" in msg:
-            return f"{override}: {full_key} is a list: use a list like {full_key}=[0,-1]"
+            # The user's own value in brackets is what they meant, in the list form.
+            value = override.partition("=")[2]
+            example = f"[{value}]" if value and not value.startswith(("[", "{")) else "[a,b]"
+            return f"{override}: {full_key} is a list: write it in brackets, e.g. {full_key}={example}"
         m = _CONVERT.search(msg)
         if m:
             inside = "[" in str(getattr(cause, "full_key", ""))
