@@ -40,7 +40,7 @@ def _synthetic_run(root: Path) -> Path:
 
 # ---- 1. a directory key that names a file ------------------------------------------------------------
 
-@pytest.mark.parametrize("key", ["run_dir", "selection_dir", "finetune_dir", "eval_dir", "generate_dir"])
+@pytest.mark.parametrize("key", ["run_dir", "selection_dir", "finetune_dir", "eval_dir", "generate_dir", "export.dir"])
 def test_every_directory_key_naming_a_file_is_one_problem(tmp_path, key):
     from segsft.run.path_keys import path_key_problems
 
@@ -50,6 +50,16 @@ def test_every_directory_key_naming_a_file_is_one_problem(tmp_path, key):
     assert errs == [f"{key}={f} is a file, not a directory: point {key} elsewhere (or move the file)"]
     errs = path_key_problems(compose_config("stage=select", f"run_dir={tmp_path / 'r'}", f"{key}={f}/sub"))
     assert errs == [f"{key}={f}/sub: {f} is a file, not a directory: point {key} elsewhere"]
+
+
+def test_a_report_path_under_a_file_is_one_problem(tmp_path):
+    from segsft.run.path_keys import path_key_problems
+
+    f = tmp_path / "afile"
+    f.write_text("x")
+    for path, tail in ((f / "x.html", " (or move the file)"), (f / "a" / "x.html", "")):
+        errs = path_key_problems(compose_config("stage=report", f"run_dir={tmp_path / 'r'}", f"report.path={path}"))
+        assert errs == [f"report.path={path}: {f} is a file, not a directory: point report.path elsewhere{tail}"]
 
 
 @pytest.mark.parametrize("key", ["run_dir", "selection_dir"])
@@ -528,6 +538,14 @@ def test_a_huge_trace_is_rejected_without_tokenizing_it(tmp_path, tokenizer, mon
     assert [r["sample_id"] for r in rejects] == ["huge"]
     assert "2,000,0" in rejects[0]["reason"] and "rejected before tokenizing" in rejects[0]["reason"]
     assert [s.sample_id for s, _ in ready] == ["small"]
+
+
+def test_a_generations_directory_is_named_as_a_directory(tmp_path):
+    from segsft.evaluate.stage import check_config
+
+    errs = check_config(compose_config("stage=evaluate", f"run_dir={tmp_path / 'r'}", f"evaluate.generations={tmp_path}"))
+    assert errs == [f"evaluate.generations={str(tmp_path)!r} is a directory: give a JSONL or Parquet file with id, answer "
+                    "and output columns"]
 
 
 def test_an_empty_or_unreadable_generations_file_is_named_as_such(tmp_path):

@@ -65,7 +65,8 @@ def check_config(cfg: Settings) -> list[str]:
         errs.append("eval_dir is empty: set eval_dir=<directory for generations and results>")
     if e.generations is not None:
         if not Path(e.generations).is_file():
-            errs.append(f"evaluate.generations={e.generations!r} does not exist: give a JSONL or Parquet file with "
+            what = "is a directory" if Path(e.generations).is_dir() else "does not exist"
+            errs.append(f"evaluate.generations={e.generations!r} {what}: give a JSONL or Parquet file with "
                         "id, answer and output columns")
         return errs
     if not e.benchmarks:

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 #: Every key of conf/config.yaml that names a directory a stage writes or reads.
-DIR_KEYS = ("run_dir", "selection_dir", "finetune_dir", "eval_dir", "generate_dir")
+DIR_KEYS = ("run_dir", "selection_dir", "finetune_dir", "eval_dir", "generate_dir", "export.dir")
+#: Keys that name a file a stage writes: no directory on its way may be a file.
+FILE_KEYS = ("report.path",)
 #: Keys whose value is one directory name under a parent the pipeline chooses.
 NAME_KEYS = ("select.name",)
 
@@ -67,5 +69,13 @@ def path_key_problems(cfg: Any) -> list[str]:
         if why and _blocking_file(v) not in blocked:
             blocked.add(_blocking_file(v))
             errs.append(why)
+    for k in FILE_KEYS:
+        v = _value(cfg, k)
+        parent = Path(str(v)).parent if v else None
+        why = dir_key_problem(k, parent) if parent else None
+        if why and _blocking_file(parent) not in blocked:
+            blocked.add(_blocking_file(parent))
+            errs.append(why.replace(f"{k}={parent}", f"{k}={v}", 1).replace(f"{k}={v} is a file",
+                                                                           f"{k}={v}: {parent} is a file", 1))
     errs += [e for e in (name_key_problem(k, _value(cfg, k)) for k in NAME_KEYS) if e]
     return errs
