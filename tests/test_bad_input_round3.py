@@ -540,6 +540,32 @@ def test_a_huge_trace_is_rejected_without_tokenizing_it(tmp_path, tokenizer, mon
     assert [s.sample_id for s, _ in ready] == ["small"]
 
 
+def test_a_model_directory_transformers_cannot_load_is_named_before_any_load(tmp_path, tiny_model_dir):
+    import shutil
+
+    from segsft.run.models import check_model_config
+
+    want = "give a model directory (config.json, safetensors, tokenizer) or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_model_dir, bad)
+    (bad / "config.json").write_text("{garbage")
+    notok = tmp_path / "notok"
+    notok.mkdir()
+    shutil.copy(Path(tiny_model_dir) / "config.json", notok / "config.json")
+    assert check_model_config(ModelConf(name_or_path=str(empty))) == [f"model.name_or_path={str(empty)!r} holds no config.json: {want}"]
+    assert check_model_config(ModelConf(name_or_path=str(bad))) == [
+        f"model.name_or_path={str(bad)!r}: {bad / 'config.json'} is not a JSON object: {want}"]
+    assert check_model_config(ModelConf(name_or_path=str(notok)))[0].startswith(
+        f"model.name_or_path={str(notok)!r} holds no tokenizer (")
+    assert check_model_config(ModelConf(name_or_path=str(tiny_model_dir))) == []
+    assert check_model_config(ModelConf(name_or_path=str(tiny_model_dir), dtype="int4")) == [
+        "model.dtype='int4': use auto or one of ['bf16', 'bfloat16', 'float16', 'float32', 'float64', 'fp16', 'fp32']"]
+    out = run_pipeline("stage=attribute", f"run_dir={tmp_path / 'r'}", f"model.name_or_path={empty}", "attribute.device=cpu")
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "holds no config.json" in out.stderr
+
+
 def test_a_generations_directory_is_named_as_a_directory(tmp_path):
     from segsft.evaluate.stage import check_config
 

@@ -73,7 +73,8 @@ def check_config(cfg: Settings) -> list[str]:
         errs.append("evaluate.benchmarks is empty: name at least one (e.g. [aime24])")
     errs += [p for p in (spec_problem(str(b)) for b in e.benchmarks) if p]
     for m in models_of(cfg):
-        errs += [x.replace("model.name_or_path", "evaluate.models") for x in check_model_location(ModelConf(name_or_path=m))]
+        said = check_model_location(ModelConf(name_or_path=m))
+        errs += [x.replace("model.name_or_path", "evaluate.models") for x in said] if e.models else said
     return errs
 
 

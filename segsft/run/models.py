@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 
 def check_model_config(m: ModelConf) -> list[str]:
     """Every problem of the `model` settings that can be seen before anything loads."""
-    return check_model_location(m)
+    errs = [] if m.dtype == "auto" or m.dtype in DTYPES else [f"model.dtype={m.dtype!r}: use auto or one of {sorted(DTYPES)}"]
+    return errs + check_model_location(m)
 
 
 def pick_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
@@ -56,9 +58,25 @@ def check_model_location(m: ModelConf) -> list[str]:
     more than one /) cannot be a hub id: say so before anything loads."""
     name = str(m.name_or_path or "")
     looks_local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
-    if looks_local and not Path(name).expanduser().exists():
-        return [f"model.name_or_path={name!r} does not exist: give a model directory (config.json, safetensors, "
-                "tokenizer) or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct"]
+    want = ("give a model directory (config.json, safetensors, tokenizer) or a hub id such as "
+            "HuggingFaceTB/SmolLM2-135M-Instruct")
+    path = Path(name).expanduser() if name else None
+    if looks_local and not path.exists():
+        return [f"model.name_or_path={name!r} does not exist: {want}"]
+    if path is None or not path.is_dir():
+        return []
+    # A local directory: what transformers would fail on deep in a stage, said before any load.
+    config = path / "config.json"
+    if not config.is_file():
+        return [f"model.name_or_path={name!r} holds no config.json: {want}"]
+    try:
+        ok = isinstance(json.loads(config.read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        ok = False
+    if not ok:
+        return [f"model.name_or_path={name!r}: {config} is not a JSON object: {want}"]
+    if not any(f.name.startswith(("tokenizer", "vocab", "spiece")) for f in path.iterdir()):
+        return [f"model.name_or_path={name!r} holds no tokenizer (tokenizer.json, tokenizer.model, vocab.json ...): {want}"]
     return []
 
 
