@@ -566,6 +566,31 @@ def test_a_model_directory_transformers_cannot_load_is_named_before_any_load(tmp
     assert out.returncode == 2 and "Traceback" not in out.stderr and "holds no config.json" in out.stderr
 
 
+def test_a_damaged_fingerprint_or_part_table_is_named_on_resume(tmp_path, tiny_model_dir):
+    import shutil
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", make_traces(2, seed=3))
+    common = [f"model.name_or_path={tiny_model_dir}", f"data.path={corpus}", "attribute.rule=gauss_legendre",
+              "attribute.steps=2", "attribute.device=cpu", "stage=attribute"]
+    assert run_pipeline(*common, f"run_dir={tmp_path / 'r'}").returncode == 0
+    for case in ("{garbage", "[1]", "samples"):
+        r = tmp_path / f"r-{len(case)}"
+        shutil.copytree(tmp_path / "r", r)
+        adir = r / "attribution"
+        if case == "samples":
+            (adir / "part-00000-of-00001.done").unlink()
+            (adir / "samples-00000-of-00001.parquet").write_bytes(b"junk")
+            said = f"error: {adir / 'samples-00000-of-00001.parquet'} is not a readable Parquet file ("
+        else:
+            (adir / "fingerprint.json").write_text(case)
+            said = (f"error: {adir / 'fingerprint.json'} is not a settings record this pipeline wrote (not a JSON object), "
+                    f"and {adir} holds scores made under it: set a new run_dir=")
+        out = run_pipeline(*common, f"run_dir={r}")
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        (line,) = [ln for ln in _error_lines(out.stderr) if not ln.startswith("Loading")]  # less the model's load bar
+        assert line.startswith(said), line
+
+
 def test_a_generations_directory_is_named_as_a_directory(tmp_path):
     from segsft.evaluate.stage import check_config
 

@@ -86,7 +86,19 @@ def check_or_store(path: Path, fp: Mapping[str, Any], holds: str, remedy: str,
     if not path.is_file():
         write_json(path, dict(fp))
         return
-    diff = settings_diff(json.loads(path.read_text()), fp)
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        stored = None
+    if not isinstance(stored, dict):
+        if bound is not None and not bound():
+            log.info("%s holds no %s yet: its unreadable settings fingerprint is replaced by this run's", path.parent, holds)
+            write_json(path, dict(fp))
+            return
+        # What was made here was made with settings no one can now tell: mixing is refused.
+        raise SettingsChanged(f"{path} is not a settings record this pipeline wrote (not a JSON object), and "
+                              f"{path.parent} holds {holds} made under it: {remedy}")
+    diff = settings_diff(stored, fp)
     if diff and bound is not None and not bound():
         # The fingerprint binds what was made under it, and nothing is yet (a run that failed
         # before scoring anything, e.g. on a wrong data.path): a corrected rerun takes the directory.
