@@ -408,6 +408,9 @@ def typed(schema: type, node: Any) -> Any:
 
     if isinstance(node, schema):
         return node
+    unknown = _unknown_keys(schema, node)
+    if unknown:
+        raise SettingsError(unknown)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), node if node is not None else {})
         return OmegaConf.to_object(merged)
@@ -415,3 +418,38 @@ def typed(schema: type, node: Any) -> Any:
         key = getattr(e, "full_key", None) or getattr(e, "key", None)
         what = str(e).splitlines()[0]
         raise SettingsError(f"{key}: {what}" if key and str(key) not in what else what) from None
+
+
+def _unknown_keys(schema: type, node: Any, prefix: str = "") -> str | None:
+    """The first key of `node` that `schema` (a dataclass) does not have, in one line; None when
+    every key is known. OmegaConf lets a `+group.key=` override through a merge into a group's
+    dataclass and then drops it, so a misspelt added key would otherwise do nothing, silently."""
+    import dataclasses
+    import difflib
+    import typing
+
+    from omegaconf import DictConfig
+
+    if node is None or not dataclasses.is_dataclass(schema):
+        return None
+    if not isinstance(node, (DictConfig, dict)):
+        return None
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key in node.keys():
+        key = str(key)
+        if key not in fields:
+            if not prefix:
+                return f"Key '{key}' not in '{schema.__name__}'"
+            near = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"did you mean {prefix}{near[0]}? " if near else ""
+            return (f"{prefix}{key} is not a key of {prefix}*: {hint}check the spelling "
+                    f"({prefix}* has: {', '.join(fields)})")
+        sub = typing.get_type_hints(schema).get(key)
+        sub = sub if isinstance(sub, type) and dataclasses.is_dataclass(sub) else None
+        if sub is not None:
+            child = node[key] if isinstance(node, dict) else node._get_node(key)
+            found = _unknown_keys(sub, child, f"{prefix}{key}.")
+            if found:
+                return found
+    return None
+
