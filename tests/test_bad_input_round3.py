@@ -478,6 +478,9 @@ def test_rerunning_a_run_that_scored_nothing_with_the_fixed_corpus_works(tmp_pat
     ("select.top_mass=abc", "error: select.top_mass=abc: select.top_mass takes a number (e.g. 0.7), not 'abc'"),
     ("select.max_consistancy=0.5", "error: select.max_consistancy is not a key of select.*: did you mean "
                                    "select.max_consistency? check the spelling (select.* has: "),
+    ("select.top_mass=0.7,0.8", "error: select.top_mass=0.7,0.8: a comma sweeps over values only under --multirun: add "
+                                "-m to run one job per value, or write a list as select.top_mass=[0.7,0.8] or text as "
+                                "select.top_mass='\"0.7,0.8\"'"),
     ("+select.top_mas=0.5", "error: select.top_mas is not a key of select.*: did you mean select.top_mass? check the "
                             "spelling (select.* has: "),
     ("model=foo", "error: model=foo: there is no such model (conf/model/foo.yaml): use one of r1_distill_qwen_1_5b, "),

@@ -58,6 +58,11 @@ def one_line(ex: BaseException, argv: Sequence[str]) -> str | None:
         key, _, value = bad.partition("=")
         return (f"cannot read the override {bad!r}: a value with spaces, non-ASCII letters or any of ()[]{{}},:'\" "
                 f"must be quoted: '{key}=\"{value}\"'")
+    m = re.match(r"Ambiguous value for argument '([^']+)'", str(ex))
+    if m:
+        key, _, value = m.group(1).partition("=")
+        return (f"{m.group(1)}: a comma sweeps over values only under --multirun: add -m to run one job per value, "
+                f"or write a list as {key}=[{value}] or text as {key}='\"{value}\"'")
     from hydra.errors import MissingConfigException
 
     if isinstance(ex, MissingConfigException):
