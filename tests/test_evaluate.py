@@ -207,10 +207,10 @@ def test_generate_writes_a_corpus_this_pipeline_reads(tmp_path, tiny_model_dir, 
     (["stage=evaluate", "evaluate.benchmarks=[nosuch]"], "'nosuch' is neither a shipped benchmark"),
     (["stage=generate", "generate.problems=NOANSWERS"], "has no field ['answer'] in any row"),
 ])
-def test_bad_input_is_one_line(tmp_path, args, needle):
+def test_bad_input_is_one_line(tmp_path, tiny_model_dir, args, needle):
     probs = write_jsonl(tmp_path / "q.jsonl", [{"id": "a", "question": "q"}])
     args = [a.replace("NOANSWERS", str(probs)) for a in args]
-    out = subprocess.run([sys.executable, "pipeline.py", f"run_dir={tmp_path}", "model.name_or_path=/tmp", *args], cwd=REPO,
+    out = subprocess.run([sys.executable, "pipeline.py", f"run_dir={tmp_path}", f"model.name_or_path={tiny_model_dir}", *args], cwd=REPO,
                          capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert needle in out.stderr, out.stderr[-2000:]

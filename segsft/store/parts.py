@@ -43,7 +43,7 @@ def keys_in(paths: list[Path]) -> set[tuple[str, int]]:
             t = pq.read_table(p, columns=["sample_id", "row"])
         except (OSError, pa.ArrowException) as e:  # writes are atomic: damaged after it was written
             raise PipelineError(f"{p} is not a readable Parquet file ({str(e).splitlines()[0]}): delete it (and its "
-                                "part's .done marker, if it has one) and rerun: the rows it held are scored again") from None
+                                "part's completion marker, if it has one) and rerun: the rows it held are scored again") from None
         keys.update(zip(t.column("sample_id").to_pylist(), t.column("row").to_pylist()))
     return keys
 
