@@ -313,9 +313,13 @@ def test_a_users_error_is_shown_once_and_kept_in_the_run_log(tmp_path):
     assert out.returncode == 2
     said = "select.borderline='maybe': use one of ['rule', 'keep', 'drop']"
     assert (out.stdout + out.stderr).count(said) == 1, out.stdout + out.stderr
-    assert said in out.stderr
+    # One problem is one line; several are listed under one heading.
+    (line,) = _error_lines(out.stderr)
+    assert line.startswith(f"error: {said}")
     (log,) = (tmp_path / "r").rglob("segsft.log")
     assert log.read_text().count(said) == 1 and "[ERROR]" in log.read_text()
+    two = run_pipeline("stage=select", f"run_dir={tmp_path / 'r'}", "select.borderline=maybe", "select.unconverged=maybe")
+    assert _error_lines(two.stderr)[0] == "error: invalid configuration:" and len(_error_lines(two.stderr)) == 3
 
 
 @pytest.mark.parametrize("table,content", [("segments", b"PAR1garbagegarbage"), ("samples", b""), ("rejects", b"junk")])

@@ -55,7 +55,7 @@ def run_stage(cfg: DictConfig) -> Any:
         raise ConfigError(problem)
     errors = list(dict.fromkeys(e for s in stages for e in s.check(settings)))  # a shared key is reported once
     if errors:
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+        raise ConfigError(errors[0] if len(errors) == 1 else "invalid configuration:\n  - " + "\n  - ".join(errors))
     if stage == "all" and world > 1:
         raise ConfigError(
             "stage=all runs in one process; under torchrun run the stages one by one: "
