@@ -336,6 +336,22 @@ def test_an_unreadable_attribution_table_is_named_for_select_and_report(tmp_path
     assert not (run_dir / "selection").exists()
 
 
+def test_compare_says_which_unfinished_selection_it_leaves_out(tmp_path, caplog):
+    from segsft.compare.stage import run as compare
+    from segsft.select.stage import run as select
+
+    run_dir = _synthetic_run(tmp_path / "r")
+    for method in ("attribution", "random", "full"):
+        select(compose_config("stage=select", f"run_dir={run_dir}", f"select.method={method}"))
+    (cut,) = (run_dir / "selection").glob("full-*")
+    (cut / "selection.done").unlink()
+    with caplog.at_level(logging.WARNING):
+        out = compare(compose_config("stage=compare", f"run_dir={run_dir}"))
+    assert pl.read_parquet(out).height == 1  # the two finished ones
+    assert [r.message for r in caplog.records if "left out" in r.message] == [
+        f"compare: {cut} is left out: it has no completion marker (its select was stopped or is running)"]
+
+
 @pytest.mark.parametrize("how", ["garbled", "empty", "no train column", "summary garbled"])
 def test_compare_names_a_selection_it_cannot_read(tmp_path, how):
     import pyarrow.parquet as pq

@@ -24,6 +24,10 @@ def run(cfg: Settings | Any) -> Path:
     cfg = Settings.of(cfg)
     run = RunLayout(cfg.run_dir)
     done = [s for s in run.selections() if s.finished()]
+    for s in run.selections():
+        if not s.finished():  # a select killed or still running: its masks may be partial
+            log.warning("compare: %s is left out: it has no completion marker (its select was stopped or is running)",
+                        s.dir)
     if len(done) < 2:
         raise PipelineError(f"{run.selection_root} holds {len(done)} finished selection(s); compare needs two or more: "
                             f"run `python pipeline.py --multirun stage=select run_dir={cfg.run_dir} +select/grid=default "
