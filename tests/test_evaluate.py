@@ -168,6 +168,46 @@ def test_grading_a_file_rejects_bad_rows_with_their_reason_and_a_regrade_replace
     assert sorted(res["model"].to_list()) == ["m", "m2"]
 
 
+def test_graded_files_never_shadow_each_other_and_damaged_records_are_named(tmp_path, monkeypatch):
+    from segsft.errors import PipelineError
+    from segsft.evaluate.stage import run
+    from segsft.run.generation import check_settings
+    from segsft.store.layout import GenerationLayout
+
+    good = {"id": "p1", "answer": "4", "output": "so </think> \\boxed{4}"}
+    (tmp_path / "d1").mkdir()
+    (tmp_path / "d2").mkdir()
+    a = write_jsonl(tmp_path / "d1" / "out.jsonl", [good, {**good, "id": "p2", "sample": "x"}])
+    b = write_jsonl(tmp_path / "d2" / "out.jsonl", [{**good, "output": "so </think> \\boxed{5}"}])
+    grade = lambda f: run(compose_config("stage=evaluate", f"run_dir={tmp_path / 'r'}", f"evaluate.generations={f}"))
+    grade(a)
+    # The same file under another spelling of its path: its rows and rejects are replaced, not added.
+    monkeypatch.chdir(tmp_path / "d1")
+    grade("out.jsonl")
+    eval_dir = tmp_path / "r" / "eval"
+    assert pl.read_parquet(eval_dir / "generations-*.parquet").height == 1
+    assert pl.read_parquet(eval_dir / "rejects.parquet")["source"].to_list() == [str(a.resolve())]
+    # Another file with the same (model, benchmark, problem_id, sample): refused, naming the first's rows.
+    with pytest.raises(PipelineError, match=r"1 of its rows have the \(model, benchmark, problem_id, sample\) of rows "
+                                            r"already in .*generations-graded-.*\(e\.g\. out/out/p1/0\): set eval_dir="):
+        grade(b)
+    assert pl.read_parquet(eval_dir / "generations-*.parquet")["correct"].to_list() == [True]
+    # A damaged rejects table is rebuilt with a warning; a damaged chunk or settings record is named.
+    (eval_dir / "rejects.parquet").write_bytes(b"junk")
+    grade(a)
+    assert pl.read_parquet(eval_dir / "rejects.parquet").height == 1
+    (chunk,) = eval_dir.glob("generations-*.parquet")
+    chunk.write_bytes(b"junk")
+    with pytest.raises(PipelineError, match=f"{chunk} is not a readable Parquet file"):
+        grade(b)
+    layout = GenerationLayout(tmp_path / "g")
+    layout.dir.mkdir()
+    layout.settings.write_text("{cut")
+    cfg = compose_config("stage=evaluate", f"run_dir={tmp_path / 'r'}")
+    with pytest.raises(PipelineError, match=f"{layout.settings} is not a settings record this pipeline wrote"):
+        check_settings(layout, cfg.evaluate, "eval_dir", {})
+
+
 def test_generate_keeps_the_chosen_sample_and_rejects_the_rest():
     from segsft.generate.stage import choose
 

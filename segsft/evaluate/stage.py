@@ -9,6 +9,7 @@ and benchmark). `evaluate.generations=<file>` grades an existing file without an
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,7 @@ def grade_file(cfg: Settings, layout: GenerationLayout) -> int:
     from segsft.method.grading import grade
 
     path, f = Path(cfg.evaluate.generations), cfg.evaluate.fields
+    source = str(path.resolve())  # one file, however its path is spelled
     text_columns = ("output", f.get("answer", "answer"))
     refused = format_problem(path, "evaluate.generations") or nested_column_problem(path, text_columns, "evaluate.generations")
     if refused:
@@ -106,7 +108,7 @@ def grade_file(cfg: Settings, layout: GenerationLayout) -> int:
             log.warning("evaluate.generations: row %d of %s skipped: %s", i, path, why)
             pid = unreadable.sample_id if unreadable is not None else rec.get(f.get("id", "id"))
             rejected.append({"sample_id": str(pid if pid is not None else f"row{i}"), "reason": why,
-                             "source": str(path), "row": i})
+                             "source": source, "row": i})
             continue
         answer = str(rec[f.get("answer", "answer")])
         fin = str(rec.get("finish_reason") or "unknown")
@@ -117,12 +119,14 @@ def grade_file(cfg: Settings, layout: GenerationLayout) -> int:
                      "finish_reason": fin, "answer": answer, "pred": g.pred, "correct": g.correct, "verdict": g.verdict})
     lines.check()  # an empty file, or one without a JSON line, is said as such
     if not rows:
-        raise PipelineError(f"evaluate.generations={path}: no row has both an output and an answer as text "
-                            f"(first: {first_why}): give id, answer and output columns of text")
+        raise PipelineError(f"evaluate.generations={path}: no row can be graded (first: {first_why}): give id, answer "
+                            "and output columns of text (and whole numbers in sample and output_tokens, if given)")
     # One chunk per graded file, named for its path: grading the same file again replaces its
     # rows (a corrected file is not shadowed by its first grading); other files' rows stay.
-    write_parquet(layout.chunk(f"graded-{_path_key(path)}", 0), rows, GENERATIONS_SCHEMA)
-    _write_rejects(layout, str(path), rejected)
+    mine = layout.chunk(f"graded-{_path_key(source)}", 0)
+    _refuse_overlap(layout, mine, rows, path)
+    write_parquet(mine, rows, GENERATIONS_SCHEMA)
+    _write_rejects(layout, source, rejected)
     print(f"evaluate: graded {len(rows)} outputs of {path} ({len(rejected)} skipped: {layout.rejects})", flush=True)
     return len(rows)
 
@@ -147,18 +151,38 @@ def _count(column: str, value: Any) -> tuple[int, str | None]:
     return n, None
 
 
-def _path_key(path: Path) -> str:
-    import hashlib
+def _path_key(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()[:12]
 
-    return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+
+def _refuse_overlap(layout: GenerationLayout, mine: Path, rows: list[dict], path: Path) -> None:
+    """Readers keep one row per (model, benchmark, problem_id, sample); two files holding the same
+    key would shadow each other in an order no one chose, so the second is refused."""
+    from segsft.run.generation import SAMPLE_KEY
+    from segsft.store.parts import chunk_keys
+
+    keys = {tuple(r[c] for c in SAMPLE_KEY) for r in rows}
+    for other in layout.chunks():
+        if other == mine:
+            continue
+        both = keys & chunk_keys([other], SAMPLE_KEY)
+        if both:
+            model, bench, pid, sample = sorted(both)[0]
+            raise PipelineError(
+                f"evaluate.generations={path}: {len(both)} of its rows have the (model, benchmark, problem_id, sample) "
+                f"of rows already in {other} (e.g. {model}/{bench}/{pid}/{sample}): set eval_dir=<another directory> "
+                f"for this file, give it model or benchmark columns that tell them apart, or delete {other}")
 
 
 def _write_rejects(layout: GenerationLayout, source: str, rejected: list[dict]) -> None:
     """The rows of `source` skipped now, in place of those of its last grading; other files' stay."""
     kept: list[dict] = []
     if layout.rejects.is_file():
-        old = pl.read_parquet(layout.rejects)
-        kept = old.filter(pl.col("source") != source).to_dicts()
+        try:
+            kept = pl.read_parquet(layout.rejects).filter(pl.col("source") != source).to_dicts()
+        except (OSError, pl.exceptions.PolarsError) as e:  # damaged since it was written: rebuilt from now on
+            log.warning("evaluate: %s is not readable (%s): it is rewritten with this file's rejects only",
+                        layout.rejects, str(e).splitlines()[0])
     write_parquet(layout.rejects, kept + rejected, REJECTS_SCHEMA)
 
 

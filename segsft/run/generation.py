@@ -290,17 +290,19 @@ def check_settings(layout: Any, node: Any, what: str, sources: dict[str, str]) -
     object) and the problem sources (name -> content hash) of a new directory; refuse to add
     generations of other settings, or of a problem set whose content changed under the same
     name (its finished problems would be paired with other questions)."""
-    import json
-
     settings = {k: getattr(node, k) for k in SETTING_KEYS}
 
-    from segsft.store.fingerprint import SettingsChanged, settings_diff
+    from segsft.store.fingerprint import SettingsChanged, read_record, settings_diff
     from segsft.store.io import write_json
 
     if not layout.settings.is_file():
         write_json(layout.settings, {**settings, "sources": sources})
         return
-    stored = json.loads(layout.settings.read_text())
+    stored = read_record(layout.settings)
+    if stored is None:
+        raise SettingsChanged(f"{layout.settings} is not a settings record this pipeline wrote (not a JSON object): the "
+                              f"generations in {layout.dir} were made with settings no one can tell now; set a new "
+                              f"{what}=... (or delete {layout.dir} to start over)")
     diff = settings_diff(stored, settings, SETTING_KEYS)
     old = stored.get("sources") or {}
     diff += [f"the problems of {n!r} changed" for n, h in sources.items() if n in old and old[n] != h]

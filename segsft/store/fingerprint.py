@@ -74,6 +74,18 @@ def settings_diff(stored: Mapping[str, Any], now: Mapping[str, Any], keys: Itera
     return [f"{k}: {_short(there[k])} there, {_short(here[k])} now" for k in keys if there[k] != here[k]]
 
 
+def read_record(path: Path) -> dict | None:
+    """A settings record this pipeline wrote (a JSON object), or None when it is not one (damaged,
+    cut short, or written by hand)."""
+    import json
+
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return stored if isinstance(stored, dict) else None
+
+
 def check_or_store(path: Path, fp: Mapping[str, Any], holds: str, remedy: str,
                    bound: Callable[[], bool] | None = None) -> None:
     """Store `fp` at `path` the first time; refuse (one line: the changed keys, then `remedy`)
@@ -86,11 +98,8 @@ def check_or_store(path: Path, fp: Mapping[str, Any], holds: str, remedy: str,
     if not path.is_file():
         write_json(path, dict(fp))
         return
-    try:
-        stored = json.loads(path.read_text())
-    except (OSError, ValueError):
-        stored = None
-    if not isinstance(stored, dict):
+    stored = read_record(path)
+    if stored is None:
         if bound is not None and not bound():
             log.info("%s holds no %s yet: its unreadable settings fingerprint is replaced by this run's", path.parent, holds)
             write_json(path, dict(fp))

@@ -39,13 +39,22 @@ def keys_in(paths: list[Path]) -> set[tuple[str, int]]:
     """(sample_id, source row) of every row of samples/rejects files."""
     keys: set[tuple[str, int]] = set()
     for p in paths:
-        try:
-            t = pq.read_table(p, columns=["sample_id", "row"])
-        except (OSError, pa.ArrowException) as e:  # writes are atomic: damaged after it was written
-            raise PipelineError(f"{p} is not a readable Parquet file ({str(e).splitlines()[0]}): delete it (and its "
-                                "part's completion marker, if it has one) and rerun: the rows it held are scored again") from None
+        t = _read_columns(p, ["sample_id", "row"])
         keys.update(zip(t.column("sample_id").to_pylist(), t.column("row").to_pylist()))
     return keys
+
+
+def _damaged(path: Path, e: BaseException) -> PipelineError:
+    # Every write here is atomic, so an unreadable file was damaged after it was written.
+    return PipelineError(f"{path} is not a readable Parquet file ({str(e).splitlines()[0]}): delete it (and its part's "
+                         "completion marker, if it has one) and rerun: the rows it held are made again")
+
+
+def _read_columns(path: Path, columns: list[str]) -> pa.Table:
+    try:
+        return pq.read_table(path, columns=columns)
+    except (OSError, pa.ArrowException) as e:
+        raise _damaged(path, e) from None
 
 
 def has_key(keys: set[tuple[str, int]], item: Any) -> bool:
@@ -191,7 +200,7 @@ def chunk_keys(paths: Iterable[Path], columns: Sequence[str]) -> set[tuple]:
     """The values of `columns` of every row of the chunks."""
     keys: set[tuple] = set()
     for p in paths:
-        t = pq.read_table(p, columns=list(columns))
+        t = _read_columns(p, list(columns))
         keys.update(zip(*(t.column(c).to_pylist() for c in columns)))
     return keys
 
@@ -202,5 +211,11 @@ def read_chunks(paths: Sequence[Path], schema: pa.Schema, unique: Sequence[str])
 
     if not paths:
         return pl.from_arrow(schema.empty_table())
-    return (pl.concat([pl.read_parquet(p) for p in paths], how="vertical_relaxed")
+    frames = []
+    for p in paths:
+        try:
+            frames.append(pl.read_parquet(p))
+        except (OSError, pl.exceptions.PolarsError) as e:
+            raise _damaged(p, e) from None
+    return (pl.concat(frames, how="vertical_relaxed")
             .unique(list(unique), keep="first", maintain_order=True))
