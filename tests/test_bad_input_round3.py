@@ -334,6 +334,12 @@ def test_an_unreadable_attribution_table_is_named_for_select_and_report(tmp_path
         assert lines[0].startswith("error: ") and lines[0].endswith("attribution tables that are not readable Parquet files:")
         assert lines[1].startswith(f"  - {bad} (") and "part-00000-of-00001.done" in lines[2]
     assert not (run_dir / "selection").exists()
+    # A directory name with " (" in it is named as well (the parts are not parsed back from the text).
+    from segsft.store.attribution_tables import AttributionDamaged, open_attribution
+
+    odd = run_dir.rename(tmp_path / "r (v2)")
+    with pytest.raises(AttributionDamaged, match=r"part-00000-of-00001\.done"):
+        open_attribution(odd)
 
 
 def test_compare_says_which_unfinished_selection_it_leaves_out(tmp_path, caplog):

@@ -17,7 +17,7 @@ from segsft.store.layout import RunLayout, SelectionLayout
 from segsft.report.config import ReportError
 from segsft.schemas import (ADAPTIVE_SAMPLE_COLUMNS, ADAPTIVE_SEGMENT_COLUMNS, REPORT_SAMPLE_COLUMNS, REPORT_SEGMENT_COLUMNS, SID,
                             TOKEN_STAT_COLUMNS)
-from segsft.store.attribution_tables import AttributionNotReady, AttributionTables, open_attribution
+from segsft.store.attribution_tables import AttributionDamaged, AttributionNotReady, AttributionTables, open_attribution
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,8 @@ def load_attribution(run_dir: str | Path) -> Attribution:
     adir = lay.dir
     try:
         tables = open_attribution(run_dir)
+    except AttributionDamaged as e:
+        raise ReportError(f"the report reads the attribution under {adir}: {e}") from e
     except AttributionNotReady as e:
         raise ReportError(f"the report reads the attribution under {adir}, which is not ready: {e}") from e
     bad = (_lacking(tables.segments, (*REPORT_SEGMENT_COLUMNS, "token_attr")) + _lacking(tables.samples, REPORT_SAMPLE_COLUMNS)

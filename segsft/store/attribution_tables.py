@@ -31,6 +31,10 @@ class AttributionNotReady(PipelineError):
     """The attribution tables are missing, incomplete or malformed; the message says what to run."""
 
 
+class AttributionDamaged(AttributionNotReady):
+    """A finished part's table cannot be read: damaged after it was written (not a part still running)."""
+
+
 @dataclass(frozen=True)
 class AttributionTables:
     """The finished part files of a complete attribution run, in part order."""
@@ -178,7 +182,7 @@ def open_attribution(run_dir: str | Path) -> AttributionTables:
             try:
                 schema = pq.read_schema(path)
             except (OSError, pa.ArrowException) as e:  # cut short, overwritten, or not a file
-                unreadable.append(f"{path} ({str(e).splitlines()[0]})")
+                unreadable.append((path, part, str(e).splitlines()[0]))
                 continue
             if table not in REQUIRED:
                 continue
@@ -191,11 +195,12 @@ def open_attribution(run_dir: str | Path) -> AttributionTables:
             if wrong:
                 bad.append(f"{path}: {'; '.join(wrong)}")
     if unreadable:
-        parts = sorted({_part_of(Path(x.split(" (")[0])) for x in unreadable})
-        raise AttributionNotReady(
-            "attribution tables that are not readable Parquet files:\n  - " + "\n  - ".join(unreadable)
-            + f"\nDelete them with the completion markers of their parts ({', '.join(lay.marker(p).name for p in parts)}) "
-            f"and run `python pipeline.py stage=attribute run_dir={run_dir}` again: it recomputes those parts only."
+        markers = ", ".join(lay.marker(p).name for p in sorted({part for _, part, _ in unreadable}))
+        raise AttributionDamaged(
+            "attribution tables that are not readable Parquet files:\n  - "
+            + "\n  - ".join(f"{path} ({why})" for path, _, why in unreadable)
+            + f"\nDelete them with the completion markers of their parts ({markers}) and run "
+            f"`python pipeline.py stage=attribute run_dir={run_dir}` again: it recomputes those parts only."
         )
     if bad:
         raise AttributionNotReady(

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from segsft.store.attribution_tables import AttributionNotReady, open_attribution
+from segsft.store.attribution_tables import AttributionDamaged, AttributionNotReady, open_attribution
 from segsft.store.io import write_json, write_parquet
 from segsft.store.layout import ATTRIBUTION_TABLES, RunLayout, parse_part, part_name
 from segsft.store.parts import TABLES as SCHEMAS
@@ -59,6 +59,9 @@ def consolidate(run_dir: str | Path) -> dict[str, Any] | None:
     try:
         try:
             tables = open_attribution(run_dir)
+        except AttributionDamaged as e:
+            log.warning("consolidation skipped: %s", e)
+            return None
         except AttributionNotReady:
             log.info("consolidation waits until every part is finished (the last rank to finish does it)")
             return None
