@@ -591,8 +591,19 @@ def test_a_model_directory_transformers_cannot_load_is_named_before_any_load(tmp
     assert check_model_config(ModelConf(name_or_path=str(notok)))[0].startswith(
         f"model.name_or_path={str(notok)!r} holds no tokenizer (")
     assert check_model_config(ModelConf(name_or_path=str(tiny_model_dir))) == []
+    for kept in ("sentencepiece.bpe.model", "spm.model", "cl100k.tiktoken", "tekken.json", "merges.txt"):
+        only = tmp_path / f"only-{kept}"
+        only.mkdir()
+        shutil.copy(Path(tiny_model_dir) / "config.json", only / "config.json")
+        (only / kept).write_text("x")
+        assert check_model_config(ModelConf(name_or_path=str(only))) == [], kept
     assert check_model_config(ModelConf(name_or_path=str(tiny_model_dir), dtype="int4")) == [
         "model.dtype='int4': use auto or one of ['bf16', 'bfloat16', 'float16', 'float32', 'float64', 'fp16', 'fp32']"]
+    from segsft.run.generation import check_engine
+
+    for stage in ("evaluate", "generate"):
+        node = getattr(compose_config(f"stage={stage}", f"{stage}.dtype=int4"), stage)
+        assert f"{stage}.dtype='int4': use auto or one of ['bf16'," in " ".join(check_engine(node, stage))
     out = run_pipeline("stage=attribute", f"run_dir={tmp_path / 'r'}", f"model.name_or_path={empty}", "attribute.device=cpu")
     assert out.returncode == 2 and "Traceback" not in out.stderr and "holds no config.json" in out.stderr
 

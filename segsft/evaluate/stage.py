@@ -75,7 +75,10 @@ def check_config(cfg: Settings) -> list[str]:
     errs += [p for p in (spec_problem(str(b)) for b in e.benchmarks) if p]
     for m in models_of(cfg):
         said = check_model_location(ModelConf(name_or_path=m))
-        errs += [x.replace("model.name_or_path", "evaluate.models") for x in said] if e.models else said
+        # Name the key the user set: evaluate.models, or the base model, or the run's fine-tuned one.
+        tuned = str(FinetuneLayout(Path(cfg.finetune_dir)).model)
+        key = "evaluate.models" if e.models else f"finetune_dir={cfg.finetune_dir}: its model" if m == tuned else None
+        errs += [x.replace("model.name_or_path", key) for x in said] if key else said
     return errs
 
 

@@ -61,6 +61,9 @@ def check_engine(node: EngineConf, prefix: str) -> list[str]:
                     "an integer >= 1")
     if node.limit is not None and node.limit < 1:
         errs.append(f"{prefix}.limit={node.limit!r}: use null (every problem) or an integer >= 1")
+    from segsft.run.models import dtype_problem
+
+    errs += [p for p in (dtype_problem(f"{prefix}.dtype", node.dtype),) if p]
     return errs
 
 

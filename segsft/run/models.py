@@ -21,8 +21,14 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 
 def check_model_config(m: ModelConf) -> list[str]:
     """Every problem of the `model` settings that can be seen before anything loads."""
-    errs = [] if m.dtype == "auto" or m.dtype in DTYPES else [f"model.dtype={m.dtype!r}: use auto or one of {sorted(DTYPES)}"]
-    return errs + check_model_location(m)
+    return [p for p in (dtype_problem("model.dtype", m.dtype),) if p] + check_model_location(m)
+
+
+def dtype_problem(key: str, value: Any) -> str | None:
+    """One line when `value` (of `key`) is neither auto nor a dtype pick_dtype knows; else None."""
+    if value == "auto" or value in DTYPES:
+        return None
+    return f"{key}={value!r}: use auto or one of {sorted(DTYPES)}"
 
 
 def pick_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
@@ -54,8 +60,10 @@ def model_path(m: ModelConf) -> str:
 
 
 def check_model_location(m: ModelConf) -> list[str]:
-    """A local path that does not exist (anything starting with /, ./, ../ or ~, or holding
-    more than one /) cannot be a hub id: say so before anything loads."""
+    """What transformers would fail on deep in a stage, said before anything loads: a local path
+    that does not exist (anything starting with /, ./, ../ or ~, or holding more than one /
+    cannot be a hub id), or a local directory without a config.json that is a JSON object, or
+    without any tokenizer file."""
     name = str(m.name_or_path or "")
     looks_local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
     want = ("give a model directory (config.json, safetensors, tokenizer) or a hub id such as "
@@ -75,9 +83,15 @@ def check_model_location(m: ModelConf) -> list[str]:
         ok = False
     if not ok:
         return [f"model.name_or_path={name!r}: {config} is not a JSON object: {want}"]
-    if not any(f.name.startswith(("tokenizer", "vocab", "spiece")) for f in path.iterdir()):
+    if not any(_tokenizer_file(f.name) for f in path.iterdir()):
         return [f"model.name_or_path={name!r} holds no tokenizer (tokenizer.json, tokenizer.model, vocab.json ...): {want}"]
     return []
+
+
+def _tokenizer_file(name: str) -> bool:
+    """A file a transformers tokenizer is built from (fast or slow, sentencepiece, BPE, tiktoken)."""
+    return (name.startswith(("tokenizer", "vocab", "spiece", "merges", "tekken"))
+            or name.endswith((".model", ".tiktoken")))
 
 
 def load_tokenizer(m: ModelConf) -> Any:
