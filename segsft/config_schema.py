@@ -13,10 +13,12 @@ defaults from them.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import inspect
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
-
-import inspect
 
 from segsft.store.layout import REPORT_FILE, selection_name
 
@@ -424,10 +426,6 @@ def _unknown_keys(schema: type, node: Any, prefix: str = "") -> str | None:
     """The first key of `node` that `schema` (a dataclass) does not have, in one line; None when
     every key is known. OmegaConf lets a `+group.key=` override through a merge into a group's
     dataclass and then drops it, so a misspelt added key would otherwise do nothing, silently."""
-    import dataclasses
-    import difflib
-    import typing
-
     from omegaconf import DictConfig
 
     if node is None or not dataclasses.is_dataclass(schema):
@@ -438,12 +436,7 @@ def _unknown_keys(schema: type, node: Any, prefix: str = "") -> str | None:
     for key in node.keys():
         key = str(key)
         if key not in fields:
-            if not prefix:
-                return f"Key '{key}' not in '{schema.__name__}'"
-            near = difflib.get_close_matches(key, list(fields), n=1)
-            hint = f"did you mean {prefix}{near[0]}? " if near else ""
-            return (f"{prefix}{key} is not a key of {prefix}*: {hint}check the spelling "
-                    f"({prefix}* has: {', '.join(fields)})")
+            return unknown_key_line(f"{prefix}{key}", list(fields))
         sub = typing.get_type_hints(schema).get(key)
         sub = sub if isinstance(sub, type) and dataclasses.is_dataclass(sub) else None
         if sub is not None:
@@ -453,3 +446,13 @@ def _unknown_keys(schema: type, node: Any, prefix: str = "") -> str | None:
                 return found
     return None
 
+
+
+def unknown_key_line(key: str, known: list[str]) -> str:
+    """The one line for a key its group does not have: the nearest known key, then the list."""
+    parent, _, leaf = key.rpartition(".")
+    near = difflib.get_close_matches(leaf, known, n=1)
+    hint = f"did you mean {parent + '.' if parent else ''}{near[0]}? " if near else ""
+    where = f"{parent}.*" if parent else "the config"
+    listed = f" ({where} has: {', '.join(known)})" if known else ""
+    return f"{key} is not a key of {where}: {hint}check the spelling{listed}"

@@ -34,15 +34,15 @@ class SelectionRanking:
 def describe(lay: SelectionLayout) -> SelectionRanking:
     """A finished selection's method and the score it ranks by, from its summary; PipelineError
     naming the file when its summary or masks cannot be read."""
-    redo = f"delete {lay.dir} and rerun the select stage that made it (its settings: {lay.config})"
     try:
         s = json.loads(lay.summary.read_text())["settings"]
-        s["method"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise PipelineError(f"{lay.summary} is not a select stage's summary ({type(e).__name__}: {e}): {redo}") from None
-    missing = [c for c in (SID, "segment", "train") if c not in parquet_columns(lay.masks, redo)]
+        raise PipelineError(f"{lay.summary} is not a select stage's summary ({type(e).__name__}: {e}): {lay.redo}") from None
+    if not isinstance(s, dict) or "method" not in s:
+        raise PipelineError(f"{lay.summary} is not a select stage's summary (its settings name no method): {lay.redo}")
+    missing = [c for c in (SID, "segment", "train") if c not in parquet_columns(lay.masks, lay.redo)]
     if missing:
-        raise PipelineError(f"{lay.masks} lacks column(s) {missing}: {redo}")
+        raise PipelineError(f"{lay.masks} lacks column(s) {missing}: {lay.redo}")
     method = s["method"]
     score = {"attribution": "strength", "score": s.get("score")}.get(method)
     return SelectionRanking(lay.dir.name, method, score, s.get("order", "high") == "high", lay.masks)

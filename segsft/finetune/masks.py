@@ -59,7 +59,7 @@ def read_masks(selection_dir: str | Path) -> dict[str, SampleMask]:
     unfinished = SelectionLayout(Path(selection_dir)).unfinished_problem()
     if unfinished:
         raise MasksError(unfinished)
-    names = parquet_columns(path, f"run the select stage again with this selection_dir to rewrite it")
+    names = parquet_columns(path, SelectionLayout(Path(selection_dir)).redo)
     missing = [c for c in FINETUNE_MASKS_COLUMNS if c not in names]
     if missing:
         raise MasksError(f"{path} lacks columns {missing}: it is not a masks table of the select stage")

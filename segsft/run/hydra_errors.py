@@ -8,7 +8,6 @@ Anything else keeps Hydra's report.
 
 from __future__ import annotations
 
-import difflib
 import re
 import sys
 from dataclasses import fields, is_dataclass
@@ -82,14 +81,9 @@ def one_line(ex: BaseException, argv: Sequence[str]) -> str | None:
     first = str(ex).splitlines()[0] if str(ex) else ""
     if isinstance(cause, ConfigKeyError) or "Could not override" in first:
         m = re.search(r"Could not override '([^']+)'", first)
-        key = m.group(1) if m else full_key
-        parent, _, leaf = key.rpartition(".")
-        known = _keys_of(getattr(cause, "object_type", None))
-        near = difflib.get_close_matches(leaf, known, n=1)
-        hint = f"did you mean {parent + '.' if parent else ''}{near[0]}? " if near else ""
-        where = f"{parent}.*" if parent else "the config"
-        listed = f" ({where} has: {', '.join(known)})" if known else ""
-        return f"{key} is not a key of {where}: {hint}check the spelling{listed}"
+        from segsft.config_schema import unknown_key_line
+
+        return unknown_key_line(m.group(1) if m else full_key, _keys_of(getattr(cause, "object_type", None)))
     if isinstance(cause, ValidationError) and full_key:
         override = _override_of(full_key, argv)
         msg = str(cause).splitlines()[0]

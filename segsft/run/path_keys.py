@@ -26,17 +26,20 @@ def _value(s: Any, key: str) -> Any:
     return s
 
 
-def dir_key_problem(key: str, value: Any) -> str | None:
-    """One line when `value` (a directory key's) is a file, or lies under one; else None."""
+def dir_key_problem(key: str, value: Any, shown: Any = None) -> str | None:
+    """One line when `value` (a directory key's, or the directory of a file key's value `shown`)
+    is a file, or lies under one; else None."""
     if not value:
         return None
     p = Path(str(value))
+    said = f"{key}={value if shown is None else shown}"
     if p.is_file():
-        return f"{key}={value} is a file, not a directory: point {key} elsewhere (or move the file)"
+        where = f"{said} is" if shown is None else f"{said}: {p} is"
+        return f"{where} a file, not a directory: point {key} elsewhere (or move the file)"
     for parent in p.parents:
         if parent.exists():
             if not parent.is_dir():
-                return f"{key}={value}: {parent} is a file, not a directory: point {key} elsewhere"
+                return f"{said}: {parent} is a file, not a directory: point {key} elsewhere"
             break
     return None
 
@@ -72,10 +75,9 @@ def path_key_problems(cfg: Any) -> list[str]:
     for k in FILE_KEYS:
         v = _value(cfg, k)
         parent = Path(str(v)).parent if v else None
-        why = dir_key_problem(k, parent) if parent else None
+        why = dir_key_problem(k, parent, shown=v) if parent else None
         if why and _blocking_file(parent) not in blocked:
             blocked.add(_blocking_file(parent))
-            errs.append(why.replace(f"{k}={parent}", f"{k}={v}", 1).replace(f"{k}={v} is a file",
-                                                                           f"{k}={v}: {parent} is a file", 1))
+            errs.append(why)
     errs += [e for e in (name_key_problem(k, _value(cfg, k)) for k in NAME_KEYS) if e]
     return errs

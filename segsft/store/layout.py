@@ -168,6 +168,11 @@ class SelectionLayout:
     def finished(self) -> bool:
         return self.masks.is_file() and self.config.is_file() and self.marker.is_file()
 
+    @property
+    def redo(self) -> str:
+        """What rewrites a damaged file of this selection (the one remedy every reader gives)."""
+        return f"delete {self.dir} and rerun the select stage that made it (its settings: {self.config})"
+
     def unfinished_problem(self, key: str = "selection_dir") -> str | None:
         """One line when this directory is not a finished selection (for every reader), else None."""
         if self.finished():
