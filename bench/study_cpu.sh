@@ -46,6 +46,9 @@ case "${1:?cut or whole}" in
     # The default's points (attribute.refine_on=decisions) on the traces that have pass 1 first.
     $s $w --adaptive-max 64 --levels 6 --ids aime24-024,aime24-009,aime24-000,aime24-019,aime24-008
     $s $w --adaptive-max 64 --levels 6
+    # The default's points on to 128 where 64 leaves a trace unconverged (aime24-009 has them):
+    # does a larger budget converge a whole trace, and what does it settle?
+    $s $w --adaptive-max 64 --focus-max 128 --focus-tight converged --levels 6
     $s $w --adaptive-max 128 --levels 7 --no-focus
     $s $w --adaptive-max 256 --levels 8 ;;
 esac
