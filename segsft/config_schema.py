@@ -433,11 +433,12 @@ def _unknown_keys(schema: type, node: Any, prefix: str = "") -> str | None:
     if not isinstance(node, (DictConfig, dict)):
         return None
     fields = {f.name: f for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)  # once per group, not per key
     for key in node.keys():
         key = str(key)
         if key not in fields:
             return unknown_key_line(f"{prefix}{key}", list(fields))
-        sub = typing.get_type_hints(schema).get(key)
+        sub = hints.get(key)
         sub = sub if isinstance(sub, type) and dataclasses.is_dataclass(sub) else None
         if sub is not None:
             child = node[key] if isinstance(node, dict) else node._get_node(key)
