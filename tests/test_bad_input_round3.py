@@ -52,6 +52,19 @@ def test_every_directory_key_naming_a_file_is_one_problem(tmp_path, key):
     assert errs == [f"{key}={f}/sub: {f} is a file, not a directory: point {key} elsewhere"]
 
 
+@pytest.mark.parametrize("key", ["run_dir", "eval_dir"])
+def test_an_empty_directory_key_is_one_line_and_writes_nothing_in_the_working_directory(tmp_path, key):
+    from conftest import REPO, pipeline_env
+
+    extra = [] if key == "run_dir" else [f"run_dir={tmp_path / 'r'}"]
+    out = subprocess.run([sys.executable, str(REPO / "pipeline.py"), "stage=select", *extra, f"{key}= "],
+                         cwd=tmp_path, env=pipeline_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert _error_lines(out.stderr) == [f"error: {key} is empty: set {key}=<directory>"]
+    # Hydra's log directory would have been made from the empty key, in the working directory.
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_a_report_path_under_a_file_is_one_problem(tmp_path):
     from segsft.run.path_keys import path_key_problems
 

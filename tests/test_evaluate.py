@@ -168,6 +168,36 @@ def test_grading_a_file_rejects_bad_rows_with_their_reason_and_a_regrade_replace
     assert sorted(res["model"].to_list()) == ["m", "m2"]
 
 
+def test_a_binary_parquet_column_is_graded_as_its_text_and_a_non_utf8_value_is_rejected(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from segsft.evaluate.stage import run
+
+    path = tmp_path / "outs.parquet"
+    pq.write_table(pa.table({"id": ["p1", "p2", "p3"], "answer": ["4", "4", "4"],
+                             "output": pa.array([b"so </think> \\boxed{4}", b"\\boxed{\xff4}", b"\\boxed{5}"],
+                                                pa.binary())}), path)
+    run(compose_config("stage=evaluate", f"run_dir={tmp_path}", f"evaluate.generations={path}"))
+    gens = pl.read_parquet(tmp_path / "eval" / "generations-*.parquet").sort("problem_id")
+    # Graded as the text the bytes hold, not as "b'...'" (which would never match 4).
+    assert gens.select("problem_id", "output", "correct").rows() == [("p1", "so </think> \\boxed{4}", True),
+                                                                     ("p3", "\\boxed{5}", False)]
+    rej = pl.read_parquet(tmp_path / "eval" / "rejects.parquet")
+    assert rej.select("row", "reason").rows() == [
+        (1, "column 'output' is binary and not UTF-8 text (invalid byte at 7): write it as UTF-8 text")]
+
+
+def test_a_missing_mapped_answer_column_is_named_as_the_user_mapped_it(tmp_path):
+    from segsft.errors import PipelineError
+    from segsft.evaluate.stage import run
+
+    path = write_jsonl(tmp_path / "outs.jsonl", [{"id": "p1", "answer": "4", "output": "\\boxed{4}"}])
+    cfg = compose_config("stage=evaluate", f"run_dir={tmp_path}", f"evaluate.generations={path}",
+                         "evaluate.fields.answer=ans")
+    with pytest.raises(PipelineError, match=r"first: row 0: no 'ans' \(evaluate.fields.answer\)\): give id, 'ans' "):
+        run(cfg)
+
+
 def test_graded_files_never_shadow_each_other_and_damaged_records_are_named(tmp_path, monkeypatch):
     from segsft.errors import PipelineError
     from segsft.evaluate.stage import run

@@ -195,3 +195,26 @@ def test_a_hub_layout_directory_runs_attribute_select_finetune(tmp_path, tiny_mo
                                    "finetune.save_steps=1000"))
     tokens = pl.read_parquet(res.train_tokens)
     assert sorted(tokens["sample_id"].to_list()) == scored and res.steps_run == 1
+
+
+def test_a_hub_that_cannot_be_reached_says_one_line_not_a_warning_per_retry(monkeypatch, caplog, capfd):
+    import logging
+
+    from segsft.store import hub
+
+    http = logging.getLogger("huggingface_hub.utils._http")
+
+    def unreachable(*a, **kw):
+        for attempt in range(1, 6):  # what huggingface_hub's http backoff logs before it gives up
+            http.warning("'[Errno -2] Name or service not known' thrown while requesting HEAD ...")
+            http.warning("Retrying in %ds [Retry %d/5].", 2 ** attempt, attempt)
+        raise ConnectionError("Couldn't reach 'org/set' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    hub.open_dataset.cache_clear()
+    with caplog.at_level(logging.INFO), pytest.raises(PipelineError, match=r"^dataset hub:org/set could not be read "
+                                                                           r"\(Couldn't reach 'org/set' on the Hub"):
+        hub.open_dataset("hub:org/set")
+    assert not [r for r in caplog.records if r.name.startswith("huggingface_hub")]
+    assert "Retrying" not in capfd.readouterr().err
+    assert http.level == logging.NOTSET  # as it was: other downloads keep their warnings

@@ -123,6 +123,11 @@ def test_a_shard_logs_into_its_own_directory(tmp_path):
     (["shard.index=-1", "shard.count=4"], "shard.index=-1 is outside shard.count=4 (shards are 0..3)"),
     (["shard.count=3"], "shard.count=3 without shard.index"),
     (["shard.index=0", "shard.count=0"], "shard.count=0: use an integer >= 1"),
+    # Set by attribution's contract names: named by them.
+    (["attribute.shard=4", "attribute.num_shards=4"],
+     "attribute.shard=4 is outside attribute.num_shards=4 (shards are 0..3): use -m attribute.shard='range(0,4)' "
+     "attribute.num_shards=4, or raise attribute.num_shards"),
+    (["attribute.num_shards=2"], "attribute.num_shards=2 without attribute.shard"),
 ])
 def test_a_bad_shard_is_one_line_exit_2_before_anything_loads(tmp_path, args, needle):
     # A model and a corpus that do not exist: the shard is checked first, and alone.
@@ -291,4 +296,6 @@ def test_the_contracts_attribute_shard_keys_feed_the_shard():
     assert rank_and_world(Settings.of(compose_config()).shard) == (0, 1)
     out = run_pipeline("stage=attribute", "run_dir=/nonexistent/r", "model.name_or_path=/nonexistent/model",
                        "attribute.shard=5", "attribute.num_shards=4")
-    assert out.returncode == 2 and error_lines(out.stderr)[0].startswith("error: shard.index=5 is outside shard.count=4")
+    # ... and an error names the keys the user set.
+    assert out.returncode == 2 and error_lines(out.stderr)[0].startswith(
+        "error: attribute.shard=5 is outside attribute.num_shards=4")

@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import polars as pl
 
@@ -99,8 +99,8 @@ def grade_file(cfg: Settings, layout: GenerationLayout) -> int:
                      f"evaluate.generations={path} is empty: give a JSONL or Parquet file with id, answer and output")
     for i, rec, unreadable in lines:
         why = (unreadable.reason.partition(": ")[2] if unreadable is not None
-               else "no output or answer" if rec.get("output") is None or rec.get(text_columns[1]) is None
-               else next((p for p in (nested_value_problem(c, rec.get(c)) for c in text_columns) if p), None)
+               else _missing(rec, text_columns, f)
+               or next((p for p in (nested_value_problem(c, rec.get(c)) for c in text_columns) if p), None)
                or next((f"{c} is NaN" for c in text_columns if _is_nan(rec.get(c))), None))
         counts = {}
         for column in ("sample", "output_tokens"):
@@ -122,8 +122,9 @@ def grade_file(cfg: Settings, layout: GenerationLayout) -> int:
                      "finish_reason": fin, "answer": answer, "pred": g.pred, "correct": g.correct, "verdict": g.verdict})
     lines.check()  # an empty file, or one without a JSON line, is said as such
     if not rows:
-        raise PipelineError(f"evaluate.generations={path}: no row can be graded (first: {first_why}): give id, answer "
-                            "and output columns of text (and whole numbers in sample and output_tokens, if given)")
+        raise PipelineError(f"evaluate.generations={path}: no row can be graded (first: {first_why}): give id, "
+                            f"{_answer_name(f)} and output columns of text (and whole numbers in sample and "
+                            "output_tokens, if given)")
     # One chunk per graded file, named for its path: grading the same file again replaces its
     # rows (a corrected file is not shadowed by its first grading); other files' rows stay.
     mine = layout.chunk(f"graded-{_path_key(source)}", 0)
@@ -175,6 +176,21 @@ def _refuse_overlap(layout: GenerationLayout, mine: Path, rows: list[dict], path
                 f"evaluate.generations={path}: {len(both)} of its rows have the (model, benchmark, problem_id, sample) "
                 f"of rows already in {other} (e.g. {model}/{bench}/{pid}/{sample}): set eval_dir=<another directory> "
                 f"for this file, give it model or benchmark columns that tell them apart, or delete {other}")
+
+
+def _answer_name(fields: Any) -> str:
+    """The answer column as the user named it: `answer`, or `ans (evaluate.fields.answer)`."""
+    col = fields.get("answer", "answer")
+    return "answer" if col == "answer" else f"{col!r} (evaluate.fields.answer)"
+
+
+def _missing(rec: Mapping[str, Any], text_columns: tuple[str, str], fields: Any) -> str | None:
+    """Which of the output and answer columns a row lacks, by the names the user gave; None if neither."""
+    gone = [c for c in text_columns if rec.get(c) is None]
+    if not gone:
+        return None
+    names = ["output" if c == "output" else _answer_name(fields) for c in gone]
+    return f"no {' or '.join(names)}"
 
 
 def _write_rejects(layout: GenerationLayout, source: str, rejected: list[dict]) -> None:

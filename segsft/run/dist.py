@@ -16,14 +16,14 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-def rank_and_world(shard: Any = None) -> tuple[int, int]:
+def rank_and_world(shard: Any = None, names: tuple[str, str] = ("shard.index", "shard.count")) -> tuple[int, int]:
     """(rank, world) of this process: (shard.index, shard.count) when `shard` (the config's
     `shard` node) is set, else the launcher's (RANK, WORLD_SIZE); (0, 1) without either. Shard i
     of n is rank i of world n: the same part, the same rows. Bad values are one line each."""
     rank, world = _launcher_rank_and_world()
     if not is_sharded(shard):
         return rank, world
-    problem = shard_problem(shard.index, shard.count)
+    problem = shard_problem(shard.index, shard.count, names)
     if problem:
         raise PipelineError(problem)
     if world > 1:
@@ -39,19 +39,31 @@ def is_sharded(shard: Any) -> bool:
     return shard is not None and (getattr(shard, "index", None) is not None or getattr(shard, "count", 1) != 1)
 
 
-def shard_problem(index: Any, count: Any) -> str | None:
-    """One line when (shard.index, shard.count) is not a shard of the split; else None."""
+def shard_problem(index: Any, count: Any, names: tuple[str, str] = ("shard.index", "shard.count")) -> str | None:
+    """One line when (shard.index, shard.count) is not a shard of the split; else None. `names`:
+    the keys the user set them by (`shard_names`)."""
+    i, n = names
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        return f"shard.count={count!r}: use an integer >= 1, the number of shards (one job each)"
+        return f"{n}={count!r}: use an integer >= 1, the number of shards (one job each)"
     if index is None:
         if count == 1:
             return None
-        return (f"shard.count={count} without shard.index: give every job its shard, e.g. "
-                f"-m shard.index='range(0,{count})' shard.count={count}")
+        return (f"{n}={count} without {i}: give every job its shard, e.g. "
+                f"-m {i}='range(0,{count})' {n}={count}")
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
-        return (f"shard.index={index!r} is outside shard.count={count} (shards are 0..{count - 1}): use "
-                f"-m shard.index='range(0,{count})' shard.count={count}, or raise shard.count")
+        return (f"{i}={index!r} is outside {n}={count} (shards are 0..{count - 1}): use "
+                f"-m {i}='range(0,{count})' {n}={count}, or raise {n}")
     return None
+
+
+def shard_names(attribute: Any, shard: Any) -> tuple[str, str]:
+    """The keys the shard was set by: attribution's contract names (attribute.shard,
+    attribute.num_shards: shard.* take their values from them) when either is set and shard.*
+    still hold their values, else shard.*."""
+    index, count = getattr(attribute, "shard", None), getattr(attribute, "num_shards", 1)
+    if (index is not None or count != 1) and (index, count) == (shard.index, shard.count):
+        return "attribute.shard", "attribute.num_shards"
+    return "shard.index", "shard.count"
 
 
 def _launcher_rank_and_world() -> tuple[int, int]:

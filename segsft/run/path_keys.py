@@ -13,6 +13,8 @@ from typing import Any
 
 #: Every key of conf/config.yaml that names a directory a stage writes or reads.
 DIR_KEYS = ("run_dir", "selection_dir", "finetune_dir", "eval_dir", "generate_dir", "export.dir")
+#: Directory keys that must name one (export.dir is null when there is nothing to export).
+REQUIRED_DIR_KEYS = DIR_KEYS[:-1]
 #: Keys that name a file a stage writes: no directory on its way may be a file.
 FILE_KEYS = ("report.path",)
 #: Keys whose value is one directory name under a parent the pipeline chooses.
@@ -68,6 +70,10 @@ def path_key_problems(cfg: Any) -> list[str]:
     errs, blocked = [], set()
     for k in DIR_KEYS:
         v = _value(cfg, k)
+        if k in REQUIRED_DIR_KEYS and (v is None or not str(v).strip()):
+            # Checked before Hydra makes its log directory: it would land in the working directory.
+            errs.append(f"{k} is empty: set {k}=<directory>")
+            continue
         why = dir_key_problem(k, v)
         if why and _blocking_file(v) not in blocked:
             blocked.add(_blocking_file(v))

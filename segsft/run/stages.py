@@ -8,7 +8,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from segsft.config_schema import Settings, SettingsError
-from segsft.run.dist import is_main, is_sharded, rank_and_world
+from segsft.run.dist import is_main, is_sharded, rank_and_world, shard_names
 from segsft.errors import PipelineError
 from segsft.run.stage_api import EXTRA, ORDER, load
 
@@ -49,7 +49,7 @@ def run_stage(cfg: DictConfig) -> Any:
         raise ConfigError(errors[0] if len(errors) == 1 else "invalid configuration:\n  - " + "\n  - ".join(errors))
     stages = [load(n) for n in (ORDER if stage == "all" else [stage])]
     # Which share of the work this process does: one line, before anything loads.
-    rank, world = rank_and_world(settings.shard)
+    rank, world = rank_and_world(settings.shard, shard_names(settings.attribute, settings.shard))
     problem = shard_stage_problem(stage, settings.shard)
     if problem:
         raise ConfigError(problem)

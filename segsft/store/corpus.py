@@ -127,7 +127,8 @@ def raw_rows(path: Path, key: str = "data.path") -> Iterator[tuple[int, Mapping[
             raise CorpusError(f"{key}={path} is not a readable Parquet file ({str(e).splitlines()[0]}): "
                               f"point {key} to a readable Parquet or JSONL (.jsonl) file") from None
         for i, rec in enumerate(table.to_pylist()):
-            yield i, rec, ""
+            bad = _binary_to_text(rec)
+            yield (i, None, f"{bad}|{i}") if bad else (i, rec, "")
         return
     with path.open("rb") as fh:
         for i, raw in enumerate(fh):
@@ -151,6 +152,18 @@ def raw_rows(path: Path, key: str = "data.path") -> Iterator[tuple[int, Mapping[
                 yield i, None, f"a JSON {type(rec).__name__}, not an object|{line}"
                 continue
             yield i, rec, ""
+
+
+def _binary_to_text(rec: dict[str, Any]) -> str | None:
+    """A Parquet binary column's values as the text they hold (in place), so it is graded and
+    trained as text, never as its b'...' repr; the reason when a value is not UTF-8."""
+    for k, v in rec.items():
+        if isinstance(v, (bytes, bytearray)):
+            try:
+                rec[k] = bytes(v).decode("utf-8")
+            except UnicodeDecodeError as e:
+                return f"column '{k}' is binary and not UTF-8 text (invalid byte at {e.start}): write it as UTF-8 text"
+    return None
 
 
 class FileRows:

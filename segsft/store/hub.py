@@ -18,13 +18,17 @@ question / solution / answer / id columns that `data.fields` then maps:
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from segsft.errors import PipelineError
+
+log = logging.getLogger(__name__)
 
 PREFIX = "hub:"
 
@@ -86,6 +90,19 @@ def _first_line(e: BaseException) -> str:
     return (text[0] if text else type(e).__name__)[:200]
 
 
+@contextlib.contextmanager
+def _quiet_retries() -> Iterator[None]:
+    """huggingface_hub warns twice per retried request (its handler and the run's log); a hub
+    that cannot be reached ends in our one line instead, naming the cause."""
+    http = logging.getLogger("huggingface_hub.utils._http")
+    before = http.level
+    http.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        http.setLevel(before)
+
+
 @functools.lru_cache(maxsize=8)
 def open_dataset(path: str, default_split: str = "train") -> Any:
     """The `datasets.Dataset` that `path` names (memory-mapped Arrow; opened once per process)."""
@@ -102,7 +119,9 @@ def open_dataset(path: str, default_split: str = "train") -> Any:
                     raise ValueError(f'Unknown split "{split}". Should be one of {list(ds)}.')
                 ds = ds[split]
         else:
-            ds = datasets.load_dataset(spec.id, spec.config, revision=spec.revision, split=split)
+            log.info("reading %s through datasets (from its cache, or the Hub)", path)
+            with _quiet_retries():
+                ds = datasets.load_dataset(spec.id, spec.config, revision=spec.revision, split=split)
     except Exception as e:  # noqa: BLE001 - unknown id, split or config, offline, gated: the user's to fix
         if "split" in str(e).lower():
             raise DatasetError(f"dataset {path} could not be read ({_first_line(e)}): name a split it has "
