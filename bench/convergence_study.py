@@ -288,6 +288,27 @@ SHARPER = [0.5, 0.25, "richardson"]
 #: Budgets beyond the default max_steps, on the traces whose focused points reach them
 #: (compute --focus-max).
 MORE = [512, 1024]
+#: (after, max_steps): the default refined past `after` evaluations only while its flags fall
+#: (`stalled_at`; tried for the cap, not adopted: docs/convergence.md, "What a larger budget settles").
+STALL = [(128, 1024), (256, 1024)]
+
+
+def stalled_at(stop: StopTest, history, after: int) -> int | None:
+    """Where the run would end if, past `after` evaluations, it went on only while it settled
+    flags: the first doubling (after, 2 after, ...) with as many flagged decisions (borderline or
+    unsettled), and some, as at the doubling before; None if the flags fall at every one."""
+    def flagged(upto: int) -> int | None:
+        head = [e for e in history if e.steps <= upto]
+        v = stop.verdict(head) if head else None
+        return None if v is None else int((v.borderline | ~v.settled).sum())
+
+    mark = after
+    while mark <= history[-1].steps:
+        now, then = flagged(mark), flagged(mark // 2)
+        if now is not None and then is not None and 0 < now >= then:
+            return mark
+        mark *= 2
+    return None
 
 
 def push_flips(rule, train, s, c, err, c_err):
@@ -553,6 +574,15 @@ def analyze(args: argparse.Namespace) -> None:
         for cap in MORE:
             rows.append(adaptive_row(f"default-max{cap}", lambda g: StopTest(g, 1.0, rule, max_borderline=mb, refine_on=on),
                                      tg, mb, max_steps=cap, focus=on == "decisions", whole_budget=True))
+        # ... and past a soft cap only while it settles flags: the same run, cut where it stalls.
+        for after, cap in STALL:
+            make = lambda g: StopTest(g, 1.0, rule, max_borderline=mb, refine_on=on)  # noqa: E731
+            full = replay(make(tg), cap, on == "decisions")
+            if full is not None:
+                # A run that converges past a doubling where its flags did not fall ends there instead.
+                stop_at = stalled_at(make(tg), full.history, after)
+                rows.append(adaptive_row(f"stall{after}-max{cap}", make, tg, mb, max_steps=stop_at or cap,
+                                         focus=on == "decisions", whole_budget=stop_at is None))
         rows.append(adaptive_row("refine_on-decisions", lambda g: StopTest(
             g, 1.0, rule, max_borderline=mb, refine_on="decisions"), tg, mb, focus=True))
         rows = [r for r in rows if r is not None]
@@ -582,7 +612,8 @@ def analyze(args: argparse.Namespace) -> None:
            "select": select_cfg.settings(), "adaptive_max": args.adaptive_max, "per_round": args.per_round,
            "date": time.strftime("%Y-%m-%d"), "traces": len({r["trace"] for r in per_trace}),
            "table": table, "default_by_trace": by_trace,
-           **{f"default_max{cap}_by_trace": default_by_trace(per_trace, f"default-max{cap}") for cap in MORE},
+           **{f"default_max{cap}_by_trace": default_by_trace(per_trace, f"default-max{cap}") for cap in CAPS + MORE},
+           "default_max256_by_trace": default_by_trace(per_trace, "refine_on-decisions"),
            "unsettled_references": unsettled, "table_settled_references": table_settled,
            "per_trace": per_trace, "frontier": frontier}
     Path(args.out).write_text(json.dumps(out, indent=1, default=float) + "\n")
@@ -590,7 +621,8 @@ def analyze(args: argparse.Namespace) -> None:
 
 
 #: The product's defaults, as the study names them.
-DEFAULT_CANDIDATE = ("refine_on-decisions" if AttributeConf().refine_on == "decisions"
+DEFAULT_CANDIDATE = (f"default-max{AttributeConf().max_steps}" if AttributeConf().max_steps in MORE
+                     else "refine_on-decisions" if AttributeConf().refine_on == "decisions"
                      else f"margin-doubling-{AttributeConf().margin}-share")
 
 

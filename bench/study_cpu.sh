@@ -28,7 +28,7 @@ case "${1:?cut or whole}" in
     # what decides where the default's points go.
     $s --tag cpu-fp32 --traces 16 --adaptive-max 256 --levels 7
     $s --tag cpu-fp32 --traces 16 --adaptive-max 256 --levels 8
-    # The traces the default leaves unconverged at max_steps=256: does a larger budget settle
+    # The traces max_steps=256 leaves unconverged (the default was 256 until 2026-12-04): does a larger budget settle
     # their flags (the default-max512 row)?
     $s --tag cpu-fp32 --traces 16 --adaptive-max 256 --focus-max 512 --levels 2 --ids $AT_CAP
     # ... and to 1024 (the default-max1024 row: is the 5% target reachable by budget without an

@@ -85,18 +85,19 @@ class AttributeConf:
     # The error bound to reach: the sum of |exact local errors| over |f(1) - f(0)| (it bounds the
     # completeness gap and cannot cancel). On real traces it falls about as 1/N (the path is rough
     # below 1/512 of its length): on 16 cut traces it is 2 at about 60 evaluations and 0.4-0.8 at
-    # 128-256. With these defaults 13 of 16 cut traces converge (median 111 evaluations), every
-    # decision equal to a 257-1,025-point uniform reference and to a 4x tighter run with twice the
-    # evaluations; the other 3 end at max_steps with 7% of all segments flagged borderline
-    # (docs/convergence.md, "Error margins, measured").
+    # 128-256. With these defaults 15 of 16 cut traces converge (median 111 evaluations), every
+    # decision equal to a 1,025-point uniform reference and to a 4x tighter run with twice the
+    # evaluations; the other ends at max_steps with 1 segment flagged borderline, 1.0% of all
+    # (docs/convergence.md, "Error margins, measured" and "What a larger budget settles").
     target_gap: float = 2.0
     # Share of the non-borderline decisions that must be settled over the last doubling.
     target_stability: float = 1.0
     # The cap on gradient evaluations per sample: what an unconverged sample costs. On the study's
-    # 16 cut traces 1024 flags 1.0% of the segments instead of 7.1% and converges 15 instead of 13,
-    # every decision equal to the reference, for 72% more evaluations over the study, all spent on
-    # the 3 traces that end at 256 (512: 5.1%; docs/convergence.md, "What a larger budget settles").
-    max_steps: int = 256
+    # 16 cut traces 1024 flags 1.0% of the segments (256: 7.1%, 512: 5.1%) and converges 15
+    # (256: 13), every decision equal to the reference, for 72% more evaluations than 256 over the
+    # study, all spent on the 3 traces that 256 leaves unconverged; the median is the same, 111.
+    # 256 bounds the cost where flags can wait (docs/convergence.md, "The defaults it gives").
+    max_steps: int = 1024
     # Uniform nodes the adaptive rule starts from (0 and 1 included).
     init_points: int = 9
     # Also require the strength ranks to be stable at the last doubling. Off: with 5-9 segments
@@ -113,9 +114,9 @@ class AttributeConf:
     max_borderline: float = 0.0
     # Where the points go once the error bound is met: decisions (where the flagged segments'
     # integrand changes most, so their error shrinks first) or total (the subintervals of largest
-    # exact local error of the total). On the study's 16 cut traces decisions converges 13 of 16
-    # at a median of 111 evaluations with 7% flagged, against 11 at 184 with 9% for total, no
-    # overclaim either way (docs/convergence.md, "Error margins, measured").
+    # exact local error of the total). On the study's 16 cut traces, both capped at 256,
+    # decisions converges 13 of 16 at a median of 111 evaluations with 7% flagged, against 11 at
+    # 184 with 9% for total, no overclaim either way (docs/convergence.md, "Error margins, measured").
     refine_on: str = "decisions"
     # How a decision is moved within its errors to call it borderline: adversarial (the worst case
     # over every strength within its error at once, rank swaps included) or own (its own strength

@@ -136,3 +136,30 @@ def test_sharper_errors_scale_the_products_errors_by_a_factor_or_by_richardsons(
     # The flags shrink with the errors: at a third of them segment 1 is no longer borderline.
     assert plain.borderline.tolist() == [False, True, True]
     assert cs.SharperErrors(1.0, 1.0, rule, factor="richardson").verdict(history(4.0)).borderline.tolist() == [False, False, False]
+
+
+def test_the_stall_rule_cuts_a_run_at_the_first_doubling_whose_flags_did_not_fall():
+    sys.path.insert(0, str(REPO / "bench"))
+    import convergence_study as cs
+
+    from segsft.method.adaptive import Estimate
+
+    class Flags:
+        """A stop test's verdicts with `flags[steps]` flagged decisions (all borderline)."""
+
+        def __init__(self, flags):
+            self.flags = flags
+
+        def verdict(self, head):
+            n = self.flags.get(head[-1].steps)
+            return None if n is None else cs.Verdict(head[-1].steps, np.zeros(4, bool), np.zeros(4), np.zeros(4),
+                                                      np.arange(4) < n, np.ones(4, bool), 1.0)
+
+    hist = [Estimate(n, np.zeros(1), 0.0, 0.0) for n in range(9, 70)]
+    # 3 flags at 16 and at 32: the doubling from 16 to 32 settled none, so the run ends at 32.
+    assert cs.stalled_at(Flags({16: 3, 32: 3, 64: 0}), hist, 32) == 32
+    # Falling at every doubling: never cut. No flag left is no stall either.
+    assert cs.stalled_at(Flags({16: 3, 32: 2, 64: 1}), hist, 32) is None
+    assert cs.stalled_at(Flags({16: 0, 32: 0, 64: 0}), hist, 32) is None
+    # Judged against the doubling before, not the first: 2 at 32, 2 at 64 ends at 64.
+    assert cs.stalled_at(Flags({16: 3, 32: 2, 64: 2}), hist, 32) == 64
