@@ -536,7 +536,7 @@ def analyze(args: argparse.Namespace) -> None:
             covers = None if v is None else float(
                 (stop.strength_errors(v.strength, [best_strength]) <= v.strength_err + 1e-12).mean())
             settle = {}
-            if (name == DEFAULT_CANDIDATE or whole_budget) and v is not None:
+            if (name in (DEFAULT_CANDIDATE, "refine_on-decisions") or whole_budget) and v is not None:
                 # The flags the default leaves: how near the reference itself is to flipping them.
                 settle = {"err_rate": err_rate(stop, p.history), "flagged": np.flatnonzero(flag).tolist(),
                           "shrink_to_settle": shrink_to_settle(rule, ref_train, *rule.metrics(ref_u), v.strength_err,
@@ -613,17 +613,29 @@ def analyze(args: argparse.Namespace) -> None:
            "date": time.strftime("%Y-%m-%d"), "traces": len({r["trace"] for r in per_trace}),
            "table": table, "default_by_trace": by_trace,
            **{f"default_max{cap}_by_trace": default_by_trace(per_trace, f"default-max{cap}") for cap in CAPS + MORE},
-           "default_max256_by_trace": default_by_trace(per_trace, "refine_on-decisions"),
+           # The default's test at the study's own cap (--adaptive-max), where the cache reaches it.
+           f"default_max{args.adaptive_max}_by_trace": default_by_trace(per_trace, "refine_on-decisions",
+                                                                        cap=args.adaptive_max),
            "unsettled_references": unsettled, "table_settled_references": table_settled,
            "per_trace": per_trace, "frontier": frontier}
     Path(args.out).write_text(json.dumps(out, indent=1, default=float) + "\n")
     print(f"wrote {args.out}")
 
 
+def default_candidate(conf: AttributeConf = AttributeConf(), adaptive_max: int = 256) -> str:
+    """The row of the product's defaults, as the study names it; a default the study has no row
+    for is an error, not another row's figures."""
+    if conf.refine_on != "decisions":
+        return f"margin-doubling-{conf.margin}-share"
+    if conf.max_steps in MORE or conf.max_steps in CAPS:
+        return f"default-max{conf.max_steps}"
+    if conf.max_steps == adaptive_max:
+        return "refine_on-decisions"
+    raise SystemExit(f"attribute.max_steps={conf.max_steps} has no row in the study: add it to CAPS or MORE")
+
+
 #: The product's defaults, as the study names them.
-DEFAULT_CANDIDATE = (f"default-max{AttributeConf().max_steps}" if AttributeConf().max_steps in MORE
-                     else "refine_on-decisions" if AttributeConf().refine_on == "decisions"
-                     else f"margin-doubling-{AttributeConf().margin}-share")
+DEFAULT_CANDIDATE = default_candidate()
 
 
 def uniform_grids(rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
@@ -646,14 +658,14 @@ def uniform_for(grids: dict[str, list[tuple[int, float]]], r: dict) -> int | Non
     return out
 
 
-def default_by_trace(rows: list[dict], candidate: str = DEFAULT_CANDIDATE) -> list[dict]:
+def default_by_trace(rows: list[dict], candidate: str = DEFAULT_CANDIDATE, cap: int | None = None) -> list[dict]:
     """The default stop test on each trace: evaluations against tokens and segments, what it
     decided, the uniform grid that reaches its agreement, its cost on this machine, and for the
     segments it leaves flagged how far their errors must shrink before the reference settles them."""
     grids = uniform_grids(rows)
     # How fast the errors fall, the study's median (a projection of evaluations from it and the
     # shrink factor missed by up to 15x: focused points settle a flag far faster than the median).
-    rates = [r["err_rate"] for r in rows if r["candidate"] == DEFAULT_CANDIDATE and r.get("err_rate") is not None]
+    rates = [r["err_rate"] for r in rows if r["candidate"] == candidate and r.get("err_rate") is not None]
     rate = float(np.median(rates)) if rates else None
     if any(r.get("cache_short") for r in rows if r["candidate"] == candidate):
         return []  # not computed on every trace (see `summarize`)
@@ -669,6 +681,8 @@ def default_by_trace(rows: list[dict], candidate: str = DEFAULT_CANDIDATE) -> li
                     "borderline": r["borderline"], "agree_ref": r["agree_ref"], "ref": r["ref"],
                     "uniform_for_same_agreement": uniform_for(grids, r),
                     "seconds_per_eval": spe, "minutes_per_trace": None if spe is None else spe * r["cost"] / 60,
+                    # With `cap`: the cache ends before it on this unconverged trace (not a run to the cap).
+                    **({} if cap is None else {"short_of_cap": bool(not r["converged"] and r["cost"] < cap)}),
                     **settle})
     return out
 

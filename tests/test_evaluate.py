@@ -174,17 +174,45 @@ def test_a_binary_parquet_column_is_graded_as_its_text_and_a_non_utf8_value_is_r
     from segsft.evaluate.stage import run
 
     path = tmp_path / "outs.parquet"
+    # An unused binary column that is not text (an image) rejects nothing.
     pq.write_table(pa.table({"id": ["p1", "p2", "p3"], "answer": ["4", "4", "4"],
                              "output": pa.array([b"so </think> \\boxed{4}", b"\\boxed{\xff4}", b"\\boxed{5}"],
-                                                pa.binary())}), path)
+                                                pa.binary()),
+                             "img": pa.array([b"\x89PNG\xff"] * 3, pa.binary())}), path)
     run(compose_config("stage=evaluate", f"run_dir={tmp_path}", f"evaluate.generations={path}"))
     gens = pl.read_parquet(tmp_path / "eval" / "generations-*.parquet").sort("problem_id")
     # Graded as the text the bytes hold, not as "b'...'" (which would never match 4).
     assert gens.select("problem_id", "output", "correct").rows() == [("p1", "so </think> \\boxed{4}", True),
                                                                      ("p3", "\\boxed{5}", False)]
     rej = pl.read_parquet(tmp_path / "eval" / "rejects.parquet")
-    assert rej.select("row", "reason").rows() == [
-        (1, "column 'output' is binary and not UTF-8 text (invalid byte at 7): write it as UTF-8 text")]
+    assert rej.select("sample_id", "row", "reason").rows() == [
+        ("p2", 1, "field 'output' is binary and not UTF-8 text: write it as UTF-8 text")]
+
+
+def test_binary_text_columns_of_a_problem_set_or_corpus_are_read_as_text(tmp_path):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from segsft.store.corpus import read_corpus, read_problems
+
+    # A saved dataset (datasets' binary feature): questions and answers are their text.
+    datasets.Dataset.from_dict({"id": ["a", "b"], "question": [b"What is 2+2?", b"\xff?"], "answer": [b"4", b"5"]},
+                               features=datasets.Features({"id": datasets.Value("string"),
+                                                           "question": datasets.Value("binary"),
+                                                           "answer": datasets.Value("binary")})
+                               ).save_to_disk(str(tmp_path / "probs"))
+    rows, rejects = read_problems(str(tmp_path / "probs"), {"id": "id"}, None, "evaluate.benchmarks")
+    assert [(r.problem_id, r.question, r.answer) for r in rows] == [("a", "What is 2+2?", "4")]
+    assert [r.reason for r in rejects] == ["row 1: field 'question' is binary and not UTF-8 text: write it as UTF-8 text"]
+    # A Parquet corpus with binary text columns: trained as text.
+    path = tmp_path / "corpus.parquet"
+    pq.write_table(pa.table({"id": ["s1"], "question": pa.array([b"Q?"], pa.binary()),
+                             "solution": pa.array([b"Think.\n\nDone."], pa.binary()),
+                             "answer": pa.array([b"7"], pa.binary())}), path)
+    (sample,), rejected = read_corpus(path, {})
+    assert rejected == []
+    assert (sample.question, sample.solution, sample.answer) == ("Q?", "Think.\n\nDone.", "7")
 
 
 def test_a_missing_mapped_answer_column_is_named_as_the_user_mapped_it(tmp_path):

@@ -128,6 +128,8 @@ def test_a_shard_logs_into_its_own_directory(tmp_path):
      "attribute.shard=4 is outside attribute.num_shards=4 (shards are 0..3): use -m attribute.shard='range(0,4)' "
      "attribute.num_shards=4, or raise attribute.num_shards"),
     (["attribute.num_shards=2"], "attribute.num_shards=2 without attribute.shard"),
+    # Mixed spellings: each key by the name it was set by.
+    (["attribute.num_shards=4", "shard.index=7"], "shard.index=7 is outside attribute.num_shards=4"),
 ])
 def test_a_bad_shard_is_one_line_exit_2_before_anything_loads(tmp_path, args, needle):
     # A model and a corpus that do not exist: the shard is checked first, and alone.
@@ -299,3 +301,20 @@ def test_the_contracts_attribute_shard_keys_feed_the_shard():
     # ... and an error names the keys the user set.
     assert out.returncode == 2 and error_lines(out.stderr)[0].startswith(
         "error: attribute.shard=5 is outside attribute.num_shards=4")
+
+
+def test_attributions_contract_keys_are_checked_and_named_in_a_sweep_and_for_an_unsharded_stage(tmp_path):
+    out = run_pipeline("-m", "stage=attribute", f"run_dir={tmp_path}", "model.name_or_path=/nonexistent/model",
+                       "attribute.shard=range(0,5)", "attribute.num_shards=4", "hydra/launcher=submitit_local")
+    assert out.returncode == 2 and error_lines(out.stderr) == [
+        "error: attribute.shard=4 is outside attribute.num_shards=4 (shards are 0..3): use -m "
+        "attribute.shard='range(0,4)' attribute.num_shards=4, or raise attribute.num_shards"]
+    assert not (tmp_path / "sweeps" / "attribute" / ".submitit").exists()  # no job submitted
+    out = run_pipeline("stage=select", f"run_dir={tmp_path}", "attribute.shard=0", "attribute.num_shards=2")
+    assert out.returncode == 2 and error_lines(out.stderr)[0].startswith(
+        "error: attribute.shard/attribute.num_shards with stage=select: only stage=attribute")
+    # A sweep of a stage that does not run in shards is refused before any job starts, too.
+    out = run_pipeline("-m", "stage=select", f"run_dir={tmp_path / 's'}", "shard.index=range(0,2)", "shard.count=2",
+                       "hydra/launcher=submitit_local")
+    assert out.returncode == 2 and error_lines(out.stderr)[0].startswith("error: shard.index/shard.count with stage=select")
+    assert not (tmp_path / "s" / "sweeps" / "select" / ".submitit").exists()

@@ -163,3 +163,16 @@ def test_the_stall_rule_cuts_a_run_at_the_first_doubling_whose_flags_did_not_fal
     assert cs.stalled_at(Flags({16: 0, 32: 0, 64: 0}), hist, 32) is None
     # Judged against the doubling before, not the first: 2 at 32, 2 at 64 ends at 64.
     assert cs.stalled_at(Flags({16: 3, 32: 2, 64: 2}), hist, 32) == 64
+
+
+def test_the_studys_default_row_is_the_products_default_or_an_error():
+    sys.path.insert(0, str(REPO / "bench"))
+    import convergence_study as cs
+    import pytest
+
+    from segsft.config_schema import AttributeConf
+
+    assert cs.DEFAULT_CANDIDATE == f"default-max{AttributeConf().max_steps}"
+    assert cs.default_candidate(AttributeConf(max_steps=256)) == "refine_on-decisions"  # the study's own cap
+    with pytest.raises(SystemExit, match="attribute.max_steps=300 has no row in the study"):
+        cs.default_candidate(AttributeConf(max_steps=300))

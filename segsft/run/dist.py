@@ -28,9 +28,9 @@ def rank_and_world(shard: Any = None, names: tuple[str, str] = ("shard.index", "
         raise PipelineError(problem)
     if world > 1:
         # Two splits of one corpus would overlap: each rank would take rows of every shard.
-        raise PipelineError(f"shard.index/shard.count are set under a launcher with WORLD_SIZE={world}: use one "
-                            "split, either one job per shard (shard.index, shard.count; one process each) or "
-                            "torchrun's ranks (drop the shard.* keys)")
+        raise PipelineError(f"{names[0]}/{names[1]} are set under a launcher with WORLD_SIZE={world}: use one "
+                            f"split, either one job per shard ({names[0]}, {names[1]}; one process each) or "
+                            f"torchrun's ranks (drop {names[0]} and {names[1]})")
     return int(shard.index), int(shard.count)
 
 
@@ -57,13 +57,14 @@ def shard_problem(index: Any, count: Any, names: tuple[str, str] = ("shard.index
 
 
 def shard_names(attribute: Any, shard: Any) -> tuple[str, str]:
-    """The keys the shard was set by: attribution's contract names (attribute.shard,
-    attribute.num_shards: shard.* take their values from them) when either is set and shard.*
-    still hold their values, else shard.*."""
+    """The keys the shard was set by, one per key: attribution's contract names (attribute.shard,
+    attribute.num_shards; shard.* take their values from them) where the user set those and
+    shard.* still hold their values, else shard.index / shard.count."""
     index, count = getattr(attribute, "shard", None), getattr(attribute, "num_shards", 1)
-    if (index is not None or count != 1) and (index, count) == (shard.index, shard.count):
-        return "attribute.shard", "attribute.num_shards"
-    return "shard.index", "shard.count"
+    count_name = "attribute.num_shards" if count != 1 and count == shard.count else "shard.count"
+    # No index at all: suggest the spelling of the count the user gave.
+    by_attribute = index == shard.index if index is not None else (shard.index is None and count_name != "shard.count")
+    return "attribute.shard" if by_attribute else "shard.index", count_name
 
 
 def _launcher_rank_and_world() -> tuple[int, int]:

@@ -81,21 +81,26 @@ def shard_jobs_problem(config: Any) -> str | None:
     """The first problem of the shard keys over every job of a multirun (its sweep expanded); None
     when there is none, or when the sweep cannot be expanded here (each job then checks its own)."""
     import itertools
+    import types
 
     from segsft.run.dist import shard_problem
     from segsft.run.stages import shard_stage_problem
 
     try:
-        swept = _swept(config, ("stage", "shard.index", "shard.count"))
+        swept = _swept(config, ("stage", "shard.index", "shard.count", "attribute.shard", "attribute.num_shards"))
     except Exception:  # noqa: BLE001 - an interval sweep or a grammar error: Hydra and the jobs report it
         return None
     stages = swept.get("stage", [config.stage])
-    indices = swept.get("shard.index", [config.shard.index])
-    counts = swept.get("shard.count", [config.shard.count])
+    # shard.* take attribution's contract names' values unless set themselves (config_schema.ShardConf).
+    ikey = next((k for k in ("shard.index", "attribute.shard") if k in swept), "shard.index")
+    ckey = next((k for k in ("shard.count", "attribute.num_shards") if k in swept), "shard.count")
+    indices = swept.get(ikey, [config.shard.index])
+    counts = swept.get(ckey, [config.shard.count])
     for stage, index, count in itertools.product(stages, indices, counts):
         if not isinstance(index, (int, type(None))) or not isinstance(count, int):
             continue  # not an integer: the job's composition names it
-        problem = shard_problem(index, count) or shard_stage_problem(str(stage), {"index": index, "count": count})
+        problem = (shard_problem(index, count, (ikey, ckey))
+                   or shard_stage_problem(str(stage), types.SimpleNamespace(index=index, count=count), (ikey, ckey)))
         if problem:
             return problem
     return None

@@ -21,14 +21,15 @@ class ConfigError(PipelineError):
     """One or more configuration problems, each saying what to change."""
 
 
-def shard_stage_problem(stage: str, shard: Any) -> str | None:
-    """One line when the shard keys are set for a stage that does not run in shards; else None."""
+def shard_stage_problem(stage: str, shard: Any, names: tuple[str, str] = ("shard.index", "shard.count")) -> str | None:
+    """One line when the shard keys (set by `names`, `dist.shard_names`) are set for a stage that
+    does not run in shards; else None."""
     if not is_sharded(shard) or stage not in STAGES:
         return None
     if all(getattr(load(n), "sharded", False) for n in (ORDER if stage == "all" else [stage])):
         return None
-    return (f"shard.index/shard.count with stage={stage}: only stage=attribute, stage=evaluate and stage=generate "
-            "run in shards (the others read every shard's output in one job): drop the shard.* keys here")
+    return (f"{names[0]}/{names[1]} with stage={stage}: only stage=attribute, stage=evaluate and stage=generate "
+            f"run in shards (the others read every shard's output in one job): drop {names[0]} and {names[1]} here")
 
 
 def run_stage(cfg: DictConfig) -> Any:
@@ -49,8 +50,9 @@ def run_stage(cfg: DictConfig) -> Any:
         raise ConfigError(errors[0] if len(errors) == 1 else "invalid configuration:\n  - " + "\n  - ".join(errors))
     stages = [load(n) for n in (ORDER if stage == "all" else [stage])]
     # Which share of the work this process does: one line, before anything loads.
-    rank, world = rank_and_world(settings.shard, shard_names(settings.attribute, settings.shard))
-    problem = shard_stage_problem(stage, settings.shard)
+    names = shard_names(settings.attribute, settings.shard)
+    rank, world = rank_and_world(settings.shard, names)
+    problem = shard_stage_problem(stage, settings.shard, names)
     if problem:
         raise ConfigError(problem)
     errors = list(dict.fromkeys(e for s in stages for e in s.check(settings)))  # a shared key is reported once

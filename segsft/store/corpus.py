@@ -99,6 +99,8 @@ def nested_value_problem(name: str, v: Any) -> str | None:
     """A JSON row's list or object where text is due (never graded or trained as its repr)."""
     if isinstance(v, (list, dict)):
         return f"field '{name}' is a {'list' if isinstance(v, list) else 'JSON object'}, not text"
+    if isinstance(v, (bytes, bytearray)):
+        return f"field '{name}' is binary and not UTF-8 text: write it as UTF-8 text"
     return None
 
 
@@ -127,8 +129,8 @@ def raw_rows(path: Path, key: str = "data.path") -> Iterator[tuple[int, Mapping[
             raise CorpusError(f"{key}={path} is not a readable Parquet file ({str(e).splitlines()[0]}): "
                               f"point {key} to a readable Parquet or JSONL (.jsonl) file") from None
         for i, rec in enumerate(table.to_pylist()):
-            bad = _binary_to_text(rec)
-            yield (i, None, f"{bad}|{i}") if bad else (i, rec, "")
+            decode_binary(rec)
+            yield i, rec, ""
         return
     with path.open("rb") as fh:
         for i, raw in enumerate(fh):
@@ -154,16 +156,17 @@ def raw_rows(path: Path, key: str = "data.path") -> Iterator[tuple[int, Mapping[
             yield i, rec, ""
 
 
-def _binary_to_text(rec: dict[str, Any]) -> str | None:
-    """A Parquet binary column's values as the text they hold (in place), so it is graded and
-    trained as text, never as its b'...' repr; the reason when a value is not UTF-8."""
+def decode_binary(rec: dict[str, Any]) -> None:
+    """A binary column's values (Parquet, datasets) as the text they hold, in place, so text is
+    graded and trained as text, never as its b'...' repr. A value that is not UTF-8 stays bytes:
+    a column no reader uses (an image) costs nothing, and a text column refuses it by row
+    (`nested_value_problem`, the corpus's own check)."""
     for k, v in rec.items():
         if isinstance(v, (bytes, bytearray)):
             try:
                 rec[k] = bytes(v).decode("utf-8")
-            except UnicodeDecodeError as e:
-                return f"column '{k}' is binary and not UTF-8 text (invalid byte at {e.start}): write it as UTF-8 text"
-    return None
+            except UnicodeDecodeError:
+                pass
 
 
 class FileRows:
@@ -240,6 +243,8 @@ def _check_row(i: int, rec: Mapping[str, Any], names: Mapping[str, str], sid: st
             counts["floats_made_ints"] += 1
         elif isinstance(v, (int, float)) and not isinstance(v, bool) and k == "answer":
             values[k] = str(v)
+        elif isinstance(v, (bytes, bytearray)):
+            problems.append(nested_value_problem(n, v))
         elif not isinstance(v, str):
             problems.append(f"field '{n}' is a {type(v).__name__}, not a string")
         elif not v.strip():

@@ -192,6 +192,8 @@ def rows(path: str | Path, columns: list[str], limit: int | None = None, rank: i
     """(row index, record) of the rows `rank` owns (every world-th of the first `limit` rows,
     from position rank), read batch by batch from the memory-mapped table: only `columns`
     (those the dataset has; with an adapter, the adapter's) are decoded."""
+    from segsft.store.corpus import decode_binary
+
     ds = open_dataset(str(path), default_split)
     n = len(ds) if limit is None else min(limit, len(ds))
     adapt = ADAPTERS[adapter][1] if adapter not in (None, "", "none") else None
@@ -203,6 +205,7 @@ def rows(path: str | Path, columns: list[str], limit: int | None = None, rank: i
         batch = ds[idx.start:idx.stop] if world == 1 else ds.select(idx)[:]
         for j, i in enumerate(idx):
             rec = {c: batch[c][j] for c in batch}
+            decode_binary(rec)
             yield i, adapt(rec) if adapt else rec
 
 
