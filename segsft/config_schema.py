@@ -87,7 +87,7 @@ class AttributeConf:
     # below 1/512 of its length): on 16 cut traces it is 2 at about 60 evaluations and 0.4-0.8 at
     # 128-256. With these defaults 15 of 16 cut traces converge (median 111 evaluations), every
     # decision equal to a 1,025-point uniform reference and to a 4x tighter run with twice the
-    # evaluations; the other ends at max_steps with 1 segment flagged borderline, 1.0% of all
+    # evaluations (1.5x for the two that converge past 512, at the 1,024 cap); the other ends at max_steps with 1 segment flagged borderline, 1.0% of all
     # (docs/convergence.md, "Error margins, measured" and "What a larger budget settles").
     target_gap: float = 2.0
     # Share of the non-borderline decisions that must be settled over the last doubling.

@@ -34,7 +34,9 @@ else
   python3 $s compute $c --tag gpu-bf16 --dtype bfloat16 --baselines pad --levels 6 --adaptive-max 256 --no-fixed --budget 30
   python3 $s compute $c --tag gpu-fp32 --baselines zero,mean,pad_trace --other-levels 8 --adaptive-max 512 --budget 90
   # Whole traces, no cut, the longer ones (> 5,300 tokens) that the CPU lane cannot afford:
-  # the bound rule's points to 256, then uniform grids to 257 as a reference.
+  # the bound rule's points to 256, then uniform grids to 257 as a reference. The default's own
+  # points to its 1,024 would spend this pass's budget on a few traces: analyze's
+  # default_max256_by_trace is what it gives (default_by_trace stays empty).
   python3 $s compute $c --tag gpu-fp32-whole --whole --min-tokens 5300 --traces 22 --no-fixed --baselines pad \
     --levels 8 --adaptive-max 256 --budget 200
 fi

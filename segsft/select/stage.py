@@ -183,8 +183,8 @@ def run(cfg: Settings | Any) -> dict:
         log.info("select: %d segment(s) borderline (a decision within its quadrature error of flipping; "
                  "select.borderline=%s)", n_borderline, scfg.borderline)
     if unconverged:
-        log.warning("select: %d sample(s) whose attribution did not converge (select.unconverged=%s; a larger "
-                    "attribute.max_steps settles most: docs/stages.md, Quadrature): %s",
+        log.warning("select: %d sample(s) whose attribution did not converge (select.unconverged=%s; how far "
+                    "attribute.max_steps settles them: docs/convergence.md, \"What a larger budget settles\"): %s",
                     len(unconverged), scfg.unconverged, ", ".join(unconverged[:20]) + (" ..." if len(unconverged) > 20 else ""))
     stale = _stop_test_differs(tables.dir, scfg)
     if stale:
