@@ -101,7 +101,7 @@ def refine(
     evaluate: Evaluate,
     *,
     init_points: int = 9,
-    max_steps: int = 256,
+    max_steps: int,
     per_round: int = 1,
     stop: Callable[[Sequence[Estimate]], bool] | None = None,
     focus: Callable[["AdaptivePath"], np.ndarray | None] | None = None,
@@ -110,7 +110,8 @@ def refine(
     `per_round` subintervals of largest exact local error until `stop(history)` says so
     (-> converged) or `max_steps` gradient evaluations are spent. `focus(path)`, when it
     returns an array, replaces the local errors as the subintervals' priority for that round
-    (`StopTest.focus`: where the flagged decisions' error is)."""
+    (`StopTest.focus`: where the flagged decisions' error is). `max_steps` has no default here:
+    the one default is `attribute.max_steps` in config_schema."""
     if init_points < 2:
         raise ValueError(f"init_points={init_points}: need at least the two ends of the path")
     if max_steps < init_points:
