@@ -667,3 +667,22 @@ def test_an_empty_or_unreadable_generations_file_is_named_as_such(tmp_path):
         assert out.returncode == 2 and "Traceback" not in out.stderr
         assert [x for x in out.stderr.splitlines() if x.startswith("error:")][0].startswith(said), out.stderr
         assert "data.path" not in out.stderr
+
+
+def test_generations_messages_name_the_mapped_columns(tmp_path):
+    """With evaluate.fields mapping id and answer, every 'give a file with ...' line names the
+    user's columns, not the literal id/answer the user does not have."""
+    from segsft.evaluate.stage import check_config
+
+    mapped = ("evaluate.fields.id=qid", "evaluate.fields.answer=gold")
+    errs = check_config(compose_config("stage=evaluate", f"run_dir={tmp_path / 'r'}",
+                                       f"evaluate.generations={tmp_path}", *mapped))
+    assert errs == [f"evaluate.generations={str(tmp_path)!r} is a directory: give a JSONL or Parquet file with "
+                    "'qid' (evaluate.fields.id), 'gold' (evaluate.fields.answer) and output columns"]
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    out = run_pipeline("stage=evaluate", f"run_dir={tmp_path / 'r'}", f"evaluate.generations={empty}", *mapped)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    (line,) = [x for x in out.stderr.splitlines() if x.startswith("error:")]
+    assert line == (f"error: evaluate.generations={empty} is empty: give a JSONL or Parquet file with "
+                    "'qid' (evaluate.fields.id), 'gold' (evaluate.fields.answer) and output"), line

@@ -68,7 +68,7 @@ def check_config(cfg: Settings) -> list[str]:
         if not Path(e.generations).is_file():
             what = "is a directory" if Path(e.generations).is_dir() else "does not exist"
             errs.append(f"evaluate.generations={e.generations!r} {what}: give a JSONL or Parquet file with "
-                        "id, answer and output columns")
+                        f"{_field_name(e.fields, 'id')}, {_answer_name(e.fields)} and output columns")
         return errs
     if not e.benchmarks:
         errs.append("evaluate.benchmarks is empty: name at least one (e.g. [aime24])")
@@ -96,7 +96,8 @@ def grade_file(cfg: Settings, layout: GenerationLayout) -> int:
         raise PipelineError(refused)
     rows, rejected, first_why = [], [], None
     lines = FileRows(path, None, "evaluate.generations",
-                     f"evaluate.generations={path} is empty: give a JSONL or Parquet file with id, answer and output")
+                     f"evaluate.generations={path} is empty: give a JSONL or Parquet file with "
+                     f"{_field_name(f, 'id')}, {_answer_name(f)} and output")
     for i, rec, unreadable in lines:
         why = (unreadable.reason.partition(": ")[2] if unreadable is not None
                else _missing(rec, text_columns, f)
@@ -122,8 +123,8 @@ def grade_file(cfg: Settings, layout: GenerationLayout) -> int:
                      "finish_reason": fin, "answer": answer, "pred": g.pred, "correct": g.correct, "verdict": g.verdict})
     lines.check()  # an empty file, or one without a JSON line, is said as such
     if not rows:
-        raise PipelineError(f"evaluate.generations={path}: no row can be graded (first: {first_why}): give id, "
-                            f"{_answer_name(f)} and output columns of text (and whole numbers in sample and "
+        raise PipelineError(f"evaluate.generations={path}: no row can be graded (first: {first_why}): give "
+                            f"{_field_name(f, 'id')}, {_answer_name(f)} and output columns of text (and whole numbers in sample and "
                             "output_tokens, if given)")
     # One chunk per graded file, named for its path: grading the same file again replaces its
     # rows (a corrected file is not shadowed by its first grading); other files' rows stay.
@@ -178,10 +179,14 @@ def _refuse_overlap(layout: GenerationLayout, mine: Path, rows: list[dict], path
                 f"for this file, give it model or benchmark columns that tell them apart, or delete {other}")
 
 
+def _field_name(fields: Any, key: str) -> str:
+    """A column as the user named it: `answer`, or `'ans' (evaluate.fields.answer)`."""
+    col = fields.get(key, key)
+    return key if col == key else f"{col!r} (evaluate.fields.{key})"
+
+
 def _answer_name(fields: Any) -> str:
-    """The answer column as the user named it: `answer`, or `ans (evaluate.fields.answer)`."""
-    col = fields.get("answer", "answer")
-    return "answer" if col == "answer" else f"{col!r} (evaluate.fields.answer)"
+    return _field_name(fields, "answer")
 
 
 def _missing(rec: Mapping[str, Any], text_columns: tuple[str, str], fields: Any) -> str | None:
