@@ -448,6 +448,8 @@ def analyze(args: argparse.Namespace) -> None:
     from segsft.method.selection_config import SelectConfig
 
     select_cfg = SelectConfig()
+    # The product's defaults, as the study names them (asked here, not at import: compute needs no row).
+    default_row = default_candidate(AttributeConf(), args.adaptive_max)
     per_trace: list[dict] = []
     frontier: list[dict] = []
     for row, seq in traces(args.traces, args.model, args.whole, args.max_tokens, args.min_tokens):
@@ -536,7 +538,7 @@ def analyze(args: argparse.Namespace) -> None:
             covers = None if v is None else float(
                 (stop.strength_errors(v.strength, [best_strength]) <= v.strength_err + 1e-12).mean())
             settle = {}
-            if (name in (DEFAULT_CANDIDATE, "refine_on-decisions") or whole_budget) and v is not None:
+            if (name in (default_row, "refine_on-decisions") or whole_budget) and v is not None:
                 # The flags the default leaves: how near the reference itself is to flipping them.
                 settle = {"err_rate": err_rate(stop, p.history), "flagged": np.flatnonzero(flag).tolist(),
                           "shrink_to_settle": shrink_to_settle(rule, ref_train, *rule.metrics(ref_u), v.strength_err,
@@ -597,8 +599,8 @@ def analyze(args: argparse.Namespace) -> None:
               f"{base['ref_agrees_adaptive_ref']:.2f} of decisions", flush=True)
     table = summarize(per_trace)
     print_table(table)
-    by_trace = default_by_trace(per_trace)
-    print(f"\nthe default stop test per trace ({DEFAULT_CANDIDATE}):")
+    by_trace = default_by_trace(per_trace, default_row)
+    print(f"\nthe default stop test per trace ({default_row}):")
     for t in by_trace:
         print("  " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in t.items()))
     # A reference that disagrees with the other reference (the adaptive rule to its cache limit)
@@ -613,16 +615,18 @@ def analyze(args: argparse.Namespace) -> None:
            "date": time.strftime("%Y-%m-%d"), "traces": len({r["trace"] for r in per_trace}),
            "table": table, "default_by_trace": by_trace,
            **{f"default_max{cap}_by_trace": default_by_trace(per_trace, f"default-max{cap}") for cap in CAPS + MORE},
-           # The default's test at the study's own cap (--adaptive-max), where the cache reaches it.
-           f"default_max{args.adaptive_max}_by_trace": default_by_trace(per_trace, "refine_on-decisions",
-                                                                        cap=args.adaptive_max),
+           # The default's test at the study's own cap (--adaptive-max), where the cache reaches it;
+           # a cap that is one of CAPS/MORE already has its row, which this must not replace.
+           **({} if args.adaptive_max in CAPS + MORE else {
+               f"default_max{args.adaptive_max}_by_trace": default_by_trace(per_trace, "refine_on-decisions",
+                                                                            cap=args.adaptive_max)}),
            "unsettled_references": unsettled, "table_settled_references": table_settled,
            "per_trace": per_trace, "frontier": frontier}
     Path(args.out).write_text(json.dumps(out, indent=1, default=float) + "\n")
     print(f"wrote {args.out}")
 
 
-def default_candidate(conf: AttributeConf = AttributeConf(), adaptive_max: int = 256) -> str:
+def default_candidate(conf: AttributeConf, adaptive_max: int) -> str:
     """The row of the product's defaults, as the study names it; a default the study has no row
     for is an error, not another row's figures."""
     if conf.refine_on != "decisions":
@@ -631,11 +635,8 @@ def default_candidate(conf: AttributeConf = AttributeConf(), adaptive_max: int =
         return f"default-max{conf.max_steps}"
     if conf.max_steps == adaptive_max:
         return "refine_on-decisions"
-    raise SystemExit(f"attribute.max_steps={conf.max_steps} has no row in the study: add it to CAPS or MORE")
-
-
-#: The product's defaults, as the study names them.
-DEFAULT_CANDIDATE = default_candidate()
+    raise SystemExit(f"attribute.max_steps={conf.max_steps} has no row in the study: add it to CAPS or MORE, "
+                     f"or run analyze with --adaptive-max {conf.max_steps}")
 
 
 def uniform_grids(rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
@@ -658,7 +659,7 @@ def uniform_for(grids: dict[str, list[tuple[int, float]]], r: dict) -> int | Non
     return out
 
 
-def default_by_trace(rows: list[dict], candidate: str = DEFAULT_CANDIDATE, cap: int | None = None) -> list[dict]:
+def default_by_trace(rows: list[dict], candidate: str, cap: int | None = None) -> list[dict]:
     """The default stop test on each trace: evaluations against tokens and segments, what it
     decided, the uniform grid that reaches its agreement, its cost on this machine, and for the
     segments it leaves flagged how far their errors must shrink before the reference settles them."""

@@ -215,6 +215,37 @@ def test_binary_text_columns_of_a_problem_set_or_corpus_are_read_as_text(tmp_pat
     assert (sample.question, sample.solution, sample.answer) == ("Q?", "Think.\n\nDone.", "7")
 
 
+def test_an_id_that_is_not_utf8_rejects_its_row_under_a_stable_id_never_a_bytes_repr(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from segsft.evaluate.stage import run
+    from segsft.store.corpus import read_corpus, read_problems
+
+    why = "field 'id' is binary and not UTF-8 text: write it as UTF-8 text"
+    ids = pa.array([b"p1", b"\xfe"], pa.binary())
+    # A generations file: the good row graded under its text id, the other rejected as hex:fe.
+    outs = tmp_path / "outs.parquet"
+    pq.write_table(pa.table({"id": ids, "answer": ["4", "4"], "output": ["\\boxed{4}", "\\boxed{4}"]}), outs)
+    run(compose_config("stage=evaluate", f"run_dir={tmp_path}", f"evaluate.generations={outs}"))
+    gens = pl.read_parquet(tmp_path / "eval" / "generations-*.parquet")
+    assert gens["problem_id"].to_list() == ["p1"]
+    rej = pl.read_parquet(tmp_path / "eval" / "rejects.parquet")
+    assert rej.select("sample_id", "row", "reason").rows() == [("hex:fe", 1, why)]
+    # A corpus and a problem set: the same.
+    corpus = tmp_path / "corpus.parquet"
+    pq.write_table(pa.table({"id": ids, "question": ["Q?", "Q?"], "solution": ["A.\n\nB.", "A.\n\nB."],
+                             "answer": ["7", "7"]}), corpus)
+    samples, rejects = read_corpus(corpus, {"id": "id"})
+    assert [s.sample_id for s in samples] == ["p1"]
+    assert [(r.sample_id, r.reason) for r in rejects] == [("hex:fe", f"row 1: {why}")]
+    probs = tmp_path / "probs.parquet"
+    pq.write_table(pa.table({"id": ids, "question": ["Q?", "R?"], "answer": ["7", "8"]}), probs)
+    rows, rejects = read_problems(str(probs), {"id": "id"}, None, "evaluate.benchmarks")
+    assert [r.problem_id for r in rows] == ["p1"]
+    assert [(r.sample_id, r.reason) for r in rejects] == [("hex:fe", f"row 1: {why}")]
+
+
 def test_a_missing_mapped_answer_column_is_named_as_the_user_mapped_it(tmp_path):
     from segsft.errors import PipelineError
     from segsft.evaluate.stage import run

@@ -310,6 +310,12 @@ def test_attributions_contract_keys_are_checked_and_named_in_a_sweep_and_for_an_
         "error: attribute.shard=4 is outside attribute.num_shards=4 (shards are 0..3): use -m "
         "attribute.shard='range(0,4)' attribute.num_shards=4, or raise attribute.num_shards"]
     assert not (tmp_path / "sweeps" / "attribute" / ".submitit").exists()  # no job submitted
+    # A count without an index is named in the user's spelling, as in a single run.
+    out = run_pipeline("-m", "stage=attribute", f"run_dir={tmp_path / 'n'}", "model.name_or_path=/nonexistent/model",
+                       "attribute.num_shards=2", "hydra/launcher=submitit_local")
+    (line,) = error_lines(out.stderr)
+    assert out.returncode == 2 and line.startswith("error: attribute.num_shards=2 without attribute.shard"), line
+    assert "shard.index" not in line and "shard.count" not in line.replace("attribute.num_shards", ""), line
     out = run_pipeline("stage=select", f"run_dir={tmp_path}", "attribute.shard=0", "attribute.num_shards=2")
     assert out.returncode == 2 and error_lines(out.stderr)[0].startswith(
         "error: attribute.shard/attribute.num_shards with stage=select: only stage=attribute")

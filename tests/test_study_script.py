@@ -172,7 +172,8 @@ def test_the_studys_default_row_is_the_products_default_or_an_error():
 
     from segsft.config_schema import AttributeConf
 
-    assert cs.DEFAULT_CANDIDATE == f"default-max{AttributeConf().max_steps}"
-    assert cs.default_candidate(AttributeConf(max_steps=256)) == "refine_on-decisions"  # the study's own cap
-    with pytest.raises(SystemExit, match="attribute.max_steps=300 has no row in the study"):
-        cs.default_candidate(AttributeConf(max_steps=300))
+    assert cs.default_candidate(AttributeConf(), 256) == f"default-max{AttributeConf().max_steps}"
+    assert cs.default_candidate(AttributeConf(max_steps=256), 256) == "refine_on-decisions"  # the study's own cap
+    assert cs.default_candidate(AttributeConf(max_steps=300), 300) == "refine_on-decisions"
+    with pytest.raises(SystemExit, match="attribute.max_steps=300 has no row in the study: .* --adaptive-max 300"):
+        cs.default_candidate(AttributeConf(max_steps=300), 256)

@@ -230,7 +230,8 @@ class AttributeStage:
             log.warning(
                 "rank %d: %d sample(s) did not converge within attribute.max_steps=%d (error bound <= %s and "
                 "settled decisions >= %s): %s. select.unconverged=keep|full|drop decides what selection does with them; "
-                "raise attribute.max_steps to refine them further", rank, len(unconverged), adaptive.max_steps,
+                "raise attribute.max_steps to refine them further (their borderline flags say which decisions are "
+                "open; docs/convergence.md has what each budget settles)", rank, len(unconverged), adaptive.max_steps,
                 adaptive.target_gap, adaptive.target_stability, ", ".join(unconverged))
 
     def _select_config(self) -> Any:

@@ -85,7 +85,7 @@ def check_config(cfg: Settings) -> list[str]:
 def grade_file(cfg: Settings, layout: GenerationLayout) -> int:
     """evaluate.generations: grade an existing file (id, answer, output; optional model, benchmark,
     finish_reason) into the generations table, no model loaded."""
-    from segsft.store.corpus import FileRows, format_problem, nested_column_problem, nested_value_problem
+    from segsft.store.corpus import FileRows, format_problem, id_text, nested_column_problem, nested_value_problem
     from segsft.method.grading import grade
 
     path, f = Path(cfg.evaluate.generations), cfg.evaluate.fields
@@ -101,7 +101,8 @@ def grade_file(cfg: Settings, layout: GenerationLayout) -> int:
     for i, rec, unreadable in lines:
         why = (unreadable.reason.partition(": ")[2] if unreadable is not None
                else _missing(rec, text_columns, f)
-               or next((p for p in (nested_value_problem(c, rec.get(c)) for c in text_columns) if p), None)
+               or next((p for p in (nested_value_problem(c, rec.get(c))
+                                    for c in (*text_columns, f.get("id", "id"), "model", "benchmark")) if p), None)
                or next((f"{c} is NaN" for c in text_columns if _is_nan(rec.get(c))), None))
         counts = {}
         for column in ("sample", "output_tokens"):
@@ -111,7 +112,7 @@ def grade_file(cfg: Settings, layout: GenerationLayout) -> int:
             first_why = first_why or f"row {i}: {why}"
             log.warning("evaluate.generations: row %d of %s skipped: %s", i, path, why)
             pid = unreadable.sample_id if unreadable is not None else rec.get(f.get("id", "id"))
-            rejected.append({"sample_id": str(pid if pid is not None else f"row{i}"), "reason": why,
+            rejected.append({"sample_id": id_text(pid) if pid is not None else f"row{i}", "reason": why,
                              "source": source, "row": i})
             continue
         answer = str(rec[f.get("answer", "answer")])

@@ -320,7 +320,7 @@ class StopTest:
         the worst case over every strength within +-err at once, rank swaps included, and its
         consistency within +-c_err. `own`: its own strength and consistency only, the others as
         they are (on the study's 16 cut traces, capped at 256 with refine_on=total, 69.5 evaluations
-        and 1% flagged, against 184 and 9% for adversarial, but one trace called converged with a decision that a 513-point
+        and 1% flagged, against 184 and 9% for adversarial, but one trace called converged with a decision that a 1,025-point
         reference makes otherwise; docs/convergence.md, "Error margins, measured")."""
         n = len(train)
         if n == 0:

@@ -228,10 +228,12 @@ def corpus_identity(path: str | Path) -> dict[str, Any] | str:
 
 
 def _check_row(i: int, rec: Mapping[str, Any], names: Mapping[str, str], sid: str, src: str,
-               counts: dict[str, int]) -> Sample | Reject:
+               counts: dict[str, int], id_field: str | None = None) -> Sample | Reject:
     """The row as a Sample, or a Reject with every problem it has."""
     values = {k: rec.get(n) for k, n in names.items()}
     problems = []
+    if id_field and isinstance(rec.get(id_field), (bytes, bytearray)):  # left binary: not UTF-8
+        problems.append(nested_value_problem(id_field, rec[id_field]))
     for k, n in names.items():
         v = values[k]
         if v is None:
@@ -254,9 +256,15 @@ def _check_row(i: int, rec: Mapping[str, Any], names: Mapping[str, str], sid: st
     return Sample(sid, values["question"], values["solution"], values["answer"], src, i)
 
 
+def id_text(rid: Any) -> str:
+    """A row's id as text. Bytes left by `decode_binary` are not UTF-8: their row is rejected
+    (`nested_value_problem`) under this stable id, never under the b'...' repr."""
+    return "hex:" + bytes(rid).hex() if isinstance(rid, (bytes, bytearray)) else str(rid)
+
+
 def _row_id(rec: Mapping[str, Any], id_field: str | None, names: Mapping[str, str]) -> str:
     rid = rec.get(id_field) if id_field else None
-    return str(rid) if rid not in (None, "") else _derived_id(*(str(rec.get(names[k])) for k in REQUIRED))
+    return id_text(rid) if rid not in (None, "") else _derived_id(*(str(rec.get(names[k])) for k in REQUIRED))
 
 
 def read_corpus(path: str | Path, fields: Mapping[str, str], limit: int | None = None, adapter: str | None = None,
@@ -297,7 +305,7 @@ def read_corpus(path: str | Path, fields: Mapping[str, str], limit: int | None =
             # the first copy was kept.
             sid = f"{sid}#row{i}"
         seen_ids.add(sid)
-        item = _check_row(i, rec, names, sid, src, counts)
+        item = _check_row(i, rec, names, sid, src, counts, id_field)
         if dup:
             reason = f"duplicate sample_id {orig!r} (an earlier row has it)"
             item = Reject(sid, item.reason + "; " + reason if isinstance(item, Reject) else f"row {i}: {reason}", src, i)
@@ -360,7 +368,7 @@ def _read_dataset(path: str, names: Mapping[str, str], id_field: str | None, lim
     counts = {"floats_made_ints": 0}
     for i, rec in hub.rows(path, [*names.values(), *([id_field] if id_field else [])], limit, rank, world, adapter):
         sid = ids[i] if first[ids[i]] == i else f"{ids[i]}#row{i}"
-        item = _check_row(i, rec, names, sid, path, counts)
+        item = _check_row(i, rec, names, sid, path, counts, id_field)
         if first[ids[i]] != i:
             reason = f"duplicate sample_id {ids[i]!r} (an earlier row has it)"
             item = Reject(sid, item.reason + "; " + reason if isinstance(item, Reject) else f"row {i}: {reason}", path, i)
@@ -422,7 +430,7 @@ def read_problems(path: str | Path, fields: Mapping[str, str], limit: int | None
         seen_fields.update(rec)
         q, a = rec.get(names["question"]), rec.get(names["answer"])
         rid = rec.get(id_field) if id_field else None
-        pid = str(rid) if rid not in (None, "") else _derived_id(str(q), str(a))
+        pid = id_text(rid) if rid not in (None, "") else _derived_id(str(q), str(a))
         if pid in seen:
             # Scored as a problem of its own: say so, as the corpus reader does for its duplicates.
             log.warning("%s: row %d repeats problem id %r: it is scored as a separate problem %r", path, i, pid,
@@ -431,7 +439,8 @@ def read_problems(path: str | Path, fields: Mapping[str, str], limit: int | None
         seen.add(pid)
         problems = [f"missing or empty field '{n}'" for k, n in names.items()
                     if rec.get(n) is None or (isinstance(rec.get(n), str) and not rec.get(n).strip())]
-        problems += [p for p in (nested_value_problem(n, rec.get(n)) for n in names.values()) if p]
+        text_fields = (*names.values(), *([id_field] if id_field else []))
+        problems += [p for p in (nested_value_problem(n, rec.get(n)) for n in text_fields) if p]
         if isinstance(a, float) and a == a and a.is_integer():
             a = int(a)
         if isinstance(a, float) and a != a:
