@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -183,8 +184,12 @@ def main() -> None:
               f"{f(r['spearman_mean']):>14} {f(r['spearman_median']):>7}")
     print(f"\nselect sweep, 4 methods x {speed['samples']} samples x {speed['segments_per_sample']} segments: "
           f"{speed['wall_s']} s (target < 60 s)")
+    from segsft.method.adaptive import AdaptiveSettings
+
     report = {"what": __doc__.strip().splitlines()[0], "machine": _machine("torch", "transformers", "polars"),
               "date": time.strftime("%Y-%m-%d"), "model": MODEL, "dtype": "float32", "rule": "adaptive (defaults)",
+              # The defaults change with the studies (max_steps 256 -> 1024 on 2026-12-04): say which.
+              "adaptive": dataclasses.asdict(AdaptiveSettings()),
               "traces": n, "cost": cost, "agreement_with_ig": rows, "sweep": speed}
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
