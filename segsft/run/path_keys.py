@@ -14,7 +14,7 @@ from typing import Any
 #: Every key of conf/config.yaml that names a directory a stage writes or reads.
 DIR_KEYS = ("run_dir", "selection_dir", "finetune_dir", "eval_dir", "generate_dir", "export.dir")
 #: Directory keys that must name one (export.dir is null when there is nothing to export).
-REQUIRED_DIR_KEYS = DIR_KEYS[:-1]
+REQUIRED_DIR_KEYS = tuple(k for k in DIR_KEYS if k != "export.dir")
 #: Keys that name a file a stage writes: no directory on its way may be a file.
 FILE_KEYS = ("report.path",)
 #: Keys whose value is one directory name under a parent the pipeline chooses.
