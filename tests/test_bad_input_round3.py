@@ -55,12 +55,18 @@ def test_every_directory_key_naming_a_file_is_one_problem(tmp_path, key):
 @pytest.mark.parametrize("key", ["run_dir", "eval_dir"])
 def test_an_empty_directory_key_is_one_line_and_writes_nothing_in_the_working_directory(tmp_path, key):
     from conftest import REPO, pipeline_env
+    from segsft.evaluate.stage import check_config
+
+    # A stage's own check (the Python API, no Hydra) says it in the same words.
+    errs = check_config(compose_config("stage=evaluate", f"run_dir={tmp_path / 'r'}", "eval_dir="))
+    assert "eval_dir is empty: set eval_dir=<directory for generations and results>" in errs
 
     extra = [] if key == "run_dir" else [f"run_dir={tmp_path / 'r'}"]
     out = subprocess.run([sys.executable, str(REPO / "pipeline.py"), "stage=select", *extra, f"{key}= "],
                          cwd=tmp_path, env=pipeline_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 2, out.stderr[-2000:]
-    assert _error_lines(out.stderr) == [f"error: {key} is empty: set {key}=<directory>"]
+    purpose = {"run_dir": "directory of the run (scores, logs)", "eval_dir": "directory for generations and results"}
+    assert _error_lines(out.stderr) == [f"error: {key} is empty: set {key}=<{purpose[key]}>"]
     # Hydra's log directory would have been made from the empty key, in the working directory.
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 

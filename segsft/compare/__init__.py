@@ -14,6 +14,7 @@ from pathlib import Path
 from segsft.config_schema import Settings
 from segsft.compare.stage import run as _run
 from segsft.store.layout import RunLayout
+from segsft.run.path_keys import empty_dir_problem
 
 __all__ = ["STAGE"]
 
@@ -25,7 +26,7 @@ class _CompareStage:
     rank0_only = True
 
     def check(self, s: Settings) -> list[str]:
-        return [] if s.run_dir else ["run_dir is empty: set run_dir=<the run whose selections to compare>"]
+        return [p for p in (empty_dir_problem("run_dir", s.run_dir),) if p]
 
     def run(self, s: Settings, rank: int, world: int) -> Path | None:
         return _run(s)

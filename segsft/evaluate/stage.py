@@ -25,6 +25,7 @@ from segsft.run.generation import (check_engine, check_settings, generate_graded
 from segsft.store.io import write_parquet
 from segsft.store.layout import FinetuneLayout, GenerationLayout
 from segsft.schemas import GENERATIONS_SCHEMA, REJECTS_SCHEMA, RESULTS_SCHEMA
+from segsft.run.path_keys import empty_dir_problem
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,7 @@ def check_config(cfg: Settings) -> list[str]:
     errs = check_engine(e, "evaluate")
     if not 0 <= e.bootstrap <= 100_000:
         errs.append(f"evaluate.bootstrap={e.bootstrap!r}: use an integer in [0, 100000]")
-    if not cfg.eval_dir:
-        errs.append("eval_dir is empty: set eval_dir=<directory for generations and results>")
+    errs += [p for p in (empty_dir_problem("eval_dir", cfg.eval_dir),) if p]
     if e.generations is not None:
         if not Path(e.generations).is_file():
             what = "is a directory" if Path(e.generations).is_dir() else "does not exist"

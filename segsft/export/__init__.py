@@ -14,6 +14,7 @@ from pathlib import Path
 from segsft.config_schema import Settings
 from segsft.export.stage import export_dir
 from segsft.export.stage import run as _run
+from segsft.run.path_keys import empty_dir_problem
 
 __all__ = ["STAGE", "export_dir"]
 
@@ -25,7 +26,7 @@ class _ExportStage:
     rank0_only = True
 
     def check(self, s: Settings) -> list[str]:
-        return [] if s.finetune_dir else ["finetune_dir is empty: set finetune_dir=<the fine-tuning run to export>"]
+        return [p for p in (empty_dir_problem("finetune_dir", s.finetune_dir),) if p]
 
     def run(self, s: Settings, rank: int, world: int) -> dict[str, Path]:
         return _run(s)

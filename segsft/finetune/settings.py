@@ -11,6 +11,7 @@ from segsft.errors import PipelineError
 from segsft.finetune.modes import MODES
 from segsft.store.layout import SelectionLayout
 from segsft.store.shipped import deepspeed_dir
+from segsft.run.path_keys import empty_dir_problem
 
 #: The shipped presets: `finetune.deepspeed=zero2` -> segsft/conf/deepspeed/zero2.json
 DEEPSPEED_DIR = deepspeed_dir()
@@ -113,8 +114,7 @@ def check_config(cfg: Settings) -> list[str]:
                     "or set finetune.report_to=none")
     if s.liger is True and not has_module("liger_kernel"):
         errs.append("finetune.liger=true needs Liger kernels (pip install liger-kernel): install them or set finetune.liger=false")
-    if not cfg.finetune_dir:
-        errs.append("finetune_dir is empty: set it to the directory for checkpoints and the model")
+    errs += [p for p in (empty_dir_problem("finetune_dir", cfg.finetune_dir),) if p]
     if not cfg.data.path:
         errs.append("data.path is empty: point it to the JSONL or Parquet corpus the masks were made from")
     elif cfg.stage == "finetune":  # under stage=all the attribute stage's check says it once

@@ -9,6 +9,7 @@ from typing import Any
 from segsft.store.hub import is_dataset, spec_problem
 from segsft.config_schema import Settings
 from segsft.store.layout import GenerationLayout
+from segsft.run.path_keys import empty_dir_problem
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,7 @@ def check_config(cfg: Settings) -> list[str]:
     if g.keep not in KEEP:
         errs.append(f"generate.keep={g.keep!r}: use one of {list(KEEP)}")
     errs += check_engine(g, "generate")
-    if not cfg.generate_dir:
-        errs.append("generate_dir is empty: set generate_dir=<directory for the generated corpus>")
+    errs += [p for p in (empty_dir_problem("generate_dir", cfg.generate_dir),) if p]
     if not cfg.model.name_or_path:
         errs.append("model.name_or_path is empty: give the model that writes the traces")
     return errs + check_model_location(cfg.model)

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from segsft.config_schema import Settings
 
 from segsft.config_schema import SelectConf
+from segsft.run.path_keys import empty_dir_problem
 
 METHODS = ("attribution", "full", "random", "score")
 ORDERS = ("high", "low")
@@ -149,7 +150,5 @@ def check_settings(s: Any) -> list[str]:
 def check_config(cfg: "Settings") -> list[str]:
     """Every problem of the select settings, each saying what to change."""
     errs = check_settings(cfg.select)
-    for key in ("run_dir", "selection_dir"):
-        if not getattr(cfg, key):
-            errs.append(f"{key} is empty: set {key}=<directory>")
+    errs += [p for p in (empty_dir_problem(k, getattr(cfg, k)) for k in ("run_dir", "selection_dir")) if p]
     return errs

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
 from segsft.errors import PipelineError
 from segsft.store.layout import RunLayout
+from segsft.run.path_keys import empty_dir_problem
 
 
 class ReportError(PipelineError):
@@ -37,8 +38,7 @@ def check_config(cfg: "Settings") -> list[str]:
     ts = r.token_shading
     if not isinstance(ts, bool):
         errs.append(f"report.token_shading={ts!r}: use true or false")
-    if not cfg.run_dir:
-        errs.append("run_dir is empty: set run_dir=<the run to report on>")
+    errs += [p for p in (empty_dir_problem("run_dir", cfg.run_dir),) if p]
     if not cfg.data.path:
         errs.append("data.path is empty: point it to the corpus the run was attributed on (the report shows its text)")
     if ts is True and not cfg.model.name_or_path:

@@ -15,6 +15,18 @@ from typing import Any
 DIR_KEYS = ("run_dir", "selection_dir", "finetune_dir", "eval_dir", "generate_dir", "export.dir")
 #: Directory keys that must name one (export.dir is null when there is nothing to export).
 REQUIRED_DIR_KEYS = tuple(k for k in DIR_KEYS if k != "export.dir")
+#: What each required directory holds: the one wording of "set it to ..." for every stage's check.
+DIR_PURPOSE = {"run_dir": "directory of the run (scores, logs)", "selection_dir": "directory for the masks",
+               "finetune_dir": "directory for checkpoints and the model",
+               "eval_dir": "directory for generations and results",
+               "generate_dir": "directory for the generated corpus"}
+
+
+def empty_dir_problem(key: str, value: Any) -> str | None:
+    """A required directory key left empty, as one line; None when it names one."""
+    if value is None or not str(value).strip():
+        return f"{key} is empty: set {key}=<{DIR_PURPOSE[key]}>"
+    return None
 #: Keys that name a file a stage writes: no directory on its way may be a file.
 FILE_KEYS = ("report.path",)
 #: Keys whose value is one directory name under a parent the pipeline chooses.
@@ -70,9 +82,10 @@ def path_key_problems(cfg: Any) -> list[str]:
     errs, blocked = [], set()
     for k in DIR_KEYS:
         v = _value(cfg, k)
-        if k in REQUIRED_DIR_KEYS and (v is None or not str(v).strip()):
+        empty = empty_dir_problem(k, v) if k in REQUIRED_DIR_KEYS else None
+        if empty:
             # Checked before Hydra makes its log directory: it would land in the working directory.
-            errs.append(f"{k} is empty: set {k}=<directory>")
+            errs.append(empty)
             continue
         why = dir_key_problem(k, v)
         if why and _blocking_file(v) not in blocked:
