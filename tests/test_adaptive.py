@@ -337,6 +337,18 @@ def test_config_checks_name_the_adaptive_and_select_problems_before_any_model_lo
     assert "attribute.max_borderline=2" in errs and "select.borderline='maybe': use one of ['rule', 'keep', 'drop']" in errs
     assert not any("rounding floor" in e for e in check_attribute(compose_config(
         f"run_dir={tmp_path}", "attribute.dtype=float32", "attribute.target_gap=0.01")))
+    # The wider dtype suggested is wider than the one in use and fine enough, or none is named;
+    # a value below the range gets the range's line only.
+    def gap_lines(dtype: str, gap: float) -> list[str]:
+        return [e for e in check_attribute(compose_config(f"run_dir={tmp_path}", f"attribute.dtype={dtype}",
+                                                          f"attribute.target_gap={gap}")) if "target_gap" in e]
+    assert "0.01 is below the rounding floor of bfloat16" in gap_lines("bfloat16", 0.01)[0]
+    assert gap_lines("bfloat16", 0.01)[0].endswith("(attribute.dtype=float32)")
+    (f32,) = gap_lines("float32", 1e-8)
+    assert "rounding floor of float32 (2.4e-07" in f32 and f32.endswith("(attribute.dtype=float64)"), f32
+    assert gap_lines("float64", 1e-8) == []
+    assert gap_lines("float32", 1e-10) == ["attribute.target_gap=1e-10: use a number in [1e-09, 10], the error "
+                                           "bound to reach relative to |f(x) - f(x')| (e.g. 2.0)"]
     # A fixed rule has no stop test, so the select settings are select's own business.
     fixed = compose_config(f"run_dir={tmp_path}", "attribute.rule=linspace", "select.top_mass=2")
     assert not any("select.top_mass" in e for e in check_attribute(fixed))

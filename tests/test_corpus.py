@@ -122,8 +122,10 @@ def test_empty_file_and_directory_get_their_own_message(tmp_path):
     with pytest.raises(CorpusError, match="is empty"):
         read_corpus(tmp_path / "e.jsonl", {})
     (tmp_path / "nothing").mkdir()  # a directory is read as a dataset: this one holds none
-    with pytest.raises(PipelineError, match=f"^dataset {tmp_path / 'nothing'} could not be read"):
+    with pytest.raises(PipelineError, match=f"^dataset directory {tmp_path / 'nothing'} could not be read") as e:
         read_corpus(tmp_path / "nothing", {})
+    # A local directory gets no hub advice (login, network): what it must hold instead.
+    assert "huggingface-cli" not in str(e.value) and "save_to_disk" in str(e.value)
 
 
 def test_a_file_that_is_not_parquet_is_one_clear_error(tmp_path):

@@ -60,3 +60,13 @@ def test_demo_pipeline_on_two_traces(tmp_path):
         cells, first = page.row(b), results.filter(pl.col("benchmark") == b).row(0, named=True)
         assert len(cells) == results.filter(pl.col("benchmark") == b).height
         assert cells[0].startswith(f"{100 * first['accuracy']:.1f}%")
+
+
+@pytest.mark.parametrize("override", ["+experiment=demo", "data=sample"])
+def test_the_embedded_sample_is_found_from_any_working_directory(tmp_path, monkeypatch, override):
+    from conftest import compose_config
+
+    monkeypatch.chdir(tmp_path)  # not the clone: a relative data/sample_traces.jsonl would not exist here
+    path = compose_config(override).data.path
+    assert path == str(REPO / "data" / "sample_traces.jsonl")
+    assert sum(1 for _ in open(path)) > 0

@@ -98,7 +98,8 @@ def check_adaptive(a: "AttributeConf") -> list[str]:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
             errs.append(f"attribute.{key}={v!r}: {hint}")
 
-    number("target_gap", 1e-9, 10.0, "use a number in (0, 10], the error bound to reach (e.g. 0.05)")
+    number("target_gap", 1e-9, 10.0, "use a number in [1e-09, 10], the error bound to reach relative to "
+                                      f"|f(x) - f(x')| (e.g. {d.target_gap})")
     number("target_stability", 0.0, 1.0, "use a number in [0, 1], the share of decisions that must not change (e.g. 1.0)")
     number("max_borderline", 0.0, 1.0, "use a number in [0, 1], the share of a sample's segments that may be "
                                        "borderline when it is called converged (e.g. 0, the default)")
@@ -110,10 +111,13 @@ def check_adaptive(a: "AttributeConf") -> list[str]:
             errs.append(f"attribute.{key}={getattr(a, key)!r}: use one of {', '.join(allowed)} ({what})")
     tg = a.target_gap
     floor = rounding_floor(a.dtype)
-    if isinstance(tg, (int, float)) and not isinstance(tg, bool) and floor and 0 < tg < floor[1]:
+    # Below the range, the range's line says it all (one line per key).
+    if isinstance(tg, (int, float)) and not isinstance(tg, bool) and floor and 1e-9 <= tg < floor[1]:
+        wider = next((w for w in ("float32", "float64") if rounding_floor(w)[1] < floor[1] and rounding_floor(w)[1] <= tg),
+                     None)
         errs.append(f"attribute.target_gap={tg!r} is below the rounding floor of {floor[0]} ({floor[1]:.2g}: the "
-                    f"local errors cannot be resolved finer in that precision); raise it to >= {floor[1]:.2g} "
-                    "or attribute in a wider dtype (attribute.dtype=float32)")
+                    f"local errors cannot be resolved finer in that precision); raise it to >= {floor[1]:.2g}"
+                    + (f" or attribute in a wider dtype (attribute.dtype={wider})" if wider else ""))
     init = a.init_points
     if isinstance(init, bool) or not isinstance(init, int) or not 2 <= init <= 1025:
         errs.append(f"attribute.init_points={init!r}: use an integer in [2, 1025] (uniform starting nodes, e.g. 9)")

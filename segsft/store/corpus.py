@@ -292,7 +292,8 @@ def read_corpus(path: str | Path, fields: Mapping[str, str], limit: int | None =
     kept_ids: set[str] = set()
     src = str(path)
     counts = {"floats_made_ints": 0}
-    rows = FileRows(path, limit, "data.path", f"corpus file {path} is empty: it has no rows")
+    rows = FileRows(path, limit, "data.path", f"data.path={path} is empty: it has no rows; give a corpus file with "
+                    "question, solution and answer rows")
     for i, rec, bad in rows:
         if bad is not None:
             out.append(bad)
@@ -359,7 +360,7 @@ def _read_dataset(path: str, names: Mapping[str, str], id_field: str | None, lim
                           f"data.adapter to one of {sorted(hub.ADAPTERS)} for a known layout")
     ids = _dataset_ids(path, names, id_field, limit, adapter)
     if not ids:
-        raise CorpusError(f"dataset {path} is empty: it has no rows")
+        raise CorpusError(f"dataset {path} is empty: it has no rows; give a dataset (or split) with rows")
     first: dict[str, int] = {}
     for i, sid in enumerate(ids):
         first.setdefault(sid, i)
@@ -418,7 +419,7 @@ def read_problems(path: str | Path, fields: Mapping[str, str], limit: int | None
         bad_format = format_problem(path, key) or nested_column_problem(path, names.values(), key)
         if bad_format:
             raise CorpusError(bad_format)
-        records = rows = FileRows(path, limit, key, f"{key}: problems file {path} is empty: it has no rows")
+        records = rows = FileRows(path, limit, key, f"{key}: problems file {path} is empty: it has no rows; give one with question and answer rows")
     out: list[ProblemRow] = []
     rejects: list[Reject] = []
     seen: set[str] = set()
@@ -453,7 +454,7 @@ def read_problems(path: str | Path, fields: Mapping[str, str], limit: int | None
     if rows is not None:
         rows.check()
     elif not out and not rejects:
-        raise CorpusError(f"{key}: problems file {path} is empty: it has no rows")
+        raise CorpusError(f"{key}: problems file {path} is empty: it has no rows; give one with question and answer rows")
     missing = [n for n in names.values() if n not in seen_fields]
     if missing:
         raise CorpusError(f"{key}: {path} has no field {missing} in any row (its rows have {sorted(seen_fields)}): "

@@ -126,6 +126,11 @@ def open_dataset(path: str, default_split: str = "train") -> Any:
         if "split" in str(e).lower():
             raise DatasetError(f"dataset {path} could not be read ({_first_line(e)}): name a split it has "
                                "(hub:<id>[:<config>]:<split>)") from None
+        if spec.local or Path(spec.id).is_dir():
+            # A local directory: hub advice (login, network) would send the user the wrong way.
+            raise DatasetError(f"dataset directory {spec.id} could not be read ({_first_line(e)}): give a directory "
+                               "written by datasets' save_to_disk, one of Parquet/JSONL/CSV data files, or a "
+                               "JSONL or Parquet file") from None
         raise DatasetError(f"dataset {path} could not be read ({_first_line(e)}): check the id, config and revision, "
                            "your access (huggingface-cli login) and the network (HF_DATASETS_OFFLINE=1 reads the "
                            "cache only)") from None

@@ -403,11 +403,14 @@ def sweep_subdir(job_num: Any, shard_index: Any = None, shard_count: Any = 1) ->
 def register_resolvers() -> None:
     """`${segsft_selection_name:...}` (config_schema.SELECTION_NAME, select.name), `${segsft_log_dir:...}`,
     `${segsft_sweep_subdir:...}` (segsft/conf/config.yaml's hydra dirs) and `${segsft_run_path:...}`
-    (its directory keys); idempotent."""
+    (its directory keys), `${segsft_sample:}` (the embedded sample corpus); idempotent."""
     from omegaconf import OmegaConf
 
+    from segsft.store.shipped import sample_corpus
+
     for name, fn in (("segsft_selection_name", selection_name), ("segsft_log_dir", log_dir),
-                     ("segsft_sweep_subdir", sweep_subdir), ("segsft_run_path", run_path)):
+                     ("segsft_sweep_subdir", sweep_subdir), ("segsft_run_path", run_path),
+                     ("segsft_sample", sample_corpus)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 

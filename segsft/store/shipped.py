@@ -14,6 +14,13 @@ def _package_dir() -> Path:
     return Path(str(files("segsft")))
 
 
+def sample_corpus() -> str:
+    """The embedded sample corpus (data/sample_traces.jsonl beside the package in a clone), so the
+    demo runs from any working directory; relative to the working directory when not there."""
+    beside = _package_dir().parent / "data" / "sample_traces.jsonl"
+    return str(beside) if beside.is_file() else "data/sample_traces.jsonl"
+
+
 def conf_dir() -> Path:
     """The Hydra config directory (config.yaml and its groups)."""
     return _package_dir() / "conf"
