@@ -450,6 +450,21 @@ def _unknown_keys(schema: type, node: Any, prefix: str = "") -> str | None:
 
 
 
+#: What each required directory key holds: the one wording of "set it to ..." for every
+#: stage's check and for the check made before Hydra makes its log directory (run.path_keys).
+DIR_PURPOSE = {"run_dir": "directory of the run (scores, logs)", "selection_dir": "directory for the masks",
+               "finetune_dir": "directory for checkpoints and the model",
+               "eval_dir": "directory for generations and results",
+               "generate_dir": "directory for the generated corpus"}
+
+
+def empty_dir_problem(key: str, value: Any) -> str | None:
+    """A required directory key left empty, as one line; None when it names one."""
+    if value is None or not str(value).strip():
+        return f"{key} is empty: set {key}=<{DIR_PURPOSE[key]}>"
+    return None
+
+
 def unknown_key_line(key: str, known: list[str]) -> str:
     """The one line for a key its group does not have: the nearest known key, then the list."""
     parent, _, leaf = key.rpartition(".")

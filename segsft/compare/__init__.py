@@ -14,7 +14,7 @@ from pathlib import Path
 from segsft.config_schema import Settings
 from segsft.compare.stage import run as _run
 from segsft.store.layout import RunLayout
-from segsft.run.path_keys import empty_dir_problem
+from segsft.config_schema import empty_dir_problem
 
 __all__ = ["STAGE"]
 

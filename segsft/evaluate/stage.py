@@ -25,7 +25,7 @@ from segsft.run.generation import (check_engine, check_settings, generate_graded
 from segsft.store.io import write_parquet
 from segsft.store.layout import FinetuneLayout, GenerationLayout
 from segsft.schemas import GENERATIONS_SCHEMA, REJECTS_SCHEMA, RESULTS_SCHEMA
-from segsft.run.path_keys import empty_dir_problem
+from segsft.config_schema import empty_dir_problem
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from segsft.config_schema import Settings
 from segsft.export.stage import export_dir
 from segsft.export.stage import run as _run
-from segsft.run.path_keys import empty_dir_problem
+from segsft.config_schema import empty_dir_problem
 
 __all__ = ["STAGE", "export_dir"]
 

@@ -11,7 +11,7 @@ from segsft.errors import PipelineError
 from segsft.finetune.modes import MODES
 from segsft.store.layout import SelectionLayout
 from segsft.store.shipped import deepspeed_dir
-from segsft.run.path_keys import empty_dir_problem
+from segsft.config_schema import empty_dir_problem
 
 #: The shipped presets: `finetune.deepspeed=zero2` -> segsft/conf/deepspeed/zero2.json
 DEEPSPEED_DIR = deepspeed_dir()

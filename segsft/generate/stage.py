@@ -9,7 +9,7 @@ from typing import Any
 from segsft.store.hub import is_dataset, spec_problem
 from segsft.config_schema import Settings
 from segsft.store.layout import GenerationLayout
-from segsft.run.path_keys import empty_dir_problem
+from segsft.config_schema import empty_dir_problem
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from segsft.config_schema import Settings
 
 from segsft.config_schema import SelectConf
-from segsft.run.path_keys import empty_dir_problem
+from segsft.config_schema import empty_dir_problem
 
 METHODS = ("attribution", "full", "random", "score")
 ORDERS = ("high", "low")

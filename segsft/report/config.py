@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 from segsft.errors import PipelineError
 from segsft.store.layout import RunLayout
-from segsft.run.path_keys import empty_dir_problem
+from segsft.config_schema import empty_dir_problem
 
 
 class ReportError(PipelineError):

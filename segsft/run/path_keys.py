@@ -11,22 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from segsft.config_schema import empty_dir_problem
+
 #: Every key of conf/config.yaml that names a directory a stage writes or reads.
 DIR_KEYS = ("run_dir", "selection_dir", "finetune_dir", "eval_dir", "generate_dir", "export.dir")
 #: Directory keys that must name one (export.dir is null when there is nothing to export).
 REQUIRED_DIR_KEYS = tuple(k for k in DIR_KEYS if k != "export.dir")
-#: What each required directory holds: the one wording of "set it to ..." for every stage's check.
-DIR_PURPOSE = {"run_dir": "directory of the run (scores, logs)", "selection_dir": "directory for the masks",
-               "finetune_dir": "directory for checkpoints and the model",
-               "eval_dir": "directory for generations and results",
-               "generate_dir": "directory for the generated corpus"}
-
-
-def empty_dir_problem(key: str, value: Any) -> str | None:
-    """A required directory key left empty, as one line; None when it names one."""
-    if value is None or not str(value).strip():
-        return f"{key} is empty: set {key}=<{DIR_PURPOSE[key]}>"
-    return None
 #: Keys that name a file a stage writes: no directory on its way may be a file.
 FILE_KEYS = ("report.path",)
 #: Keys whose value is one directory name under a parent the pipeline chooses.
