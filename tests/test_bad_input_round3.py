@@ -349,9 +349,9 @@ def test_an_unreadable_attribution_table_is_named_for_select_and_report(tmp_path
     for stage in ("select", "report"):
         out = run_pipeline(f"stage={stage}", f"run_dir={run_dir}")
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
-        lines = _error_lines(out.stderr)
-        assert lines[0].startswith("error: ") and lines[0].endswith("attribution tables that are not readable Parquet files:")
-        assert lines[1].startswith(f"  - {bad} (") and "part-00000-of-00001.done" in lines[2]
+        (line,) = _error_lines(out.stderr)  # one damaged table: one line, its path and the remedy
+        assert line.startswith("error: ") and f"attribution tables that are not readable Parquet files: {bad} (" in line
+        assert "part-00000-of-00001.done" in line and line.endswith("it recomputes those parts only."), line
     assert not (run_dir / "selection").exists()
     # A directory name with " (" in it is named as well (the parts are not parsed back from the text).
     from segsft.store.attribution_tables import AttributionDamaged, open_attribution

@@ -244,6 +244,18 @@ def test_incomplete_parts_are_named_and_resume_is_suggested(tmp_path):
     assert f"`make attribute RUN_DIR={run_dir} NPROC=3` again" in make_hints(msg)
 
 
+def test_one_unfinished_part_is_one_line_with_its_remedy(tmp_path):
+    rows = _rows()
+    write_part(tmp_path / "r" / "attribution", rows, sample_rows(rows), 0, 1, done=False)
+    with pytest.raises(AttributionNotReady) as e:
+        open_attribution(tmp_path / "r")
+    msg = str(e.value)
+    assert "\n" not in msg, msg
+    assert msg.startswith(f"the attribution under {tmp_path / 'r' / 'attribution'} is not complete: part "
+                          "00000-of-00001 has no completion marker part-00000-of-00001.done (world size 1). "
+                          "To finish it, "), msg
+
+
 def test_missing_ranks_and_mixed_world_sizes(tmp_path):
     rows = _rows()
     adir = tmp_path / "r" / "attribution"

@@ -170,10 +170,8 @@ def open_attribution(run_dir: str | Path) -> AttributionTables:
             problems += [f"{x} (world size {w})" for x in what]
     world = max(by_world) if by_world else None
     if problems:
-        raise AttributionNotReady(
-            f"the attribution under {adir} is not complete:\n  - " + "\n  - ".join(problems)
-            + f"\nTo finish it, {_resume_hint(run_dir, world)}."
-        )
+        raise AttributionNotReady(_listed(f"the attribution under {adir} is not complete", problems,
+                                          f"To finish it, {_resume_hint(run_dir, world)}."))
     files = {t: {p: f for p, f in all_files[t].items() if p in finished} for t in ATTRIBUTION_TABLES}
 
     bad, unreadable = [], []
@@ -196,17 +194,21 @@ def open_attribution(run_dir: str | Path) -> AttributionTables:
                 bad.append(f"{path}: {'; '.join(wrong)}")
     if unreadable:
         markers = ", ".join(lay.marker(p).name for p in sorted({part for _, part, _ in unreadable}))
-        raise AttributionDamaged(
-            "attribution tables that are not readable Parquet files:\n  - "
-            + "\n  - ".join(f"{path} ({why})" for path, _, why in unreadable)
-            + f"\nDelete them with the completion markers of their parts ({markers}) and run "
-            f"`python pipeline.py stage=attribute run_dir={run_dir}` again: it recomputes those parts only."
-        )
+        raise AttributionDamaged(_listed(
+            "attribution tables that are not readable Parquet files", [f"{path} ({why})" for path, _, why in unreadable],
+            f"Delete them with the completion markers of their parts ({markers}) and run "
+            f"`python pipeline.py stage=attribute run_dir={run_dir}` again: it recomputes those parts only."))
     if bad:
-        raise AttributionNotReady(
-            "attribution tables without the columns selection reads:\n  - " + "\n  - ".join(bad)
-            + f"\nThey were not written by this version of the attribution stage: move them away and run "
-            f"`python pipeline.py stage=attribute run_dir={run_dir}` again."
-        )
+        raise AttributionNotReady(_listed(
+            "attribution tables without the columns selection reads", bad,
+            "They were not written by this version of the attribution stage: move them away and run "
+            f"`python pipeline.py stage=attribute run_dir={run_dir}` again."))
     return AttributionTables(adir, *(tuple(p for _, p in sorted(files[t].items())) for t in ATTRIBUTION_TABLES),
                              notes=tuple(notes))
+
+
+def _listed(head: str, items: list[str], remedy: str) -> str:
+    """One problem: one line (head, the problem, what to do). Several: listed under the head."""
+    if len(items) == 1:
+        return f"{head}: {items[0]}. {remedy}"
+    return f"{head}:\n  - " + "\n  - ".join(items) + f"\n{remedy}"
