@@ -2,7 +2,7 @@
 
 A tiny Qwen2 (built from config, tokenizer trained on the traces) is fine-tuned through the
 stage's own code (`segsft.finetune.run`, one process, no DeepSpeed) on the 30 real traces of
-../shared/data (or data/sample_traces.jsonl when they are absent), every sequence cut to
+../shared/data (or segsft/data/sample_traces.jsonl when they are absent), every sequence cut to
 --max-length tokens. `selected` uses a hand-made masks table: each keyword segment trained
 with probability 0.5 (seeded), plus segments 0, -2, -1 (docs/method.md step 7's always_keep), which is
 roughly what the paper's selection keeps. Tokens/s counts every input token (no padding:
@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the test yardsticks: tiny_model, refe
 from machine import machine as _machine  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "r1-distill-qwen-7b-aime24.jsonl"
-SAMPLE = REPO / "data" / "sample_traces.jsonl"
+SAMPLE = REPO / "segsft" / "data" / "sample_traces.jsonl"
 
 
 def machine() -> dict:

@@ -278,7 +278,7 @@ def case_evaluate_kills(ctx: dict, trials: int, rnd: random.Random) -> list[dict
 def setup(root: Path) -> dict:
     from tiny_model import save_tiny, tiny_qwen2, train_tokenizer
 
-    rows = [json.loads(line) for line in (REPO / "data" / "sample_traces.jsonl").read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in (REPO / "segsft" / "data" / "sample_traces.jsonl").read_text().splitlines() if line.strip()]
     corpus = root / "corpus.jsonl"
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows) + "".join(b + "\n" for b in BAD_ROWS))
     tok = train_tokenizer([r["solution"] for r in rows] * 3, vocab_size=1000)

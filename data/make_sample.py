@@ -1,6 +1,6 @@
 """Generate the embedded sample corpus: short math word problems with R1-style traces.
 
-    python data/make_sample.py            # writes data/sample_traces.jsonl (seed 0, 36 rows)
+    python data/make_sample.py            # writes segsft/data/sample_traces.jsonl (seed 0, 36 rows)
 
 Each trace works the problem, then reflects in segments that open with the design's
 keywords ("\\n\\nWait", "\\n\\nAlternatively", "\\n\\nHowever", "\\n\\nGoing back", ...):
@@ -16,7 +16,7 @@ import random
 from pathlib import Path
 from typing import Callable
 
-OUT = Path(__file__).with_name("sample_traces.jsonl")
+OUT = Path(__file__).resolve().parent.parent / "segsft" / "data" / "sample_traces.jsonl"  # shipped in the package
 
 Problem = tuple[str, list[str], str, list[str], list[str]]  # question, work, answer, checks, dead ends
 

@@ -68,5 +68,5 @@ def test_the_embedded_sample_is_found_from_any_working_directory(tmp_path, monke
 
     monkeypatch.chdir(tmp_path)  # not the clone: a relative data/sample_traces.jsonl would not exist here
     path = compose_config(override).data.path
-    assert path == str(REPO / "data" / "sample_traces.jsonl")
+    assert path == str(REPO / "segsft" / "data" / "sample_traces.jsonl")
     assert sum(1 for _ in open(path)) > 0

@@ -239,6 +239,11 @@ def test_an_id_that_is_not_utf8_rejects_its_row_under_a_stable_id_never_a_bytes_
     samples, rejects = read_corpus(corpus, {"id": "id"})
     assert [s.sample_id for s in samples] == ["p1"]
     assert [(r.sample_id, r.reason) for r in rejects] == [("hex:fe", f"row 1: {why}")]
+    # A JSONL corpus whose id is a list: refused as the problem and generations readers refuse it.
+    listed = write_jsonl(tmp_path / "corpus.jsonl", [{"id": ["a", 1], "question": "Q?", "solution": "A.\n\nB.",
+                                                      "answer": "7"}])
+    samples, rejects = read_corpus(listed, {"id": "id"})
+    assert samples == [] and [r.reason for r in rejects] == ["row 0: field 'id' is a list, not text"]
     probs = tmp_path / "probs.parquet"
     pq.write_table(pa.table({"id": ids, "question": ["Q?", "R?"], "answer": ["7", "8"]}), probs)
     rows, rejects = read_problems(str(probs), {"id": "id"}, None, "evaluate.benchmarks")

@@ -149,7 +149,9 @@ def test_masks_table_errors_say_what_to_do(tmp_path):
         read_masks(tmp_path)
     pq.write_table(pa.table({"sample_id": ["a"], "segment": [0]}), tmp_path / "masks.parquet")
     mark_selection_finished(tmp_path)
-    with pytest.raises(MasksError, match=r"lacks columns \['char_start', 'char_end', 'train'\]"):
+    with pytest.raises(MasksError, match=r"lacks columns \['char_start', 'char_end', 'train'\]: it is not a masks "
+                                         r"table of the select stage: set selection_dir to the output directory "
+                                         r"of a select stage$"):
         read_masks(tmp_path)
 
 
@@ -162,7 +164,7 @@ def test_padding_collator_pads_labels_with_ignore_index():
 
 
 #: stage=finetune on the sample corpus (nothing is loaded: the tests check the config).
-FINETUNE = ("stage=finetune", f"data.path={REPO / 'data' / 'sample_traces.jsonl'}", "model.name_or_path=m",
+FINETUNE = ("stage=finetune", f"data.path={REPO / 'segsft' / 'data' / 'sample_traces.jsonl'}", "model.name_or_path=m",
             "selection_dir=/nonexistent", "finetune_dir=out")
 
 

@@ -128,6 +128,9 @@ def test_a_shard_logs_into_its_own_directory(tmp_path):
      "attribute.shard=4 is outside attribute.num_shards=4 (shards are 0..3): use -m attribute.shard='range(0,4)' "
      "attribute.num_shards=4, or raise attribute.num_shards"),
     (["attribute.num_shards=2"], "attribute.num_shards=2 without attribute.shard"),
+    # One key set: the other is named in its spelling (as a sweep names it, shard_spelling).
+    (["attribute.shard=2"], "attribute.shard=2 is outside attribute.num_shards=1 (shards are 0..0): use -m "
+     "attribute.shard='range(0,1)' attribute.num_shards=1, or raise attribute.num_shards"),
     # Mixed spellings: each key by the name it was set by.
     (["attribute.num_shards=4", "shard.index=7"], "shard.index=7 is outside attribute.num_shards=4"),
 ])

@@ -98,8 +98,9 @@ def check_adaptive(a: "AttributeConf") -> list[str]:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
             errs.append(f"attribute.{key}={v!r}: {hint}")
 
-    number("target_gap", 1e-9, 10.0, "use a number in [1e-09, 10], the error bound to reach relative to "
-                                      f"|f(x) - f(x')| (e.g. {d.target_gap})")
+    gap_range = (1e-9, 10.0)
+    number("target_gap", *gap_range, f"use a number in [{gap_range[0]:g}, {gap_range[1]:g}], the error bound to reach "
+                                     f"relative to |f(x) - f(x')| (e.g. {d.target_gap})")
     number("target_stability", 0.0, 1.0, "use a number in [0, 1], the share of decisions that must not change (e.g. 1.0)")
     number("max_borderline", 0.0, 1.0, "use a number in [0, 1], the share of a sample's segments that may be "
                                        "borderline when it is called converged (e.g. 0, the default)")
@@ -112,7 +113,7 @@ def check_adaptive(a: "AttributeConf") -> list[str]:
     tg = a.target_gap
     floor = rounding_floor(a.dtype)
     # Below the range, the range's line says it all (one line per key).
-    if isinstance(tg, (int, float)) and not isinstance(tg, bool) and floor and 1e-9 <= tg < floor[1]:
+    if isinstance(tg, (int, float)) and not isinstance(tg, bool) and floor and gap_range[0] <= tg < floor[1]:
         wider = next((w for w in ("float32", "float64") if rounding_floor(w)[1] < floor[1] and rounding_floor(w)[1] <= tg),
                      None)
         errs.append(f"attribute.target_gap={tg!r} is below the rounding floor of {floor[0]} ({floor[1]:.2g}: the "

@@ -63,8 +63,7 @@ def read_masks(selection_dir: str | Path) -> dict[str, SampleMask]:
     missing = [c for c in FINETUNE_MASKS_COLUMNS if c not in names]
     if missing:
         raise MasksError(f"{path} lacks columns {missing}: it is not a masks table of the select stage: "
-                         f"set selection_dir to a select stage's output, or "
-                         f"{SelectionLayout(Path(selection_dir)).redo}")
+                         "set selection_dir to the output directory of a select stage")
     df = pl.scan_parquet(path).select(FINETUNE_MASKS_COLUMNS).sort(["sample_id", "segment"]).collect()
     if df["train"].null_count():
         raise MasksError(f"{path}: column train has nulls; every segment must say train true/false")

@@ -56,15 +56,25 @@ def shard_problem(index: Any, count: Any, names: tuple[str, str] = ("shard.index
     return None
 
 
+def shard_spelling(index_key: str | None, count_key: str | None) -> tuple[str, str]:
+    """(index key, count key) to name in a shard message, given the keys the user set (None: not
+    set): a key not set is named in the spelling of the one that is (attribute.shard with
+    attribute.num_shards, shard.index with shard.count), so a message never mixes them."""
+    index_key = index_key or ("attribute.shard" if count_key == "attribute.num_shards" else "shard.index")
+    count_key = count_key or ("attribute.num_shards" if index_key == "attribute.shard" else "shard.count")
+    return index_key, count_key
+
+
 def shard_names(attribute: Any, shard: Any) -> tuple[str, str]:
     """The keys the shard was set by, one per key: attribution's contract names (attribute.shard,
     attribute.num_shards; shard.* take their values from them) where the user set those and
-    shard.* still hold their values, else shard.index / shard.count."""
+    shard.* still hold their values, else shard.index / shard.count (`shard_spelling`)."""
     index, count = getattr(attribute, "shard", None), getattr(attribute, "num_shards", 1)
-    count_name = "attribute.num_shards" if count != 1 and count == shard.count else "shard.count"
-    # No index at all: suggest the spelling of the count the user gave.
-    by_attribute = index == shard.index if index is not None else (shard.index is None and count_name != "shard.count")
-    return "attribute.shard" if by_attribute else "shard.index", count_name
+    index_key = (("attribute.shard" if index == shard.index else "shard.index") if index is not None
+                 else "shard.index" if shard.index is not None else None)
+    count_key = (("attribute.num_shards" if count == shard.count else "shard.count") if count != 1
+                 else "shard.count" if shard.count != 1 else None)
+    return shard_spelling(index_key, count_key)
 
 
 def _launcher_rank_and_world() -> tuple[int, int]:

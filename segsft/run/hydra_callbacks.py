@@ -83,7 +83,7 @@ def shard_jobs_problem(config: Any) -> str | None:
     import itertools
     import types
 
-    from segsft.run.dist import shard_problem
+    from segsft.run.dist import shard_problem, shard_spelling
     from segsft.run.stages import shard_stage_problem
 
     try:
@@ -92,11 +92,8 @@ def shard_jobs_problem(config: Any) -> str | None:
         return None
     stages = swept.get("stage", [config.stage])
     # shard.* take attribution's contract names' values unless set themselves (config_schema.ShardConf).
-    ikey = next((k for k in ("shard.index", "attribute.shard") if k in swept), None)
-    ckey = next((k for k in ("shard.count", "attribute.num_shards") if k in swept), None)
-    # A key the user did not set is named in the spelling of the one they did (as dist.shard_names).
-    ikey = ikey or ("attribute.shard" if ckey == "attribute.num_shards" else "shard.index")
-    ckey = ckey or ("attribute.num_shards" if ikey == "attribute.shard" else "shard.count")
+    ikey, ckey = shard_spelling(next((k for k in ("shard.index", "attribute.shard") if k in swept), None),
+                                next((k for k in ("shard.count", "attribute.num_shards") if k in swept), None))
     indices = swept.get(ikey, [config.shard.index])
     counts = swept.get(ckey, [config.shard.count])
     for stage, index, count in itertools.product(stages, indices, counts):

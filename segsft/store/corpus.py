@@ -232,8 +232,9 @@ def _check_row(i: int, rec: Mapping[str, Any], names: Mapping[str, str], sid: st
     """The row as a Sample, or a Reject with every problem it has."""
     values = {k: rec.get(n) for k, n in names.items()}
     problems = []
-    if id_field and isinstance(rec.get(id_field), (bytes, bytearray)):  # left binary: not UTF-8
-        problems.append(nested_value_problem(id_field, rec[id_field]))
+    id_problem = nested_value_problem(id_field, rec.get(id_field)) if id_field else None
+    if id_problem:  # a list, an object, or bytes that are not UTF-8: as the other readers refuse it
+        problems.append(id_problem)
     for k, n in names.items():
         v = values[k]
         if v is None:

@@ -15,10 +15,9 @@ def _package_dir() -> Path:
 
 
 def sample_corpus() -> str:
-    """The embedded sample corpus (data/sample_traces.jsonl beside the package in a clone), so the
-    demo runs from any working directory; relative to the working directory when not there."""
-    beside = _package_dir().parent / "data" / "sample_traces.jsonl"
-    return str(beside) if beside.is_file() else "data/sample_traces.jsonl"
+    """The embedded sample corpus (36 rows, data/make_sample.py), shipped in the package so the
+    demo runs from any working directory and from a wheel."""
+    return str(_package_dir() / "data" / "sample_traces.jsonl")
 
 
 def conf_dir() -> Path:
